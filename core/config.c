@@ -1,0 +1,781 @@
+#include "build-config.h"
+
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "json.h"
+#include "util.h"
+
+#ifndef LOCALSTATEDIR
+#define LOCALSTATEDIR "/var"
+#endif
+#ifndef RUNSTATEDIR
+#define RUNSTATEDIR "/run"
+#endif
+#ifndef PKGLIBDIR
+#define PKGLIBDIR "/usr/lib/etcdproxy"
+#endif
+#ifndef PKGLIBEXECDIR
+#define PKGLIBEXECDIR "/usr/libexec/etcdproxy"
+#endif
+
+#define DEFAULT_VALIDITY_MS (8760ull * 3600 * 1000) /* one year, as the original controller */
+
+/* Parsing context: the document and the file, so that errors carry positions. */
+struct pctx {
+	const struct ep_json_doc *doc;
+	const char *file;
+	char *error;
+};
+
+static int __attribute__((format(printf, 3, 4)))
+fail_at(struct pctx *c, const cJSON *node, const char *fmt, ...)
+{
+	unsigned line = 0, col = 0;
+	va_list ap;
+	char *msg;
+
+	va_start(ap, fmt);
+	msg = ep_strdup_vprintf(fmt, ap);
+	va_end(ap);
+	free(c->error);
+	if (node != NULL && ep_json_position(c->doc, node, &line, &col) == 0)
+		c->error = ep_strdup_printf("%s:%u:%u: %s", c->file, line, col, msg);
+	else
+		c->error = ep_strdup_printf("%s: %s", c->file, msg);
+	free(msg);
+	return -EINVAL;
+}
+
+static const char *json_type_name(const cJSON *v)
+{
+	if (cJSON_IsString(v))
+		return "a string";
+	if (cJSON_IsNumber(v))
+		return "a number";
+	if (cJSON_IsBool(v))
+		return "a boolean";
+	if (cJSON_IsNull(v))
+		return "null";
+	if (cJSON_IsArray(v))
+		return "an array";
+	if (cJSON_IsObject(v))
+		return "an object";
+	return "an invalid value";
+}
+
+static int want_string(struct pctx *c, const cJSON *v, const char *what, char **out)
+{
+	if (!cJSON_IsString(v) || v->valuestring[0] == '\0')
+		return fail_at(c, v, "%s: expected a non-empty string, got %s", what,
+			       cJSON_IsString(v) ? "an empty string" : json_type_name(v));
+	free(*out);
+	*out = ep_strdup(v->valuestring);
+	return 0;
+}
+
+static int want_object(struct pctx *c, const cJSON *v, const char *what)
+{
+	if (!cJSON_IsObject(v))
+		return fail_at(c, v, "%s: expected an object, got %s", what, json_type_name(v));
+	return 0;
+}
+
+/* An absolute path; null clears it when nullable. */
+static int want_path(struct pctx *c, const cJSON *v, const char *what, int nullable, char **out)
+{
+	if (nullable && cJSON_IsNull(v)) {
+		free(*out);
+		*out = NULL;
+		return 0;
+	}
+	if (!cJSON_IsString(v) || v->valuestring[0] != '/')
+		return fail_at(c, v, "%s: expected an absolute path%s, got %s", what,
+			       nullable ? " or null" : "",
+			       cJSON_IsString(v) ? "a relative path" : json_type_name(v));
+	return want_string(c, v, what, out);
+}
+
+static int want_duration(struct pctx *c, const cJSON *v, const char *what, int allow_zero,
+			 uint64_t *ms)
+{
+	if (!cJSON_IsString(v) || ep_parse_duration_ms(v->valuestring, ms) < 0)
+		return fail_at(c, v,
+			       "%s: expected a duration such as \"730h\", \"1h30m\" or \"500ms\", got %s%s%s",
+			       what, cJSON_IsString(v) ? "\"" : json_type_name(v),
+			       cJSON_IsString(v) ? v->valuestring : "", cJSON_IsString(v) ? "\"" : "");
+	if (!allow_zero && *ms == 0)
+		return fail_at(c, v, "%s: expected a duration above zero", what);
+	return 0;
+}
+
+static int want_uint(struct pctx *c, const cJSON *v, const char *what, unsigned lo, unsigned hi,
+		     unsigned *out)
+{
+	if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble ||
+	    v->valuedouble < lo || v->valuedouble > hi)
+		return fail_at(c, v, "%s: expected an integer from %u to %u", what, lo, hi);
+	*out = (unsigned)v->valuedouble;
+	return 0;
+}
+
+static int unknown_key(struct pctx *c, const cJSON *m, const char *where, const char *expected)
+{
+	return fail_at(c, m, "unknown key \"%s\"%s%s (expected one of: %s)", m->string,
+		       where[0] ? " in " : "", where, expected);
+}
+
+/* ---- global configuration ------------------------------------------------------- */
+
+static int parse_core_etcd(struct pctx *c, const cJSON *obj, struct ep_core_etcd_config *core)
+{
+	const cJSON *m;
+	int r;
+
+	if ((r = want_object(c, obj, "core_etcd")) < 0)
+		return r;
+	cJSON_ArrayForEach(m, obj)
+	{
+		if (strcmp(m->string, "endpoints") == 0) {
+			const cJSON *e;
+			size_t n = 0;
+
+			if (!cJSON_IsArray(m) || cJSON_GetArraySize(m) == 0)
+				return fail_at(c, m,
+					       "core_etcd.endpoints: expected a non-empty array of URLs");
+			for (size_t i = 0; i < core->n_endpoints; i++)
+				free(core->endpoints[i]);
+			free(core->endpoints);
+			core->n_endpoints = 0;
+			core->endpoints = ep_malloc0(sizeof(char *) * (size_t)cJSON_GetArraySize(m));
+			cJSON_ArrayForEach(e, m)
+			{
+				if (!cJSON_IsString(e) ||
+				    (strncmp(e->valuestring, "http://", 7) != 0 &&
+				     strncmp(e->valuestring, "https://", 8) != 0) ||
+				    strchr(e->valuestring, ':') == strrchr(e->valuestring, ':'))
+					return fail_at(c, e,
+						       "core_etcd.endpoints: expected a URL such as "
+						       "\"https://127.0.0.1:2379\" (scheme, host and port)");
+				core->endpoints[n++] = ep_strdup(e->valuestring);
+				core->n_endpoints = n;
+			}
+		} else if (strcmp(m->string, "ca_file") == 0) {
+			if ((r = want_path(c, m, "core_etcd.ca_file", 1, &core->ca_file)) < 0)
+				return r;
+		} else if (strcmp(m->string, "cert_file") == 0) {
+			if ((r = want_path(c, m, "core_etcd.cert_file", 1, &core->cert_file)) < 0)
+				return r;
+		} else if (strcmp(m->string, "key_file") == 0) {
+			if ((r = want_path(c, m, "core_etcd.key_file", 1, &core->key_file)) < 0)
+				return r;
+		} else {
+			return unknown_key(c, m, "core_etcd", "endpoints, ca_file, cert_file, key_file");
+		}
+	}
+	if ((core->cert_file == NULL) != (core->key_file == NULL))
+		return fail_at(c, obj, "core_etcd: cert_file and key_file go together: set both or neither");
+	return 0;
+}
+
+static int parse_defaults(struct pctx *c, const cJSON *obj, struct ep_global_config *g)
+{
+	const cJSON *m;
+	int r;
+
+	if ((r = want_object(c, obj, "defaults")) < 0)
+		return r;
+	cJSON_ArrayForEach(m, obj)
+	{
+		if (strcmp(m->string, "backend") == 0)
+			r = want_string(c, m, "defaults.backend", &g->default_backend);
+		else if (strcmp(m->string, "signingCertificateValidity") == 0)
+			r = want_duration(c, m, "defaults.signingCertificateValidity", 0,
+					  &g->default_signing_validity_ms);
+		else if (strcmp(m->string, "servingCertificateValidity") == 0)
+			r = want_duration(c, m, "defaults.servingCertificateValidity", 0,
+					  &g->default_serving_validity_ms);
+		else if (strcmp(m->string, "clientCertificateValidity") == 0)
+			r = want_duration(c, m, "defaults.clientCertificateValidity", 0,
+					  &g->default_client_validity_ms);
+		else
+			r = unknown_key(c, m, "defaults",
+					"backend, signingCertificateValidity, "
+					"servingCertificateValidity, clientCertificateValidity");
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int parse_supervisor(struct pctx *c, const cJSON *obj, struct ep_global_config *g)
+{
+	const cJSON *m;
+	int r;
+
+	if ((r = want_object(c, obj, "supervisor")) < 0)
+		return r;
+	cJSON_ArrayForEach(m, obj)
+	{
+		if (strcmp(m->string, "stop_timeout") == 0)
+			r = want_duration(c, m, "supervisor.stop_timeout", 0, &g->stop_timeout_ms);
+		else if (strcmp(m->string, "restart_backoff_initial") == 0)
+			r = want_duration(c, m, "supervisor.restart_backoff_initial", 1,
+					  &g->backoff_initial_ms);
+		else if (strcmp(m->string, "restart_backoff_max") == 0)
+			r = want_duration(c, m, "supervisor.restart_backoff_max", 0,
+					  &g->backoff_max_ms);
+		else if (strcmp(m->string, "stable_after") == 0)
+			r = want_duration(c, m, "supervisor.stable_after", 0, &g->stable_after_ms);
+		else if (strcmp(m->string, "max_failures") == 0)
+			r = want_uint(c, m, "supervisor.max_failures", 1, 1000, &g->max_failures);
+		else
+			r = unknown_key(c, m, "supervisor",
+					"stop_timeout, restart_backoff_initial, "
+					"restart_backoff_max, stable_after, max_failures");
+		if (r < 0)
+			return r;
+	}
+	if (g->backoff_max_ms < g->backoff_initial_ms)
+		return fail_at(c, obj,
+			       "supervisor: restart_backoff_max must not be below restart_backoff_initial");
+	return 0;
+}
+
+static int parse_backends(struct pctx *c, const cJSON *obj, struct ep_global_config *g)
+{
+	const cJSON *m;
+	int r;
+
+	if ((r = want_object(c, obj, "backends")) < 0)
+		return r;
+	cJSON_ArrayForEach(m, obj)
+	{
+		if (!cJSON_IsObject(m))
+			return fail_at(c, m, "backends.%s: expected an object of options for the %s backend",
+				       m->string, m->string);
+	}
+	cJSON_Delete(g->backends);
+	g->backends = cJSON_Duplicate(obj, 1);
+	return 0;
+}
+
+static void global_defaults(struct ep_global_config *g)
+{
+	g->storages_dir = ep_strdup(SYSCONFDIR "/etcdproxy/storages.d");
+	g->state_dir = ep_strdup(LOCALSTATEDIR "/lib/etcdproxy");
+	g->runtime_dir = ep_strdup(RUNSTATEDIR "/etcdproxy");
+	g->plugin_dir = ep_strdup(PKGLIBDIR);
+	g->worker_path = ep_strdup(PKGLIBEXECDIR "/etcdproxy-worker");
+	g->log_level = EP_LOG_INFO;
+	g->core.endpoints = ep_malloc0(sizeof(char *));
+	g->core.endpoints[0] = ep_strdup("https://127.0.0.1:2379");
+	g->core.n_endpoints = 1;
+	/* kubeadm's layout: the kube-apiserver's own etcd client credentials */
+	g->core.ca_file = ep_strdup("/etc/kubernetes/pki/etcd/ca.crt");
+	g->core.cert_file = ep_strdup("/etc/kubernetes/pki/apiserver-etcd-client.crt");
+	g->core.key_file = ep_strdup("/etc/kubernetes/pki/apiserver-etcd-client.key");
+	g->default_backend = ep_strdup("etcd");
+	g->default_signing_validity_ms = DEFAULT_VALIDITY_MS;
+	g->default_serving_validity_ms = DEFAULT_VALIDITY_MS;
+	g->default_client_validity_ms = DEFAULT_VALIDITY_MS;
+	g->stop_timeout_ms = 10000;
+	g->backoff_initial_ms = 100;
+	g->backoff_max_ms = 30000;
+	g->stable_after_ms = 60000;
+	g->max_failures = 6;
+	g->backends = cJSON_CreateObject();
+}
+
+static int parse_global(struct pctx *c, const cJSON *root, struct ep_global_config *g)
+{
+	const cJSON *m;
+	int r = 0;
+
+	if (!cJSON_IsObject(root))
+		return fail_at(c, root, "expected a JSON object at the top level, got %s",
+			       json_type_name(root));
+	cJSON_ArrayForEach(m, root)
+	{
+		const char *k = m->string;
+
+		if (strcmp(k, "storages_dir") == 0)
+			r = want_path(c, m, k, 0, &g->storages_dir);
+		else if (strcmp(k, "state_dir") == 0)
+			r = want_path(c, m, k, 0, &g->state_dir);
+		else if (strcmp(k, "runtime_dir") == 0)
+			r = want_path(c, m, k, 0, &g->runtime_dir);
+		else if (strcmp(k, "plugin_dir") == 0)
+			r = want_path(c, m, k, 0, &g->plugin_dir);
+		else if (strcmp(k, "worker") == 0)
+			r = want_path(c, m, k, 0, &g->worker_path);
+		else if (strcmp(k, "control_socket") == 0)
+			r = want_path(c, m, k, 0, &g->control_socket);
+		else if (strcmp(k, "log_level") == 0) {
+			if (!cJSON_IsString(m) || ep_log_level_parse(m->valuestring, &g->log_level) < 0)
+				r = fail_at(c, m,
+					    "log_level: expected one of \"err\", \"warning\", "
+					    "\"notice\", \"info\", \"debug\"");
+		} else if (strcmp(k, "core_etcd") == 0)
+			r = parse_core_etcd(c, m, &g->core);
+		else if (strcmp(k, "defaults") == 0)
+			r = parse_defaults(c, m, g);
+		else if (strcmp(k, "supervisor") == 0)
+			r = parse_supervisor(c, m, g);
+		else if (strcmp(k, "backends") == 0)
+			r = parse_backends(c, m, g);
+		else
+			r = unknown_key(c, m, "",
+					"storages_dir, state_dir, runtime_dir, plugin_dir, worker, "
+					"control_socket, log_level, core_etcd, defaults, supervisor, "
+					"backends");
+		if (r < 0)
+			return r;
+	}
+	if (g->control_socket == NULL)
+		g->control_socket = ep_strdup_printf("%s/etcdproxyd.sock", g->runtime_dir);
+	if (strlen(g->control_socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		return fail_at(c, cJSON_GetObjectItemCaseSensitive(root, "control_socket"),
+			       "control_socket: %s is longer than a Unix socket path may be",
+			       g->control_socket);
+	return 0;
+}
+
+int ep_global_config_load(const char *path, struct ep_global_config **cfg_r, char **error_r)
+{
+	struct ep_json_doc *doc;
+	struct ep_global_config *g;
+	struct pctx c = { .file = path };
+	int r;
+
+	*cfg_r = NULL;
+	*error_r = NULL;
+	doc = ep_json_load_file(path, error_r);
+	if (doc == NULL)
+		return -EINVAL;
+	c.doc = doc;
+	g = ep_malloc0(sizeof(*g));
+	g->path = ep_strdup(path);
+	global_defaults(g);
+	r = parse_global(&c, ep_json_root(doc), g);
+	ep_json_doc_free(doc);
+	if (r < 0) {
+		ep_global_config_free(g);
+		*error_r = c.error;
+		return r;
+	}
+	*cfg_r = g;
+	return 0;
+}
+
+void ep_global_config_free(struct ep_global_config *g)
+{
+	if (g == NULL)
+		return;
+	free(g->path);
+	free(g->storages_dir);
+	free(g->state_dir);
+	free(g->runtime_dir);
+	free(g->plugin_dir);
+	free(g->worker_path);
+	free(g->control_socket);
+	for (size_t i = 0; i < g->core.n_endpoints; i++)
+		free(g->core.endpoints[i]);
+	free(g->core.endpoints);
+	free(g->core.ca_file);
+	free(g->core.cert_file);
+	free(g->core.key_file);
+	free(g->default_backend);
+	cJSON_Delete(g->backends);
+	free(g);
+}
+
+/* ---- tenants ---------------------------------------------------------------------- */
+
+int ep_tenant_name_valid(const char *name)
+{
+	size_t len = strlen(name);
+	int label_start = 1;
+
+	if (len == 0 || len > EP_TENANT_NAME_MAX)
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		char ch = name[i];
+
+		if (ch == '.') {
+			/* labels neither start nor end with '-' and are never empty */
+			if (label_start || name[i - 1] == '-')
+				return 0;
+			label_start = 1;
+			continue;
+		}
+		if (!(islower((unsigned char)ch) || isdigit((unsigned char)ch) || ch == '-'))
+			return 0;
+		if (ch == '-' && label_start)
+			return 0;
+		label_start = 0;
+	}
+	return !label_start && name[len - 1] != '-';
+}
+
+int ep_listen_validate(const char *listen, const char **why_r)
+{
+	const char *colon;
+	char host[64];
+	size_t hlen;
+	char *end;
+	long port;
+
+	if (strncmp(listen, "unix:", 5) == 0) {
+		const char *path = listen + 5;
+
+		if (path[0] != '/') {
+			*why_r = "a Unix socket needs an absolute path: \"unix:/run/etcdproxy/a.sock\"";
+			return -EINVAL;
+		}
+		if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+			*why_r = "the Unix socket path is longer than 107 bytes";
+			return -EINVAL;
+		}
+		return 0;
+	}
+	colon = strrchr(listen, ':');
+	if (colon == NULL || colon == listen) {
+		*why_r = "expected HOST:PORT (\"127.0.0.1:23790\", \"[::1]:23790\") or unix:PATH";
+		return -EINVAL;
+	}
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (colon[1] == '\0' || *end != '\0' || errno != 0 || port < 1 || port > 65535) {
+		*why_r = "the port must be a number from 1 to 65535";
+		return -EINVAL;
+	}
+	hlen = (size_t)(colon - listen);
+	if (listen[0] == '[') {
+		if (hlen < 3 || listen[hlen - 1] != ']') {
+			*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
+			return -EINVAL;
+		}
+		listen++;
+		hlen -= 2;
+	}
+	if (hlen >= sizeof(host)) {
+		*why_r = "the host is too long";
+		return -EINVAL;
+	}
+	memcpy(host, listen, hlen);
+	host[hlen] = '\0';
+
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, host, &a4) == 1) {
+		if ((ntohl(a4.s_addr) >> 24) == 127)
+			return 0;
+	} else if (inet_pton(AF_INET6, host, &a6) == 1) {
+		if (IN6_IS_ADDR_LOOPBACK(&a6))
+			return 0;
+	} else if (strcmp(host, "localhost") == 0) {
+		return 0;
+	} else if (strchr(host, ':') != NULL) {
+		*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
+		return -EINVAL;
+	} else {
+		*why_r = "the host must be an IP address or \"localhost\"";
+		return -EINVAL;
+	}
+	*why_r = "plaintext is only allowed on a loopback address (127.0.0.0/8, ::1) or a Unix "
+		 "socket, and TLS towards tenants is not available yet";
+	return -EINVAL;
+}
+
+static int parse_k8s_refs(struct pctx *c, const cJSON *v, const char *what,
+			  struct ep_k8s_ref **refs_r, size_t *n_r)
+{
+	const cJSON *e, *m;
+	size_t n = 0;
+	int r;
+
+	if (!cJSON_IsArray(v))
+		return fail_at(c, v, "spec.%s: expected an array of {\"name\", \"namespace\"}", what);
+	*refs_r = ep_malloc0(sizeof(**refs_r) * ((size_t)cJSON_GetArraySize(v) + 1));
+	cJSON_ArrayForEach(e, v)
+	{
+		struct ep_k8s_ref *ref = &(*refs_r)[n++];
+
+		*n_r = n;
+		if (!cJSON_IsObject(e))
+			return fail_at(c, e, "spec.%s: expected an object {\"name\", \"namespace\"}", what);
+		cJSON_ArrayForEach(m, e)
+		{
+			if (strcmp(m->string, "name") == 0)
+				r = want_string(c, m, "name", &ref->name);
+			else if (strcmp(m->string, "namespace") == 0)
+				r = want_string(c, m, "namespace", &ref->namespace);
+			else
+				r = unknown_key(c, m, what, "name, namespace");
+			if (r < 0)
+				return r;
+		}
+		if (ref->name == NULL || ref->namespace == NULL)
+			return fail_at(c, e, "spec.%s: every entry needs both \"name\" and \"namespace\"",
+				       what);
+	}
+	return 0;
+}
+
+static int backend_name_valid(const char *name)
+{
+	for (const char *p = name; *p; p++)
+		if (!(islower((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '-' || *p == '_'))
+			return 0;
+	return name[0] != '\0' && strlen(name) <= 32;
+}
+
+static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,
+		      struct ep_tenant_config *t)
+{
+	const cJSON *m, *backend_node = NULL, *listen_node = NULL;
+	const char *why;
+	int r;
+
+	if ((r = want_object(c, spec, "spec")) < 0)
+		return r;
+	cJSON_ArrayForEach(m, spec)
+	{
+		const char *k = m->string;
+
+		if (strcmp(k, "caCertConfigMap") == 0)
+			r = parse_k8s_refs(c, m, k, &t->ca_cert_config_maps, &t->n_ca_cert_config_maps);
+		else if (strcmp(k, "clientCertSecret") == 0)
+			r = parse_k8s_refs(c, m, k, &t->client_cert_secrets, &t->n_client_cert_secrets);
+		else if (strcmp(k, "signingCertificateValidity") == 0)
+			r = want_duration(c, m, "spec.signingCertificateValidity", 0,
+					  &t->signing_validity_ms);
+		else if (strcmp(k, "servingCertificateValidity") == 0)
+			r = want_duration(c, m, "spec.servingCertificateValidity", 0,
+					  &t->serving_validity_ms);
+		else if (strcmp(k, "clientCertificateValidity") == 0)
+			r = want_duration(c, m, "spec.clientCertificateValidity", 0,
+					  &t->client_validity_ms);
+		else if (strcmp(k, "backend") == 0) {
+			backend_node = m;
+			r = want_string(c, m, "spec.backend", &t->backend);
+		} else if (strcmp(k, "listen") == 0) {
+			listen_node = m;
+			r = want_string(c, m, "spec.listen", &t->listen);
+		} else
+			r = unknown_key(c, m, "spec",
+					"caCertConfigMap, clientCertSecret, "
+					"signingCertificateValidity, servingCertificateValidity, "
+					"clientCertificateValidity, backend, listen");
+		if (r < 0)
+			return r;
+	}
+
+	if (t->listen == NULL)
+		return fail_at(c, spec,
+			       "spec.listen is required: the address this tenant is served on "
+			       "(\"127.0.0.1:23790\" or \"unix:/run/etcdproxy/%s.sock\")",
+			       t->name);
+	if (ep_listen_validate(t->listen, &why) < 0)
+		return fail_at(c, listen_node, "spec.listen: \"%s\": %s", t->listen, why);
+
+	if (!backend_name_valid(t->backend))
+		return fail_at(c, backend_node, "spec.backend: \"%s\" is not a plugin name "
+			       "(lower-case letters, digits, '-' and '_')", t->backend);
+	if (strcmp(t->backend, "etcd") == 0 && strncmp(t->listen, "unix:", 5) == 0)
+		return fail_at(c, listen_node,
+			       "spec.listen: the etcd backend (etcd grpc-proxy) listens on TCP only; "
+			       "use HOST:PORT");
+
+	/* the supervisor loads no plugin, but it can tell that the file is not there */
+	char *plugin = ep_strdup_printf("%s/backend-%s.so", g->plugin_dir, t->backend);
+	struct stat st;
+	if (stat(plugin, &st) < 0 || !S_ISREG(st.st_mode)) {
+		r = fail_at(c, backend_node != NULL ? backend_node : spec,
+			    "spec.backend: \"%s\": no plugin %s (%s)", t->backend, plugin,
+			    stat(plugin, &st) < 0 ? strerror(errno) : "not a regular file");
+		free(plugin);
+		return r;
+	}
+	free(plugin);
+	return 0;
+}
+
+static int parse_tenant(struct pctx *c, const cJSON *root, const struct ep_global_config *g,
+			struct ep_tenant_config *t, char **name_r)
+{
+	const cJSON *m, *api = NULL, *kind = NULL, *meta = NULL, *spec = NULL, *name = NULL;
+	int r;
+
+	if (!cJSON_IsObject(root))
+		return fail_at(c, root, "expected an EtcdStorage object, got %s", json_type_name(root));
+	cJSON_ArrayForEach(m, root)
+	{
+		if (strcmp(m->string, "apiVersion") == 0)
+			api = m;
+		else if (strcmp(m->string, "kind") == 0)
+			kind = m;
+		else if (strcmp(m->string, "metadata") == 0)
+			meta = m;
+		else if (strcmp(m->string, "spec") == 0)
+			spec = m;
+		else if (strcmp(m->string, "status") != 0) /* status: written by controllers, ignored */
+			return unknown_key(c, m, "", "apiVersion, kind, metadata, spec, status");
+	}
+	if (meta != NULL) {
+		if ((r = want_object(c, meta, "metadata")) < 0)
+			return r;
+		/* everything else kubectl prints in metadata (uid, labels, ...) is kept out of our way */
+		name = cJSON_GetObjectItemCaseSensitive(meta, "name");
+	}
+	if (name != NULL && cJSON_IsString(name))
+		*name_r = ep_strdup(name->valuestring);
+
+	if (api == NULL || !cJSON_IsString(api) || strcmp(api->valuestring, EP_API_VERSION) != 0)
+		return fail_at(c, api != NULL ? api : root,
+			       "apiVersion: expected \"" EP_API_VERSION "\"%s%s%s",
+			       api != NULL && cJSON_IsString(api) ? ", got \"" : "",
+			       api != NULL && cJSON_IsString(api) ? api->valuestring : "",
+			       api != NULL && cJSON_IsString(api) ? "\"" : "");
+	if (kind == NULL || !cJSON_IsString(kind) || strcmp(kind->valuestring, EP_KIND) != 0)
+		return fail_at(c, kind != NULL ? kind : root, "kind: expected \"" EP_KIND "\"");
+	if (meta == NULL)
+		return fail_at(c, root, "metadata.name is required");
+	if (name == NULL)
+		return fail_at(c, meta, "metadata.name is required");
+	if (!cJSON_IsString(name) || !ep_tenant_name_valid(name->valuestring))
+		return fail_at(c, name,
+			       "metadata.name: expected a lower-case DNS-1123 name of at most %d "
+			       "characters (a-z, 0-9, '-' and '.', starting and ending with a letter "
+			       "or digit)",
+			       EP_TENANT_NAME_MAX);
+	t->name = ep_strdup(name->valuestring);
+	t->prefix = ep_strdup_printf("/%s/", t->name);
+	t->backend = ep_strdup(g->default_backend);
+	t->signing_validity_ms = g->default_signing_validity_ms;
+	t->serving_validity_ms = g->default_serving_validity_ms;
+	t->client_validity_ms = g->default_client_validity_ms;
+	if (spec == NULL)
+		return fail_at(c, root, "spec is required (at least spec.listen)");
+	return parse_spec(c, spec, g, t);
+}
+
+int ep_tenant_config_load(const char *path, const struct ep_global_config *global,
+			  struct ep_tenant_config **tenant_r, char **name_r, char **error_r)
+{
+	struct ep_json_doc *doc;
+	struct ep_tenant_config *t;
+	struct pctx c = { .file = path };
+	int r;
+
+	*tenant_r = NULL;
+	*name_r = NULL;
+	*error_r = NULL;
+	doc = ep_json_load_file(path, error_r);
+	if (doc == NULL)
+		return -EINVAL;
+	c.doc = doc;
+	t = ep_malloc0(sizeof(*t));
+	t->file = ep_strdup(path);
+	r = parse_tenant(&c, ep_json_root(doc), global, t, name_r);
+	ep_json_doc_free(doc);
+	if (r < 0) {
+		ep_tenant_config_free(t);
+		*error_r = c.error;
+		return r;
+	}
+	*tenant_r = t;
+	return 0;
+}
+
+static void free_refs(struct ep_k8s_ref *refs, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(refs[i].name);
+		free(refs[i].namespace);
+	}
+	free(refs);
+}
+
+void ep_tenant_config_free(struct ep_tenant_config *t)
+{
+	if (t == NULL)
+		return;
+	free(t->file);
+	free(t->name);
+	free(t->prefix);
+	free(t->backend);
+	free(t->listen);
+	free_refs(t->ca_cert_config_maps, t->n_ca_cert_config_maps);
+	free_refs(t->client_cert_secrets, t->n_client_cert_secrets);
+	free(t);
+}
+
+static cJSON *refs_json(const struct ep_k8s_ref *refs, size_t n)
+{
+	cJSON *a = cJSON_CreateArray();
+
+	for (size_t i = 0; i < n; i++) {
+		cJSON *o = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(o, "name", refs[i].name);
+		cJSON_AddStringToObject(o, "namespace", refs[i].namespace);
+		cJSON_AddItemToArray(a, o);
+	}
+	return a;
+}
+
+static void add_nullable(cJSON *o, const char *key, const char *value)
+{
+	if (value != NULL)
+		cJSON_AddStringToObject(o, key, value);
+	else
+		cJSON_AddNullToObject(o, key);
+}
+
+cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_tenant_config *t)
+{
+	cJSON *root = cJSON_CreateObject();
+	cJSON *tenant = cJSON_AddObjectToObject(root, "tenant");
+	cJSON *core = cJSON_AddObjectToObject(root, "core_etcd");
+	cJSON *eps = cJSON_AddArrayToObject(core, "endpoints");
+	const cJSON *opts = cJSON_GetObjectItemCaseSensitive(g->backends, t->backend);
+
+	cJSON_AddStringToObject(tenant, "name", t->name);
+	cJSON_AddStringToObject(tenant, "prefix", t->prefix);
+	cJSON_AddStringToObject(tenant, "listen", t->listen);
+	cJSON_AddStringToObject(tenant, "file", t->file);
+	cJSON_AddNumberToObject(tenant, "signing_validity_ms", (double)t->signing_validity_ms);
+	cJSON_AddNumberToObject(tenant, "serving_validity_ms", (double)t->serving_validity_ms);
+	cJSON_AddNumberToObject(tenant, "client_validity_ms", (double)t->client_validity_ms);
+	cJSON_AddItemToObject(tenant, "caCertConfigMap",
+			      refs_json(t->ca_cert_config_maps, t->n_ca_cert_config_maps));
+	cJSON_AddItemToObject(tenant, "clientCertSecret",
+			      refs_json(t->client_cert_secrets, t->n_client_cert_secrets));
+	for (size_t i = 0; i < g->core.n_endpoints; i++)
+		cJSON_AddItemToArray(eps, cJSON_CreateString(g->core.endpoints[i]));
+	add_nullable(core, "ca_file", g->core.ca_file);
+	add_nullable(core, "cert_file", g->core.cert_file);
+	add_nullable(core, "key_file", g->core.key_file);
+	cJSON_AddStringToObject(root, "backend", t->backend);
+	cJSON_AddItemToObject(root, "backend_options",
+			      opts != NULL ? cJSON_Duplicate(opts, 1) : cJSON_CreateObject());
+	cJSON_AddStringToObject(root, "plugin_dir", g->plugin_dir);
+	char *dir = ep_strdup_printf("%s/%s", g->state_dir, t->name);
+	cJSON_AddStringToObject(root, "state_dir", dir);
+	free(dir);
+	dir = ep_strdup_printf("%s/%s", g->runtime_dir, t->name);
+	cJSON_AddStringToObject(root, "runtime_dir", dir);
+	free(dir);
+	cJSON_AddStringToObject(root, "log_level", ep_log_level_name(g->log_level));
+	return root;
+}

@@ -1,0 +1,114 @@
+/*
+ * The global configuration (etcdproxyd.json) and the tenants (EtcdStorage
+ * objects under storages_dir), parsed and validated.  Every error message is
+ * "FILE:LINE:COLUMN: what was wrong, what was expected".
+ */
+#ifndef EP_CONFIG_H
+#define EP_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+#include "log.h"
+
+#define EP_API_VERSION "etcd.xmudrii.com/v1alpha1"
+#define EP_KIND "EtcdStorage"
+#define EP_TENANT_NAME_MAX 59
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#define EP_DEFAULT_CONFIG SYSCONFDIR "/etcdproxy/etcdproxyd.json"
+
+struct ep_core_etcd_config {
+	char **endpoints; /* URLs: "https://127.0.0.1:2379" */
+	size_t n_endpoints;
+	char *ca_file;   /* NULL: none (plain http endpoints) */
+	char *cert_file;
+	char *key_file;
+};
+
+struct ep_global_config {
+	char *path; /* the file it came from */
+	char *storages_dir;
+	char *state_dir;
+	char *runtime_dir;
+	char *plugin_dir;
+	char *worker_path;
+	char *control_socket;
+	enum ep_log_level log_level;
+	struct ep_core_etcd_config core;
+
+	/* defaults for tenants */
+	char *default_backend;
+	uint64_t default_signing_validity_ms;
+	uint64_t default_serving_validity_ms;
+	uint64_t default_client_validity_ms;
+
+	/* supervision */
+	uint64_t stop_timeout_ms;     /* from STOP to SIGKILL */
+	uint64_t backoff_initial_ms;  /* first restart delay */
+	uint64_t backoff_max_ms;      /* cap of the doubling delay */
+	uint64_t stable_after_ms;     /* a worker up this long has its failures forgotten */
+	unsigned max_failures;        /* consecutive failures before a tenant is marked failed */
+
+	/* per-plugin options: {"etcd": {...}}; owned */
+	cJSON *backends;
+};
+
+struct ep_k8s_ref {
+	char *name;
+	char *namespace;
+};
+
+struct ep_tenant_config {
+	char *file;   /* the EtcdStorage file */
+	char *name;   /* metadata.name */
+	char *prefix; /* "/<name>/" */
+	char *backend;
+	char *listen; /* "HOST:PORT" or "unix:/path" */
+	uint64_t signing_validity_ms;
+	uint64_t serving_validity_ms;
+	uint64_t client_validity_ms;
+	struct ep_k8s_ref *ca_cert_config_maps;
+	size_t n_ca_cert_config_maps;
+	struct ep_k8s_ref *client_cert_secrets;
+	size_t n_client_cert_secrets;
+};
+
+/*
+ * Load and validate the global configuration.  Returns 0 and *cfg_r, or a
+ * negative errno code and *error_r (malloc'ed, caller frees).
+ */
+int ep_global_config_load(const char *path, struct ep_global_config **cfg_r, char **error_r);
+void ep_global_config_free(struct ep_global_config *cfg);
+
+/*
+ * Load and validate one EtcdStorage file against the global configuration.
+ * Returns 0 and *tenant_r, or a negative errno code and *error_r
+ * (malloc'ed).  When the name could be read before the error, *name_r
+ * (malloc'ed, may be NULL) gets it so that the error can be shown under it.
+ */
+int ep_tenant_config_load(const char *path, const struct ep_global_config *global,
+			  struct ep_tenant_config **tenant_r, char **name_r, char **error_r);
+void ep_tenant_config_free(struct ep_tenant_config *tenant);
+
+/* 1 when name is a valid tenant name (lower-case DNS-1123 subdomain, <= 59). */
+int ep_tenant_name_valid(const char *name);
+
+/*
+ * Check a listen address: "HOST:PORT" ("[::1]:PORT" for IPv6) or
+ * "unix:/absolute/path".  Plaintext is allowed only on loopback and Unix
+ * sockets.  Returns 0 or -EINVAL with a static explanation in *why_r.
+ */
+int ep_listen_validate(const char *listen, const char **why_r);
+
+/*
+ * The whole effective configuration of one worker: the CONFIGURE payload.
+ * Deterministic, so its text is also the fingerprint that reload compares.
+ */
+cJSON *ep_worker_config_build(const struct ep_global_config *global,
+			      const struct ep_tenant_config *tenant);
+
+#endif /* EP_CONFIG_H */

@@ -1,0 +1,269 @@
+/*
+ * The control socket: one framed request per connection from etcdproxyctl,
+ * one framed reply, then the supervisor closes the connection.
+ */
+#include "build-config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define EP_LOG_SUBSYS "control"
+#include "log.h"
+#include "supervisor.h"
+#include "util.h"
+
+struct ctl_conn {
+	uv_pipe_t pipe;
+	struct supervisor *sv;
+	struct ep_frame_reader reader;
+	int answered;
+};
+
+static void conn_closed(uv_handle_t *h)
+{
+	struct ctl_conn *c = h->data;
+
+	ep_frame_reader_free(&c->reader);
+	free(c);
+}
+
+static void conn_close(struct ctl_conn *c)
+{
+	if (!uv_is_closing((uv_handle_t *)&c->pipe))
+		uv_close((uv_handle_t *)&c->pipe, conn_closed);
+}
+
+static void reply_written(uv_shutdown_t *req, int status)
+{
+	struct ctl_conn *c = req->data;
+
+	free(req);
+	conn_close(c);
+}
+
+static void reply(struct ctl_conn *c, cJSON *answer)
+{
+	uv_shutdown_t *req;
+
+	c->answered = 1;
+	ep_ipc_send((uv_stream_t *)&c->pipe, EP_MSG_CTL_REPLY, answer);
+	cJSON_Delete(answer);
+	uv_read_stop((uv_stream_t *)&c->pipe);
+	req = ep_malloc0(sizeof(*req));
+	req->data = c;
+	/* shutdown completes after the queued reply is written */
+	if (uv_shutdown(req, (uv_stream_t *)&c->pipe, reply_written) < 0) {
+		free(req);
+		conn_close(c);
+	}
+}
+
+static cJSON *__attribute__((format(printf, 1, 2))) error_reply(const char *fmt, ...)
+{
+	cJSON *o = cJSON_CreateObject();
+	va_list ap;
+	char *msg;
+
+	va_start(ap, fmt);
+	msg = ep_strdup_vprintf(fmt, ap);
+	va_end(ap);
+
+	cJSON_AddBoolToObject(o, "ok", 0);
+	cJSON_AddStringToObject(o, "error", msg);
+	free(msg);
+	return o;
+}
+
+static cJSON *status_reply(struct supervisor *sv, int detailed)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON *d = cJSON_AddObjectToObject(o, "daemon");
+	cJSON *list = cJSON_CreateArray();
+	unsigned total, ready, failed;
+
+	supervisor_counts(sv, &total, &ready, &failed);
+	cJSON_AddBoolToObject(o, "ok", 1);
+	cJSON_AddNumberToObject(d, "pid", (double)getpid());
+	cJSON_AddStringToObject(d, "version", PACKAGE_VERSION);
+	cJSON_AddStringToObject(d, "config", sv->config_path);
+	cJSON_AddStringToObject(d, "storages_dir", sv->global->storages_dir);
+	cJSON_AddNumberToObject(d, "uptime_s", (double)((ep_now_ms() - sv->started_ms) / 1000));
+	cJSON_AddNumberToObject(d, "generation", (double)sv->generation);
+	cJSON_AddNumberToObject(d, "tenants", total);
+	cJSON_AddNumberToObject(d, "ready", ready);
+	cJSON_AddNumberToObject(d, "failed", failed);
+	cJSON_AddBoolToObject(d, "shutting_down", sv->shutting_down);
+	if (sv->last_reload_error != NULL)
+		cJSON_AddStringToObject(d, "last_reload_error", sv->last_reload_error);
+	for (struct tenant *t = sv->tenants; t != NULL; t = t->next)
+		cJSON_AddItemToArray(list, tenant_to_json(t, detailed));
+	cJSON_AddItemToObject(o, "tenants", list);
+	return o;
+}
+
+static cJSON *handle_request(struct supervisor *sv, const cJSON *req)
+{
+	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(req, "command");
+	const cJSON *name = cJSON_GetObjectItemCaseSensitive(req, "name");
+	const char *c = cJSON_IsString(cmd) ? cmd->valuestring : "";
+	char *error = NULL;
+	cJSON *o;
+
+	if (strcmp(c, "status") == 0 || strcmp(c, "list") == 0)
+		return status_reply(sv, 0);
+	if (strcmp(c, "show") == 0 || strcmp(c, "restart") == 0) {
+		if (!cJSON_IsString(name))
+			return error_reply("%s needs a tenant name", c);
+		if (strcmp(c, "show") == 0) {
+			struct tenant *t = supervisor_find(sv, name->valuestring);
+
+			if (t == NULL)
+				return error_reply("no tenant named \"%s\"", name->valuestring);
+			o = cJSON_CreateObject();
+			cJSON_AddBoolToObject(o, "ok", 1);
+			cJSON_AddItemToObject(o, "tenant", tenant_to_json(t, 1));
+			return o;
+		}
+		if (supervisor_restart_tenant(sv, name->valuestring, &error) < 0) {
+			o = error_reply("%s", error);
+			free(error);
+			return o;
+		}
+		o = cJSON_CreateObject();
+		cJSON_AddBoolToObject(o, "ok", 1);
+		return o;
+	}
+	if (strcmp(c, "reload") == 0) {
+		cJSON *summary = cJSON_CreateObject();
+
+		if (sv->shutting_down) {
+			cJSON_Delete(summary);
+			return error_reply("%s", "the supervisor is shutting down");
+		}
+		if (supervisor_reload(sv, summary, &error) < 0) {
+			cJSON_Delete(summary);
+			o = error_reply("reload refused, nothing changed: %s", error);
+			free(error);
+			return o;
+		}
+		cJSON_AddBoolToObject(summary, "ok", 1);
+		return summary;
+	}
+	return error_reply("unknown command \"%s\" (expected status, list, show, reload, restart)", c);
+}
+
+static int on_request(void *ctx, uint8_t type, cJSON *payload)
+{
+	struct ctl_conn *c = ctx;
+
+	if (c->answered)
+		return 1;
+	if (type != EP_MSG_CTL_REQUEST)
+		reply(c, error_reply("unexpected message type %s", ep_msg_type_name(type)));
+	else
+		reply(c, handle_request(c->sv, payload));
+	return 1; /* one request per connection */
+}
+
+static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	static char slab[16384];
+
+	*buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void conn_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct ctl_conn *c = s->data;
+	const char *why = NULL;
+
+	if (n == 0)
+		return;
+	if (n < 0) {
+		conn_close(c);
+		return;
+	}
+	if (ep_frame_reader_feed(&c->reader, buf->base, (size_t)n, on_request, c, &why) < 0) {
+		ep_warn("dropping a control connection: %s", why);
+		conn_close(c);
+	}
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	struct supervisor *sv = server->data;
+	struct ctl_conn *c;
+
+	if (status < 0)
+		return;
+	c = ep_malloc0(sizeof(*c));
+	c->sv = sv;
+	ep_frame_reader_init(&c->reader);
+	uv_pipe_init(sv->loop, &c->pipe, 0);
+	c->pipe.data = c;
+	if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
+		conn_close(c);
+		return;
+	}
+	uv_read_start((uv_stream_t *)&c->pipe, conn_alloc, conn_read);
+}
+
+/* A socket file nobody answers on is a leftover of a crash; a live one is another daemon. */
+static int socket_in_use(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, r;
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	strncpy(sa.sun_path, path, sizeof(sa.sun_path) - 1);
+	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	close(fd);
+	return r == 0;
+}
+
+int control_start(struct supervisor *sv, char **error_r)
+{
+	const char *path = sv->global->control_socket;
+	int r;
+
+	if (socket_in_use(path)) {
+		*error_r = ep_strdup_printf("another etcdproxyd already answers on %s", path);
+		return -EADDRINUSE;
+	}
+	unlink(path);
+	uv_pipe_init(sv->loop, &sv->control, 0);
+	sv->control.data = sv;
+	r = uv_pipe_bind(&sv->control, path);
+	if (r == 0)
+		r = chmod(path, 0660) < 0 ? uv_translate_sys_error(errno) : 0;
+	if (r == 0)
+		r = uv_listen((uv_stream_t *)&sv->control, 16, on_connection);
+	if (r < 0) {
+		*error_r = ep_strdup_printf("control socket %s: %s", path, uv_strerror(r));
+		uv_close((uv_handle_t *)&sv->control, NULL);
+		unlink(path);
+		return r;
+	}
+	sv->control_open = 1;
+	sv->control_path = ep_strdup(path);
+	return 0;
+}
+
+void control_stop(struct supervisor *sv)
+{
+	if (!sv->control_open)
+		return;
+	sv->control_open = 0;
+	uv_close((uv_handle_t *)&sv->control, NULL);
+	unlink(sv->control_path);
+	free(sv->control_path);
+	sv->control_path = NULL;
+}

@@ -1,0 +1,335 @@
+/*
+ * etcdproxyctl: talk to etcdproxyd over its control socket.
+ *
+ * Exit codes: 0 done (status: every tenant ready); 1 the daemon refused or
+ * failed the command; 2 usage; 3 the daemon is not running or not reachable;
+ * 4 status: some tenant is not ready.
+ */
+#include "build-config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define EP_LOG_SUBSYS "ctl"
+#include "config.h"
+#include "ipc.h"
+#include "util.h"
+
+enum { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2, EXIT_NO_DAEMON = 3, EXIT_NOT_READY = 4 };
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: etcdproxyctl [-s SOCKET | -c CONFIG] [-o table|json] COMMAND\n"
+		"Commands:\n"
+		"  status         the daemon and every tenant (exit 4 when one is not ready)\n"
+		"  list           tenant names, states and listen addresses\n"
+		"  show NAME      everything about one tenant\n"
+		"  reload         re-read the configuration (like SIGHUP) and say what changed\n"
+		"  restart NAME   restart one tenant's worker (also a failed one)\n"
+		"Options:\n"
+		"  -s, --socket SOCKET  control socket (default: control_socket of the config)\n"
+		"  -c, --config FILE    global configuration to find the socket in (default %s)\n"
+		"  -o, --output FORMAT  table (default) or json\n",
+		EP_DEFAULT_CONFIG);
+}
+
+static const char *str(const cJSON *o, const char *key, const char *dflt)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsString(v) ? v->valuestring : dflt;
+}
+
+static double num(const cJSON *o, const char *key, double dflt)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+static void fmt_uptime(const cJSON *t, char *buf, size_t size)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, "uptime_s");
+	unsigned long s;
+
+	if (!cJSON_IsNumber(v)) {
+		snprintf(buf, size, "-");
+		return;
+	}
+	s = (unsigned long)v->valuedouble;
+	if (s >= 86400)
+		snprintf(buf, size, "%lud%luh", s / 86400, s % 86400 / 3600);
+	else if (s >= 3600)
+		snprintf(buf, size, "%luh%lum", s / 3600, s % 3600 / 60);
+	else if (s >= 60)
+		snprintf(buf, size, "%lum%lus", s / 60, s % 60);
+	else
+		snprintf(buf, size, "%lus", s);
+}
+
+static void fmt_pid(const cJSON *t, char *buf, size_t size)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, "pid");
+
+	if (cJSON_IsNumber(v))
+		snprintf(buf, size, "%ld", (long)v->valuedouble);
+	else
+		snprintf(buf, size, "-");
+}
+
+static int print_status(const cJSON *reply, int full)
+{
+	const cJSON *d = cJSON_GetObjectItemCaseSensitive(reply, "daemon");
+	const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(reply, "tenants");
+	const cJSON *t;
+	int not_ready = 0;
+
+	if (full) {
+		printf("etcdproxyd %s, pid %ld, up %lds, config %s\n", str(d, "version", "?"),
+		       (long)num(d, "pid", 0), (long)num(d, "uptime_s", 0), str(d, "config", "?"));
+		printf("tenants: %d, ready: %d, failed: %d%s\n", (int)num(d, "tenants", 0),
+		       (int)num(d, "ready", 0), (int)num(d, "failed", 0),
+		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(d, "shutting_down"))
+			       ? " (shutting down)"
+			       : "");
+		if (str(d, "last_reload_error", NULL) != NULL)
+			printf("last reload refused: %s\n", str(d, "last_reload_error", ""));
+		printf("\n%-24s %-8s %-22s %-24s %-8s %-10s %-8s %-8s %s\n", "NAME", "BACKEND",
+		       "LISTEN", "PREFIX", "PID", "STATE", "RESTARTS", "UPTIME", "LAST ERROR");
+	} else {
+		printf("%-24s %-10s %s\n", "NAME", "STATE", "LISTEN");
+	}
+	cJSON_ArrayForEach(t, tenants)
+	{
+		char pid[24], up[24];
+		const char *state = str(t, "state", "?");
+
+		if (strcmp(state, "ready") != 0)
+			not_ready = 1;
+		if (!full) {
+			printf("%-24s %-10s %s\n", str(t, "name", "?"), state, str(t, "listen", "-"));
+			continue;
+		}
+		fmt_pid(t, pid, sizeof(pid));
+		fmt_uptime(t, up, sizeof(up));
+		printf("%-24s %-8s %-22s %-24s %-8s %-10s %-8d %-8s %s\n", str(t, "name", "?"),
+		       str(t, "backend", "-"), str(t, "listen", "-"), str(t, "prefix", "-"), pid,
+		       state, (int)num(t, "restarts", 0), up, str(t, "last_error", "-"));
+	}
+	return not_ready ? EXIT_NOT_READY : EXIT_DONE;
+}
+
+static void print_show(const cJSON *reply)
+{
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(reply, "tenant");
+	const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(t, "config");
+	char pid[24], up[24];
+
+	fmt_pid(t, pid, sizeof(pid));
+	fmt_uptime(t, up, sizeof(up));
+	printf("name:        %s\n", str(t, "name", "?"));
+	printf("file:        %s\n", str(t, "file", "-"));
+	printf("state:       %s%s\n", str(t, "state", "?"),
+	       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "healthy")) ? " (healthy)" : "");
+	printf("backend:     %s\n", str(t, "backend", "-"));
+	printf("listen:      %s\n", str(t, "listen", "-"));
+	printf("endpoint:    %s\n", str(t, "endpoint", "-"));
+	printf("prefix:      %s\n", str(t, "prefix", "-"));
+	printf("worker pid:  %s\n", pid);
+	printf("uptime:      %s\n", up);
+	printf("restarts:    %d (consecutive failures: %d)\n", (int)num(t, "restarts", 0),
+	       (int)num(t, "consecutive_failures", 0));
+	printf("last error:  %s\n", str(t, "last_error", "-"));
+	if (cfg != NULL) {
+		char *text = cJSON_Print(cfg);
+
+		printf("configuration sent to the worker:\n%s\n", text);
+		free(text);
+	}
+}
+
+static void print_reload(const cJSON *reply)
+{
+	static const char *const keys[] = { "added", "removed", "changed", "unchanged" };
+
+	printf("reloaded:");
+	for (size_t i = 0; i < 4; i++) {
+		const cJSON *a = cJSON_GetObjectItemCaseSensitive(reply, keys[i]), *e;
+		int first = 1;
+
+		printf(" %s %d", keys[i], cJSON_GetArraySize(a));
+		cJSON_ArrayForEach(e, a)
+		{
+			if (i < 3 && cJSON_IsString(e)) {
+				printf("%s%s", first ? " (" : ", ", e->valuestring);
+				first = 0;
+			}
+		}
+		if (!first)
+			printf(")");
+		printf(i < 3 ? "," : "\n");
+	}
+}
+
+static int connect_socket(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "output", required_argument, NULL, 'o' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *sock = NULL, *config = EP_DEFAULT_CONFIG, *cmd, *name = NULL, *why = NULL;
+	char *sock_alloc = NULL;
+	int json = 0, opt, fd, r, code;
+	uint8_t type;
+	cJSON *req, *reply;
+
+	while ((opt = getopt_long(argc, argv, "s:c:o:h", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 's': sock = optarg; break;
+		case 'c': config = optarg; break;
+		case 'o':
+			if (strcmp(optarg, "json") == 0)
+				json = 1;
+			else if (strcmp(optarg, "table") != 0) {
+				fprintf(stderr, "etcdproxyctl: -o takes table or json\n");
+				return EXIT_USAGE;
+			}
+			break;
+		case 'V': printf("etcdproxyctl %s\n", PACKAGE_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return EXIT_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	cmd = argv[optind++];
+	if (strcmp(cmd, "show") == 0 || strcmp(cmd, "restart") == 0) {
+		if (optind != argc - 1) {
+			fprintf(stderr, "etcdproxyctl: %s needs exactly one tenant name\n", cmd);
+			return EXIT_USAGE;
+		}
+		name = argv[optind];
+	} else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "list") == 0 ||
+		   strcmp(cmd, "reload") == 0) {
+		if (optind != argc) {
+			fprintf(stderr, "etcdproxyctl: %s takes no argument\n", cmd);
+			return EXIT_USAGE;
+		}
+	} else {
+		fprintf(stderr, "etcdproxyctl: unknown command \"%s\"\n", cmd);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+
+	if (sock == NULL) {
+		struct ep_global_config *g;
+		char *error;
+
+		if (ep_global_config_load(config, &g, &error) < 0) {
+			fprintf(stderr, "etcdproxyctl: cannot find the control socket: %s\n"
+					"(give it with -s SOCKET)\n", error);
+			free(error);
+			return EXIT_NO_DAEMON;
+		}
+		sock = sock_alloc = ep_strdup(g->control_socket);
+		ep_global_config_free(g);
+	}
+	fd = connect_socket(sock);
+	if (fd < 0) {
+		fprintf(stderr, "etcdproxyctl: etcdproxyd is not running (cannot connect to %s: %s)\n",
+			sock, strerror(errno));
+		free(sock_alloc);
+		return EXIT_NO_DAEMON;
+	}
+
+	req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "command", cmd);
+	if (name != NULL)
+		cJSON_AddStringToObject(req, "name", name);
+	r = ep_ipc_write_frame_fd(fd, EP_MSG_CTL_REQUEST, req);
+	cJSON_Delete(req);
+	if (r == 0)
+		r = ep_ipc_read_frame_fd(fd, 30000, &type, &reply, &why);
+	close(fd);
+	if (r < 0) {
+		fprintf(stderr, "etcdproxyctl: no answer from etcdproxyd on %s: %s\n", sock,
+			why ? why : strerror(-r));
+		free(sock_alloc);
+		return EXIT_NO_DAEMON;
+	}
+	free(sock_alloc);
+
+	if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
+		if (json) {
+			char *text = cJSON_Print(reply);
+
+			printf("%s\n", text);
+			free(text);
+		}
+		fprintf(stderr, "etcdproxyctl: %s\n", str(reply, "error", "the daemon refused"));
+		cJSON_Delete(reply);
+		return EXIT_REFUSED;
+	}
+	code = EXIT_DONE;
+	if (json) {
+		char *text = cJSON_Print(reply);
+
+		printf("%s\n", text);
+		free(text);
+		if (strcmp(cmd, "status") == 0) {
+			const cJSON *t;
+
+			cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(reply, "tenants"))
+			if (strcmp(str(t, "state", ""), "ready") != 0)
+				code = EXIT_NOT_READY;
+		}
+	} else if (strcmp(cmd, "status") == 0) {
+		code = print_status(reply, 1);
+	} else if (strcmp(cmd, "list") == 0) {
+		print_status(reply, 0);
+	} else if (strcmp(cmd, "show") == 0) {
+		print_show(reply);
+	} else if (strcmp(cmd, "reload") == 0) {
+		print_reload(reply);
+	} else if (strcmp(cmd, "restart") == 0) {
+		printf("restarting %s\n", name);
+	}
+	cJSON_Delete(reply);
+	return code;
+}

@@ -1,0 +1,196 @@
+/*
+ * etcdproxy plugin SDK: the whole contract between an etcdproxy worker and
+ * the backend or certificate-source plugins it loads.
+ *
+ * A plugin is a shared object named "<kind>-<name>.so" in the plugin
+ * directory (backend-etcd.so, certs-ca.so, ...).  It exports exactly one
+ * symbol, EP_PLUGIN_SYMBOL, a const struct ep_plugin.  The worker opens the
+ * file by absolute path, with immediate binding, checks abi_version, kind and
+ * name, then calls init() once and the kind's operations afterwards, all from
+ * the worker's single libuv loop thread.
+ *
+ * Build a plugin out of tree with:
+ *   cc $(pkg-config --cflags etcdproxy-plugin) -o backend-foo.so foo.c \
+ *      $(pkg-config --libs etcdproxy-plugin)
+ *
+ * ABI versioning: EP_PLUGIN_ABI_VERSION changes only when a struct in this
+ * header changes incompatibly.  New callbacks go into the reserved slots, which
+ * the host always zeroes, so an older plugin keeps working.
+ */
+#ifndef ETCDPROXY_PLUGIN_H
+#define ETCDPROXY_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** The ABI this header describes. A plugin stores it in ep_plugin.abi_version. */
+#define EP_PLUGIN_ABI_VERSION 1u
+
+/** The name of the one symbol a plugin exports. */
+#define EP_PLUGIN_SYMBOL ep_plugin_descriptor
+#define EP_PLUGIN_SYMBOL_NAME "ep_plugin_descriptor"
+
+/** Marks the descriptor as the one exported symbol (build with -fvisibility=hidden). */
+#define EP_PLUGIN_EXPORT __attribute__((visibility("default")))
+
+/** What a plugin provides. The file name prefix follows the kind. */
+enum ep_plugin_kind {
+	EP_PLUGIN_BACKEND = 1, /* "backend-<name>.so": carries a tenant's traffic */
+	EP_PLUGIN_CERTS = 2,   /* "certs-<name>.so": provides a tenant's TLS material */
+};
+
+/** Log levels, the syslog numbers journald understands. */
+enum ep_log_level {
+	EP_LOG_ERR = 3,
+	EP_LOG_WARNING = 4,
+	EP_LOG_NOTICE = 5,
+	EP_LOG_INFO = 6,
+	EP_LOG_DEBUG = 7,
+};
+
+/** The core etcd a backend forwards to (from the global configuration). */
+struct ep_core_etcd {
+	const char *const *endpoints; /* URLs, "https://127.0.0.1:2379" */
+	size_t n_endpoints;
+	const char *ca_file;   /* PEM bundle that verifies the core etcd, or NULL */
+	const char *cert_file; /* client certificate for the core etcd, or NULL */
+	const char *key_file;  /* its private key, or NULL */
+};
+
+/**
+ * The tenant a worker serves.  Owned by the host, valid from init() until
+ * fini() returns; plugins copy what they keep longer.
+ */
+struct ep_tenant_info {
+	const char *name;        /* metadata.name, "a" */
+	const char *prefix;      /* key prefix, "/a/" */
+	const char *listen;      /* "HOST:PORT" or "unix:PATH" */
+	const char *state_dir;   /* private, persistent directory of this tenant (exists, 0700) */
+	const char *runtime_dir; /* private runtime directory of this tenant (exists, 0700) */
+	const char *source_file; /* the EtcdStorage file it came from, for messages */
+	struct ep_core_etcd core;
+	/*
+	 * Options for this plugin as a JSON object text ("{}" when none): the
+	 * global "backends"/"certs" section for the plugin's name.  The plugin
+	 * validates it and rejects unknown keys through init()'s error_r.
+	 */
+	const char *options_json;
+	void *reserved[8];
+};
+
+struct ep_host;
+
+/**
+ * What the host (the worker) offers a plugin.  All functions must be called
+ * from the loop thread.
+ */
+struct ep_host {
+	uint32_t abi_version;                /* the host's EP_PLUGIN_ABI_VERSION */
+	uv_loop_t *loop;                     /* the worker's loop; plugins add handles to it */
+	const struct ep_tenant_info *tenant; /* the tenant being served */
+
+	/** Log one line, prefixed with the plugin and tenant by the host. */
+	void (*log)(struct ep_host *host, enum ep_log_level level, const char *fmt, ...)
+		__attribute__((format(printf, 3, 4)));
+
+	/**
+	 * The tenant's endpoint answers requests.  Call it every time the
+	 * endpoint becomes ready again (after a restart of a child, say); the host
+	 * reports READY to the supervisor on the first call and health afterwards.
+	 * endpoint: the address clients use, copied by the host.
+	 */
+	void (*ready)(struct ep_host *host, const char *endpoint);
+
+	/**
+	 * The result of a health check.  healthy: 1 or 0; reason: why it is
+	 * unhealthy (copied; may be NULL when healthy).  The host forwards changes
+	 * to the supervisor.
+	 */
+	void (*health)(struct ep_host *host, int healthy, const char *reason);
+
+	/**
+	 * The backend cannot go on.  The worker exits, with the "fatal
+	 * configuration" code when fatal_config is 1 (the supervisor will not
+	 * retry until the configuration changes), else with the "unavailable"
+	 * code (the supervisor retries with backoff).  reason is copied.
+	 */
+	void (*fail)(struct ep_host *host, int fatal_config, const char *reason);
+
+	/** The graceful stop asked for with stop() has finished. */
+	void (*stopped)(struct ep_host *host);
+
+	/**
+	 * Spawn a helper program that must not outlive the worker: like
+	 * uv_spawn(), but the child gets PR_SET_PDEATHSIG(SIGKILL) before exec,
+	 * so it dies even when the worker is killed with SIGKILL.  Returns 0 or a
+	 * negative libuv error code.
+	 */
+	int (*spawn)(struct ep_host *host, uv_process_t *process,
+		     const uv_process_options_t *options);
+
+	void *reserved[8];
+};
+
+/** Operations of a backend plugin (ep_plugin.kind == EP_PLUGIN_BACKEND). */
+struct ep_backend_ops {
+	/**
+	 * Start serving.  Called once after init().  Return 0 and call
+	 * host->ready() later when the endpoint answers, or return a negative
+	 * errno code with a static or plugin-owned reason in *error_r.
+	 */
+	int (*start)(void *state, const char **error_r);
+
+	/**
+	 * Stop serving: drain, then call host->stopped().  graceful: 0 means
+	 * stop at once.  May be called more than once (a second call escalates).
+	 */
+	void (*stop)(void *state, int graceful);
+
+	void *reserved[8];
+};
+
+/** Operations of a certificate-source plugin (EP_PLUGIN_CERTS). */
+struct ep_certs_ops {
+	/**
+	 * Make sure the tenant's TLS material exists and is current.  Returns 0
+	 * or a negative errno code with a reason in *error_r.
+	 */
+	int (*refresh)(void *state, const char **error_r);
+
+	void *reserved[8];
+};
+
+/** The one descriptor a plugin exports as EP_PLUGIN_SYMBOL. */
+struct ep_plugin {
+	uint32_t abi_version;    /* EP_PLUGIN_ABI_VERSION the plugin was built with */
+	uint32_t kind;           /* enum ep_plugin_kind */
+	const char *name;        /* "etcd": must match the file name "backend-etcd.so" */
+	const char *description; /* one line for etcdproxyctl and logs */
+
+	/**
+	 * Prepare the plugin for host->tenant.  Store the plugin's state in
+	 * *state_r (passed back to every operation and to fini()).  Return 0, or
+	 * a negative errno code with a reason in *error_r; -EINVAL means the
+	 * configuration is wrong and will not get better by retrying.
+	 */
+	int (*init)(struct ep_host *host, void **state_r, const char **error_r);
+
+	/** Free the state.  Every handle the plugin opened must be closed by now. */
+	void (*fini)(void *state);
+
+	/** struct ep_backend_ops or struct ep_certs_ops, by kind. */
+	const void *ops;
+
+	void *reserved[8];
+};
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ETCDPROXY_PLUGIN_H */

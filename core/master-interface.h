@@ -1,0 +1,86 @@
+/*
+ * The supervisor <-> worker contract, and the control socket's, in one place.
+ *
+ * Process layout: etcdproxyd spawns one etcdproxy-worker per tenant with
+ * uv_spawn().  The worker inherits one end of a socketpair on fd EP_IPC_FD;
+ * when that end reads EOF the supervisor is gone and the worker stops.
+ *
+ * Framing (IPC socketpair and control socket alike), all integers big-endian:
+ *
+ *   offset 0  2 bytes  magic "EP"
+ *   offset 2  1 byte   EP_IPC_VERSION
+ *   offset 3  1 byte   message type (enum ep_msg_type)
+ *   offset 4  4 bytes  payload length, at most EP_IPC_MAX_PAYLOAD
+ *   offset 8  payload  one JSON object (UTF-8), fields below
+ *
+ * A frame with a bad magic, version or length, or a payload that is not a
+ * JSON object, is a protocol error: the reader drops the connection.
+ *
+ * Messages, worker -> supervisor:
+ *   HELLO    {"pid":N, "version":"0.1.0", "abi":N}          first frame, unasked
+ *   READY    {"endpoint":"127.0.0.1:2379"}                   endpoint answers
+ *   HEALTH   {"healthy":true|false, "reason":"..."}         on every change
+ *   STATUS   {"state":"...", "detail":"...", "counters":{}} answer to STATUS_REQ
+ *   FATAL    {"reason":"...", "config":true|false}          just before exiting
+ *
+ * Messages, supervisor -> worker:
+ *   CONFIGURE   {"generation":N, "tenant":{...}, "core_etcd":{...},
+ *                "plugin_dir":"...", "state_dir":"...", "runtime_dir":"...",
+ *                "backend":"etcd", "backend_options":{...}, "log_level":"info"}
+ *               the whole effective configuration; sent once after HELLO
+ *   STOP        {"graceful":true|false}  drain and exit 0
+ *   STATUS_REQ  {}
+ *
+ * Control socket (etcdproxyctl -> etcdproxyd), one request per connection:
+ *   CTL_REQUEST {"command":"status|list|show|reload|restart", "name":"..."}
+ *   CTL_REPLY   {"ok":true|false, "error":"...", ...command-specific fields}
+ */
+#ifndef EP_MASTER_INTERFACE_H
+#define EP_MASTER_INTERFACE_H
+
+#include <stdint.h>
+
+/* The worker's end of the IPC socketpair. */
+#define EP_IPC_FD 3
+
+/* Environment the supervisor gives a worker. */
+#define EP_ENV_TENANT "ETCDPROXY_TENANT"         /* tenant name, for early log lines */
+#define EP_ENV_SUPERVISOR_PID "ETCDPROXY_SUPERVISOR_PID"
+#define EP_ENV_LOG "ETCDPROXY_LOG"               /* "stderr", "journal" or "syslog" */
+
+#define EP_IPC_MAGIC0 'E'
+#define EP_IPC_MAGIC1 'P'
+#define EP_IPC_VERSION 1
+#define EP_IPC_HEADER_SIZE 8
+#define EP_IPC_MAX_PAYLOAD (1024u * 1024u)
+
+enum ep_msg_type {
+	/* worker -> supervisor */
+	EP_MSG_HELLO = 1,
+	EP_MSG_READY = 2,
+	EP_MSG_HEALTH = 3,
+	EP_MSG_STATUS = 4,
+	EP_MSG_FATAL = 5,
+	/* supervisor -> worker */
+	EP_MSG_CONFIGURE = 16,
+	EP_MSG_STOP = 17,
+	EP_MSG_STATUS_REQ = 18,
+	/* control socket */
+	EP_MSG_CTL_REQUEST = 32,
+	EP_MSG_CTL_REPLY = 33,
+};
+
+/*
+ * Worker exit codes (sysexits.h numbers, so that systemd and people read them
+ * the same way).  ep_exit_describe() turns any wait status into log text.
+ */
+enum ep_exit_code {
+	EP_EXIT_OK = 0,            /* stopped on request */
+	EP_EXIT_USAGE = 64,        /* started by hand with wrong arguments */
+	EP_EXIT_UNAVAILABLE = 69,  /* backend failed at run time: retry with backoff */
+	EP_EXIT_SOFTWARE = 70,     /* internal error: retry with backoff */
+	EP_EXIT_PROTOCOL = 76,     /* the supervisor spoke garbage on the IPC socket */
+	EP_EXIT_CONFIG = 78,       /* fatal configuration error: not retried until it changes */
+};
+
+#endif /* EP_MASTER_INTERFACE_H */

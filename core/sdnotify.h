@@ -1,0 +1,21 @@
+/* systemd notification without libsystemd: one datagram to $NOTIFY_SOCKET. */
+#ifndef EP_SDNOTIFY_H
+#define EP_SDNOTIFY_H
+
+#include <stdint.h>
+
+/*
+ * Send "READY=1", "STATUS=...", ... to $NOTIFY_SOCKET (path or abstract
+ * "@name").  Returns 1 when sent, 0 when not running under systemd, or
+ * -errno.
+ */
+int ep_sd_notify(const char *state);
+int ep_sd_notifyf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * The watchdog interval in microseconds when systemd wants keep-alives for
+ * this process ($WATCHDOG_USEC, and $WATCHDOG_PID if set names us), else 0.
+ */
+uint64_t ep_sd_watchdog_usec(void);
+
+#endif /* EP_SDNOTIFY_H */

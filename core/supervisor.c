@@ -1,0 +1,923 @@
+/*
+ * etcdproxyd: one worker process per tenant, restarted with backoff, reloaded
+ * by diffing the tenant set, stopped gracefully.  Signal handlers only record
+ * (uv_signal_t); everything happens on the one loop.
+ */
+#include "build-config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EP_LOG_SUBSYS "supervisor"
+#include "log.h"
+#include "sdnotify.h"
+#include "supervisor.h"
+#include "util.h"
+
+extern char **environ;
+
+static void tenant_spawn(struct tenant *t);
+static void tenant_stop(struct tenant *t);
+static void tenant_release(struct tenant *t);
+static void maybe_finish_shutdown(struct supervisor *sv);
+static void notify_status(struct supervisor *sv);
+
+const char *tenant_state_name(enum tenant_state s)
+{
+	switch (s) {
+	case TENANT_STOPPED: return "stopped";
+	case TENANT_STARTING: return "starting";
+	case TENANT_READY: return "ready";
+	case TENANT_UNHEALTHY: return "unhealthy";
+	case TENANT_BACKOFF: return "backoff";
+	case TENANT_FAILED: return "failed";
+	case TENANT_STOPPING: return "stopping";
+	}
+	return "?";
+}
+
+static void set_str(char **dst, const char *src)
+{
+	free(*dst);
+	*dst = ep_strdup(src);
+}
+
+static void tenant_set_state(struct tenant *t, enum tenant_state s)
+{
+	if (t->state == s)
+		return;
+	ep_debug("tenant %s: %s -> %s", t->name, tenant_state_name(t->state), tenant_state_name(s));
+	t->state = s;
+	notify_status(t->sv);
+}
+
+/* ---- tenant objects ---------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	struct tenant *t = h->data;
+
+	if (--t->handles == 0) {
+		ep_frame_reader_free(&t->reader);
+		free(t->name);
+		free(t->file);
+		free(t->backend);
+		free(t->listen);
+		free(t->prefix);
+		free(t->payload);
+		free(t->config_error);
+		free(t->last_error);
+		free(t->fatal_reason);
+		free(t->endpoint);
+		free(t);
+	}
+}
+
+static struct tenant *tenant_new(struct supervisor *sv, const struct ep_tenant_entry *e)
+{
+	struct tenant *t = ep_malloc0(sizeof(*t));
+	const struct ep_global_config *g = sv->global;
+
+	t->sv = sv;
+	t->name = ep_strdup(e->name);
+	t->file = ep_strdup(e->file);
+	if (e->config != NULL) {
+		t->backend = ep_strdup(e->config->backend);
+		t->listen = ep_strdup(e->config->listen);
+		t->prefix = ep_strdup(e->config->prefix);
+		t->payload = ep_strdup(e->fingerprint);
+	} else {
+		t->config_error = ep_strdup(e->error);
+		t->last_error = ep_strdup(e->error);
+	}
+	ep_frame_reader_init(&t->reader);
+	uv_timer_init(sv->loop, &t->timer);
+	t->timer.data = t;
+	t->handles = 1;
+	ep_backoff_init(&t->backoff, g->backoff_initial_ms, g->backoff_max_ms, g->max_failures);
+	t->state = TENANT_STOPPED;
+	return t;
+}
+
+/* Unlink from the list and close its handles; freed when the last one is closed. */
+static void tenant_release(struct tenant *t)
+{
+	struct tenant **pp;
+
+	for (pp = &t->sv->tenants; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == t) {
+			*pp = t->next;
+			break;
+		}
+	}
+	if (t->successor != NULL)
+		tenant_release(t->successor);
+	uv_close((uv_handle_t *)&t->timer, on_handle_closed);
+}
+
+static void tenant_append(struct supervisor *sv, struct tenant *t)
+{
+	struct tenant **pp = &sv->tenants;
+
+	while (*pp != NULL)
+		pp = &(*pp)->next;
+	t->next = NULL;
+	*pp = t;
+}
+
+/* Start a tenant that was just added (or whose file has an error). */
+static void tenant_activate(struct tenant *t)
+{
+	if (t->config_error != NULL) {
+		ep_err("tenant %s not started: %s", t->name, t->config_error);
+		tenant_set_state(t, TENANT_FAILED);
+		return;
+	}
+	tenant_spawn(t);
+}
+
+struct tenant *supervisor_find(struct supervisor *sv, const char *name)
+{
+	for (struct tenant *t = sv->tenants; t != NULL; t = t->next)
+		if (strcmp(t->name, name) == 0)
+			return t;
+	return NULL;
+}
+
+/* ---- IPC with a worker ------------------------------------------------------------------ */
+
+static void send_configure(struct tenant *t)
+{
+	cJSON *payload = cJSON_Parse(t->payload);
+
+	cJSON_AddNumberToObject(payload, "generation", (double)t->sv->generation);
+	if (ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_CONFIGURE, payload) < 0)
+		ep_warn("tenant %s: cannot send CONFIGURE", t->name);
+	cJSON_Delete(payload);
+}
+
+static const char *json_str(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
+{
+	struct tenant *t = ctx;
+	const char *s;
+
+	ep_debug("tenant %s: worker sent %s", t->name, ep_msg_type_name(type));
+	switch (type) {
+	case EP_MSG_HELLO:
+		send_configure(t);
+		break;
+	case EP_MSG_READY:
+		s = json_str(payload, "endpoint");
+		set_str(&t->endpoint, s != NULL ? s : t->listen);
+		t->healthy = 1;
+		if (t->ready_ms == 0)
+			t->ready_ms = ep_now_ms();
+		if (t->state == TENANT_STARTING || t->state == TENANT_UNHEALTHY) {
+			ep_info("tenant %s ready on %s (worker pid %ld)", t->name, t->endpoint,
+				(long)t->pid);
+			tenant_set_state(t, TENANT_READY);
+		}
+		break;
+	case EP_MSG_HEALTH: {
+		const cJSON *h = cJSON_GetObjectItemCaseSensitive(payload, "healthy");
+
+		t->healthy = cJSON_IsTrue(h);
+		s = json_str(payload, "reason");
+		if (t->healthy && t->state == TENANT_UNHEALTHY) {
+			ep_notice("tenant %s healthy again", t->name);
+			tenant_set_state(t, TENANT_READY);
+		} else if (!t->healthy && t->state == TENANT_READY) {
+			ep_warn("tenant %s unhealthy: %s", t->name, s ? s : "no reason given");
+			set_str(&t->last_error, s);
+			tenant_set_state(t, TENANT_UNHEALTHY);
+		} else if (!t->healthy && s != NULL) {
+			set_str(&t->last_error, s);
+		}
+		break;
+	}
+	case EP_MSG_FATAL:
+		s = json_str(payload, "reason");
+		set_str(&t->fatal_reason, s != NULL ? s : "no reason given");
+		t->fatal_config = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(payload, "config"));
+		ep_err("tenant %s: worker: %s", t->name, t->fatal_reason);
+		break;
+	case EP_MSG_STATUS:
+		break;
+	default:
+		ep_warn("tenant %s: worker sent unexpected message type %u", t->name, type);
+		break;
+	}
+	return 0;
+}
+
+static void ipc_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	static char slab[65536];
+
+	(void)h;
+	(void)suggested;
+	*buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void ipc_close(struct tenant *t)
+{
+	if (t->ipc_open) {
+		t->ipc_open = 0;
+		uv_close((uv_handle_t *)&t->ipc, on_handle_closed);
+	}
+}
+
+static void on_ipc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	struct tenant *t = s->data;
+	const char *why = NULL;
+
+	if (n == 0)
+		return;
+	if (n < 0) {
+		/* EOF: the worker is exiting; its exit callback does the rest */
+		ipc_close(t);
+		return;
+	}
+	if (ep_frame_reader_feed(&t->reader, buf->base, (size_t)n, on_worker_message, t, &why) < 0) {
+		ep_err("tenant %s: protocol error from worker pid %ld: %s; killing it", t->name,
+		       (long)t->pid, why);
+		set_str(&t->last_error, why);
+		ipc_close(t);
+		if (t->process_alive)
+			uv_process_kill(&t->process, SIGKILL);
+	}
+}
+
+/* ---- worker processes --------------------------------------------------------------- */
+
+/*
+ * A tenant's worker is gone after a stop that was asked for: hand over to the
+ * successor (changed by reload), free it (removed), spawn it again (restart),
+ * or leave it stopped.
+ */
+static void tenant_after_stop(struct tenant *t)
+{
+	struct supervisor *sv = t->sv;
+
+	if (t->successor != NULL) {
+		struct tenant *succ = t->successor;
+		struct tenant **pp;
+
+		t->successor = NULL;
+		/* the new configuration takes this one's place in the list */
+		for (pp = &sv->tenants; *pp != t; pp = &(*pp)->next)
+			;
+		succ->next = t->next;
+		*pp = succ;
+		t->next = NULL;
+		succ->restarts = t->restarts;
+		uv_close((uv_handle_t *)&t->timer, on_handle_closed);
+		if (!sv->shutting_down)
+			tenant_activate(succ);
+		else
+			tenant_release(succ);
+	} else if (t->remove_on_exit || sv->shutting_down) {
+		tenant_release(t);
+	} else if (t->restart_on_exit) {
+		t->restart_on_exit = 0;
+		tenant_spawn(t);
+	} else {
+		tenant_set_state(t, TENANT_STOPPED);
+	}
+	maybe_finish_shutdown(sv);
+	notify_status(sv);
+}
+
+static void on_restart_timer(uv_timer_t *timer)
+{
+	struct tenant *t = timer->data;
+
+	if (t->state == TENANT_BACKOFF)
+		tenant_spawn(t);
+}
+
+static void on_worker_exit(uv_process_t *p, int64_t exit_status, int term_signal)
+{
+	struct tenant *t = p->data;
+	struct supervisor *sv = t->sv;
+	char how[160];
+	uint64_t now = ep_now_ms();
+	int was_stable;
+
+	t->process_alive = 0;
+	uv_close((uv_handle_t *)&t->process, on_handle_closed);
+	ipc_close(t);
+	uv_timer_stop(&t->timer);
+	ep_exit_describe(exit_status, term_signal, how, sizeof(how));
+
+	if (t->state == TENANT_STOPPING) {
+		ep_info("tenant %s: worker pid %ld %s", t->name, (long)t->pid, how);
+		t->pid = 0;
+		t->stop_phase = 0;
+		tenant_after_stop(t);
+		return;
+	}
+
+	/* an exit nobody asked for */
+	free(t->last_error);
+	if (t->fatal_reason != NULL)
+		t->last_error = ep_strdup_printf("%s: %s", how, t->fatal_reason);
+	else
+		t->last_error = ep_strdup(how);
+	ep_warn("tenant %s: worker pid %ld %s", t->name, (long)t->pid, t->last_error);
+	t->pid = 0;
+
+	if ((exit_status == EP_EXIT_CONFIG && term_signal == 0) || t->fatal_config) {
+		ep_err("tenant %s failed: fatal configuration error, not retried until its "
+		       "configuration changes (or etcdproxyctl restart %s)",
+		       t->name, t->name);
+		tenant_set_state(t, TENANT_FAILED);
+		return;
+	}
+	was_stable = t->ready_ms != 0 && now - t->ready_ms >= sv->global->stable_after_ms;
+	if (was_stable)
+		ep_backoff_reset(&t->backoff);
+	int64_t delay = ep_backoff_fail(&t->backoff);
+	if (delay < 0) {
+		char *msg = ep_strdup_printf("gave up after %u consecutive failures; last: %s",
+					     t->backoff.failures, t->last_error);
+
+		free(t->last_error);
+		t->last_error = msg;
+		ep_err("tenant %s failed: %s (etcdproxyctl restart %s tries again)", t->name, msg,
+		       t->name);
+		tenant_set_state(t, TENANT_FAILED);
+		return;
+	}
+	ep_info("tenant %s: restarting in %lld ms (failure %u of at most %u)", t->name,
+		(long long)delay, t->backoff.failures, t->backoff.max_failures - 1);
+	tenant_set_state(t, TENANT_BACKOFF);
+	uv_timer_start(&t->timer, on_restart_timer, (uint64_t)delay, 0);
+}
+
+static void tenant_spawn(struct tenant *t)
+{
+	struct supervisor *sv = t->sv;
+	uv_process_options_t opts;
+	uv_stdio_container_t stdio[4];
+	char *args[4];
+	char **env;
+	size_t n_env = 0, k = 0;
+	int r;
+
+	for (char **e = environ; *e != NULL; e++)
+		n_env++;
+	env = ep_malloc0(sizeof(char *) * (n_env + 4));
+	for (char **e = environ; *e != NULL; e++) {
+		if (strncmp(*e, "ETCDPROXY_", 10) == 0 || strncmp(*e, "NOTIFY_SOCKET=", 14) == 0 ||
+		    strncmp(*e, "WATCHDOG_", 9) == 0 || strncmp(*e, "LISTEN_", 7) == 0)
+			continue; /* systemd's variables are the supervisor's, not the workers' */
+		env[k++] = *e;
+	}
+	env[k++] = ep_strdup_printf(EP_ENV_TENANT "=%s", t->name);
+	env[k++] = ep_strdup_printf(EP_ENV_SUPERVISOR_PID "=%ld", (long)getpid());
+	env[k++] = ep_strdup_printf(EP_ENV_LOG "=%s",
+				    ep_log_get_target() == EP_LOG_TARGET_SYSLOG ? "syslog" : "stderr");
+	env[k] = NULL;
+
+	args[0] = sv->global->worker_path;
+	args[1] = "--tenant";
+	args[2] = t->name;
+	args[3] = NULL;
+
+	uv_pipe_init(sv->loop, &t->ipc, 1);
+	t->ipc.data = t;
+	t->ipc_open = 1;
+	t->handles++;
+	ep_frame_reader_free(&t->reader);
+	ep_frame_reader_init(&t->reader);
+
+	memset(&opts, 0, sizeof(opts));
+	memset(stdio, 0, sizeof(stdio));
+	stdio[0].flags = UV_IGNORE;
+	stdio[1].flags = UV_INHERIT_FD;
+	stdio[1].data.fd = 1;
+	stdio[2].flags = UV_INHERIT_FD;
+	stdio[2].data.fd = 2;
+	stdio[EP_IPC_FD].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
+	stdio[EP_IPC_FD].data.stream = (uv_stream_t *)&t->ipc;
+	opts.file = sv->global->worker_path;
+	opts.args = args;
+	opts.env = env;
+	opts.stdio = stdio;
+	opts.stdio_count = 4;
+	opts.exit_cb = on_worker_exit;
+	/* own session: a ^C on the supervisor's terminal must not hit the workers directly */
+	opts.flags = UV_PROCESS_DETACHED;
+
+	t->process.data = t;
+	free(t->fatal_reason);
+	t->fatal_reason = NULL;
+	t->fatal_config = 0;
+	t->ready_ms = 0;
+	t->healthy = 0;
+	r = uv_spawn(sv->loop, &t->process, &opts);
+	for (size_t i = k - 3; i < k; i++)
+		free(env[i]);
+	free(env);
+	if (r < 0) {
+		char *msg = ep_strdup_printf("cannot start worker %s: %s", sv->global->worker_path,
+					     uv_strerror(r));
+
+		ep_err("tenant %s: %s", t->name, msg);
+		free(t->last_error);
+		t->last_error = msg;
+		ipc_close(t);
+		t->handles++; /* uv_spawn initialised the handle even though it failed */
+		uv_close((uv_handle_t *)&t->process, on_handle_closed);
+		int64_t delay = ep_backoff_fail(&t->backoff);
+		if (delay < 0) {
+			tenant_set_state(t, TENANT_FAILED);
+		} else {
+			tenant_set_state(t, TENANT_BACKOFF);
+			uv_timer_start(&t->timer, on_restart_timer, (uint64_t)delay, 0);
+		}
+		return;
+	}
+	t->handles++;
+	t->process_alive = 1;
+	t->pid = t->process.pid;
+	t->started_ms = ep_now_ms();
+	if (t->spawns++ > 0)
+		t->restarts++;
+	uv_read_start((uv_stream_t *)&t->ipc, ipc_alloc, on_ipc_read);
+	ep_info("tenant %s: started worker pid %ld (backend %s, listen %s)", t->name, (long)t->pid,
+		t->backend, t->listen);
+	tenant_set_state(t, TENANT_STARTING);
+}
+
+static void on_stop_timer(uv_timer_t *timer)
+{
+	struct tenant *t = timer->data;
+	uint64_t half = t->sv->global->stop_timeout_ms / 2;
+
+	if (!t->process_alive)
+		return;
+	if (t->stop_phase == 1) {
+		ep_warn("tenant %s: worker pid %ld still running after STOP; sending SIGTERM", t->name,
+			(long)t->pid);
+		uv_process_kill(&t->process, SIGTERM);
+		t->stop_phase = 2;
+		uv_timer_start(&t->timer, on_stop_timer, half > 0 ? half : 1, 0);
+	} else {
+		ep_err("tenant %s: worker pid %ld ignored SIGTERM; sending SIGKILL", t->name,
+		       (long)t->pid);
+		uv_process_kill(&t->process, SIGKILL);
+		t->stop_phase = 3;
+	}
+}
+
+/*
+ * Drain, then escalate: STOP over IPC; SIGTERM after half the stop timeout;
+ * SIGKILL after the other half.
+ */
+static void tenant_stop(struct tenant *t)
+{
+	cJSON *p;
+
+	uv_timer_stop(&t->timer);
+	if (!t->process_alive) {
+		/* nothing runs (backoff, failed, stopped): the stop is complete at once */
+		tenant_after_stop(t);
+		return;
+	}
+	if (t->stop_phase > 0)
+		return; /* already on its way out */
+	tenant_set_state(t, TENANT_STOPPING);
+	t->stop_phase = 1;
+	p = cJSON_CreateObject();
+	cJSON_AddBoolToObject(p, "graceful", 1);
+	if (!t->ipc_open || ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_STOP, p) < 0) {
+		uv_process_kill(&t->process, SIGTERM);
+		t->stop_phase = 2;
+	}
+	cJSON_Delete(p);
+	uv_timer_start(&t->timer, on_stop_timer,
+		       t->sv->global->stop_timeout_ms / 2 ? t->sv->global->stop_timeout_ms / 2 : 1, 0);
+}
+
+/* ---- status -------------------------------------------------------------------------- */
+
+void supervisor_counts(const struct supervisor *sv, unsigned *total, unsigned *ready,
+		       unsigned *failed)
+{
+	*total = *ready = *failed = 0;
+	for (const struct tenant *t = sv->tenants; t != NULL; t = t->next) {
+		(*total)++;
+		if (t->state == TENANT_READY)
+			(*ready)++;
+		else if (t->state == TENANT_FAILED)
+			(*failed)++;
+	}
+}
+
+static void notify_status(struct supervisor *sv)
+{
+	unsigned total, ready, failed;
+
+	if (getenv("NOTIFY_SOCKET") == NULL)
+		return;
+	supervisor_counts(sv, &total, &ready, &failed);
+	ep_sd_notifyf("STATUS=%u tenants: %u ready, %u failed, %u other", total, ready, failed,
+		      total - ready - failed);
+}
+
+static void add_opt_string(cJSON *o, const char *key, const char *value)
+{
+	if (value != NULL)
+		cJSON_AddStringToObject(o, key, value);
+	else
+		cJSON_AddNullToObject(o, key);
+}
+
+cJSON *tenant_to_json(const struct tenant *t, int detailed)
+{
+	cJSON *o = cJSON_CreateObject();
+	uint64_t now = ep_now_ms();
+	const struct tenant *shown = t;
+
+	cJSON_AddStringToObject(o, "name", t->name);
+	cJSON_AddStringToObject(o, "state", tenant_state_name(t->state));
+	add_opt_string(o, "backend", t->backend);
+	add_opt_string(o, "listen", t->listen);
+	add_opt_string(o, "prefix", t->prefix);
+	if (t->pid > 0)
+		cJSON_AddNumberToObject(o, "pid", (double)t->pid);
+	else
+		cJSON_AddNullToObject(o, "pid");
+	cJSON_AddNumberToObject(o, "restarts", t->restarts);
+	add_opt_string(o, "last_error", t->last_error);
+	if (t->ready_ms != 0 && t->pid > 0)
+		cJSON_AddNumberToObject(o, "uptime_s", (double)((now - t->ready_ms) / 1000));
+	else
+		cJSON_AddNullToObject(o, "uptime_s");
+	cJSON_AddBoolToObject(o, "healthy", t->healthy);
+	cJSON_AddStringToObject(o, "file", t->file);
+	if (detailed) {
+		add_opt_string(o, "endpoint", t->endpoint);
+		add_opt_string(o, "config_error", t->config_error);
+		cJSON_AddNumberToObject(o, "consecutive_failures", t->backoff.failures);
+		if (t->successor != NULL)
+			shown = t->successor;
+		if (shown->payload != NULL)
+			cJSON_AddItemToObject(o, shown == t ? "config" : "next_config",
+					      cJSON_Parse(shown->payload));
+	}
+	return o;
+}
+
+/* ---- reload ----------------------------------------------------------------------------- */
+
+struct reload_ctx {
+	struct supervisor *sv;
+	cJSON *added, *removed, *changed, *unchanged;
+};
+
+static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenant_entry *o,
+		    const struct ep_tenant_entry *n)
+{
+	struct reload_ctx *rc = ctx;
+	struct supervisor *sv = rc->sv;
+	struct tenant *t;
+
+	switch (action) {
+	case EP_DIFF_KEEP:
+		cJSON_AddItemToArray(rc->unchanged, cJSON_CreateString(n->name));
+		break;
+	case EP_DIFF_ADD:
+		ep_info("reload: new tenant %s (%s)", n->name, n->file);
+		cJSON_AddItemToArray(rc->added, cJSON_CreateString(n->name));
+		t = tenant_new(sv, n);
+		tenant_append(sv, t);
+		tenant_activate(t);
+		break;
+	case EP_DIFF_REMOVE:
+		ep_info("reload: tenant %s removed", o->name);
+		cJSON_AddItemToArray(rc->removed, cJSON_CreateString(o->name));
+		t = supervisor_find(sv, o->name);
+		if (t != NULL) {
+			t->remove_on_exit = 1;
+			tenant_stop(t);
+		}
+		break;
+	case EP_DIFF_CHANGE:
+		ep_info("reload: tenant %s changed (%s)", n->name, n->file);
+		cJSON_AddItemToArray(rc->changed, cJSON_CreateString(n->name));
+		t = supervisor_find(sv, o->name);
+		if (t == NULL) {
+			t = tenant_new(sv, n);
+			tenant_append(sv, t);
+			tenant_activate(t);
+			break;
+		}
+		if (t->successor != NULL) /* changed twice before the first change took effect */
+			tenant_release(t->successor);
+		t->successor = tenant_new(sv, n);
+		t->successor->restarts = t->restarts;
+		tenant_stop(t);
+		break;
+	}
+}
+
+int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
+{
+	struct ep_global_config *g = NULL;
+	struct ep_tenant_set set;
+	struct reload_ctx rc = { .sv = sv };
+	int r;
+
+	*error_r = NULL;
+	ep_sd_notify("RELOADING=1");
+	ep_notice("reloading %s", sv->config_path);
+	r = ep_global_config_load(sv->config_path, &g, error_r);
+	if (r == 0)
+		r = ep_tenant_set_load(g, &set, error_r);
+	if (r < 0) {
+		ep_err("reload refused, everything keeps running as it was: %s", *error_r);
+		set_str(&sv->last_reload_error, *error_r);
+		ep_global_config_free(g);
+		ep_sd_notify("READY=1");
+		return -EINVAL;
+	}
+	if (strcmp(g->runtime_dir, sv->global->runtime_dir) != 0 ||
+	    strcmp(g->control_socket, sv->global->control_socket) != 0)
+		ep_warn("reload: runtime_dir and control_socket changes take effect at the next start");
+	ep_log_set_level(g->log_level);
+
+	/* the new global settings apply to everything spawned from now on */
+	ep_global_config_free(sv->global);
+	sv->global = g;
+	sv->generation++;
+	rc.added = cJSON_AddArrayToObject(summary, "added");
+	rc.removed = cJSON_AddArrayToObject(summary, "removed");
+	rc.changed = cJSON_AddArrayToObject(summary, "changed");
+	rc.unchanged = cJSON_AddArrayToObject(summary, "unchanged");
+	ep_tenant_set_diff(&sv->set, &set, on_diff, &rc);
+	ep_tenant_set_free(&sv->set);
+	sv->set = set;
+	free(sv->last_reload_error);
+	sv->last_reload_error = NULL;
+	sv->last_reload_ms = ep_now_ms();
+	ep_notice("reload done: %d added, %d removed, %d changed, %d unchanged",
+		  cJSON_GetArraySize(rc.added), cJSON_GetArraySize(rc.removed),
+		  cJSON_GetArraySize(rc.changed), cJSON_GetArraySize(rc.unchanged));
+	ep_sd_notify("READY=1");
+	notify_status(sv);
+	return 0;
+}
+
+int supervisor_restart_tenant(struct supervisor *sv, const char *name, char **error_r)
+{
+	struct tenant *t = supervisor_find(sv, name);
+
+	*error_r = NULL;
+	if (t == NULL) {
+		*error_r = ep_strdup_printf("no tenant named \"%s\"", name);
+		return -ENOENT;
+	}
+	if (t->config_error != NULL) {
+		*error_r = ep_strdup_printf("tenant \"%s\" cannot start until its file is fixed: %s",
+					    name, t->config_error);
+		return -EINVAL;
+	}
+	if (sv->shutting_down) {
+		*error_r = ep_strdup("the supervisor is shutting down");
+		return -ESHUTDOWN;
+	}
+	ep_notice("tenant %s: restart requested", name);
+	ep_backoff_reset(&t->backoff);
+	if (t->state == TENANT_STOPPING) {
+		t->restart_on_exit = 1;
+		return 0;
+	}
+	t->restart_on_exit = 1;
+	tenant_stop(t);
+	return 0;
+}
+
+/* ---- signals, watchdog, shutdown ----------------------------------------------------------- */
+
+static void close_if_open(uv_handle_t *h)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, NULL);
+}
+
+static void maybe_finish_shutdown(struct supervisor *sv)
+{
+	if (!sv->shutting_down || sv->tenants != NULL)
+		return;
+	ep_notice("all workers stopped");
+	control_stop(sv);
+	close_if_open((uv_handle_t *)&sv->sighup);
+	close_if_open((uv_handle_t *)&sv->sigterm);
+	close_if_open((uv_handle_t *)&sv->sigint);
+	close_if_open((uv_handle_t *)&sv->watchdog);
+}
+
+static void supervisor_shutdown(struct supervisor *sv, const char *why)
+{
+	struct tenant *t, *next;
+
+	if (sv->shutting_down) {
+		ep_notice("%s again: still waiting for workers", why);
+		return;
+	}
+	ep_notice("%s: stopping %s", why, sv->tenants ? "every worker" : "");
+	sv->shutting_down = 1;
+	ep_sd_notify("STOPPING=1");
+	for (t = sv->tenants; t != NULL; t = next) {
+		next = t->next;
+		t->remove_on_exit = 1;
+		tenant_stop(t);
+	}
+	maybe_finish_shutdown(sv);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	struct supervisor *sv = h->data;
+
+	if (signum == SIGHUP) {
+		cJSON *summary = cJSON_CreateObject();
+		char *error = NULL;
+
+		if (!sv->shutting_down)
+			supervisor_reload(sv, summary, &error);
+		free(error);
+		cJSON_Delete(summary);
+	} else {
+		supervisor_shutdown(sv, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+	}
+}
+
+static void on_watchdog(uv_timer_t *timer)
+{
+	ep_sd_notify("WATCHDOG=1");
+}
+
+/* ---- startup ---------------------------------------------------------------------------------- */
+
+static int check_config(const char *path)
+{
+	struct ep_global_config *g;
+	struct ep_tenant_set set;
+	char *error;
+	int bad = 0;
+
+	if (ep_global_config_load(path, &g, &error) < 0) {
+		fprintf(stderr, "%s\n", error);
+		free(error);
+		return 1;
+	}
+	if (ep_tenant_set_load(g, &set, &error) < 0) {
+		fprintf(stderr, "%s: %s\n", path, error);
+		free(error);
+		ep_global_config_free(g);
+		return 1;
+	}
+	for (size_t i = 0; i < set.n; i++) {
+		if (set.entries[i].error != NULL) {
+			fprintf(stderr, "%s\n", set.entries[i].error);
+			bad++;
+		}
+	}
+	printf("%s: %s; %zu tenant%s, %d with errors\n", path, bad ? "errors" : "OK", set.n,
+	       set.n == 1 ? "" : "s", bad);
+	ep_tenant_set_free(&set);
+	ep_global_config_free(g);
+	return bad ? 1 : 0;
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: etcdproxyd [-c FILE] [-f] [--check-config] [--version]\n"
+		"Supervise one etcd proxy worker per EtcdStorage tenant.\n\n"
+		"  -c, --config FILE   global configuration (default %s)\n"
+		"  -f, --foreground    stay in the foreground and log to stderr\n"
+		"      --check-config  validate the global file and every tenant file, then exit\n"
+		"      --version       print the version and exit\n"
+		"  -h, --help          this text\n",
+		EP_DEFAULT_CONFIG);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "check-config", no_argument, NULL, 'C' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct supervisor sv;
+	const char *config = EP_DEFAULT_CONFIG;
+	int foreground = 0, opt;
+	char *error = NULL;
+	uint64_t wd;
+
+	while ((opt = getopt_long(argc, argv, "c:fh", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'c': config = optarg; break;
+		case 'f': foreground = 1; break;
+		case 'C': return check_config(config);
+		case 'V': printf("etcdproxyd %s (plugin ABI %u)\n", PACKAGE_VERSION, EP_PLUGIN_ABI_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	memset(&sv, 0, sizeof(sv));
+	sv.config_path = ep_strdup(config);
+	ep_log_init("etcdproxyd", NULL, EP_LOG_TARGET_STDERR, EP_LOG_INFO);
+	if (ep_global_config_load(config, &sv.global, &error) < 0) {
+		ep_err("%s", error);
+		free(error);
+		return 1;
+	}
+	ep_log_set_level(sv.global->log_level);
+	if (ep_mkdir_p(sv.global->runtime_dir, 0755) < 0 || ep_mkdir_p(sv.global->state_dir, 0700) < 0) {
+		ep_err("cannot create %s or %s: %s", sv.global->runtime_dir, sv.global->state_dir,
+		       strerror(errno));
+		return 1;
+	}
+	if (ep_tenant_set_load(sv.global, &sv.set, &error) < 0) {
+		ep_err("%s", error);
+		free(error);
+		return 1;
+	}
+	if (!foreground) {
+		/* before the loop exists: daemon() forks, and libuv must not see that */
+		if (daemon(0, 0) < 0) {
+			ep_err("cannot daemonize: %s", strerror(errno));
+			return 1;
+		}
+		ep_log_init("etcdproxyd", NULL, EP_LOG_TARGET_SYSLOG, sv.global->log_level);
+	}
+	signal(SIGPIPE, SIG_IGN);
+
+	sv.loop = uv_default_loop();
+	sv.started_ms = ep_now_ms();
+	if (control_start(&sv, &error) < 0) {
+		ep_err("%s", error);
+		free(error);
+		return 1;
+	}
+	uv_signal_init(sv.loop, &sv.sighup);
+	uv_signal_init(sv.loop, &sv.sigterm);
+	uv_signal_init(sv.loop, &sv.sigint);
+	sv.sighup.data = sv.sigterm.data = sv.sigint.data = &sv;
+	uv_signal_start(&sv.sighup, on_signal, SIGHUP);
+	uv_signal_start(&sv.sigterm, on_signal, SIGTERM);
+	uv_signal_start(&sv.sigint, on_signal, SIGINT);
+	uv_timer_init(sv.loop, &sv.watchdog);
+	wd = ep_sd_watchdog_usec();
+	if (wd > 0)
+		uv_timer_start(&sv.watchdog, on_watchdog, 0, wd / 2000 ? wd / 2000 : 1);
+
+	ep_notice("etcdproxyd %s starting: %zu tenant%s from %s", PACKAGE_VERSION, sv.set.n,
+		  sv.set.n == 1 ? "" : "s", sv.global->storages_dir);
+	for (size_t i = 0; i < sv.set.n; i++) {
+		struct tenant *t = tenant_new(&sv, &sv.set.entries[i]);
+
+		tenant_append(&sv, t);
+		tenant_activate(t);
+	}
+	ep_sd_notify("READY=1");
+	notify_status(&sv);
+
+	uv_run(sv.loop, UV_RUN_DEFAULT);
+
+	ep_notice("etcdproxyd stopped");
+	uv_loop_close(sv.loop);
+	ep_tenant_set_free(&sv.set);
+	ep_global_config_free(sv.global);
+	free(sv.config_path);
+	free(sv.last_reload_error);
+	return sv.exit_code;
+}

@@ -1,0 +1,181 @@
+#include "build-config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tenant-set.h"
+#include "util.h"
+
+static int has_json_suffix(const char *name)
+{
+	size_t len = strlen(name);
+
+	return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".json") == 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void set_error(struct ep_tenant_entry *e, char *error)
+{
+	ep_tenant_config_free(e->config);
+	e->config = NULL;
+	free(e->error);
+	e->error = error;
+	free(e->fingerprint);
+	e->fingerprint = ep_strdup_printf("!%s", error);
+}
+
+/* Names of entries with errors may collide; '~' never appears in a valid name. */
+static void make_name_unique(struct ep_tenant_set *set, struct ep_tenant_entry *e)
+{
+	while (ep_tenant_set_find(set, e->name) != NULL) {
+		char *n = ep_strdup_printf("%s~", e->name);
+
+		free(e->name);
+		e->name = n;
+	}
+}
+
+static void check_conflicts(struct ep_tenant_set *set, struct ep_tenant_entry *e)
+{
+	for (size_t i = 0; i < set->n && e->config != NULL; i++) {
+		const struct ep_tenant_entry *o = &set->entries[i];
+
+		if (o->config == NULL)
+			continue;
+		if (strcmp(o->config->name, e->config->name) == 0)
+			set_error(e, ep_strdup_printf("%s: metadata.name \"%s\" is already used by %s",
+						      e->file, e->config->name, o->file));
+		else if (strcmp(o->config->listen, e->config->listen) == 0)
+			set_error(e, ep_strdup_printf("%s: spec.listen \"%s\" is already used by "
+						      "tenant \"%s\" (%s)",
+						      e->file, e->config->listen, o->config->name,
+						      o->file));
+	}
+}
+
+int ep_tenant_set_load(const struct ep_global_config *g, struct ep_tenant_set *set, char **error_r)
+{
+	DIR *dir;
+	struct dirent *de;
+	char **files = NULL;
+	size_t n = 0, cap = 0;
+
+	set->entries = NULL;
+	set->n = 0;
+	*error_r = NULL;
+	dir = opendir(g->storages_dir);
+	if (dir == NULL) {
+		int err = errno;
+
+		*error_r = ep_strdup_printf("storages_dir %s: %s", g->storages_dir, strerror(err));
+		return -err;
+	}
+	while ((de = readdir(dir)) != NULL) {
+		if (!has_json_suffix(de->d_name))
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			files = ep_realloc(files, cap * sizeof(char *));
+		}
+		files[n++] = ep_strdup_printf("%s/%s", g->storages_dir, de->d_name);
+	}
+	closedir(dir);
+	if (n > 0)
+		qsort(files, n, sizeof(char *), cmp_str);
+
+	set->entries = ep_malloc0(sizeof(*set->entries) * (n + 1));
+	for (size_t i = 0; i < n; i++) {
+		struct ep_tenant_entry *e = &set->entries[set->n];
+		char *name = NULL, *err = NULL;
+
+		e->file = files[i];
+		if (ep_tenant_config_load(e->file, g, &e->config, &name, &err) < 0) {
+			if (name == NULL || !ep_tenant_name_valid(name)) {
+				const char *base = strrchr(e->file, '/') + 1;
+
+				free(name);
+				name = ep_strdup(base);
+				name[strlen(name) - 5] = '\0';
+			}
+			e->name = name;
+			set_error(e, err);
+		} else {
+			free(name);
+			e->name = ep_strdup(e->config->name);
+			check_conflicts(set, e);
+			if (e->config != NULL) {
+				cJSON *payload = ep_worker_config_build(g, e->config);
+
+				e->fingerprint = cJSON_PrintUnformatted(payload);
+				cJSON_Delete(payload);
+			}
+		}
+		make_name_unique(set, e);
+		set->n++;
+	}
+	free(files);
+	return 0;
+}
+
+void ep_tenant_set_free(struct ep_tenant_set *set)
+{
+	for (size_t i = 0; i < set->n; i++) {
+		struct ep_tenant_entry *e = &set->entries[i];
+
+		free(e->name);
+		free(e->file);
+		ep_tenant_config_free(e->config);
+		free(e->error);
+		free(e->fingerprint);
+	}
+	free(set->entries);
+	set->entries = NULL;
+	set->n = 0;
+}
+
+struct ep_tenant_entry *ep_tenant_set_find(const struct ep_tenant_set *set, const char *name)
+{
+	for (size_t i = 0; i < set->n; i++)
+		if (set->entries[i].name != NULL && strcmp(set->entries[i].name, name) == 0)
+			return &set->entries[i];
+	return NULL;
+}
+
+const char *ep_diff_action_name(enum ep_diff_action action)
+{
+	switch (action) {
+	case EP_DIFF_KEEP: return "keep";
+	case EP_DIFF_ADD: return "add";
+	case EP_DIFF_REMOVE: return "remove";
+	case EP_DIFF_CHANGE: return "change";
+	}
+	return "?";
+}
+
+void ep_tenant_set_diff(const struct ep_tenant_set *old_set, const struct ep_tenant_set *new_set,
+			ep_diff_cb *cb, void *ctx)
+{
+	for (size_t i = 0; i < old_set->n; i++) {
+		const struct ep_tenant_entry *o = &old_set->entries[i];
+
+		if (ep_tenant_set_find(new_set, o->name) == NULL)
+			cb(ctx, EP_DIFF_REMOVE, o, NULL);
+	}
+	for (size_t i = 0; i < new_set->n; i++) {
+		const struct ep_tenant_entry *n = &new_set->entries[i];
+		const struct ep_tenant_entry *o = ep_tenant_set_find(old_set, n->name);
+
+		if (o == NULL)
+			cb(ctx, EP_DIFF_ADD, NULL, n);
+		else if (strcmp(o->fingerprint, n->fingerprint) == 0)
+			cb(ctx, EP_DIFF_KEEP, o, n);
+		else
+			cb(ctx, EP_DIFF_CHANGE, o, n);
+	}
+}

@@ -1,0 +1,258 @@
+#include "build-config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "util.h"
+
+static void __attribute__((noreturn)) out_of_memory(size_t size)
+{
+	fprintf(stderr, "etcdproxy: out of memory allocating %zu bytes\n", size);
+	abort();
+}
+
+char *ep_strdup_vprintf(const char *fmt, va_list ap)
+{
+	va_list ap2;
+	char *s;
+	int n;
+
+	va_copy(ap2, ap);
+	n = vsnprintf(NULL, 0, fmt, ap2);
+	va_end(ap2);
+	if (n < 0) {
+		/* only an invalid format or conversion gets here: a programming error */
+		fprintf(stderr, "etcdproxy: vsnprintf(\"%s\") failed\n", fmt);
+		abort();
+	}
+	s = ep_realloc(NULL, (size_t)n + 1);
+	vsnprintf(s, (size_t)n + 1, fmt, ap);
+	return s;
+}
+
+char *ep_strdup_printf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	s = ep_strdup_vprintf(fmt, ap);
+	va_end(ap);
+	return s;
+}
+
+char *ep_strdup(const char *s)
+{
+	size_t n;
+	char *d;
+
+	if (s == NULL)
+		return NULL;
+	n = strlen(s) + 1;
+	d = ep_realloc(NULL, n);
+	memcpy(d, s, n);
+	return d;
+}
+
+void *ep_malloc0(size_t size)
+{
+	/* calloc(0) may return NULL, which would look like out-of-memory */
+	void *p = calloc(1, size == 0 ? 1 : size);
+
+	if (p == NULL)
+		out_of_memory(size);
+	return p;
+}
+
+void *ep_realloc(void *p, size_t size)
+{
+	void *q = realloc(p, size == 0 ? 1 : size);
+
+	if (q == NULL)
+		out_of_memory(size);
+	return q;
+}
+
+/*
+ * Durations follow Go's time.ParseDuration, so that values written for the
+ * original Go controller mean the same here, including its limit of
+ * 2^63-1 nanoseconds.
+ */
+#define NS_MAX ((uint64_t)INT64_MAX)
+
+static const struct {
+	const char *name;
+	uint64_t ns;
+} duration_units[] = {
+	{ "ns", 1 },
+	{ "us", 1000 },
+	{ "\xc2\xb5s", 1000 }, /* U+00B5 micro sign */
+	{ "\xce\xbcs", 1000 }, /* U+03BC Greek small mu */
+	{ "ms", 1000000 },
+	{ "s", 1000000000ull },
+	{ "m", 60ull * 1000000000 },
+	{ "h", 3600ull * 1000000000 },
+};
+
+static int is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+int ep_parse_duration_ms(const char *text, uint64_t *ms_r)
+{
+	const char *s = text;
+	uint64_t total = 0;
+
+	if (s == NULL || *s == '\0')
+		return -EINVAL;
+	if (strcmp(s, "0") == 0) {
+		*ms_r = 0;
+		return 0;
+	}
+	while (*s != '\0') {
+		uint64_t v = 0, frac = 0, unit = 0;
+		double scale = 1;
+		int pre = 0, post = 0, overflowed = 0;
+		const char *u;
+		size_t ulen, i;
+
+		for (; is_digit(*s); s++) {
+			if (v > (NS_MAX - (uint64_t)(*s - '0')) / 10)
+				return -EINVAL;
+			v = v * 10 + (uint64_t)(*s - '0');
+			pre = 1;
+		}
+		if (*s == '.') {
+			/* digits past what a uint64_t holds cannot matter at nanosecond precision */
+			for (s++; is_digit(*s); s++) {
+				post = 1;
+				if (overflowed || frac > (NS_MAX - 9) / 10) {
+					overflowed = 1;
+					continue;
+				}
+				frac = frac * 10 + (uint64_t)(*s - '0');
+				scale *= 10;
+			}
+		}
+		if (!pre && !post)
+			return -EINVAL;
+		u = s;
+		while (*s != '\0' && *s != '.' && !is_digit(*s))
+			s++;
+		ulen = (size_t)(s - u);
+		for (i = 0; i < sizeof(duration_units) / sizeof(duration_units[0]); i++) {
+			if (strlen(duration_units[i].name) == ulen &&
+			    memcmp(duration_units[i].name, u, ulen) == 0) {
+				unit = duration_units[i].ns;
+				break;
+			}
+		}
+		if (unit == 0)
+			return -EINVAL;
+		if (v > NS_MAX / unit)
+			return -EINVAL;
+		v *= unit;
+		if (frac > 0) {
+			v += (uint64_t)((double)frac * ((double)unit / scale));
+			if (v > NS_MAX)
+				return -EINVAL;
+		}
+		if (v > NS_MAX - total)
+			return -EINVAL;
+		total += v;
+	}
+	*ms_r = total / 1000000;
+	return 0;
+}
+
+void ep_format_duration_ms(uint64_t ms, char *buf, size_t size)
+{
+	uint64_t sec = ms / 1000, frac = ms % 1000;
+	uint64_t h = sec / 3600, m = sec / 60 % 60, s = sec % 60;
+	char fracbuf[8] = "";
+	size_t n = 0;
+	int r;
+
+	if (size == 0)
+		return;
+	if (ms < 1000) {
+		/* Go writes "0s" for zero and "250ms" below a second */
+		if (ms == 0)
+			snprintf(buf, size, "0s");
+		else
+			snprintf(buf, size, "%llums", (unsigned long long)ms);
+		return;
+	}
+	if (frac != 0) {
+		snprintf(fracbuf, sizeof(fracbuf), ".%03llu", (unsigned long long)frac);
+		n = strlen(fracbuf);
+		while (fracbuf[n - 1] == '0')
+			fracbuf[--n] = '\0';
+	}
+	buf[0] = '\0';
+	n = 0;
+	if (h > 0) {
+		r = snprintf(buf, size, "%lluh", (unsigned long long)h);
+		n = r < 0 ? 0 : (size_t)r;
+	}
+	if ((h > 0 || m > 0) && n < size) {
+		r = snprintf(buf + n, size - n, "%llum", (unsigned long long)m);
+		n += r < 0 ? 0 : (size_t)r;
+	}
+	if (n < size)
+		snprintf(buf + n, size - n, "%llu%ss", (unsigned long long)s, fracbuf);
+}
+
+int ep_mkdir_p(const char *path, unsigned mode)
+{
+	struct stat st;
+	char *copy, *p;
+	int r = 0;
+
+	if (path == NULL || *path == '\0')
+		return -EINVAL;
+	copy = ep_strdup(path);
+	/* each prefix ending before a '/', then the whole path */
+	for (p = copy + 1;; p++) {
+		int last = *p == '\0';
+
+		if (*p != '/' && !last)
+			continue;
+		if (p[-1] != '/') {
+			*p = '\0';
+			if (mkdir(copy, (mode_t)mode) < 0) {
+				if (errno != EEXIST) {
+					r = -errno;
+					break;
+				}
+				if (stat(copy, &st) < 0) {
+					r = -errno;
+					break;
+				}
+				if (!S_ISDIR(st.st_mode)) {
+					r = -ENOTDIR;
+					break;
+				}
+			}
+			if (!last)
+				*p = '/';
+		}
+		if (last)
+			break;
+	}
+	free(copy);
+	return r;
+}
+
+uint64_t ep_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}

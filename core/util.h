@@ -1,0 +1,32 @@
+/* Small helpers shared by the programs: strings, durations, files. */
+#ifndef EP_UTIL_H
+#define EP_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* malloc'ed printf; aborts on out-of-memory, like every allocation here. */
+char *ep_strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *ep_strdup_vprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+char *ep_strdup(const char *s); /* NULL stays NULL */
+void *ep_malloc0(size_t size);
+void *ep_realloc(void *p, size_t size);
+
+/*
+ * Parse a Go duration ("730h", "1h30m", "250ms", "10s", "1.5h") into
+ * milliseconds.  Units: ns us µs ms s m h; a sign is refused, "0" is allowed.
+ * Returns 0 or -EINVAL (also on overflow).
+ */
+int ep_parse_duration_ms(const char *text, uint64_t *ms_r);
+
+/* Format milliseconds the Go way, "1h2m3.5s", into buf. */
+void ep_format_duration_ms(uint64_t ms, char *buf, size_t size);
+
+/* mkdir -p with the given mode for the directories it creates. Returns 0 or -errno. */
+int ep_mkdir_p(const char *path, unsigned mode);
+
+/* Monotonic milliseconds. */
+uint64_t ep_now_ms(void);
+
+#endif /* EP_UTIL_H */

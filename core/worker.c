@@ -1,0 +1,588 @@
+/*
+ * etcdproxy-worker: serves one tenant through one backend plugin.
+ *
+ *   etcdproxy-worker --tenant NAME
+ *       supervised: speaks the IPC protocol on fd EP_IPC_FD (master-interface.h)
+ *   etcdproxy-worker --standalone [-c GLOBAL.json] TENANT.json
+ *       without a supervisor, for tests and debugging; stops on SIGTERM/SIGINT
+ *   etcdproxy-worker --exec-child PARENT_PID -- PROGRAM ARGS...
+ *       internal trampoline for ep_host.spawn: PR_SET_PDEATHSIG, then exec
+ */
+#include "build-config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EP_LOG_SUBSYS "worker"
+#include "config.h"
+#include "ipc.h"
+#include "log.h"
+#include "plugin-loader.h"
+#include "util.h"
+
+struct worker {
+	uv_loop_t *loop;
+	int standalone;
+	const char *tenant_hint;
+
+	uv_pipe_t ipc;
+	int ipc_open;
+	struct ep_frame_reader reader;
+	uv_signal_t sigterm, sigint;
+
+	/* from CONFIGURE */
+	int configured;
+	char *name, *prefix, *listen, *file, *state_dir, *runtime_dir, *plugin_dir, *backend;
+	char **endpoints;
+	size_t n_endpoints;
+	char *ca_file, *cert_file, *key_file;
+	char *options_json;
+
+	struct ep_tenant_info info;
+	struct ep_host host;
+	struct ep_loaded_plugin plugin;
+	void *plugin_state;
+	int plugin_inited, plugin_started, plugin_stopping, plugin_stopped;
+
+	int ready_sent;
+	int healthy; /* last health sent: -1 none */
+	int exit_code;
+	int exiting;
+};
+
+static struct worker W;
+static char self_exe[PATH_MAX];
+
+static void worker_exit(int code);
+
+/* ---- messages to the supervisor ------------------------------------------------------------- */
+
+static void send_msg(uint8_t type, cJSON *payload)
+{
+	if (W.ipc_open)
+		ep_ipc_send((uv_stream_t *)&W.ipc, type, payload);
+	cJSON_Delete(payload);
+}
+
+static void send_fatal(int config, const char *reason)
+{
+	cJSON *p = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(p, "reason", reason);
+	cJSON_AddBoolToObject(p, "config", config);
+	send_msg(EP_MSG_FATAL, p);
+}
+
+/* ---- the host API given to plugins -------------------------------------------------------------- */
+
+static void host_log(struct ep_host *host, enum ep_log_level level, const char *fmt, ...)
+{
+	char subsys[64];
+	va_list ap;
+
+	snprintf(subsys, sizeof(subsys), "backend-%s", W.backend ? W.backend : "?");
+	va_start(ap, fmt);
+	ep_logv(level, subsys, fmt, ap);
+	va_end(ap);
+}
+
+static void host_ready(struct ep_host *host, const char *endpoint)
+{
+	cJSON *p;
+
+	if (W.exiting)
+		return;
+	if (!W.ready_sent) {
+		W.ready_sent = 1;
+		W.healthy = 1;
+		ep_info("ready: serving %s on %s", W.prefix, endpoint);
+		p = cJSON_CreateObject();
+		cJSON_AddStringToObject(p, "endpoint", endpoint);
+		send_msg(EP_MSG_READY, p);
+		return;
+	}
+	if (W.healthy != 1) {
+		W.healthy = 1;
+		ep_notice("healthy again");
+		p = cJSON_CreateObject();
+		cJSON_AddBoolToObject(p, "healthy", 1);
+		send_msg(EP_MSG_HEALTH, p);
+	}
+}
+
+static void host_health(struct ep_host *host, int healthy, const char *reason)
+{
+	cJSON *p;
+
+	if (healthy) {
+		if (W.ready_sent)
+			host_ready(host, W.listen);
+		return;
+	}
+	if (W.healthy == 0 || W.exiting)
+		return;
+	W.healthy = 0;
+	ep_warn("unhealthy: %s", reason ? reason : "no reason given");
+	p = cJSON_CreateObject();
+	cJSON_AddBoolToObject(p, "healthy", 0);
+	cJSON_AddStringToObject(p, "reason", reason ? reason : "unhealthy");
+	send_msg(EP_MSG_HEALTH, p);
+}
+
+static void host_fail(struct ep_host *host, int fatal_config, const char *reason)
+{
+	ep_err("%s", reason);
+	send_fatal(fatal_config, reason);
+	worker_exit(fatal_config ? EP_EXIT_CONFIG : EP_EXIT_UNAVAILABLE);
+}
+
+static void close_worker_handles(void);
+
+static void host_stopped(struct ep_host *host)
+{
+	W.plugin_stopped = 1;
+	if (W.exiting)
+		close_worker_handles();
+}
+
+/*
+ * Run the program through our own --exec-child trampoline, which sets
+ * PR_SET_PDEATHSIG before exec: uv_spawn has no hook in the child.
+ */
+static int host_spawn(struct ep_host *host, uv_process_t *process,
+		      const uv_process_options_t *options)
+{
+	uv_process_options_t o = *options;
+	size_t n = 0;
+	char **args;
+	char ppid[32];
+	int r;
+
+	while (options->args[n] != NULL)
+		n++;
+	args = ep_malloc0(sizeof(char *) * (n + 6));
+	snprintf(ppid, sizeof(ppid), "%ld", (long)getpid());
+	args[0] = self_exe;
+	args[1] = "--exec-child";
+	args[2] = ppid;
+	args[3] = "--";
+	args[4] = (char *)options->file;
+	for (size_t i = 1; i < n; i++)
+		args[4 + i] = options->args[i];
+	args[4 + n] = NULL;
+	o.file = self_exe;
+	o.args = args;
+	r = uv_spawn(W.loop, process, &o);
+	free(args);
+	return r;
+}
+
+/* ---- configuration -------------------------------------------------------------------------------- */
+
+static char *dup_field(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsString(v) ? ep_strdup(v->valuestring) : NULL;
+}
+
+static void free_config(void)
+{
+	free(W.name);
+	free(W.prefix);
+	free(W.listen);
+	free(W.file);
+	free(W.state_dir);
+	free(W.runtime_dir);
+	free(W.plugin_dir);
+	free(W.backend);
+	for (size_t i = 0; i < W.n_endpoints; i++)
+		free(W.endpoints[i]);
+	free(W.endpoints);
+	free(W.ca_file);
+	free(W.cert_file);
+	free(W.key_file);
+	free(W.options_json);
+}
+
+/* Returns 0, or -EINVAL with *error_r (malloc'ed). */
+static int read_configure(const cJSON *p, char **error_r)
+{
+	const cJSON *tenant = cJSON_GetObjectItemCaseSensitive(p, "tenant");
+	const cJSON *core = cJSON_GetObjectItemCaseSensitive(p, "core_etcd");
+	const cJSON *eps = cJSON_GetObjectItemCaseSensitive(core, "endpoints");
+	const cJSON *opts = cJSON_GetObjectItemCaseSensitive(p, "backend_options");
+	const cJSON *level = cJSON_GetObjectItemCaseSensitive(p, "log_level");
+	const cJSON *e;
+	enum ep_log_level lv;
+
+	W.name = dup_field(tenant, "name");
+	W.prefix = dup_field(tenant, "prefix");
+	W.listen = dup_field(tenant, "listen");
+	W.file = dup_field(tenant, "file");
+	W.state_dir = dup_field(p, "state_dir");
+	W.runtime_dir = dup_field(p, "runtime_dir");
+	W.plugin_dir = dup_field(p, "plugin_dir");
+	W.backend = dup_field(p, "backend");
+	W.ca_file = dup_field(core, "ca_file");
+	W.cert_file = dup_field(core, "cert_file");
+	W.key_file = dup_field(core, "key_file");
+	if (W.name == NULL || W.prefix == NULL || W.listen == NULL || W.state_dir == NULL ||
+	    W.runtime_dir == NULL || W.plugin_dir == NULL || W.backend == NULL ||
+	    !cJSON_IsArray(eps) || !cJSON_IsObject(opts)) {
+		*error_r = ep_strdup("CONFIGURE lacks a required field");
+		return -EINVAL;
+	}
+	W.endpoints = ep_malloc0(sizeof(char *) * ((size_t)cJSON_GetArraySize(eps) + 1));
+	cJSON_ArrayForEach(e, eps)
+	{
+		if (cJSON_IsString(e))
+			W.endpoints[W.n_endpoints++] = ep_strdup(e->valuestring);
+	}
+	W.options_json = cJSON_PrintUnformatted(opts);
+	if (cJSON_IsString(level) && ep_log_level_parse(level->valuestring, &lv) == 0)
+		ep_log_set_level(lv);
+	ep_log_set_tenant(W.name);
+	return 0;
+}
+
+/* Load the plugin and start serving; on error the worker exits with the right code. */
+static void apply_configure(const cJSON *p)
+{
+	const struct ep_backend_ops *ops;
+	const char *perr = NULL;
+	char *error = NULL;
+	int r;
+
+	if (W.configured) {
+		ep_warn("a second CONFIGURE is ignored: a changed tenant gets a new worker");
+		return;
+	}
+	W.configured = 1;
+	if (read_configure(p, &error) < 0)
+		goto fatal_config;
+	if (ep_mkdir_p(W.state_dir, 0700) < 0 || ep_mkdir_p(W.runtime_dir, 0700) < 0) {
+		error = ep_strdup_printf("cannot create %s or %s: %s", W.state_dir, W.runtime_dir,
+					 strerror(errno));
+		send_fatal(0, error);
+		ep_err("%s", error);
+		free(error);
+		worker_exit(EP_EXIT_UNAVAILABLE);
+		return;
+	}
+	r = ep_plugin_load(W.plugin_dir, EP_PLUGIN_BACKEND, W.backend, &W.plugin, &error);
+	if (r < 0)
+		goto fatal_config;
+	ep_debug("loaded %s (%s)", W.plugin.path, W.plugin.plugin->description);
+
+	W.info.name = W.name;
+	W.info.prefix = W.prefix;
+	W.info.listen = W.listen;
+	W.info.state_dir = W.state_dir;
+	W.info.runtime_dir = W.runtime_dir;
+	W.info.source_file = W.file;
+	W.info.core.endpoints = (const char *const *)W.endpoints;
+	W.info.core.n_endpoints = W.n_endpoints;
+	W.info.core.ca_file = W.ca_file;
+	W.info.core.cert_file = W.cert_file;
+	W.info.core.key_file = W.key_file;
+	W.info.options_json = W.options_json;
+	W.host.abi_version = EP_PLUGIN_ABI_VERSION;
+	W.host.loop = W.loop;
+	W.host.tenant = &W.info;
+	W.host.log = host_log;
+	W.host.ready = host_ready;
+	W.host.health = host_health;
+	W.host.fail = host_fail;
+	W.host.stopped = host_stopped;
+	W.host.spawn = host_spawn;
+
+	r = W.plugin.plugin->init(&W.host, &W.plugin_state, &perr);
+	if (r < 0) {
+		error = ep_strdup_printf("backend %s: %s", W.backend, perr ? perr : strerror(-r));
+		if (r == -EINVAL)
+			goto fatal_config;
+		send_fatal(0, error);
+		ep_err("%s", error);
+		free(error);
+		worker_exit(EP_EXIT_UNAVAILABLE);
+		return;
+	}
+	W.plugin_inited = 1;
+	ops = W.plugin.plugin->ops;
+	r = ops->start(W.plugin_state, &perr);
+	if (r < 0) {
+		error = ep_strdup_printf("backend %s: cannot start: %s", W.backend,
+					 perr ? perr : strerror(-r));
+		send_fatal(r == -EINVAL, error);
+		ep_err("%s", error);
+		free(error);
+		W.plugin_stopped = 1;
+		worker_exit(r == -EINVAL ? EP_EXIT_CONFIG : EP_EXIT_UNAVAILABLE);
+		return;
+	}
+	W.plugin_started = 1;
+	return;
+
+fatal_config:
+	send_fatal(1, error);
+	ep_err("%s", error);
+	free(error);
+	worker_exit(EP_EXIT_CONFIG);
+}
+
+/* ---- shutdown ------------------------------------------------------------------------------------------ */
+
+static void ipc_shutdown_done(uv_shutdown_t *req, int status)
+{
+	free(req);
+	if (W.ipc_open) {
+		W.ipc_open = 0;
+		uv_close((uv_handle_t *)&W.ipc, NULL);
+	}
+}
+
+static void close_worker_handles(void)
+{
+	if (!uv_is_closing((uv_handle_t *)&W.sigterm)) {
+		uv_close((uv_handle_t *)&W.sigterm, NULL);
+		uv_close((uv_handle_t *)&W.sigint, NULL);
+	}
+	if (W.ipc_open) {
+		uv_shutdown_t *req = ep_malloc0(sizeof(*req));
+
+		uv_read_stop((uv_stream_t *)&W.ipc);
+		/* let a queued FATAL reach the supervisor before the socket closes */
+		if (uv_shutdown(req, (uv_stream_t *)&W.ipc, ipc_shutdown_done) < 0) {
+			free(req);
+			W.ipc_open = 0;
+			uv_close((uv_handle_t *)&W.ipc, NULL);
+		}
+	}
+}
+
+/* Stop the backend (gracefully unless it never started) and leave the loop. */
+static void worker_exit(int code)
+{
+	if (W.exiting) {
+		/* asked twice: make the backend hurry */
+		if (W.plugin_started && !W.plugin_stopped)
+			((const struct ep_backend_ops *)W.plugin.plugin->ops)->stop(W.plugin_state, 0);
+		return;
+	}
+	W.exiting = 1;
+	W.exit_code = code;
+	if (W.plugin_started && !W.plugin_stopped && !W.plugin_stopping) {
+		W.plugin_stopping = 1;
+		((const struct ep_backend_ops *)W.plugin.plugin->ops)->stop(W.plugin_state, 1);
+		if (!W.plugin_stopped)
+			return; /* host_stopped() closes the rest */
+	}
+	close_worker_handles();
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	ep_info("%s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+	worker_exit(EP_EXIT_OK);
+}
+
+/* ---- IPC ------------------------------------------------------------------------------------------------- */
+
+static int on_message(void *ctx, uint8_t type, cJSON *payload)
+{
+	switch (type) {
+	case EP_MSG_CONFIGURE:
+		apply_configure(payload);
+		break;
+	case EP_MSG_STOP:
+		ep_info("STOP from the supervisor");
+		worker_exit(EP_EXIT_OK);
+		break;
+	case EP_MSG_STATUS_REQ: {
+		cJSON *p = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(p, "state", W.ready_sent ? "ready" : "starting");
+		cJSON_AddBoolToObject(p, "healthy", W.healthy == 1);
+		send_msg(EP_MSG_STATUS, p);
+		break;
+	}
+	default:
+		ep_warn("unexpected message %s from the supervisor", ep_msg_type_name(type));
+		break;
+	}
+	return W.exiting ? 1 : 0;
+}
+
+static void ipc_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	static char slab[65536];
+
+	*buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void on_ipc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	const char *why = NULL;
+
+	if (n == 0)
+		return;
+	if (n < 0) {
+		/* the supervisor is gone: nobody will restart or stop us, so stop now */
+		if (!W.exiting)
+			ep_warn("the supervisor's end of the IPC socket closed: stopping");
+		W.ipc_open = 0;
+		uv_close((uv_handle_t *)&W.ipc, NULL);
+		worker_exit(W.exiting ? W.exit_code : EP_EXIT_OK);
+		return;
+	}
+	if (ep_frame_reader_feed(&W.reader, buf->base, (size_t)n, on_message, NULL, &why) < 0) {
+		ep_err("protocol error from the supervisor: %s", why);
+		worker_exit(EP_EXIT_PROTOCOL);
+	}
+}
+
+/* ---- entry points ------------------------------------------------------------------------------------------ */
+
+static int exec_child(int argc, char **argv)
+{
+	/* argv: --exec-child PPID -- PROGRAM ARGS... */
+	long ppid;
+
+	if (argc < 5 || strcmp(argv[3], "--") != 0)
+		return EP_EXIT_USAGE;
+	ppid = strtol(argv[2], NULL, 10);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if ((long)getppid() != ppid)
+		_exit(EP_EXIT_UNAVAILABLE); /* the worker died before we could ask */
+	execvp(argv[4], argv + 4);
+	fprintf(stderr, "etcdproxy-worker: cannot execute %s: %s\n", argv[4], strerror(errno));
+	_exit(127);
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out, "Usage: etcdproxy-worker --tenant NAME   (started by etcdproxyd)\n"
+		     "       etcdproxy-worker --standalone [-c GLOBAL.json] TENANT.json\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "tenant", required_argument, NULL, 't' },
+		{ "standalone", no_argument, NULL, 'S' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *config = EP_DEFAULT_CONFIG;
+	const char *log_env = getenv(EP_ENV_LOG);
+	ssize_t len;
+	int opt;
+
+	if (argc >= 2 && strcmp(argv[1], "--exec-child") == 0)
+		return exec_child(argc, argv);
+
+	while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 't': W.tenant_hint = optarg; break;
+		case 'S': W.standalone = 1; break;
+		case 'c': config = optarg; break;
+		case 'V': printf("etcdproxy-worker %s (plugin ABI %u)\n", PACKAGE_VERSION, EP_PLUGIN_ABI_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return EP_EXIT_USAGE;
+		}
+	}
+	if (W.standalone ? optind != argc - 1 : optind != argc) {
+		usage(stderr);
+		return EP_EXIT_USAGE;
+	}
+	len = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+	if (len < 0) {
+		fprintf(stderr, "etcdproxy-worker: /proc/self/exe: %s\n", strerror(errno));
+		return EP_EXIT_SOFTWARE;
+	}
+	self_exe[len] = '\0';
+	ep_log_init("etcdproxy-worker", W.tenant_hint,
+		    log_env && strcmp(log_env, "syslog") == 0 ? EP_LOG_TARGET_SYSLOG
+							      : EP_LOG_TARGET_STDERR,
+		    EP_LOG_INFO);
+	signal(SIGPIPE, SIG_IGN);
+
+	W.loop = uv_default_loop();
+	W.healthy = -1;
+	ep_frame_reader_init(&W.reader);
+	uv_signal_init(W.loop, &W.sigterm);
+	uv_signal_init(W.loop, &W.sigint);
+	uv_signal_start(&W.sigterm, on_signal, SIGTERM);
+	uv_signal_start(&W.sigint, on_signal, SIGINT);
+
+	if (W.standalone) {
+		struct ep_global_config *g;
+		struct ep_tenant_config *t;
+		char *error, *name;
+		cJSON *payload;
+
+		if (ep_global_config_load(config, &g, &error) < 0 ||
+		    ep_tenant_config_load(argv[optind], g, &t, &name, &error) < 0) {
+			ep_err("%s", error);
+			return EP_EXIT_CONFIG;
+		}
+		payload = ep_worker_config_build(g, t);
+		ep_tenant_config_free(t);
+		ep_global_config_free(g);
+		apply_configure(payload);
+		cJSON_Delete(payload);
+	} else {
+		const char *sup = getenv(EP_ENV_SUPERVISOR_PID);
+		cJSON *hello;
+
+		/* the supervisor may die by SIGKILL: we want to hear of it at once */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (sup != NULL && strtol(sup, NULL, 10) != (long)getppid()) {
+			fprintf(stderr, "etcdproxy-worker: the supervisor is already gone\n");
+			return EP_EXIT_UNAVAILABLE;
+		}
+		/* children (etcd grpc-proxy) must not inherit the IPC socket */
+		if (fcntl(EP_IPC_FD, F_SETFD, FD_CLOEXEC) < 0) {
+			fprintf(stderr, "etcdproxy-worker: no IPC socket on fd %d: run by etcdproxyd, "
+					"or use --standalone\n", EP_IPC_FD);
+			return EP_EXIT_USAGE;
+		}
+		uv_pipe_init(W.loop, &W.ipc, 1);
+		if (uv_pipe_open(&W.ipc, EP_IPC_FD) < 0) {
+			fprintf(stderr, "etcdproxy-worker: fd %d is not a socket\n", EP_IPC_FD);
+			return EP_EXIT_USAGE;
+		}
+		W.ipc_open = 1;
+		uv_read_start((uv_stream_t *)&W.ipc, ipc_alloc, on_ipc_read);
+		hello = cJSON_CreateObject();
+		cJSON_AddNumberToObject(hello, "pid", (double)getpid());
+		cJSON_AddStringToObject(hello, "version", PACKAGE_VERSION);
+		cJSON_AddNumberToObject(hello, "abi", EP_PLUGIN_ABI_VERSION);
+		send_msg(EP_MSG_HELLO, hello);
+	}
+
+	uv_run(W.loop, UV_RUN_DEFAULT);
+
+	if (W.plugin_inited)
+		W.plugin.plugin->fini(W.plugin_state);
+	ep_plugin_unload(&W.plugin);
+	if (W.runtime_dir != NULL)
+		rmdir(W.runtime_dir); /* plugins remove what they created in it */
+	ep_frame_reader_free(&W.reader);
+	free_config();
+	uv_loop_close(W.loop);
+	ep_info("exiting with code %d", W.exit_code);
+	return W.exit_code;
+}

@@ -1,0 +1,587 @@
+/*
+ * The "etcd" backend: the stock `etcd grpc-proxy --namespace=/<name>/`,
+ * supervised as a child of the worker.
+ *
+ * The child is restarted with backoff when it dies; its health is read from
+ * its metrics endpoint (a Unix socket in the tenant's runtime directory,
+ * GET /health, which asks the core etcd) together with a TCP connect to the
+ * tenant's listen address.  Blocking checks run on libuv's thread pool.
+ *
+ * Options (global config "backends": {"etcd": {...}}):
+ *   "binary":          path of etcd (default /usr/bin/etcd)
+ *   "health_interval": Go duration between health checks (default "5s")
+ *   "extra_args":      more arguments for `etcd grpc-proxy start`
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+
+#include "etcdproxy/plugin.h"
+
+#define METRICS_SOCKET "metrics.sock"
+#define CHILD_BACKOFF_INITIAL_MS 200
+#define CHILD_BACKOFF_MAX_MS 10000
+#define CHILD_MAX_FAILURES 8      /* consecutive deaths before the worker gives up */
+#define STARTUP_CHECK_MS 200      /* health check interval until the first success */
+#define CHILD_STOP_GRACE_MS 3000  /* SIGTERM -> SIGKILL */
+
+struct etcd_backend {
+	struct ep_host *host;
+	char *binary;
+	uint64_t health_interval_ms;
+	char **extra_args;
+	size_t n_extra_args;
+	char *metrics_path;
+
+	uv_process_t child;
+	int child_alive;
+	int child_handle_open;
+	uv_timer_t health_timer;
+	uv_timer_t restart_timer;
+	uv_timer_t kill_timer;
+	int timers_open;
+	unsigned failures;      /* consecutive child deaths */
+	uint64_t healthy_since; /* 0 while the current child has not been healthy */
+	int ever_ready;
+
+	uv_work_t work;
+	int work_pending;
+	int check_healthy;
+	char check_reason[256];
+
+	int stopping;
+	int closing;
+	int handles_to_close;
+	int stopped_reported;
+};
+
+static char *xstrdup(const char *s)
+{
+	char *d = strdup(s);
+
+	if (d == NULL)
+		abort();
+	return d;
+}
+
+/* Go durations as the global config uses them: "5s", "500ms", "1m". */
+static int parse_interval(const char *s, uint64_t *ms)
+{
+	char *end;
+	double v = strtod(s, &end);
+
+	if (end == s || v <= 0)
+		return -EINVAL;
+	if (strcmp(end, "ms") == 0)
+		*ms = (uint64_t)v;
+	else if (strcmp(end, "s") == 0)
+		*ms = (uint64_t)(v * 1000);
+	else if (strcmp(end, "m") == 0)
+		*ms = (uint64_t)(v * 60000);
+	else
+		return -EINVAL;
+	return *ms > 0 ? 0 : -EINVAL;
+}
+
+static int parse_options(struct etcd_backend *b, const char **error_r)
+{
+	cJSON *o = cJSON_Parse(b->host->tenant->options_json);
+	const cJSON *m;
+	int r = 0;
+
+	b->binary = xstrdup("/usr/bin/etcd");
+	b->health_interval_ms = 5000;
+	if (!cJSON_IsObject(o)) {
+		*error_r = "backends.etcd: expected an object";
+		r = -EINVAL;
+		goto out;
+	}
+	cJSON_ArrayForEach(m, o)
+	{
+		if (strcmp(m->string, "binary") == 0 && cJSON_IsString(m) &&
+		    m->valuestring[0] == '/') {
+			free(b->binary);
+			b->binary = xstrdup(m->valuestring);
+		} else if (strcmp(m->string, "health_interval") == 0 && cJSON_IsString(m) &&
+			   parse_interval(m->valuestring, &b->health_interval_ms) == 0) {
+		} else if (strcmp(m->string, "extra_args") == 0 && cJSON_IsArray(m)) {
+			const cJSON *e;
+
+			b->extra_args = calloc((size_t)cJSON_GetArraySize(m) + 1, sizeof(char *));
+			cJSON_ArrayForEach(e, m)
+			{
+				if (!cJSON_IsString(e)) {
+					*error_r = "backends.etcd.extra_args: expected strings";
+					r = -EINVAL;
+					goto out;
+				}
+				b->extra_args[b->n_extra_args++] = xstrdup(e->valuestring);
+			}
+		} else {
+			*error_r = "backends.etcd: expected \"binary\" (absolute path), "
+				   "\"health_interval\" (\"5s\") or \"extra_args\" (array of strings)";
+			r = -EINVAL;
+			goto out;
+		}
+	}
+	if (access(b->binary, X_OK) < 0) {
+		static char msg[512];
+
+		snprintf(msg, sizeof(msg), "backends.etcd.binary %s: %s (install the etcd-server "
+			 "package, or set the path)", b->binary, strerror(errno));
+		*error_r = msg;
+		r = -EINVAL;
+	}
+out:
+	cJSON_Delete(o);
+	return r;
+}
+
+/* ---- health checks (on the thread pool) ------------------------------------------------------------ */
+
+static size_t collect_body(char *data, size_t size, size_t n, void *ctx)
+{
+	char *buf = ctx;
+	size_t have = strlen(buf), len = size * n;
+
+	if (have + len >= 256)
+		len = 255 - have;
+	memcpy(buf + have, data, len);
+	buf[have + len] = '\0';
+	return size * n;
+}
+
+/* Connect to HOST:PORT with a timeout; returns 0 or -errno. */
+static int tcp_probe(const char *listen, int timeout_ms)
+{
+	char host[128];
+	const char *colon = strrchr(listen, ':');
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
+	size_t hlen = (size_t)(colon - listen);
+	int fd, r;
+
+	if (listen[0] == '[') {
+		listen++;
+		hlen -= 2;
+	}
+	if (hlen >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, listen, hlen);
+	host[hlen] = '\0';
+	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0)
+		return -EHOSTUNREACH;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		freeaddrinfo(ai);
+		return -errno;
+	}
+	r = connect(fd, ai->ai_addr, ai->ai_addrlen);
+	freeaddrinfo(ai);
+	if (r < 0 && errno == EINPROGRESS) {
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
+		int err = 0;
+		socklen_t el = sizeof(err);
+
+		r = poll(&p, 1, timeout_ms);
+		if (r == 0)
+			err = ETIMEDOUT;
+		else if (r > 0)
+			getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+		else
+			err = errno;
+		r = err ? -err : 0;
+	} else if (r < 0) {
+		r = -errno;
+	}
+	close(fd);
+	return r;
+}
+
+static void check_work(uv_work_t *req)
+{
+	struct etcd_backend *b = req->data;
+	const struct ep_tenant_info *t = b->host->tenant;
+	char body[256] = "";
+	CURL *curl;
+	CURLcode cc;
+	long status = 0;
+	int r;
+
+	b->check_healthy = 0;
+	r = tcp_probe(t->listen, 1000);
+	if (r < 0) {
+		snprintf(b->check_reason, sizeof(b->check_reason), "%s does not accept connections: %s",
+			 t->listen, strerror(-r));
+		return;
+	}
+	curl = curl_easy_init();
+	if (curl == NULL) {
+		snprintf(b->check_reason, sizeof(b->check_reason), "curl_easy_init failed");
+		return;
+	}
+	curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, b->metrics_path);
+	curl_easy_setopt(curl, CURLOPT_URL, "http://localhost/health");
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 3000L);
+	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect_body);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, body);
+	cc = curl_easy_perform(curl);
+	if (cc == CURLE_OK)
+		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_cleanup(curl);
+	if (cc != CURLE_OK) {
+		snprintf(b->check_reason, sizeof(b->check_reason),
+			 "grpc-proxy metrics endpoint %s: %s", b->metrics_path, curl_easy_strerror(cc));
+		return;
+	}
+	/* {"health":"true"} when the proxy reaches the core etcd */
+	if (status == 200 && strstr(body, "\"health\":\"true\"") != NULL) {
+		b->check_healthy = 1;
+		return;
+	}
+	for (char *p = body; *p; p++)
+		if (!isprint((unsigned char)*p))
+			*p = ' ';
+	snprintf(b->check_reason, sizeof(b->check_reason),
+		 "grpc-proxy reports unhealthy (HTTP %ld: %s): is the core etcd reachable?", status,
+		 body);
+}
+
+static void maybe_finish_stop(struct etcd_backend *b);
+static void schedule_check(struct etcd_backend *b);
+
+static void check_done(uv_work_t *req, int status)
+{
+	struct etcd_backend *b = req->data;
+
+	b->work_pending = 0;
+	if (b->stopping) {
+		maybe_finish_stop(b);
+		return;
+	}
+	if (!b->child_alive)
+		return;
+	if (b->check_healthy) {
+		if (b->healthy_since == 0) {
+			b->healthy_since = uv_now(b->host->loop);
+			b->failures = 0;
+		}
+		b->ever_ready = 1;
+		b->host->ready(b->host, b->host->tenant->listen);
+	} else {
+		b->healthy_since = 0;
+		/* before the first success this is start-up, not illness */
+		if (b->ever_ready)
+			b->host->health(b->host, 0, b->check_reason);
+		else
+			b->host->log(b->host, EP_LOG_DEBUG, "not ready yet: %s", b->check_reason);
+	}
+	schedule_check(b);
+}
+
+static void on_health_timer(uv_timer_t *t)
+{
+	struct etcd_backend *b = t->data;
+
+	if (b->work_pending || b->stopping || !b->child_alive)
+		return;
+	b->work_pending = 1;
+	b->work.data = b;
+	if (uv_queue_work(b->host->loop, &b->work, check_work, check_done) < 0)
+		b->work_pending = 0;
+}
+
+static void schedule_check(struct etcd_backend *b)
+{
+	uv_timer_start(&b->health_timer, on_health_timer,
+		       b->healthy_since ? b->health_interval_ms : STARTUP_CHECK_MS, 0);
+}
+
+/* ---- the child ------------------------------------------------------------------------------------------ */
+
+static void spawn_child(struct etcd_backend *b);
+
+static void on_child_closed(uv_handle_t *h)
+{
+	struct etcd_backend *b = h->data;
+
+	b->child_handle_open = 0;
+	if (b->stopping)
+		maybe_finish_stop(b);
+}
+
+static void on_restart_timer(uv_timer_t *t)
+{
+	struct etcd_backend *b = t->data;
+
+	if (!b->stopping)
+		spawn_child(b);
+}
+
+static void on_child_exit(uv_process_t *p, int64_t exit_status, int term_signal)
+{
+	struct etcd_backend *b = p->data;
+	char reason[256];
+	uint64_t delay = CHILD_BACKOFF_INITIAL_MS;
+
+	b->child_alive = 0;
+	uv_timer_stop(&b->kill_timer);
+	uv_close((uv_handle_t *)&b->child, on_child_closed);
+	if (b->stopping)
+		return;
+
+	if (term_signal)
+		snprintf(reason, sizeof(reason), "etcd grpc-proxy (pid %d) killed by signal %d",
+			 p->pid, term_signal);
+	else
+		snprintf(reason, sizeof(reason), "etcd grpc-proxy (pid %d) exited with code %lld",
+			 p->pid, (long long)exit_status);
+	/* a child that was healthy for a while starts the count afresh */
+	if (b->healthy_since && uv_now(b->host->loop) - b->healthy_since > 30000)
+		b->failures = 0;
+	b->healthy_since = 0;
+	b->failures++;
+	if (b->failures >= CHILD_MAX_FAILURES) {
+		char msg[400];
+
+		snprintf(msg, sizeof(msg), "%s; gave up after %u consecutive failures", reason,
+			 b->failures);
+		b->host->fail(b->host, 0, msg);
+		return;
+	}
+	for (unsigned i = 1; i < b->failures && delay < CHILD_BACKOFF_MAX_MS; i++)
+		delay *= 2;
+	if (delay > CHILD_BACKOFF_MAX_MS)
+		delay = CHILD_BACKOFF_MAX_MS;
+	b->host->log(b->host, EP_LOG_WARNING, "%s; restarting it in %llu ms", reason,
+		     (unsigned long long)delay);
+	if (b->ever_ready)
+		b->host->health(b->host, 0, reason);
+	uv_timer_start(&b->restart_timer, on_restart_timer, delay, 0);
+}
+
+static void spawn_child(struct etcd_backend *b)
+{
+	const struct ep_tenant_info *t = b->host->tenant;
+	uv_process_options_t opts;
+	uv_stdio_container_t stdio[3];
+	char *args[64 + 8];
+	char ns[300], eps[4096], listen[300], metrics[64], datadir[4200], cacert[4200], cert[4200],
+		key[4200];
+	size_t n = 0, off = 0;
+	int r;
+
+	/* a leftover socket of a killed child would make the new one fail to bind */
+	unlink(b->metrics_path);
+
+	eps[0] = '\0';
+	for (size_t i = 0; i < t->core.n_endpoints; i++)
+		off += (size_t)snprintf(eps + off, sizeof(eps) - off, "%s%s", i ? "," : "",
+					t->core.endpoints[i]);
+	snprintf(ns, sizeof(ns), "--namespace=%s", t->prefix);
+	snprintf(listen, sizeof(listen), "--listen-addr=%s", t->listen);
+	/* relative to the child's working directory, the tenant's runtime directory */
+	snprintf(metrics, sizeof(metrics), "--metrics-addr=unix://" METRICS_SOCKET);
+	snprintf(datadir, sizeof(datadir), "--data-dir=%s/grpc-proxy", t->state_dir);
+	args[n++] = b->binary;
+	args[n++] = "grpc-proxy";
+	args[n++] = "start";
+	args[n++] = ns;
+	args[n++] = (char *)"--endpoints";
+	args[n++] = eps;
+	args[n++] = listen;
+	args[n++] = metrics;
+	args[n++] = datadir;
+	if (t->core.ca_file != NULL) {
+		snprintf(cacert, sizeof(cacert), "--cacert=%s", t->core.ca_file);
+		args[n++] = cacert;
+	}
+	if (t->core.cert_file != NULL) {
+		snprintf(cert, sizeof(cert), "--cert=%s", t->core.cert_file);
+		snprintf(key, sizeof(key), "--key=%s", t->core.key_file);
+		args[n++] = cert;
+		args[n++] = key;
+	}
+	for (size_t i = 0; i < b->n_extra_args && n < 64; i++)
+		args[n++] = b->extra_args[i];
+	args[n] = NULL;
+
+	memset(&opts, 0, sizeof(opts));
+	memset(stdio, 0, sizeof(stdio));
+	stdio[0].flags = UV_IGNORE;
+	stdio[1].flags = UV_INHERIT_FD;
+	stdio[1].data.fd = 2; /* its log lines belong with ours on stderr */
+	stdio[2].flags = UV_INHERIT_FD;
+	stdio[2].data.fd = 2;
+	opts.file = b->binary;
+	opts.args = args;
+	opts.cwd = t->runtime_dir;
+	opts.stdio = stdio;
+	opts.stdio_count = 3;
+	opts.exit_cb = on_child_exit;
+	b->child.data = b;
+	r = b->host->spawn(b->host, &b->child, &opts);
+	b->child_handle_open = 1;
+	if (r < 0) {
+		char msg[512];
+
+		uv_close((uv_handle_t *)&b->child, on_child_closed);
+		snprintf(msg, sizeof(msg), "cannot start %s grpc-proxy: %s", b->binary, uv_strerror(r));
+		b->host->fail(b->host, 0, msg);
+		return;
+	}
+	b->child_alive = 1;
+	b->healthy_since = 0;
+	b->host->log(b->host, EP_LOG_INFO, "started etcd grpc-proxy pid %d: %s on %s -> %s",
+		     b->child.pid, t->prefix, t->listen, eps);
+	uv_timer_start(&b->health_timer, on_health_timer, STARTUP_CHECK_MS, 0);
+}
+
+/* ---- stopping --------------------------------------------------------------------------------------------- */
+
+static void on_timer_closed(uv_handle_t *h)
+{
+	struct etcd_backend *b = h->data;
+
+	if (--b->timers_open == 0)
+		maybe_finish_stop(b);
+}
+
+static void maybe_finish_stop(struct etcd_backend *b)
+{
+	if (b->child_alive || b->child_handle_open || b->work_pending)
+		return;
+	if (!b->closing) {
+		b->closing = 1;
+		uv_close((uv_handle_t *)&b->health_timer, on_timer_closed);
+		uv_close((uv_handle_t *)&b->restart_timer, on_timer_closed);
+		uv_close((uv_handle_t *)&b->kill_timer, on_timer_closed);
+		return;
+	}
+	if (b->timers_open == 0 && !b->stopped_reported) {
+		b->stopped_reported = 1;
+		unlink(b->metrics_path);
+		b->host->stopped(b->host);
+	}
+}
+
+static void on_kill_timer(uv_timer_t *t)
+{
+	struct etcd_backend *b = t->data;
+
+	if (b->child_alive) {
+		b->host->log(b->host, EP_LOG_WARNING, "etcd grpc-proxy pid %d ignored SIGTERM: SIGKILL",
+			     b->child.pid);
+		uv_process_kill(&b->child, SIGKILL);
+	}
+}
+
+static void backend_stop(void *state, int graceful)
+{
+	struct etcd_backend *b = state;
+
+	b->stopping = 1;
+	uv_timer_stop(&b->health_timer);
+	uv_timer_stop(&b->restart_timer);
+	if (b->child_alive) {
+		/* grpc-proxy has no drain of its own: SIGTERM lets it close its listener */
+		uv_process_kill(&b->child, graceful ? SIGTERM : SIGKILL);
+		if (graceful)
+			uv_timer_start(&b->kill_timer, on_kill_timer, CHILD_STOP_GRACE_MS, 0);
+	}
+	maybe_finish_stop(b);
+}
+
+static void free_backend(struct etcd_backend *b);
+
+/* ---- plugin entry points -------------------------------------------------------------------------------- */
+
+static int backend_init(struct ep_host *host, void **state_r, const char **error_r)
+{
+	struct etcd_backend *b = calloc(1, sizeof(*b));
+	size_t len;
+	int r;
+
+	if (b == NULL)
+		return -ENOMEM;
+	b->host = host;
+	r = parse_options(b, error_r);
+	if (r == 0 && strncmp(host->tenant->listen, "unix:", 5) == 0) {
+		*error_r = "the etcd backend (etcd grpc-proxy) listens on TCP only";
+		r = -EINVAL;
+	}
+	if (r < 0) {
+		free_backend(b);
+		return r;
+	}
+	len = strlen(host->tenant->runtime_dir) + sizeof("/" METRICS_SOCKET);
+	b->metrics_path = malloc(len);
+	if (b->metrics_path == NULL)
+		abort();
+	snprintf(b->metrics_path, len, "%s/" METRICS_SOCKET, host->tenant->runtime_dir);
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	uv_timer_init(host->loop, &b->health_timer);
+	uv_timer_init(host->loop, &b->restart_timer);
+	uv_timer_init(host->loop, &b->kill_timer);
+	b->health_timer.data = b->restart_timer.data = b->kill_timer.data = b;
+	b->timers_open = 3;
+	*state_r = b;
+	return 0;
+}
+
+static int backend_start(void *state, const char **error_r)
+{
+	spawn_child(state);
+	return 0;
+}
+
+static void free_backend(struct etcd_backend *b)
+{
+	free(b->binary);
+	for (size_t i = 0; i < b->n_extra_args; i++)
+		free(b->extra_args[i]);
+	free(b->extra_args);
+	free(b->metrics_path);
+	free(b);
+}
+
+static void backend_fini(void *state)
+{
+	struct etcd_backend *b = state;
+
+	if (!b->closing) {
+		/* start never ran, or stop was never asked for: close the idle timers */
+		uv_close((uv_handle_t *)&b->health_timer, NULL);
+		uv_close((uv_handle_t *)&b->restart_timer, NULL);
+		uv_close((uv_handle_t *)&b->kill_timer, NULL);
+		uv_run(b->host->loop, UV_RUN_NOWAIT);
+	}
+	curl_global_cleanup();
+	free_backend(b);
+}
+
+static const struct ep_backend_ops backend_ops = {
+	.start = backend_start,
+	.stop = backend_stop,
+};
+
+EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
+	.abi_version = EP_PLUGIN_ABI_VERSION,
+	.kind = EP_PLUGIN_BACKEND,
+	.name = "etcd",
+	.description = "the stock etcd grpc-proxy with --namespace, supervised",
+	.init = backend_init,
+	.fini = backend_fini,
+	.ops = &backend_ops,
+};
