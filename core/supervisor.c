@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -262,6 +263,25 @@ static void on_ipc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	}
 }
 
+/*
+ * The exit callback may run before the last frames were read (FATAL with
+ * its reason, typically): read what the socket still holds before closing it.
+ */
+static void ipc_drain(struct tenant *t)
+{
+	char buf[8192];
+	const char *why = NULL;
+	uv_os_fd_t fd;
+	ssize_t n;
+
+	if (!t->ipc_open || uv_fileno((uv_handle_t *)&t->ipc, &fd) < 0)
+		return;
+	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+		if (ep_frame_reader_feed(&t->reader, buf, (size_t)n, on_worker_message, t, &why) < 0)
+			break;
+	}
+}
+
 /* ---- worker processes --------------------------------------------------------------- */
 
 /*
@@ -320,6 +340,7 @@ static void on_worker_exit(uv_process_t *p, int64_t exit_status, int term_signal
 
 	t->process_alive = 0;
 	uv_close((uv_handle_t *)&t->process, on_handle_closed);
+	ipc_drain(t);
 	ipc_close(t);
 	uv_timer_stop(&t->timer);
 	ep_exit_describe(exit_status, term_signal, how, sizeof(how));
@@ -777,6 +798,33 @@ static void on_watchdog(uv_timer_t *timer)
 
 /* ---- startup ---------------------------------------------------------------------------------- */
 
+/*
+ * What the parser cannot see: files the configuration names must exist.
+ * Prints one line per problem; returns how many there are.
+ */
+static int check_files(const struct ep_global_config *g)
+{
+	const struct {
+		const char *key, *path;
+		int mode;
+	} files[] = {
+		{ "worker", g->worker_path, X_OK },
+		{ "plugin_dir", g->plugin_dir, X_OK },
+		{ "core_etcd.ca_file", g->core.ca_file, F_OK },
+		{ "core_etcd.cert_file", g->core.cert_file, F_OK },
+		{ "core_etcd.key_file", g->core.key_file, F_OK },
+	};
+	int bad = 0;
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		if (files[i].path != NULL && access(files[i].path, files[i].mode) < 0) {
+			ep_err("%s: %s %s: %s", g->path, files[i].key, files[i].path, strerror(errno));
+			bad++;
+		}
+	}
+	return bad;
+}
+
 static int check_config(const char *path)
 {
 	struct ep_global_config *g;
@@ -784,6 +832,7 @@ static int check_config(const char *path)
 	char *error;
 	int bad = 0;
 
+	ep_log_init("etcdproxyd", NULL, EP_LOG_TARGET_STDERR, EP_LOG_WARNING);
 	if (ep_global_config_load(path, &g, &error) < 0) {
 		fprintf(stderr, "%s\n", error);
 		free(error);
@@ -795,6 +844,7 @@ static int check_config(const char *path)
 		ep_global_config_free(g);
 		return 1;
 	}
+	bad += check_files(g);
 	for (size_t i = 0; i < set.n; i++) {
 		if (set.entries[i].error != NULL) {
 			fprintf(stderr, "%s\n", set.entries[i].error);
@@ -861,6 +911,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	ep_log_set_level(sv.global->log_level);
+	if (check_files(sv.global) > 0)
+		return 1;
 	if (ep_mkdir_p(sv.global->runtime_dir, 0755) < 0 || ep_mkdir_p(sv.global->state_dir, 0700) < 0) {
 		ep_err("cannot create %s or %s: %s", sv.global->runtime_dir, sv.global->state_dir,
 		       strerror(errno));

@@ -353,6 +353,11 @@ static void ipc_shutdown_done(uv_shutdown_t *req, int status)
 
 static void close_worker_handles(void)
 {
+	static int done;
+
+	if (done)
+		return;
+	done = 1;
 	if (!uv_is_closing((uv_handle_t *)&W.sigterm)) {
 		uv_close((uv_handle_t *)&W.sigterm, NULL);
 		uv_close((uv_handle_t *)&W.sigint, NULL);
