@@ -291,7 +291,7 @@ static void global_defaults(struct ep_global_config *g)
 	g->backoff_initial_ms = 100;
 	g->backoff_max_ms = 30000;
 	g->stable_after_ms = 60000;
-	g->max_failures = 6;
+	g->max_failures = 10;
 	g->backends = cJSON_CreateObject();
 }
 
@@ -433,6 +433,7 @@ int ep_listen_validate(const char *listen, const char **why_r)
 	size_t hlen;
 	char *end;
 	long port;
+	int bracketed = 0;
 
 	if (strncmp(listen, "unix:", 5) == 0) {
 		const char *path = listen + 5;
@@ -466,6 +467,7 @@ int ep_listen_validate(const char *listen, const char **why_r)
 		}
 		listen++;
 		hlen -= 2;
+		bracketed = 1;
 	}
 	if (hlen >= sizeof(host)) {
 		*why_r = "the host is too long";
@@ -480,6 +482,11 @@ int ep_listen_validate(const char *listen, const char **why_r)
 		if ((ntohl(a4.s_addr) >> 24) == 127)
 			return 0;
 	} else if (inet_pton(AF_INET6, host, &a6) == 1) {
+		/* "::1:2379" is itself an IPv6 address: without brackets the port is a guess */
+		if (!bracketed) {
+			*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
+			return -EINVAL;
+		}
 		if (IN6_IS_ADDR_LOOPBACK(&a6))
 			return 0;
 	} else if (strcmp(host, "localhost") == 0) {
@@ -776,6 +783,5 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 	dir = ep_strdup_printf("%s/%s", g->runtime_dir, t->name);
 	cJSON_AddStringToObject(root, "runtime_dir", dir);
 	free(dir);
-	cJSON_AddStringToObject(root, "log_level", ep_log_level_name(g->log_level));
 	return root;
 }

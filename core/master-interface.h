@@ -20,16 +20,19 @@
  *   HELLO    {"pid":N, "version":"0.1.0", "abi":N}          first frame, unasked
  *   READY    {"endpoint":"127.0.0.1:2379"}                   endpoint answers
  *   HEALTH   {"healthy":true|false, "reason":"..."}         on every change
- *   STATUS   {"state":"...", "detail":"...", "counters":{}} answer to STATUS_REQ
+ *   STATUS   {"state":"starting|ready", "healthy":true|false}  answer to STATUS_REQ
  *   FATAL    {"reason":"...", "config":true|false}          just before exiting
  *
  * Messages, supervisor -> worker:
  *   CONFIGURE   {"generation":N, "tenant":{...}, "core_etcd":{...},
  *                "plugin_dir":"...", "state_dir":"...", "runtime_dir":"...",
  *                "backend":"etcd", "backend_options":{...}, "log_level":"info"}
- *               the whole effective configuration; sent once after HELLO
+ *               the whole effective configuration; sent once after HELLO.
+ *               Everything but generation and log_level is the tenant's
+ *               fingerprint: reload restarts a worker when it changes.
  *   STOP        {"graceful":true|false}  drain and exit 0
- *   STATUS_REQ  {}
+ *   STATUS_REQ  {}  (a point-in-time query; the supervisor relies on READY
+ *               and HEALTH, which the worker sends unasked)
  *
  * Control socket (etcdproxyctl -> etcdproxyd), one request per connection:
  *   CTL_REQUEST {"command":"status|list|show|reload|restart", "name":"..."}

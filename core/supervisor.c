@@ -24,6 +24,7 @@
 extern char **environ;
 
 static void tenant_spawn(struct tenant *t);
+static void on_restart_timer(uv_timer_t *timer);
 static void tenant_stop(struct tenant *t);
 static void tenant_release(struct tenant *t);
 static void maybe_finish_shutdown(struct supervisor *sv);
@@ -157,7 +158,9 @@ static void send_configure(struct tenant *t)
 {
 	cJSON *payload = cJSON_Parse(t->payload);
 
+	/* not part of the fingerprint: a new log level must not restart every tenant */
 	cJSON_AddNumberToObject(payload, "generation", (double)t->sv->generation);
+	cJSON_AddStringToObject(payload, "log_level", ep_log_level_name(t->sv->global->log_level));
 	if (ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_CONFIGURE, payload) < 0)
 		ep_warn("tenant %s: cannot send CONFIGURE", t->name);
 	cJSON_Delete(payload);
@@ -170,6 +173,11 @@ static const char *json_str(const cJSON *o, const char *key)
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+static const char *sv_worker_path(const struct tenant *t)
+{
+	return t->sv->global->worker_path;
+}
+
 static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 {
 	struct tenant *t = ctx;
@@ -178,6 +186,11 @@ static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 	ep_debug("tenant %s: worker sent %s", t->name, ep_msg_type_name(type));
 	switch (type) {
 	case EP_MSG_HELLO:
+		s = json_str(payload, "version");
+		if (s == NULL || strcmp(s, PACKAGE_VERSION) != 0)
+			ep_warn("tenant %s: worker %s is version %s, the supervisor %s: restart etcdproxyd "
+				"after an upgrade", t->name, sv_worker_path(t), s ? s : "unknown",
+				PACKAGE_VERSION);
 		send_configure(t);
 		break;
 	case EP_MSG_READY:
@@ -313,8 +326,13 @@ static void tenant_after_stop(struct tenant *t)
 	} else if (t->remove_on_exit || sv->shutting_down) {
 		tenant_release(t);
 	} else if (t->restart_on_exit) {
+		/*
+		 * Spawn from the timer: the process and IPC handles of the old
+		 * worker are still closing and cannot be initialised again yet.
+		 */
 		t->restart_on_exit = 0;
-		tenant_spawn(t);
+		tenant_set_state(t, TENANT_BACKOFF);
+		uv_timer_start(&t->timer, on_restart_timer, 0, 0);
 	} else {
 		tenant_set_state(t, TENANT_STOPPED);
 	}
@@ -688,6 +706,11 @@ int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 	ep_global_config_free(sv->global);
 	sv->global = g;
 	sv->generation++;
+	for (struct tenant *t = sv->tenants; t != NULL; t = t->next) {
+		t->backoff.initial_ms = g->backoff_initial_ms;
+		t->backoff.max_ms = g->backoff_max_ms;
+		t->backoff.max_failures = g->max_failures;
+	}
 	rc.added = cJSON_AddArrayToObject(summary, "added");
 	rc.removed = cJSON_AddArrayToObject(summary, "removed");
 	rc.changed = cJSON_AddArrayToObject(summary, "changed");
@@ -844,15 +867,17 @@ static int check_config(const char *path)
 		ep_global_config_free(g);
 		return 1;
 	}
-	bad += check_files(g);
+	int global_bad = check_files(g);
 	for (size_t i = 0; i < set.n; i++) {
 		if (set.entries[i].error != NULL) {
 			fprintf(stderr, "%s\n", set.entries[i].error);
 			bad++;
 		}
 	}
-	printf("%s: %s; %zu tenant%s, %d with errors\n", path, bad ? "errors" : "OK", set.n,
-	       set.n == 1 ? "" : "s", bad);
+	printf("%s: %s; %zu tenant%s, %d with errors%s\n", path, bad || global_bad ? "errors" : "OK",
+	       set.n, set.n == 1 ? "" : "s", bad,
+	       global_bad ? "; the global file names missing files" : "");
+	bad += global_bad;
 	ep_tenant_set_free(&set);
 	ep_global_config_free(g);
 	return bad ? 1 : 0;
@@ -883,7 +908,7 @@ int main(int argc, char **argv)
 	};
 	struct supervisor sv;
 	const char *config = EP_DEFAULT_CONFIG;
-	int foreground = 0, opt;
+	int foreground = 0, check_only = 0, opt;
 	char *error = NULL;
 	uint64_t wd;
 
@@ -891,7 +916,7 @@ int main(int argc, char **argv)
 		switch (opt) {
 		case 'c': config = optarg; break;
 		case 'f': foreground = 1; break;
-		case 'C': return check_config(config);
+		case 'C': check_only = 1; break;
 		case 'V': printf("etcdproxyd %s (plugin ABI %u)\n", PACKAGE_VERSION, EP_PLUGIN_ABI_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -901,9 +926,14 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (check_only)
+		return check_config(config);
 
 	memset(&sv, 0, sizeof(sv));
-	sv.config_path = ep_strdup(config);
+	/* daemon() changes to /: a reload must still find a relative -c */
+	sv.config_path = realpath(config, NULL);
+	if (sv.config_path == NULL)
+		sv.config_path = ep_strdup(config);
 	ep_log_init("etcdproxyd", NULL, EP_LOG_TARGET_STDERR, EP_LOG_INFO);
 	if (ep_global_config_load(config, &sv.global, &error) < 0) {
 		ep_err("%s", error);

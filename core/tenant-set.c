@@ -30,10 +30,29 @@ static void set_error(struct ep_tenant_entry *e, char *error)
 	e->fingerprint = ep_strdup_printf("!%s", error);
 }
 
-/* Names of entries with errors may collide; '~' never appears in a valid name. */
+/*
+ * Whether an entry with an error must give up its name: a good tenant has it
+ * (wherever its file sorts), or an earlier entry with an error does.
+ */
+static int name_taken(const struct ep_tenant_set *set, const struct ep_tenant_entry *e)
+{
+	for (size_t i = 0; i < set->n; i++) {
+		const struct ep_tenant_entry *o = &set->entries[i];
+
+		if (o != e && strcmp(o->name, e->name) == 0 && (o->config != NULL || o < e))
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Names of entries with errors may collide; '~' never appears in a valid name.
+ * Good tenants never collide (check_conflicts) and keep their names, so that a
+ * broken file cannot take over the name of a running tenant.
+ */
 static void make_name_unique(struct ep_tenant_set *set, struct ep_tenant_entry *e)
 {
-	while (ep_tenant_set_find(set, e->name) != NULL) {
+	while (name_taken(set, e)) {
 		char *n = ep_strdup_printf("%s~", e->name);
 
 		free(e->name);
@@ -116,10 +135,12 @@ int ep_tenant_set_load(const struct ep_global_config *g, struct ep_tenant_set *s
 				cJSON_Delete(payload);
 			}
 		}
-		make_name_unique(set, e);
 		set->n++;
 	}
 	free(files);
+	for (size_t i = 0; i < set->n; i++)
+		if (set->entries[i].config == NULL)
+			make_name_unique(set, &set->entries[i]);
 	return 0;
 }
 

@@ -5,7 +5,7 @@
  *       supervised: speaks the IPC protocol on fd EP_IPC_FD (master-interface.h)
  *   etcdproxy-worker --standalone [-c GLOBAL.json] TENANT.json
  *       without a supervisor, for tests and debugging; stops on SIGTERM/SIGINT
- *   etcdproxy-worker --exec-child PARENT_PID -- PROGRAM ARGS...
+ *   etcdproxy-worker --exec-child PARENT_PID FILE -- ARGV0 ARGS...
  *       internal trampoline for ep_host.spawn: PR_SET_PDEATHSIG, then exec
  */
 #include "build-config.h"
@@ -174,11 +174,11 @@ static int host_spawn(struct ep_host *host, uv_process_t *process,
 	args[0] = self_exe;
 	args[1] = "--exec-child";
 	args[2] = ppid;
-	args[3] = "--";
-	args[4] = (char *)options->file;
-	for (size_t i = 1; i < n; i++)
-		args[4 + i] = options->args[i];
-	args[4 + n] = NULL;
+	args[3] = (char *)options->file;
+	args[4] = "--";
+	for (size_t i = 0; i < n; i++)
+		args[5 + i] = options->args[i];
+	args[5 + n] = NULL;
 	o.file = self_exe;
 	o.args = args;
 	r = uv_spawn(W.loop, process, &o);
@@ -460,17 +460,17 @@ static void on_ipc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 
 static int exec_child(int argc, char **argv)
 {
-	/* argv: --exec-child PPID -- PROGRAM ARGS... */
+	/* argv: --exec-child PPID FILE -- ARGV0 ARGS... */
 	long ppid;
 
-	if (argc < 5 || strcmp(argv[3], "--") != 0)
+	if (argc < 6 || strcmp(argv[4], "--") != 0)
 		return EP_EXIT_USAGE;
 	ppid = strtol(argv[2], NULL, 10);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if ((long)getppid() != ppid)
 		_exit(EP_EXIT_UNAVAILABLE); /* the worker died before we could ask */
-	execvp(argv[4], argv + 4);
-	fprintf(stderr, "etcdproxy-worker: cannot execute %s: %s\n", argv[4], strerror(errno));
+	execvp(argv[3], argv + 5);
+	fprintf(stderr, "etcdproxy-worker: cannot execute %s: %s\n", argv[3], strerror(errno));
 	_exit(127);
 }
 

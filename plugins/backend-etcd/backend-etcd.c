@@ -366,8 +366,8 @@ static void on_child_exit(uv_process_t *p, int64_t exit_status, int term_signal)
 		delay = CHILD_BACKOFF_MAX_MS;
 	b->host->log(b->host, EP_LOG_WARNING, "%s; restarting it in %llu ms", reason,
 		     (unsigned long long)delay);
-	if (b->ever_ready)
-		b->host->health(b->host, 0, reason);
+	/* also before the first READY: status then shows why the tenant does not start */
+	b->host->health(b->host, 0, reason);
 	uv_timer_start(&b->restart_timer, on_restart_timer, delay, 0);
 }
 

@@ -1,0 +1,191 @@
+#!/usr/bin/python3
+"""The plugin SDK out of tree: `make install prefix=TMP/prefix`, check the installed
+layout, build tests/sdk/backend-hello.c against the installed etcdproxy/plugin.h
+with the installed pkg-config file, and serve a tenant with it through the
+INSTALLED worker (standalone, then under the installed etcdproxyd)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+sys.dont_write_bytecode = True  # nothing written into the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eptest  # noqa: E402
+from eptest import BUILDDIR, SRCDIR, wait_until  # noqa: E402
+
+LAYOUT = ['sbin/etcdproxyd', 'bin/etcdproxyctl', 'libexec/etcdproxy/etcdproxy-worker',
+          'lib/etcdproxy/backend-etcd.so', 'include/etcdproxy/plugin.h',
+          'lib/pkgconfig/etcdproxy-plugin.pc', 'etc/etcdproxy/etcdproxyd.json',
+          'share/man/man8/etcdproxyd.8']
+EXECUTABLES = ['sbin/etcdproxyd', 'bin/etcdproxyctl', 'libexec/etcdproxy/etcdproxy-worker']
+PROGRAMS = ['core/etcdproxyd', 'core/etcdproxyctl', 'core/etcdproxy-worker',
+            'plugins/backend-etcd.la', 'etcdproxy-plugin.pc']
+# what the install without the data files (man pages, etc/) consists of
+PARTIAL_INSTALL = ['install-binPROGRAMS', 'install-sbinPROGRAMS', 'install-pkglibexecPROGRAMS',
+                   'install-pkglibLTLIBRARIES', 'install-sdkincludeHEADERS',
+                   'install-pkgconfigDATA']
+
+
+def make_env():
+    # a make running this test must not hand its jobserver or command-line variables down
+    env = dict(os.environ)
+    for v in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL', 'MAKEOVERRIDES', 'DESTDIR'):
+        env.pop(v, None)
+    return env
+
+
+def run(cmd, timeout=60, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+def test_install(s, st):
+    # build with the configured paths first: `make install prefix=...` must only install
+    r = run(['make', '-C', BUILDDIR, 'all'], timeout=240, env=make_env())
+    if not s.check(r.returncode == 0, 'make all in %s' % BUILDDIR, r.stdout + r.stderr):
+        r = run(['make', '-C', BUILDDIR] + PROGRAMS, timeout=240, env=make_env())
+        s.require_check(r.returncode == 0, 'make %s (fallback)' % ' '.join(PROGRAMS),
+                        r.stdout + r.stderr)
+    p = st.prefix
+    paths = ['prefix=' + p, 'exec_prefix=' + p, 'sysconfdir=' + p + '/etc']
+    r = run(['make', '-C', BUILDDIR, 'install'] + paths, timeout=120, env=make_env())
+    s.check(r.returncode == 0, 'make install prefix=TMP/prefix', (r.stdout + r.stderr))
+    if r.returncode != 0:
+        # go on with the programs, the plugin and the SDK so that the plugin is still tested
+        r = run(['make', '-C', BUILDDIR] + PARTIAL_INSTALL + paths, timeout=120, env=make_env())
+        s.require_check(r.returncode == 0, 'make %s (fallback)' % ' '.join(PARTIAL_INSTALL),
+                        r.stdout + r.stderr)
+    for f in LAYOUT:
+        s.check(os.path.isfile(os.path.join(p, f)), 'installed: %s' % f)
+    for f in EXECUTABLES:
+        s.check(os.access(os.path.join(p, f), os.X_OK), 'executable: %s' % f)
+    r = run([os.path.join(p, 'sbin/etcdproxyd'), '--version'])
+    s.check(r.returncode == 0 and r.stdout.startswith('etcdproxyd '),
+            'the installed etcdproxyd runs', r.stdout + r.stderr)
+
+
+def test_build_plugin(s, st):
+    p = st.prefix
+    env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(p, 'lib', 'pkgconfig'))
+    # the .pc file carries the configure-time prefix: point it at this install
+    r = run(['pkg-config', '--define-variable=prefix=' + p, '--cflags', '--libs',
+             'etcdproxy-plugin'], env=env)
+    s.require_check(r.returncode == 0, 'pkg-config --cflags --libs etcdproxy-plugin',
+                    r.stdout + r.stderr)
+    flags = r.stdout.split()
+    s.check('-I%s/include' % p in flags, 'the cflags name the installed include directory', flags)
+    os.makedirs(st.plugins, exist_ok=True)
+    so = os.path.join(st.plugins, 'backend-hello.so')
+    r = run(['cc', '-Wall', '-Wextra', '-Werror', '-o', so,
+             os.path.join(SRCDIR, 'tests', 'sdk', 'backend-hello.c')] + flags, env=env)
+    s.require_check(r.returncode == 0 and os.path.isfile(so), 'backend-hello.c builds against the '
+                    'installed SDK with -Wall -Wextra -Werror', r.stdout + r.stderr)
+    r = run(['nm', '-D', '--defined-only', so])
+    syms = [l.split()[-1] for l in r.stdout.splitlines() if l.strip()]
+    s.eq([x for x in syms if not x.startswith('_')], ['ep_plugin_descriptor'],
+         'the plugin exports ep_plugin_descriptor only')
+
+
+def write_config(st, name):
+    os.makedirs(os.path.join(st.tmp, name, 'storages.d'), exist_ok=True)
+    conf = os.path.join(st.tmp, name, 'etcdproxyd.json')
+    eptest.write_json(conf, {
+        'storages_dir': os.path.join(st.tmp, name, 'storages.d'),
+        'state_dir': os.path.join(st.tmp, name, 'state'),
+        'runtime_dir': os.path.join(st.tmp, name, 'run'),
+        'plugin_dir': st.plugins,
+        'worker': os.path.join(st.prefix, 'libexec/etcdproxy/etcdproxy-worker'),
+        'log_level': 'debug',
+        'core_etcd': {'endpoints': ['http://127.0.0.1:9'], 'ca_file': None,
+                      'cert_file': None, 'key_file': None},
+        'defaults': {'backend': 'hello'},
+    })
+    return conf
+
+
+def greeting(port):
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=2) as c:
+            c.settimeout(2)
+            data = b''
+            while not data.endswith(b'\n'):
+                chunk = c.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+            return data.decode(errors='replace')
+    except OSError as e:
+        return 'error: %s' % e
+
+
+def test_standalone(s, st):
+    conf = write_config(st, 'standalone')
+    port = eptest.free_port()
+    tenant = os.path.join(st.tmp, 'standalone', 'storages.d', 'greeter.json')
+    eptest.write_json(tenant, {'apiVersion': 'etcd.xmudrii.com/v1alpha1', 'kind': 'EtcdStorage',
+                               'metadata': {'name': 'greeter'},
+                               'spec': {'backend': 'hello', 'listen': '127.0.0.1:%d' % port}})
+    log = os.path.join(st.tmp, 'standalone', 'worker.log')
+    worker = os.path.join(st.prefix, 'libexec/etcdproxy/etcdproxy-worker')
+    p = s.popen([worker, '--standalone', '-c', conf, tenant], log=log,
+                label='installed worker, standalone')
+    ready = 'ready: serving /greeter/ on 127.0.0.1:%d' % port
+    s.require_check(wait_until(lambda: ready in eptest.read_text(log) or p.poll() is not None, 10)
+                    and p.poll() is None, 'the installed worker loads backend-hello and logs '
+                    '"%s"' % ready)
+    s.eq(greeting(port), 'hello greeter /greeter/\n', 'the port answers with the plugin\'s greeting')
+    p.send_signal(signal.SIGTERM)
+    try:
+        rc = p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        rc = None
+    s.eq(rc, 0, 'SIGTERM: the standalone worker exits 0')
+    text = eptest.read_text(log)
+    s.check('backend-hello: stopped' in text and 'exiting with code 0' in text,
+            'the plugin\'s stop() ran and called stopped()', text)
+    s.check(not eptest.port_open(port), 'the port is closed')
+
+
+def test_supervised(s, st):
+    # the installed etcdproxyd, with the installed worker and the hello plugin only
+    sv = eptest.Supervisor(s, None, name='supervised',
+                           daemon=os.path.join(st.prefix, 'sbin/etcdproxyd'),
+                           worker=os.path.join(st.prefix, 'libexec/etcdproxy/etcdproxy-worker'),
+                           plugin_dir=st.plugins, extra={'defaults': {'backend': 'hello'}})
+    port = sv.add_tenant('greeter')  # the backend comes from defaults.backend
+    sv.start()
+    t = sv.wait_ready('greeter')['greeter']
+    s.check(t['backend'] == 'hello' and t['prefix'] == '/greeter/',
+            'the installed etcdproxyd runs greeter with the hello backend', t)
+    s.eq(greeting(port), 'hello greeter /greeter/\n', 'greeter answers')
+    s.eq(sv.stop(), 0, 'the installed etcdproxyd exits 0 on SIGTERM')
+    s.check(not eptest.port_open(port), 'the port is closed')
+
+
+class State:
+    pass
+
+
+def body(s):
+    st = State()
+    st.tmp = s.tmp
+    st.prefix = os.path.join(s.tmp, 'prefix')
+    st.plugins = os.path.join(s.tmp, 'plugins')
+    s.run(test_install, s, st)
+    if not os.path.exists(os.path.join(st.prefix, 'include/etcdproxy/plugin.h')):
+        return
+    s.run(test_build_plugin, s, st)
+    if not os.path.exists(os.path.join(st.plugins, 'backend-hello.so')):
+        return
+    s.run(test_standalone, s, st)
+    s.run(test_supervised, s, st)
+
+
+if __name__ == '__main__':
+    s = eptest.Suite('sdk')
+    s.require(eptest.ETCDPROXYD, eptest.ETCDPROXYCTL, eptest.WORKER,
+              *[shutil.which(x) or '/nonexistent/' + x for x in ('make', 'cc', 'pkg-config', 'nm')])
+    s.main(body)
