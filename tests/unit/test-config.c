@@ -356,7 +356,7 @@ static void test_global_defaults(void **state)
 	assert_int_equal(g->backoff_initial_ms, 100);
 	assert_int_equal(g->backoff_max_ms, 30000);
 	assert_int_equal(g->stable_after_ms, 60000);
-	assert_int_equal(g->max_failures, 6);
+	assert_int_equal(g->max_failures, 10);
 	assert_non_null(g->backends);
 	assert_true(cJSON_IsObject(g->backends));
 	assert_null(g->backends->child);
@@ -367,7 +367,7 @@ static void test_global_defaults(void **state)
 			 "\"backends\": {}}");
 	assert_int_equal(g->core.n_endpoints, 1);
 	assert_string_equal(g->core.ca_file, "/etc/kubernetes/pki/etcd/ca.crt");
-	assert_int_equal(g->max_failures, 6);
+	assert_int_equal(g->max_failures, 10);
 	assert_string_equal(g->default_backend, "etcd");
 	ep_global_config_free(g);
 
@@ -1272,9 +1272,10 @@ static void test_worker_config_build(void **state)
 	assert_string_equal(cJSON_GetObjectItemCaseSensitive(w, "runtime_dir")->valuestring,
 			    expected);
 	free(expected);
-	assert_string_equal(cJSON_GetObjectItemCaseSensitive(w, "log_level")->valuestring, "debug");
+	/* the log level is added when sent: changing it must not restart tenants */
+	assert_null(cJSON_GetObjectItemCaseSensitive(w, "log_level"));
 	/* nothing else */
-	assert_int_equal(cJSON_GetArraySize(w), 8);
+	assert_int_equal(cJSON_GetArraySize(w), 7);
 
 	/* deterministic: a second build, and a build from a second load, print the same */
 	text = cJSON_PrintUnformatted(w);
@@ -1316,9 +1317,23 @@ static void test_worker_config_build(void **state)
 			    "/pki/ca.crt");
 	assert_string_equal(cJSON_GetObjectItemCaseSensitive(x, "cert_file")->valuestring,
 			    "/etc/kubernetes/pki/apiserver-etcd-client.crt");
-	assert_string_equal(cJSON_GetObjectItemCaseSensitive(w, "log_level")->valuestring, "info");
 	cJSON_Delete(w);
 	ep_global_config_free(g);
+
+	/* two globals that differ only in log_level give one fingerprint */
+	g = global_ok(f, "{\"plugin_dir\": \"@P@\", \"log_level\": \"err\"}");
+	struct ep_global_config *g2 = global_ok(f, "{\"plugin_dir\": \"@P@\", \"log_level\": \"debug\"}");
+	w = ep_worker_config_build(g, t);
+	w2 = ep_worker_config_build(g2, t);
+	text = cJSON_PrintUnformatted(w);
+	text2 = cJSON_PrintUnformatted(w2);
+	assert_string_equal(text, text2);
+	free(text);
+	free(text2);
+	cJSON_Delete(w);
+	cJSON_Delete(w2);
+	ep_global_config_free(g);
+	ep_global_config_free(g2);
 	ep_tenant_config_free(t);
 	assert_contains(f->tenant_file, "/storages.d/t.json");
 }
