@@ -1,0 +1,1217 @@
+/*
+ * Downstream: the tenant's clients (h2c), and the life of one call.
+ *
+ * nghttp2 must not be re-entered from its own callbacks, so sending is never
+ * done inside one: callbacks mark a connection "to flush" and an idle handle
+ * flushes everything once the callbacks have returned.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "native.h"
+
+static void down_conn_close(struct down_conn *dc);
+static void call_process(struct call *c);
+static void call_maybe_free(struct call *c);
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static uint64_t now_us(struct native *n)
+{
+	return uv_hrtime() / 1000;
+}
+
+/* grpc-message is percent-encoded (gRPC PROTOCOL-HTTP2). */
+static char *percent_encode(const char *s)
+{
+	size_t len = strlen(s);
+	char *out = malloc(len * 3 + 1), *o = out;
+
+	if (out == NULL)
+		abort();
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p >= 0x20 && *p <= 0x7e && *p != '%') {
+			*o++ = (char)*p;
+		} else {
+			sprintf(o, "%%%02X", *p);
+			o += 3;
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+/* Append a gRPC length-prefixed message. */
+static void frame_message(struct bq *q, const uint8_t *msg, size_t len)
+{
+	uint8_t h[5] = { 0, (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
+			 (uint8_t)len };
+
+	bq_append(q, h, 5);
+	if (len > 0)
+		bq_append(q, msg, len);
+}
+
+/*
+ * The next complete message in a reader: returns 1 and sets flag/msg/len
+ * (valid until grpc_reader_drop), 0 when incomplete.  *declared gets the
+ * length from the header as soon as 5 bytes are there (for early limits).
+ */
+static int grpc_reader_next(struct grpc_reader *r, uint8_t *flag, const uint8_t **msg,
+			    size_t *len, size_t *declared)
+{
+	const uint8_t *p = r->buf.data + r->buf.off;
+	size_t have = bq_pending(&r->buf);
+	size_t l;
+
+	*declared = 0;
+	if (have < 5)
+		return 0;
+	l = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+	*declared = l;
+	if (have < 5 + l)
+		return 0;
+	*flag = p[0];
+	*msg = p + 5;
+	*len = l;
+	return 1;
+}
+
+static void grpc_reader_drop(struct grpc_reader *r, size_t len)
+{
+	bq_consume(&r->buf, 5 + len);
+}
+
+/* ---- deferred flushing ----------------------------------------------------------------- */
+
+static void down_flush_now(struct down_conn *dc);
+
+struct write_req {
+	uv_write_t req;
+	struct down_conn *dc;
+	size_t len;
+	uint8_t data[];
+};
+
+static void down_write_done(uv_write_t *req, int status)
+{
+	struct write_req *w = (struct write_req *)req;
+	struct down_conn *dc = w->dc;
+
+	dc->write_pending -= w->len;
+	free(w);
+	if (status < 0) {
+		down_conn_close(dc);
+		return;
+	}
+	down_flush(dc); /* the socket took some: nghttp2 may have more */
+}
+
+static void down_flush_now(struct down_conn *dc)
+{
+	if (dc->closing || dc->session == NULL)
+		return;
+	while (dc->write_pending < NATIVE_HIGH_WATER) {
+		const uint8_t *data;
+		ssize_t n = nghttp2_session_mem_send(dc->session, &data);
+		struct write_req *w;
+		uv_buf_t b;
+
+		if (n < 0) {
+			down_conn_close(dc);
+			return;
+		}
+		if (n == 0)
+			break;
+		w = malloc(sizeof(*w) + (size_t)n);
+		if (w == NULL)
+			abort();
+		memcpy(w->data, data, (size_t)n);
+		w->dc = dc;
+		w->len = (size_t)n;
+		b = uv_buf_init((char *)w->data, (unsigned)n);
+		dc->write_pending += (size_t)n;
+		if (uv_write(&w->req, &dc->h.stream, &b, 1, down_write_done) < 0) {
+			dc->write_pending -= (size_t)n;
+			free(w);
+			down_conn_close(dc);
+			return;
+		}
+	}
+	if (dc->write_pending == 0 && !nghttp2_session_want_read(dc->session) &&
+	    !nghttp2_session_want_write(dc->session))
+		down_conn_close(dc); /* GOAWAY exchanged and every stream done */
+}
+
+static void on_flush_idle(uv_idle_t *h)
+{
+	struct native *n = h->data;
+
+	uv_idle_stop(h);
+	for (struct down_conn *dc = n->conns, *next; dc != NULL; dc = next) {
+		next = dc->next;
+		if (dc->flush_pending) {
+			dc->flush_pending = 0;
+			down_flush_now(dc);
+		}
+	}
+	for (unsigned i = 0; i < n->n_upstreams; i++) {
+		if (n->ups[i].flush_pending) {
+			n->ups[i].flush_pending = 0;
+			up_flush_now(&n->ups[i]);
+		}
+	}
+}
+
+void native_schedule_flush(struct native *n)
+{
+	if (!uv_is_active((uv_handle_t *)&n->flush_idle) && !uv_is_closing((uv_handle_t *)&n->flush_idle))
+		uv_idle_start(&n->flush_idle, on_flush_idle);
+}
+
+void down_flush(struct down_conn *dc)
+{
+	dc->flush_pending = 1;
+	native_schedule_flush(dc->n);
+}
+
+/* ---- calls ------------------------------------------------------------------------------ */
+
+static struct call *call_new(struct down_conn *dc, int32_t id)
+{
+	struct call *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		abort();
+	c->dc = dc;
+	c->n = dc->n;
+	c->down_id = id;
+	c->down_attached = 1;
+	c->local_status = -1;
+	c->started_us = now_us(dc->n);
+	c->next_in_down = dc->calls;
+	dc->calls = c;
+	dc->n->counters.active_streams++;
+	return c;
+}
+
+static void call_free(struct call *c)
+{
+	for (size_t i = 0; i < c->n_hdrs; i++) {
+		free(c->hdrs[i].name);
+		free(c->hdrs[i].value);
+	}
+	free(c->path);
+	bq_free(&c->req_in.buf);
+	bq_free(&c->up_out);
+	bq_free(&c->resp_in.buf);
+	bq_free(&c->down_out);
+	bq_free(&c->held);
+	bq_free(&c->held_resp);
+	free(c->grpc_status);
+	free(c->grpc_message);
+	free(c->local_message);
+	free(c->unknown_leases);
+	free(c);
+}
+
+static void record_latency(struct native *n, struct call *c)
+{
+	static const uint64_t bounds[] = { 100, 250, 500, 1000, 2500, 5000, 10000, 25000,
+					   50000, 100000, 1000000 };
+	uint64_t us = now_us(n) - c->started_us;
+	size_t i = 0;
+
+	while (i < sizeof(bounds) / sizeof(bounds[0]) && us >= bounds[i])
+		i++;
+	n->counters.latency_us_buckets[i]++;
+}
+
+static void call_maybe_free(struct call *c)
+{
+	if (c->down_attached || c->up_attached || c->pending_internal > 0)
+		return;
+	call_free(c);
+}
+
+static void resume_down_data(struct call *c)
+{
+	if (c->dc == NULL || c->dc->session == NULL)
+		return;
+	if (c->down_data_deferred) {
+		c->down_data_deferred = 0;
+		nghttp2_session_resume_data(c->dc->session, c->down_id);
+	}
+	down_flush(c->dc);
+}
+
+static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length,
+			     uint32_t *data_flags, nghttp2_data_source *source, void *ud)
+{
+	struct call *c = source->ptr;
+	size_t have = bq_pending(&c->down_out);
+
+	if (have == 0) {
+		int done = c->local_status >= 0 || (c->up_eos && c->pending_internal == 0);
+
+		if (!done) {
+			c->down_data_deferred = 1;
+			return NGHTTP2_ERR_DEFERRED;
+		}
+		char status[16];
+		const char *msg = "";
+		nghttp2_nv trailers[2];
+
+		if (c->local_status >= 0) {
+			snprintf(status, sizeof(status), "%d", c->local_status);
+			msg = c->local_message ? c->local_message : "";
+		} else if (c->grpc_status != NULL) {
+			snprintf(status, sizeof(status), "%s", c->grpc_status);
+			msg = c->grpc_message ? c->grpc_message : "";
+		} else {
+			snprintf(status, sizeof(status), "13");
+			msg = "etcdproxy: the core etcd ended the call without a status";
+		}
+		trailers[0] = (nghttp2_nv){ (uint8_t *)"grpc-status", (uint8_t *)status, 11,
+					    strlen(status), NGHTTP2_NV_FLAG_NONE };
+		trailers[1] = (nghttp2_nv){ (uint8_t *)"grpc-message", (uint8_t *)msg, 12, strlen(msg),
+					    NGHTTP2_NV_FLAG_NONE };
+		*data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+		nghttp2_submit_trailer(s, stream_id, trailers, 2);
+		c->finished = 1;
+		if (c->dc != NULL) {
+			if (strcmp(status, "0") == 0)
+				c->dc->n->counters.calls_ok++;
+			else
+				c->dc->n->counters.calls_failed++;
+			record_latency(c->dc->n, c);
+		}
+		return 0;
+	}
+	if (have > length)
+		have = length;
+	memcpy(buf, c->down_out.data + c->down_out.off, have);
+	bq_consume(&c->down_out, have);
+	/* the client took some: let the core etcd send more */
+	if (c->up_unconsumed > 0 && bq_pending(&c->down_out) < NATIVE_HIGH_WATER) {
+		up_consume(c, c->up_unconsumed);
+		c->up_unconsumed = 0;
+	}
+	return (ssize_t)have;
+}
+
+static void submit_response_headers(struct call *c)
+{
+	nghttp2_nv nv[2] = {
+		{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE },
+		{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
+		  NGHTTP2_NV_FLAG_NONE },
+	};
+	nghttp2_data_provider dp = { .source.ptr = c, .read_callback = read_response };
+
+	c->resp_headers_sent = 1;
+	nghttp2_submit_response(c->dc->session, c->down_id, nv, 2, &dp);
+	down_flush(c->dc);
+}
+
+/*
+ * End the call with a status of the proxy's own (message in plain text).
+ * Before any response: Trailers-Only; after: trailers once the queued data is out.
+ */
+void call_finish(struct call *c, int grpc_status, const char *message)
+{
+	if (c->finished || c->local_status >= 0)
+		return;
+	c->local_status = grpc_status;
+	c->local_message = percent_encode(message ? message : "");
+	if (c->up_attached && !c->up_eos)
+		up_cancel(c);
+	if (c->dc == NULL)
+		return;
+	if (grpc_status != 0) {
+		/* nothing more of the request matters */
+		bq_consume(&c->req_in.buf, bq_pending(&c->req_in.buf));
+	}
+	if (!c->resp_headers_sent && bq_pending(&c->down_out) == 0) {
+		char status[16];
+		nghttp2_nv nv[4] = {
+			{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE },
+			{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
+			  NGHTTP2_NV_FLAG_NONE },
+			{ (uint8_t *)"grpc-status", (uint8_t *)status, 11, 0, NGHTTP2_NV_FLAG_NONE },
+			{ (uint8_t *)"grpc-message", (uint8_t *)c->local_message, 12,
+			  strlen(c->local_message), NGHTTP2_NV_FLAG_NONE },
+		};
+
+		snprintf(status, sizeof(status), "%d", grpc_status);
+		nv[2].valuelen = strlen(status);
+		c->resp_headers_sent = 1;
+		c->finished = 1;
+		nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
+		if (grpc_status == 0)
+			c->dc->n->counters.calls_ok++;
+		else
+			c->dc->n->counters.calls_failed++;
+		record_latency(c->dc->n, c);
+		down_flush(c->dc);
+		return;
+	}
+	if (!c->resp_headers_sent)
+		submit_response_headers(c);
+	resume_down_data(c);
+}
+
+/* Answer with one message of the proxy's own and status OK. */
+static void call_answer(struct call *c, const uint8_t *msg, size_t len)
+{
+	frame_message(&c->down_out, msg, len);
+	if (!c->resp_headers_sent)
+		submit_response_headers(c);
+	call_finish(c, 0, "");
+}
+
+/* ---- lease ownership --------------------------------------------------------------------- */
+
+static int hook_lease_check(void *ctx, int64_t id)
+{
+	struct call *c = ctx;
+	struct native *n = c->dc->n;
+
+	if (native_lease_known(n, id))
+		return 0;
+	/* unknown here: maybe another worker of this tenant granted it; ask the core etcd */
+	c->unknown_leases = realloc(c->unknown_leases, sizeof(int64_t) * (c->n_unknown_leases + 1));
+	if (c->unknown_leases == NULL)
+		abort();
+	c->unknown_leases[c->n_unknown_leases++] = id;
+	return 0;
+}
+
+static int hook_lease_visible(void *ctx, int64_t id)
+{
+	struct call *c = ctx;
+
+	return native_lease_known(c->dc->n, id);
+}
+
+static void hook_lease_granted(void *ctx, int64_t id)
+{
+	struct call *c = ctx;
+
+	c->granted_lease = id;
+}
+
+static struct rw_hooks call_hooks(struct call *c)
+{
+	struct rw_hooks h = {
+		.lease_check = hook_lease_check,
+		.lease_visible = hook_lease_visible,
+		.lease_granted = hook_lease_granted,
+		.ctx = c,
+	};
+	return h;
+}
+
+static void release_held(struct call *c)
+{
+	c->waiting_lookup = 0;
+	if (bq_pending(&c->held) > 0) {
+		bq_append(&c->up_out, c->held.data + c->held.off, bq_pending(&c->held));
+		bq_consume(&c->held, bq_pending(&c->held));
+	}
+	up_resume(c);
+	call_process(c); /* messages that arrived meanwhile */
+}
+
+static void on_lease_lookup(struct native *n, void *ctx, int ok, int64_t id, int owned)
+{
+	struct call *c = ctx;
+
+	c->pending_internal--;
+	if (c->dc == NULL || c->finished || c->local_status >= 0) {
+		call_maybe_free(c);
+		return;
+	}
+	if (!ok) {
+		c->lookup_failed = 1;
+	} else if (owned) {
+		native_lease_add(n, id);
+	} else {
+		c->lookup_denied = 1;
+	}
+	if (c->pending_internal > 0)
+		return;
+	if (c->lookup_failed)
+		call_finish(c, 14, "etcdproxy: cannot check the lease's owner in the core etcd");
+	else if (c->lookup_denied)
+		call_finish(c, 5, "etcdserver: requested lease not found");
+	else
+		release_held(c);
+}
+
+static void start_lookups(struct call *c)
+{
+	struct native *n = c->dc->n;
+
+	c->waiting_lookup = 1;
+	c->lookup_failed = c->lookup_denied = 0;
+	for (size_t i = 0; i < c->n_unknown_leases; i++) {
+		c->pending_internal++;
+		if (native_lease_lookup(n, c->unknown_leases[i], on_lease_lookup, c) < 0) {
+			c->pending_internal--;
+			c->lookup_failed = 1;
+		}
+	}
+	c->n_unknown_leases = 0;
+	if (c->pending_internal == 0)
+		call_finish(c, 14, "etcdproxy: cannot check the lease's owner in the core etcd");
+}
+
+static void on_leases_refreshed(struct native *n, void *ctx, int ok, int64_t id, int owned)
+{
+	struct call *c = ctx;
+
+	c->pending_internal--;
+	if (c->dc == NULL || c->finished || c->local_status >= 0) {
+		call_maybe_free(c);
+		return;
+	}
+	if (!ok) {
+		call_finish(c, 14, "etcdproxy: cannot list the tenant's leases in the core etcd");
+		return;
+	}
+	release_held(c);
+}
+
+static void on_grant_recorded(struct native *n, void *ctx, int ok, int64_t id, int owned)
+{
+	struct call *c = ctx;
+
+	c->pending_internal--;
+	if (c->dc == NULL || c->finished || c->local_status >= 0) {
+		call_maybe_free(c);
+		return;
+	}
+	if (!ok) {
+		call_finish(c, 14, "etcdproxy: the lease was granted but its owner could not be "
+				   "recorded in the core etcd; try again");
+		return;
+	}
+	bq_append(&c->down_out, c->held_resp.data + c->held_resp.off, bq_pending(&c->held_resp));
+	bq_consume(&c->held_resp, bq_pending(&c->held_resp));
+	resume_down_data(c);
+}
+
+/* ---- requests -------------------------------------------------------------------------------- */
+
+static void local_answer(struct call *c)
+{
+	uint8_t buf[600];
+	size_t len = 0;
+
+	switch (c->m->kind) {
+	case RW_MEMBER_LIST:
+		len = native_member_list(c->dc->n, buf, sizeof(buf));
+		break;
+	case RW_HEALTH_CHECK:
+		buf[0] = 0x08; /* status = SERVING */
+		buf[1] = 0x01;
+		len = 2;
+		break;
+	default:
+		break;
+	}
+	call_answer(c, buf, len);
+}
+
+static void call_process(struct call *c)
+{
+	struct native *n = c->dc->n;
+	uint8_t flag = 0;
+	const uint8_t *msg;
+	size_t len, declared;
+
+	while (!c->finished && c->local_status < 0 && !c->waiting_lookup) {
+		int complete = grpc_reader_next(&c->req_in, &flag, &msg, &len, &declared);
+
+		if (declared > n->max_message) {
+			char why[160];
+
+			snprintf(why, sizeof(why), "etcdproxy: request message of %zu bytes is above "
+				 "the limit of %zu bytes", declared, n->max_message);
+			call_finish(c, 8, why);
+			return;
+		}
+		if (!complete)
+			break;
+		if (flag != 0) {
+			call_finish(c, 12, "etcdproxy: compressed gRPC messages are not supported "
+					   "(etcd does not compress either)");
+			return;
+		}
+		if (c->m->policy == RW_LOCAL) {
+			grpc_reader_drop(&c->req_in, len);
+			local_answer(c);
+			return;
+		}
+		if (c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW) {
+			grpc_reader_drop(&c->req_in, len);
+			if (n->compaction == COMPACT_DENY)
+				call_finish(c, 7, "etcdproxy: refused Compact: compaction of the shared "
+						  "etcd is denied for this tenant (spec.policy.compaction)");
+			else /* the cluster's own kube-apiserver compacts the shared store */
+				call_answer(c, NULL, 0);
+			return;
+		}
+
+		struct rw_buf out = { 0 };
+		struct rw_error err = { 0 };
+		struct rw_hooks hooks = call_hooks(c);
+		int r = rw_request(c->m->kind, &n->ns, &hooks, msg, len, &out, &err);
+
+		grpc_reader_drop(&c->req_in, len);
+		if (r < 0) {
+			rw_buf_free(&out);
+			call_finish(c, err.grpc_status ? err.grpc_status : 13,
+				    err.message ? err.message : "etcdproxy: cannot rewrite the request");
+			return;
+		}
+		if (c->n_unknown_leases > 0) {
+			frame_message(&c->held, out.data, out.len);
+			rw_buf_free(&out);
+			start_lookups(c);
+			return;
+		}
+		frame_message(&c->up_out, out.data, out.len);
+		rw_buf_free(&out);
+	}
+	if (c->finished || c->local_status >= 0)
+		return;
+	/* past the high water mark the client's bytes stay unacknowledged */
+	if (c->down_unconsumed > 0 && bq_pending(&c->up_out) < NATIVE_HIGH_WATER) {
+		nghttp2_session_consume(c->dc->session, c->down_id, c->down_unconsumed);
+		c->down_unconsumed = 0;
+		down_flush(c->dc);
+	}
+	up_resume(c);
+}
+
+void call_resume_down(struct call *c)
+{
+	if (c->dc == NULL || c->dc->session == NULL || c->down_unconsumed == 0)
+		return;
+	if (bq_pending(&c->up_out) < NATIVE_HIGH_WATER) {
+		nghttp2_session_consume(c->dc->session, c->down_id, c->down_unconsumed);
+		c->down_unconsumed = 0;
+		down_flush(c->dc);
+	}
+}
+
+static void call_start(struct call *c)
+{
+	struct native *n = c->dc->n;
+	char why[300];
+
+	n->counters.calls++;
+	if (c->path == NULL || !c->content_type_ok) {
+		call_finish(c, 3, "etcdproxy: expected a gRPC request (POST, content-type "
+				  "application/grpc)");
+		return;
+	}
+	c->m = rw_method_lookup(c->path, strlen(c->path));
+	switch (c->m->policy) {
+	case RW_DENY:
+		n->counters.denied++;
+		snprintf(why, sizeof(why), "etcdproxy: refused %s: %s", c->path, c->m->deny_reason);
+		call_finish(c, 7, why);
+		return;
+	case RW_UNIMPLEMENTED: {
+		const char *slash = strrchr(c->path, '/');
+
+		if (c->m->path != NULL)
+			snprintf(why, sizeof(why), "etcdproxy: %s is not supported by this proxy",
+				 c->path);
+		else if (slash != NULL && slash != c->path)
+			snprintf(why, sizeof(why), "unknown method %s for service %.*s", slash + 1,
+				 (int)(slash - c->path - 1), c->path + 1);
+		else
+			snprintf(why, sizeof(why), "unknown method %s", c->path);
+		call_finish(c, 12, why);
+		return;
+	}
+	case RW_LOCAL:
+		return; /* answered when the request message is complete */
+	case RW_FORWARD:
+		break;
+	}
+	if (c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW)
+		return; /* answered locally */
+	if (up_submit(n, c) < 0) {
+		call_finish(c, 14, "etcdproxy: no connection to the core etcd");
+		return;
+	}
+	if (c->m->kind == RW_LEASE_LEASES) {
+		/* leases granted through other workers of this tenant must be known before filtering */
+		c->waiting_lookup = 1;
+		c->pending_internal++;
+		if (native_leases_refresh(n, on_leases_refreshed, c) < 0) {
+			c->pending_internal--;
+			call_finish(c, 14, "etcdproxy: no connection to the core etcd");
+		}
+	}
+}
+
+/* ---- responses from the core etcd ---------------------------------------------------------------- */
+
+void call_on_up_headers_done(struct call *c)
+{
+	if (c->icb != NULL || c->dc == NULL || c->finished || c->local_status >= 0)
+		return;
+	if (!c->resp_headers_sent) {
+		if (c->up_status != 200 && c->up_status != 0) {
+			char why[120];
+
+			snprintf(why, sizeof(why), "etcdproxy: the core etcd answered HTTP %d",
+				 c->up_status);
+			call_finish(c, c->up_status >= 502 && c->up_status <= 504 ? 14 : 2, why);
+			return;
+		}
+		if (c->up_eos && bq_pending(&c->down_out) == 0 && c->grpc_status != NULL) {
+			/* Trailers-Only from etcd: pass its status and message verbatim */
+			char status[16];
+			nghttp2_nv nv[4] = {
+				{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE },
+				{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
+				  NGHTTP2_NV_FLAG_NONE },
+				{ (uint8_t *)"grpc-status", (uint8_t *)status, 11, 0, NGHTTP2_NV_FLAG_NONE },
+				{ (uint8_t *)"grpc-message",
+				  (uint8_t *)(c->grpc_message ? c->grpc_message : ""), 12,
+				  c->grpc_message ? strlen(c->grpc_message) : 0, NGHTTP2_NV_FLAG_NONE },
+			};
+
+			snprintf(status, sizeof(status), "%s", c->grpc_status);
+			nv[2].valuelen = strlen(status);
+			c->resp_headers_sent = 1;
+			c->finished = 1;
+			nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
+			if (strcmp(status, "0") == 0)
+				c->dc->n->counters.calls_ok++;
+			else
+				c->dc->n->counters.calls_failed++;
+			record_latency(c->dc->n, c);
+			down_flush(c->dc);
+			return;
+		}
+		submit_response_headers(c);
+		return;
+	}
+	resume_down_data(c);
+}
+
+void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
+{
+	uint8_t flag = 0;
+	const uint8_t *msg;
+	size_t mlen, declared;
+	struct native *n;
+
+	if (c->icb != NULL) {
+		bq_append(&c->resp_in.buf, data, len);
+		up_consume(c, len);
+		return;
+	}
+	if (c->dc == NULL || c->finished || c->local_status >= 0) {
+		up_consume(c, len);
+		return;
+	}
+	n = c->dc->n;
+	n->counters.bytes_out += len;
+	bq_append(&c->resp_in.buf, data, len);
+	while (grpc_reader_next(&c->resp_in, &flag, &msg, &mlen, &declared)) {
+		struct rw_buf out = { 0 };
+		struct rw_error err = { 0 };
+		struct rw_hooks hooks = call_hooks(c);
+		int r;
+
+		if (flag != 0) {
+			call_finish(c, 13, "etcdproxy: the core etcd sent a compressed message");
+			return;
+		}
+		c->granted_lease = 0;
+		r = rw_response(c->m->kind, &n->ns, &hooks, msg, mlen, &out, &err);
+		grpc_reader_drop(&c->resp_in, mlen);
+		if (r < 0) {
+			rw_buf_free(&out);
+			n->host->log(n->host, EP_LOG_ERR, "%s: %s", c->path,
+				     err.message ? err.message : "cannot rewrite a response");
+			call_finish(c, err.grpc_status ? err.grpc_status : 13,
+				    err.message ? err.message : "etcdproxy: cannot rewrite the response");
+			return;
+		}
+		if (c->granted_lease != 0) {
+			/* answer only once the ownership record exists: a worker restart must not lose it */
+			native_lease_add(n, c->granted_lease);
+			frame_message(&c->held_resp, out.data, out.len);
+			rw_buf_free(&out);
+			c->pending_internal++;
+			if (native_lease_record(n, c->granted_lease, on_grant_recorded, c) < 0) {
+				c->pending_internal--;
+				call_finish(c, 14, "etcdproxy: the lease was granted but its owner could "
+						   "not be recorded in the core etcd; try again");
+				return;
+			}
+			continue;
+		}
+		frame_message(&c->down_out, out.data, out.len);
+		rw_buf_free(&out);
+	}
+	if (bq_pending(&c->down_out) < NATIVE_HIGH_WATER)
+		up_consume(c, len);
+	else
+		c->up_unconsumed += len;
+	resume_down_data(c);
+}
+
+void call_on_up_close(struct call *c, uint32_t error_code)
+{
+	c->up_attached = 0;
+	if (c->icb != NULL) {
+		native_internal_done(c, error_code);
+		return;
+	}
+	if (!c->up_eos && !c->finished && c->local_status < 0) {
+		c->up_eos = 1;
+		if (c->dc != NULL) {
+			c->dc->n->counters.upstream_errors++;
+			call_finish(c, 14, error_code == NGHTTP2_REFUSED_STREAM
+						   ? "etcdproxy: the core etcd refused the call (it is "
+						     "going away); retry"
+						   : "etcdproxy: the connection to the core etcd was lost");
+		}
+	} else {
+		c->up_eos = 1;
+		resume_down_data(c);
+	}
+	call_maybe_free(c);
+}
+
+/* ---- nghttp2 server callbacks ---------------------------------------------------------------- */
+
+static int d_on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *ud)
+{
+	struct down_conn *dc = ud;
+
+	if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+		return 0;
+	if (dc->n->stopping) {
+		nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+					  NGHTTP2_REFUSED_STREAM);
+		return 0;
+	}
+	nghttp2_session_set_stream_user_data(s, frame->hd.stream_id,
+					     call_new(dc, frame->hd.stream_id));
+	return 0;
+}
+
+/* Metadata never forwarded: hop-by-hop, replaced by the proxy, or credentials (ETCD-WIRE 2.7.5). */
+static int header_dropped(const uint8_t *name, size_t len)
+{
+	static const char *const drop[] = { "te", "content-type", "content-length", "connection",
+					    "host", "token", "authorization", "keep-alive",
+					    "transfer-encoding", "upgrade", "proxy-connection" };
+
+	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+		if (strlen(drop[i]) == len && memcmp(drop[i], name, len) == 0)
+			return 1;
+	return 0;
+}
+
+static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
+		       size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
+{
+	struct call *c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+
+	if (c == NULL || frame->hd.type != NGHTTP2_HEADERS ||
+	    frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+		return 0;
+	if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
+		free(c->path);
+		c->path = strndup((const char *)value, valuelen);
+	} else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
+		c->content_type_ok = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
+				     (valuelen == 16 || value[16] == '+' || value[16] == ';');
+	} else if (namelen > 0 && name[0] == ':') {
+		/* :method, :scheme, :authority: the upstream request has its own */
+	} else if (!header_dropped(name, namelen) && c->n_hdrs < NATIVE_MAX_HEADERS) {
+		c->hdrs[c->n_hdrs].name = strndup((const char *)name, namelen);
+		c->hdrs[c->n_hdrs].namelen = namelen;
+		c->hdrs[c->n_hdrs].value = strndup((const char *)value, valuelen);
+		c->hdrs[c->n_hdrs].valuelen = valuelen;
+		c->n_hdrs++;
+	}
+	return 0;
+}
+
+static int d_on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud)
+{
+	struct call *c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+
+	if (c == NULL)
+		return 0;
+	if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+		if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+			c->down_eos = 1;
+		c->headers_done = 1;
+		call_start(c);
+		if (c->down_eos && !c->finished && c->local_status < 0)
+			call_process(c);
+	} else if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
+		   (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+		c->down_eos = 1;
+		if (!c->finished && c->local_status < 0) {
+			if (bq_pending(&c->req_in.buf) > 0 && c->m != NULL && c->m->policy == RW_FORWARD &&
+			    !c->waiting_lookup) {
+				call_finish(c, 13, "etcdproxy: the request ended inside a message");
+				return 0;
+			}
+			if (c->m != NULL && c->m->policy == RW_LOCAL && !c->resp_headers_sent)
+				local_answer(c); /* an empty request message is legal */
+			else
+				up_resume(c);
+		}
+	}
+	return 0;
+}
+
+static int d_on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
+			   size_t len, void *ud)
+{
+	struct down_conn *dc = ud;
+	struct call *c = nghttp2_session_get_stream_user_data(s, stream_id);
+
+	dc->n->counters.bytes_in += len;
+	if (c == NULL || c->finished || c->local_status >= 0 || c->m == NULL) {
+		nghttp2_session_consume(s, stream_id, len);
+		return 0;
+	}
+	bq_append(&c->req_in.buf, data, len);
+	/* partial messages are acknowledged (bounded by max_message); queued output is not */
+	if (bq_pending(&c->up_out) < NATIVE_HIGH_WATER)
+		nghttp2_session_consume(s, stream_id, len);
+	else
+		c->down_unconsumed += len;
+	call_process(c);
+	return 0;
+}
+
+static void unlink_from_down(struct call *c)
+{
+	struct call **pp;
+
+	for (pp = &c->dc->calls; *pp != NULL; pp = &(*pp)->next_in_down) {
+		if (*pp == c) {
+			*pp = c->next_in_down;
+			break;
+		}
+	}
+	c->dc->n->counters.active_streams--;
+	c->dc = NULL;
+	c->down_attached = 0;
+}
+
+static int d_on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, void *ud)
+{
+	struct call *c = nghttp2_session_get_stream_user_data(s, stream_id);
+
+	if (c == NULL)
+		return 0;
+	/* a client's cancel (or a reset) becomes an upstream cancel */
+	if (c->up_attached && !c->up_eos)
+		up_cancel(c);
+	unlink_from_down(c);
+	call_maybe_free(c);
+	return 0;
+}
+
+/* ---- connections ------------------------------------------------------------------------------- */
+
+static void on_conn_closed(uv_handle_t *h)
+{
+	struct down_conn *dc = h->data;
+	struct native *n = dc->n;
+
+	if (--dc->handles == 0) {
+		free(dc);
+		native_release(n);
+	}
+}
+
+static void down_conn_close(struct down_conn *dc)
+{
+	struct native *n = dc->n;
+	struct down_conn **pp;
+
+	if (dc->closing)
+		return;
+	dc->closing = 1;
+	for (pp = &n->conns; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == dc) {
+			*pp = dc->next;
+			break;
+		}
+	}
+	while (dc->calls != NULL) {
+		struct call *c = dc->calls;
+
+		if (c->up_attached && !c->up_eos)
+			up_cancel(c);
+		unlink_from_down(c);
+		call_maybe_free(c);
+	}
+	if (dc->session != NULL) {
+		nghttp2_session_del(dc->session);
+		dc->session = NULL;
+	}
+	uv_close(&dc->h.handle, on_conn_closed);
+	uv_close((uv_handle_t *)&dc->idle, on_conn_closed);
+}
+
+static void down_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	static char slab[65536];
+
+	*buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void down_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct down_conn *dc = s->data;
+	ssize_t r;
+
+	if (nread == 0)
+		return;
+	if (nread < 0 || dc->session == NULL) {
+		down_conn_close(dc);
+		return;
+	}
+	dc->last_activity_ms = uv_now(dc->n->loop);
+	r = nghttp2_session_mem_recv(dc->session, (const uint8_t *)buf->base, (size_t)nread);
+	if (r < 0) {
+		/* not HTTP/2 (an HTTP/1 request, garbage): nghttp2 queued a GOAWAY if it could */
+		dc->n->host->log(dc->n->host, EP_LOG_INFO, "closing a client connection: %s",
+				 nghttp2_strerror((int)r));
+		down_flush_now(dc);
+		down_conn_close(dc);
+		return;
+	}
+	down_flush_now(dc);
+}
+
+static void on_idle_check(uv_timer_t *t)
+{
+	struct down_conn *dc = t->data;
+	uint64_t now = uv_now(dc->n->loop);
+
+	if (dc->calls == NULL && now - dc->last_activity_ms >= dc->n->idle_timeout_ms) {
+		static const char why[] = "idle timeout";
+
+		nghttp2_submit_goaway(dc->session, NGHTTP2_FLAG_NONE,
+				      nghttp2_session_get_last_proc_stream_id(dc->session),
+				      NGHTTP2_NO_ERROR, (const uint8_t *)why, sizeof(why) - 1);
+		down_flush_now(dc);
+		down_conn_close(dc);
+	}
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+	native_release(h->data);
+}
+
+static int make_server_session(struct down_conn *dc)
+{
+	struct native *n = dc->n;
+	nghttp2_session_callbacks *cbs;
+	nghttp2_option *opt;
+	nghttp2_settings_entry iv[] = {
+		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, n->max_streams },
+		{ NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 },
+		{ NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 64 * 1024 },
+	};
+	int r;
+
+	nghttp2_session_callbacks_new(&cbs);
+	nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, d_on_begin_headers);
+	nghttp2_session_callbacks_set_on_header_callback(cbs, d_on_header);
+	nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, d_on_frame_recv);
+	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, d_on_data_chunk);
+	nghttp2_session_callbacks_set_on_stream_close_callback(cbs, d_on_stream_close);
+	nghttp2_option_new(&opt);
+	nghttp2_option_set_no_auto_window_update(opt, 1);
+	nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
+	r = nghttp2_session_server_new2(&dc->session, cbs, dc, opt);
+	nghttp2_option_del(opt);
+	nghttp2_session_callbacks_del(cbs);
+	if (r != 0)
+		return -ENOMEM;
+	nghttp2_submit_settings(dc->session, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+	nghttp2_session_set_local_window_size(dc->session, NGHTTP2_FLAG_NONE, 0, 4 << 20);
+	return 0;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	struct native *n = server->data;
+	struct down_conn *dc;
+	int r;
+
+	if (status < 0 || n->stopping)
+		return;
+	dc = calloc(1, sizeof(*dc));
+	if (dc == NULL)
+		abort();
+	dc->n = n;
+	if (n->listener.handle.type == UV_NAMED_PIPE)
+		uv_pipe_init(n->loop, &dc->h.pipe, 0);
+	else
+		uv_tcp_init(n->loop, &dc->h.tcp);
+	dc->h.handle.data = dc;
+	uv_timer_init(n->loop, &dc->idle);
+	dc->idle.data = dc;
+	dc->handles = 2;
+	n->open_handles++; /* one for the whole connection */
+	dc->next = n->conns;
+	n->conns = dc;
+	r = uv_accept(server, &dc->h.stream);
+	if (r == 0)
+		r = make_server_session(dc);
+	if (r < 0) {
+		down_conn_close(dc);
+		return;
+	}
+	if (n->listener.handle.type == UV_TCP)
+		uv_tcp_nodelay(&dc->h.tcp, 1);
+	dc->last_activity_ms = uv_now(n->loop);
+	if (n->idle_timeout_ms > 0)
+		uv_timer_start(&dc->idle, on_idle_check, n->idle_timeout_ms / 2 + 1,
+			       n->idle_timeout_ms / 2 + 1);
+	uv_read_start(&dc->h.stream, down_alloc, down_read);
+	down_flush_now(dc);
+}
+
+/* ---- listening and draining ------------------------------------------------------------------------ */
+
+int down_listen(struct native *n, const char **error_r)
+{
+	const char *listen = n->host->tenant->listen;
+	static char why[300];
+	int r;
+
+	if (strncmp(listen, "unix:", 5) == 0) {
+		const char *path = listen + 5;
+
+		uv_pipe_init(n->loop, &n->listener.pipe, 0);
+		unlink(path); /* a socket left by a killed worker */
+		r = uv_pipe_bind(&n->listener.pipe, path);
+	} else {
+		struct sockaddr_storage ss;
+		const char *colon = strrchr(listen, ':');
+		char host[64];
+		size_t hlen = (size_t)(colon - listen);
+		int port = atoi(colon + 1);
+
+		if (listen[0] == '[') {
+			memcpy(host, listen + 1, hlen - 2);
+			host[hlen - 2] = '\0';
+		} else {
+			memcpy(host, listen, hlen);
+			host[hlen] = '\0';
+		}
+		if (strcmp(host, "localhost") == 0)
+			strcpy(host, "127.0.0.1");
+		uv_tcp_init(n->loop, &n->listener.tcp);
+		if (strchr(host, ':') != NULL)
+			r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
+		else
+			r = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+		if (r == 0)
+			r = uv_tcp_bind(&n->listener.tcp, (struct sockaddr *)&ss, 0);
+	}
+	n->listener.handle.data = n;
+	n->open_handles++;
+	if (r == 0)
+		r = uv_listen(&n->listener.stream, 511, on_connection);
+	if (r < 0) {
+		snprintf(why, sizeof(why), "cannot listen on %s: %s", listen, uv_strerror(r));
+		*error_r = why;
+		uv_close(&n->listener.handle, on_listener_closed);
+		return r == UV_EADDRINUSE || r == UV_EACCES ? -EADDRINUSE : -EIO;
+	}
+	n->listening = 1;
+	return 0;
+}
+
+void down_close_all(struct native *n, int graceful)
+{
+	if (n->listening) {
+		n->listening = 0;
+		uv_close(&n->listener.handle, on_listener_closed);
+		if (strncmp(n->host->tenant->listen, "unix:", 5) == 0)
+			unlink(n->host->tenant->listen + 5);
+	}
+	for (struct down_conn *dc = n->conns, *next; dc != NULL; dc = next) {
+		next = dc->next;
+		if (!graceful || dc->calls == NULL) {
+			down_conn_close(dc);
+			continue;
+		}
+		/* in-flight calls finish; no new stream is taken */
+		nghttp2_submit_goaway(dc->session, NGHTTP2_FLAG_NONE,
+				      nghttp2_session_get_last_proc_stream_id(dc->session),
+				      NGHTTP2_NO_ERROR, (const uint8_t *)"shutting down", 13);
+		down_flush_now(dc);
+	}
+}
+
+/* ---- internal calls ------------------------------------------------------------------------------------ */
+
+int native_internal_call(struct native *n, const char *path, const uint8_t *msg, size_t len,
+			 internal_cb *cb, void *ctx)
+{
+	struct call *c = calloc(1, sizeof(*c));
+	int r;
+
+	if (c == NULL)
+		abort();
+	c->n = n;
+	c->path = strdup(path);
+	c->m = rw_method_lookup(path, strlen(path));
+	c->icb = cb;
+	c->ictx = ctx;
+	c->local_status = -1;
+	c->down_eos = 1;
+	frame_message(&c->up_out, msg, len);
+	r = up_submit(n, c);
+	if (r < 0) {
+		call_free(c);
+		return r;
+	}
+	return 0;
+}
+
+void native_internal_done(struct call *c, uint32_t error_code)
+{
+	struct native *n = c->n;
+	uint8_t flag = 0;
+	const uint8_t *msg = NULL;
+	size_t len = 0, declared;
+	int ok = error_code == 0 && c->grpc_status != NULL && strcmp(c->grpc_status, "0") == 0;
+
+	if (ok && !grpc_reader_next(&c->resp_in, &flag, &msg, &len, &declared))
+		ok = 0;
+	c->icb(n, c->ictx, ok, msg, len);
+	call_free(c);
+}

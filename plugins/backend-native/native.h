@@ -1,0 +1,241 @@
+/*
+ * The native backend: an HTTP/2 gRPC proxy that ends HTTP/2 at each hop.
+ *
+ *   client --h2c--> down_conn --call--> up_conn --h2c--> core etcd
+ *
+ * Every downstream gRPC call becomes one upstream stream on one of a few
+ * multiplexed upstream connections.  Messages are reassembled per stream and
+ * direction, rewritten by rewrite.c, and queued to the other side.  Flow
+ * control is end to end: bytes received on one side are only acknowledged
+ * (nghttp2_session_consume) while the other side's queue is below a high
+ * water mark, so a slow reader on either side stops its writer.
+ */
+#ifndef EP_NATIVE_H
+#define EP_NATIVE_H
+
+#include <stdint.h>
+#include <nghttp2/nghttp2.h>
+#include <uv.h>
+
+#include "etcdproxy/plugin.h"
+#include "rewrite.h"
+
+#define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
+#define NATIVE_MAX_HEADERS 64
+
+struct native;
+struct down_conn;
+struct up_conn;
+struct call;
+
+/* A byte queue: data[off..len) is pending. */
+struct bq {
+	uint8_t *data;
+	size_t off, len, cap;
+};
+void bq_append(struct bq *q, const void *p, size_t n);
+size_t bq_pending(const struct bq *q);
+void bq_consume(struct bq *q, size_t n);
+void bq_free(struct bq *q);
+
+/* gRPC message reassembly: bytes in, whole messages out. */
+struct grpc_reader {
+	struct bq buf;
+};
+
+struct hdr {
+	char *name, *value;
+	size_t namelen, valuelen;
+};
+
+/* An internal request the proxy makes on its own (lease ownership records). */
+typedef void internal_cb(struct native *n, void *ctx, int ok, const uint8_t *resp, size_t len);
+
+enum compaction_policy { COMPACT_IGNORE, COMPACT_ALLOW, COMPACT_DENY };
+
+struct native_counters {
+	uint64_t calls, calls_ok, calls_failed, denied;
+	uint64_t bytes_in, bytes_out;
+	uint64_t upstream_errors;
+	uint64_t active_streams;
+	uint64_t latency_us_buckets[12]; /* <100us, <250us, ... see native.c */
+};
+
+/* One gRPC call: a downstream stream and its upstream stream. */
+struct call {
+	struct call *next_in_down, *next_in_up;
+	struct native *n;
+	struct down_conn *dc;
+	int32_t down_id;
+	struct up_conn *uc;
+	int32_t up_id;
+	const struct rw_method *m;
+	uint64_t started_us;
+
+	struct hdr hdrs[NATIVE_MAX_HEADERS]; /* request metadata to forward */
+	size_t n_hdrs;
+	char *path;
+	int content_type_ok;
+	int headers_done;
+
+	struct grpc_reader req_in;   /* client -> proxy */
+	struct bq up_out;            /* rewritten, to the core etcd */
+	size_t down_unconsumed;      /* client bytes held back for backpressure */
+	int down_eos;                /* client half-closed */
+	int up_submitted;            /* upstream request submitted */
+	int up_data_deferred;        /* upstream data provider is waiting for bytes */
+
+	struct grpc_reader resp_in;  /* core etcd -> proxy */
+	struct bq down_out;          /* rewritten, to the client */
+	size_t up_unconsumed;
+	int up_status;               /* :status of the upstream response */
+	int resp_headers_sent;       /* downstream response HEADERS submitted */
+	int down_data_deferred;
+	int up_eos;                  /* upstream stream ended */
+	char *grpc_status, *grpc_message; /* upstream trailers */
+	int finished;                /* final trailers (or RST) submitted downstream */
+
+	/* an answer the proxy makes itself */
+	int local_status;            /* gRPC status to send, -1: none */
+	char *local_message;
+
+	/* an internal call (dc == NULL): the proxy's own request */
+	internal_cb *icb;
+	void *ictx;
+	int down_attached, up_attached; /* freed when both are 0 */
+
+	/* lease IDs this call's messages named that the cache does not know */
+	int64_t *unknown_leases;
+	size_t n_unknown_leases;
+	int waiting_lookup;          /* held until the ownership lookup answers */
+	struct bq held;              /* rewritten messages waiting for that */
+	int pending_internal;        /* internal calls that will call back with this call */
+	int lookup_failed, lookup_denied;
+	int64_t granted_lease;       /* set by the LeaseGrant response hook */
+	struct bq held_resp;         /* a LeaseGrant answer held until its record is written */
+};
+
+struct down_conn {
+	struct down_conn *next;
+	struct native *n;
+	union {
+		uv_tcp_t tcp;
+		uv_pipe_t pipe;
+		uv_stream_t stream;
+		uv_handle_t handle;
+	} h;
+	nghttp2_session *session;
+	struct call *calls;
+	size_t write_pending; /* bytes handed to uv_write and not yet written */
+	int closing;
+	int flush_pending;
+	int handles; /* the stream and the idle timer */
+	uv_timer_t idle;
+	uint64_t last_activity_ms;
+};
+
+enum up_state { UP_IDLE, UP_RESOLVING, UP_CONNECTING, UP_READY, UP_DRAINING, UP_CLOSED };
+
+struct up_conn {
+	struct native *n;
+	int index;
+	enum up_state state;
+	size_t endpoint; /* index in the endpoint list */
+	uv_tcp_t tcp;
+	int tcp_open;
+	uv_connect_t connect_req;
+	uv_getaddrinfo_t gai;
+	uv_timer_t retry;
+	unsigned failures;
+	nghttp2_session *session;
+	struct call *calls;
+	size_t write_pending;
+	int closing;
+	int flush_pending;
+};
+
+struct native {
+	struct ep_host *host;
+	uv_loop_t *loop;
+	struct rw_ns ns;
+	struct rw_hooks hooks;
+	char *name;
+
+	/* options */
+	enum compaction_policy compaction;
+	size_t max_message;
+	uint32_t max_streams;
+	uint64_t idle_timeout_ms;
+	uint64_t drain_timeout_ms;
+	unsigned n_upstreams;
+
+	/* endpoints: host, port */
+	char **ep_host;
+	char **ep_port;
+	size_t n_endpoints;
+
+	union {
+		uv_tcp_t tcp;
+		uv_pipe_t pipe;
+		uv_stream_t stream;
+		uv_handle_t handle;
+	} listener;
+	int listening;
+	struct down_conn *conns;
+	struct up_conn *ups;
+
+	/* leases this tenant owns, as far as this worker knows */
+	int64_t *leases;
+	size_t n_leases, cap_leases;
+	int leases_loaded;
+
+	struct native_counters counters;
+	uv_idle_t flush_idle; /* sends what callbacks queued, outside nghttp2's callbacks */
+	uv_timer_t stop_timer;
+	int stopping;
+	int upstreams_closed;
+	int stopped_reported;
+	int ready_reported;
+	int open_handles;
+};
+
+/* native.c */
+/* one of the handles counted in open_handles is closed */
+void native_release(struct native *n);
+int native_lease_known(const struct native *n, int64_t id);
+void native_lease_add(struct native *n, int64_t id);
+void native_maybe_stopped(struct native *n);
+void native_schedule_flush(struct native *n);
+size_t native_member_list(struct native *n, uint8_t *buf, size_t size);
+/* lease ownership records in the core etcd; cb gets ok=0 when etcd could not answer */
+typedef void lease_cb(struct native *n, void *ctx, int ok, int64_t id, int owned);
+int native_lease_lookup(struct native *n, int64_t id, lease_cb *cb, void *ctx);
+int native_leases_refresh(struct native *n, lease_cb *cb, void *ctx);
+int native_lease_record(struct native *n, int64_t id, lease_cb *cb, void *ctx);
+
+/* downstream.c */
+int down_listen(struct native *n, const char **error_r);
+void down_close_all(struct native *n, int graceful);
+void down_flush(struct down_conn *dc);
+void call_resume_down(struct call *c);
+void call_finish(struct call *c, int grpc_status, const char *message);
+void call_upstream_ready(struct call *c);
+void call_on_up_headers_done(struct call *c);
+void call_on_up_data(struct call *c, const uint8_t *data, size_t len);
+void call_on_up_close(struct call *c, uint32_t error_code);
+void native_internal_done(struct call *c, uint32_t error_code);
+
+/* upstream.c */
+int up_init(struct native *n);
+void up_shutdown(struct native *n);
+int up_submit(struct native *n, struct call *c);
+void up_resume(struct call *c);
+void up_cancel(struct call *c);
+void up_flush(struct up_conn *uc);     /* deferred to the flush idle handle */
+void up_flush_now(struct up_conn *uc); /* never from inside an nghttp2 callback */
+void up_consume(struct call *c, size_t n);
+int up_any_ready(const struct native *n);
+int native_internal_call(struct native *n, const char *path, const uint8_t *msg, size_t len,
+			 internal_cb *cb, void *ctx);
+
+#endif /* EP_NATIVE_H */

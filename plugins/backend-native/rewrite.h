@@ -1,0 +1,129 @@
+/*
+ * The native backend's message rewriter: etcd v3 gRPC messages are rewritten
+ * on the wire, without a full protobuf decode (ETCD-WIRE.md sections 0, 2, 6).
+ * Keys and range ends gain the tenant prefix on the way in and lose it on the
+ * way out; every other byte, unknown fields and oneof zero values included,
+ * passes unchanged; lengths are re-encoded bottom-up.
+ *
+ * Pure functions over byte buffers: no I/O, no libuv, no nghttp2, so that the
+ * fuzz target and the unit tests drive exactly the code the proxy runs.
+ */
+#ifndef EP_NATIVE_REWRITE_H
+#define EP_NATIVE_REWRITE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* What the proxy does with a method, decided from its :path alone. */
+enum rw_policy {
+	RW_FORWARD,        /* rewrite with the kind's rules and forward */
+	RW_LOCAL,          /* answered by the proxy itself (MemberList, Health) */
+	RW_DENY,           /* PERMISSION_DENIED with a message saying why */
+	RW_UNIMPLEMENTED,  /* UNIMPLEMENTED (unknown methods, RangeStream) */
+};
+
+/* The message shapes the rewriter knows; one per method. */
+enum rw_kind {
+	RW_NONE = 0,          /* pass through unchanged (Status, Alarm GET, Compact) */
+	RW_RANGE,             /* KV/Range */
+	RW_PUT,               /* KV/Put */
+	RW_DELETE_RANGE,      /* KV/DeleteRange */
+	RW_TXN,               /* KV/Txn */
+	RW_COMPACT,           /* KV/Compact: policy decides (spec.policy.compaction) */
+	RW_WATCH,             /* Watch/Watch (bidi stream) */
+	RW_LEASE_GRANT,       /* Lease/LeaseGrant */
+	RW_LEASE_REVOKE,      /* Lease/LeaseRevoke */
+	RW_LEASE_KEEPALIVE,   /* Lease/LeaseKeepAlive (bidi stream) */
+	RW_LEASE_TTL,         /* Lease/LeaseTimeToLive */
+	RW_LEASE_LEASES,      /* Lease/LeaseLeases */
+	RW_STATUS,            /* Maintenance/Status: pass */
+	RW_ALARM,             /* Maintenance/Alarm: only action GET (0) is forwarded */
+	RW_MEMBER_LIST,       /* Cluster/MemberList: answered locally */
+	RW_HEALTH_CHECK,      /* grpc.health.v1.Health/Check: answered locally */
+};
+
+struct rw_method {
+	const char *path; /* "/etcdserverpb.KV/Range" */
+	enum rw_policy policy;
+	enum rw_kind kind;
+	int client_stream; /* several request messages (Watch, LeaseKeepAlive) */
+	int server_stream; /* several response messages */
+	const char *deny_reason; /* for RW_DENY: the text after "etcdproxy: " */
+};
+
+/*
+ * Look up a method by its :path (not NUL-terminated).  Always returns an
+ * entry: unknown paths get a static RW_UNIMPLEMENTED entry whose path is NULL.
+ */
+const struct rw_method *rw_method_lookup(const char *path, size_t len);
+
+/* A growable output buffer.  Owned by the caller; free with rw_buf_free(). */
+struct rw_buf {
+	uint8_t *data;
+	size_t len;
+	size_t cap;
+};
+void rw_buf_free(struct rw_buf *b);
+
+/* The tenant's namespace, prepared once. */
+struct rw_ns {
+	const uint8_t *prefix; /* "/a/" */
+	size_t prefix_len;
+	uint8_t *prefix_end;   /* the truncating prefix end ("/a0"); owned */
+	size_t prefix_end_len;
+};
+
+/*
+ * Prepare a namespace.  Refuses (-EINVAL) an empty prefix and one whose
+ * truncating prefix end would be the end of the keyspace ("\xff\xff").
+ */
+int rw_ns_init(struct rw_ns *ns, const uint8_t *prefix, size_t len);
+void rw_ns_free(struct rw_ns *ns);
+
+/* The gRPC status a failed rewrite becomes, with etcd's own message where one exists. */
+struct rw_error {
+	int grpc_status;     /* 3 INVALID_ARGUMENT, 5 NOT_FOUND, 7 PERMISSION_DENIED, 13 INTERNAL, ... */
+	const char *message; /* static: "etcdserver: key is not provided" */
+};
+
+/*
+ * Lease scoping hooks, called for every lease ID a message carries: in a
+ * request (Put.lease, Txn put ops, LeaseRevoke/KeepAlive/TimeToLive ID) and
+ * in a response (LeaseGrant ID, each LeaseLeases ID).  NULL hooks allow all.
+ */
+struct rw_hooks {
+	/* a request names this lease: return 0 to allow, -ENOENT to refuse (NOT_FOUND) */
+	int (*lease_check)(void *ctx, int64_t id);
+	/* a LeaseLeases response lists this lease: return 1 to keep it, 0 to drop it */
+	int (*lease_visible)(void *ctx, int64_t id);
+	/* a LeaseGrant response (without error) carries this new lease ID */
+	void (*lease_granted)(void *ctx, int64_t id);
+	void *ctx;
+};
+
+/*
+ * Rewrite one request message (the gRPC payload, without the 5-byte prefix)
+ * of the given kind into out (appended).  Returns 0, or a negative errno
+ * code with err filled in:
+ *   -EINVAL   malformed protobuf (INVALID_ARGUMENT/INTERNAL), an empty key
+ *             ("etcdserver: key is not provided", status 3), Txn nested
+ *             deeper than RW_MAX_DEPTH
+ *   -ENOENT   a lease hook refused an ID ("etcdserver: requested lease not found", 5)
+ *   -EPERM    a message the policy refuses by content (Alarm other than GET)
+ */
+int rw_request(enum rw_kind kind, const struct rw_ns *ns, const struct rw_hooks *hooks,
+	       const uint8_t *in, size_t len, struct rw_buf *out, struct rw_error *err);
+
+/*
+ * Rewrite one response message from the core etcd.  Every key must carry the
+ * prefix (a key that does not is refused: -EPROTO, INTERNAL), and loses it;
+ * LeaseTimeToLive keys without the prefix are dropped (they belong to others);
+ * LeaseLeases entries the hook hides are dropped.  Returns 0 or -errno with err.
+ */
+int rw_response(enum rw_kind kind, const struct rw_ns *ns, const struct rw_hooks *hooks,
+		const uint8_t *in, size_t len, struct rw_buf *out, struct rw_error *err);
+
+/* Nested Txn depth limit (etcd itself has none but max-txn-ops bounds it). */
+#define RW_MAX_DEPTH 16
+
+#endif /* EP_NATIVE_REWRITE_H */

@@ -1,0 +1,557 @@
+/*
+ * Upstream: a few multiplexed HTTP/2 (h2c) connections to the core etcd,
+ * with failover across the configured endpoints and reconnection with
+ * backoff.  A call that finds no connection ready fails with UNAVAILABLE at
+ * once: it never hangs.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "native.h"
+
+#define UP_BACKOFF_INITIAL_MS 100
+#define UP_BACKOFF_MAX_MS 5000
+#define UP_WINDOW (16 * 1024 * 1024)
+
+static void up_connect(struct up_conn *uc);
+static void up_failed(struct up_conn *uc, const char *why);
+
+static void report_health(struct native *n)
+{
+	if (n->stopping || !n->listening)
+		return;
+	if (up_any_ready(n)) {
+		n->ready_reported = 1;
+		n->host->ready(n->host, n->host->tenant->listen);
+	} else if (n->ready_reported) {
+		n->host->health(n->host, 0, "no connection to the core etcd");
+	}
+}
+
+int up_any_ready(const struct native *n)
+{
+	for (unsigned i = 0; i < n->n_upstreams; i++)
+		if (n->ups[i].state == UP_READY)
+			return 1;
+	return 0;
+}
+
+/* ---- writing ------------------------------------------------------------------------ */
+
+struct up_write {
+	uv_write_t req;
+	struct up_conn *uc;
+	size_t len;
+	uint8_t data[];
+};
+
+static void up_write_done(uv_write_t *req, int status)
+{
+	struct up_write *w = (struct up_write *)req;
+	struct up_conn *uc = w->uc;
+
+	uc->write_pending -= w->len;
+	free(w);
+	if (status < 0 && uc->state != UP_CLOSED && uc->state != UP_IDLE)
+		up_failed(uc, uv_strerror(status));
+	else if (uc->session != NULL)
+		up_flush(uc);
+}
+
+void up_flush(struct up_conn *uc)
+{
+	uc->flush_pending = 1;
+	native_schedule_flush(uc->n);
+}
+
+void up_flush_now(struct up_conn *uc)
+{
+	if (uc->session == NULL || !uc->tcp_open || uc->closing)
+		return;
+	while (uc->write_pending < NATIVE_HIGH_WATER) {
+		const uint8_t *data;
+		ssize_t n = nghttp2_session_mem_send(uc->session, &data);
+		struct up_write *w;
+		uv_buf_t b;
+
+		if (n < 0) {
+			up_failed(uc, nghttp2_strerror((int)n));
+			return;
+		}
+		if (n == 0)
+			break;
+		w = malloc(sizeof(*w) + (size_t)n);
+		if (w == NULL)
+			abort();
+		memcpy(w->data, data, (size_t)n);
+		w->uc = uc;
+		w->len = (size_t)n;
+		b = uv_buf_init((char *)w->data, (unsigned)n);
+		uc->write_pending += (size_t)n;
+		if (uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, up_write_done) < 0) {
+			uc->write_pending -= (size_t)n;
+			free(w);
+			up_failed(uc, "write failed");
+			return;
+		}
+	}
+	if (uc->state == UP_DRAINING && uc->calls == NULL)
+		up_failed(uc, NULL); /* drained after GOAWAY: reconnect */
+}
+
+/* ---- nghttp2 client callbacks ------------------------------------------------------- */
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
+		     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
+{
+	struct call *c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+
+	if (c == NULL || frame->hd.type != NGHTTP2_HEADERS)
+		return 0;
+	if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
+		c->up_status = atoi((const char *)value);
+	} else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0) {
+		free(c->grpc_status);
+		c->grpc_status = strndup((const char *)value, valuelen);
+	} else if (namelen == 12 && memcmp(name, "grpc-message", 12) == 0) {
+		free(c->grpc_message);
+		c->grpc_message = strndup((const char *)value, valuelen);
+	}
+	return 0;
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud)
+{
+	struct up_conn *uc = ud;
+	struct call *c;
+
+	if (frame->hd.type == NGHTTP2_GOAWAY) {
+		/* no new streams here; the ones below last_stream_id finish */
+		if (uc->state == UP_READY) {
+			uc->state = UP_DRAINING;
+			report_health(uc->n);
+		}
+		return 0;
+	}
+	c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+	if (c == NULL)
+		return 0;
+	if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+		if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+			c->up_eos = 1;
+		call_on_up_headers_done(c);
+	} else if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+		   (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+		c->up_eos = 1;
+		call_on_up_headers_done(c);
+	}
+	return 0;
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
+			 size_t len, void *ud)
+{
+	struct call *c = nghttp2_session_get_stream_user_data(s, stream_id);
+
+	if (c == NULL) {
+		nghttp2_session_consume(s, stream_id, len);
+		return 0;
+	}
+	call_on_up_data(c, data, len);
+	return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, void *ud)
+{
+	struct up_conn *uc = ud;
+	struct call *c = nghttp2_session_get_stream_user_data(s, stream_id);
+	struct call **pp;
+
+	if (c == NULL)
+		return 0;
+	for (pp = &uc->calls; *pp != NULL; pp = &(*pp)->next_in_up) {
+		if (*pp == c) {
+			*pp = c->next_in_up;
+			break;
+		}
+	}
+	c->uc = NULL;
+	c->up_id = 0;
+	call_on_up_close(c, error_code);
+	return 0;
+}
+
+/* The request body: rewritten messages queued in up_out. */
+static ssize_t read_request(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length,
+			    uint32_t *data_flags, nghttp2_data_source *source, void *ud)
+{
+	struct call *c = source->ptr;
+	size_t have = bq_pending(&c->up_out);
+
+	if (have == 0) {
+		if (c->down_eos && !c->waiting_lookup) {
+			*data_flags |= NGHTTP2_DATA_FLAG_EOF;
+			return 0;
+		}
+		c->up_data_deferred = 1;
+		return NGHTTP2_ERR_DEFERRED;
+	}
+	if (have > length)
+		have = length;
+	memcpy(buf, c->up_out.data + c->up_out.off, have);
+	bq_consume(&c->up_out, have);
+	if (bq_pending(&c->up_out) == 0 && c->down_eos && !c->waiting_lookup)
+		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
+	/* the queue went down: the client may send more */
+	call_resume_down(c);
+	return (ssize_t)have;
+}
+
+/* ---- connection life ---------------------------------------------------------------- */
+
+static void fail_calls(struct up_conn *uc, const char *why)
+{
+	while (uc->calls != NULL) {
+		struct call *c = uc->calls;
+
+		uc->calls = c->next_in_up;
+		c->uc = NULL;
+		c->up_id = 0;
+		call_on_up_close(c, NGHTTP2_INTERNAL_ERROR);
+	}
+}
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+	struct up_conn *uc = h->data;
+
+	uc->closing = 0;
+	native_release(uc->n);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+	struct up_conn *uc = h->data;
+
+	native_release(uc->n);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+	struct up_conn *uc = t->data;
+
+	uv_timer_stop(t);
+	if (uc->n->stopping || uc->state != UP_IDLE)
+		return;
+	if (uc->closing) /* the old socket is not closed yet: the handle cannot be reused */
+		uv_timer_start(t, on_retry, 10, 0);
+	else
+		up_connect(uc);
+}
+
+/* Close the connection; why == NULL is a clean close (drained). Reconnects unless stopping. */
+static void up_failed(struct up_conn *uc, const char *why)
+{
+	struct native *n = uc->n;
+	uint64_t delay = 0;
+
+	if (uc->state == UP_IDLE || uc->state == UP_CLOSED)
+		return;
+	if (why != NULL) {
+		n->counters.upstream_errors++;
+		n->host->log(n->host, EP_LOG_WARNING, "core etcd %s:%s: %s",
+			     n->ep_host[uc->endpoint], n->ep_port[uc->endpoint], why);
+		uc->failures++;
+		/* fail over: the next attempt goes to the next endpoint */
+		uc->endpoint = (uc->endpoint + 1) % n->n_endpoints;
+		delay = UP_BACKOFF_INITIAL_MS;
+		for (unsigned i = 1; i < uc->failures && delay < UP_BACKOFF_MAX_MS; i++)
+			delay *= 2;
+		if (delay > UP_BACKOFF_MAX_MS)
+			delay = UP_BACKOFF_MAX_MS;
+	}
+	uc->state = n->stopping ? UP_CLOSED : UP_IDLE;
+	if (uc->session != NULL) {
+		nghttp2_session *s = uc->session;
+
+		uc->session = NULL;
+		fail_calls(uc, why);
+		nghttp2_session_del(s);
+	}
+	uv_timer_stop(&uc->retry);
+	if (!n->stopping)
+		uv_timer_start(&uc->retry, on_retry, delay, 0);
+	if (uc->tcp_open) {
+		uc->tcp_open = 0;
+		uc->closing = 1;
+		uv_close((uv_handle_t *)&uc->tcp, on_tcp_closed);
+	}
+	report_health(n);
+	native_maybe_stopped(n);
+}
+
+static void up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	static char slab[65536];
+
+	*buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct up_conn *uc = s->data;
+	ssize_t r;
+
+	if (nread == 0)
+		return;
+	if (nread < 0) {
+		up_failed(uc, nread == UV_EOF ? "connection closed by the core etcd"
+					      : uv_strerror((int)nread));
+		return;
+	}
+	if (uc->session == NULL)
+		return;
+	r = nghttp2_session_mem_recv(uc->session, (const uint8_t *)buf->base, (size_t)nread);
+	if (r < 0) {
+		up_failed(uc, nghttp2_strerror((int)r));
+		return;
+	}
+	up_flush_now(uc);
+}
+
+static int make_session(struct up_conn *uc)
+{
+	nghttp2_session_callbacks *cbs;
+	nghttp2_option *opt;
+	nghttp2_settings_entry iv[] = {
+		{ NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
+		{ NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 },
+	};
+	int r;
+
+	nghttp2_session_callbacks_new(&cbs);
+	nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+	nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+	nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+	nghttp2_option_new(&opt);
+	/* response bytes are acknowledged as the client takes them: end-to-end flow control */
+	nghttp2_option_set_no_auto_window_update(opt, 1);
+	r = nghttp2_session_client_new2(&uc->session, cbs, uc, opt);
+	nghttp2_option_del(opt);
+	nghttp2_session_callbacks_del(cbs);
+	if (r != 0)
+		return -ENOMEM;
+	nghttp2_submit_settings(uc->session, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+	nghttp2_session_set_local_window_size(uc->session, NGHTTP2_FLAG_NONE, 0, UP_WINDOW);
+	return 0;
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+	struct up_conn *uc = req->data;
+	struct native *n = uc->n;
+
+	if (uc->state != UP_CONNECTING)
+		return;
+	if (status < 0) {
+		up_failed(uc, uv_strerror(status));
+		return;
+	}
+	uv_tcp_nodelay(&uc->tcp, 1);
+	if (make_session(uc) < 0) {
+		up_failed(uc, "cannot create an HTTP/2 session");
+		return;
+	}
+	uc->state = UP_READY;
+	if (uc->failures > 0)
+		n->host->log(n->host, EP_LOG_NOTICE, "core etcd %s:%s: connected again",
+			     n->ep_host[uc->endpoint], n->ep_port[uc->endpoint]);
+	uc->failures = 0;
+	uv_read_start((uv_stream_t *)&uc->tcp, up_alloc, up_read);
+	up_flush(uc);
+	report_health(n);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct up_conn *uc = req->data;
+	struct native *n = uc->n;
+	int r;
+
+	if (uc->state != UP_RESOLVING) {
+		uv_freeaddrinfo(res);
+		return;
+	}
+	if (status < 0 || n->stopping) {
+		uv_freeaddrinfo(res);
+		uc->state = UP_CONNECTING; /* so that up_failed acts */
+		up_failed(uc, status < 0 ? uv_strerror(status) : "stopping");
+		return;
+	}
+	uv_tcp_init(n->loop, &uc->tcp);
+	uc->tcp.data = uc;
+	uc->tcp_open = 1;
+	n->open_handles++;
+	uc->state = UP_CONNECTING;
+	uc->connect_req.data = uc;
+	r = uv_tcp_connect(&uc->connect_req, &uc->tcp, res->ai_addr, on_connected);
+	uv_freeaddrinfo(res);
+	if (r < 0)
+		up_failed(uc, uv_strerror(r));
+}
+
+static void up_connect(struct up_conn *uc)
+{
+	struct native *n = uc->n;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM };
+	int r;
+
+	uc->state = UP_RESOLVING;
+	uc->gai.data = uc;
+	r = uv_getaddrinfo(n->loop, &uc->gai, on_resolved, n->ep_host[uc->endpoint],
+			   n->ep_port[uc->endpoint], &hints);
+	if (r < 0) {
+		uc->state = UP_CONNECTING;
+		up_failed(uc, uv_strerror(r));
+	}
+}
+
+int up_init(struct native *n)
+{
+	n->ups = calloc(n->n_upstreams, sizeof(*n->ups));
+	if (n->ups == NULL)
+		return -ENOMEM;
+	for (unsigned i = 0; i < n->n_upstreams; i++) {
+		struct up_conn *uc = &n->ups[i];
+
+		uc->n = n;
+		uc->index = (int)i;
+		uc->endpoint = i % n->n_endpoints;
+		uc->state = UP_IDLE;
+		uv_timer_init(n->loop, &uc->retry);
+		uc->retry.data = uc;
+		n->open_handles++;
+		up_connect(uc);
+	}
+	return 0;
+}
+
+void up_shutdown(struct native *n)
+{
+	for (unsigned i = 0; i < n->n_upstreams; i++) {
+		struct up_conn *uc = &n->ups[i];
+
+		if (uc->state != UP_IDLE && uc->state != UP_CLOSED) {
+			if (uc->state == UP_RESOLVING)
+				uv_cancel((uv_req_t *)&uc->gai);
+			up_failed(uc, NULL);
+		}
+		uc->state = UP_CLOSED;
+		uv_timer_stop(&uc->retry);
+		if (!uv_is_closing((uv_handle_t *)&uc->retry))
+			uv_close((uv_handle_t *)&uc->retry, on_timer_closed);
+	}
+}
+
+/* ---- calls ---------------------------------------------------------------------------- */
+
+static struct up_conn *pick(struct native *n)
+{
+	struct up_conn *best = NULL;
+	size_t best_load = (size_t)-1;
+
+	for (unsigned i = 0; i < n->n_upstreams; i++) {
+		struct up_conn *uc = &n->ups[i];
+		size_t load = 0;
+
+		if (uc->state != UP_READY)
+			continue;
+		for (struct call *c = uc->calls; c != NULL; c = c->next_in_up)
+			load++;
+		if (load < best_load) {
+			best = uc;
+			best_load = load;
+		}
+	}
+	return best;
+}
+
+static void add_nv(nghttp2_nv *nv, size_t *k, const char *name, size_t nl, const char *value,
+		   size_t vl)
+{
+	nv[*k].name = (uint8_t *)name;
+	nv[*k].namelen = nl;
+	nv[*k].value = (uint8_t *)value;
+	nv[*k].valuelen = vl;
+	nv[*k].flags = NGHTTP2_NV_FLAG_NONE;
+	(*k)++;
+}
+
+#define ADD_LIT(nv, k, n, v) add_nv(nv, k, n, sizeof(n) - 1, v, strlen(v))
+
+int up_submit(struct native *n, struct call *c)
+{
+	struct up_conn *uc = pick(n);
+	nghttp2_nv nv[NATIVE_MAX_HEADERS + 8];
+	nghttp2_data_provider dp;
+	char authority[300];
+	size_t k = 0;
+	int32_t id;
+
+	if (uc == NULL)
+		return -EAGAIN;
+	snprintf(authority, sizeof(authority), "%s:%s", n->ep_host[uc->endpoint],
+		 n->ep_port[uc->endpoint]);
+	ADD_LIT(nv, &k, ":method", "POST");
+	ADD_LIT(nv, &k, ":scheme", "http");
+	add_nv(nv, &k, ":path", 5, c->path, strlen(c->path));
+	ADD_LIT(nv, &k, ":authority", authority);
+	ADD_LIT(nv, &k, "content-type", "application/grpc");
+	ADD_LIT(nv, &k, "te", "trailers");
+	for (size_t i = 0; i < c->n_hdrs; i++)
+		add_nv(nv, &k, c->hdrs[i].name, c->hdrs[i].namelen, c->hdrs[i].value,
+		       c->hdrs[i].valuelen);
+	dp.source.ptr = c;
+	dp.read_callback = read_request;
+	id = nghttp2_submit_request(uc->session, NULL, nv, k, &dp, c);
+	if (id < 0)
+		return -EIO;
+	c->uc = uc;
+	c->up_id = id;
+	c->up_attached = 1;
+	c->up_submitted = 1;
+	c->next_in_up = uc->calls;
+	uc->calls = c;
+	up_flush(uc);
+	return 0;
+}
+
+void up_resume(struct call *c)
+{
+	if (c->uc == NULL || c->uc->session == NULL)
+		return;
+	if (c->up_data_deferred) {
+		c->up_data_deferred = 0;
+		nghttp2_session_resume_data(c->uc->session, c->up_id);
+	}
+	up_flush(c->uc);
+}
+
+void up_cancel(struct call *c)
+{
+	if (c->uc == NULL || c->uc->session == NULL)
+		return;
+	nghttp2_submit_rst_stream(c->uc->session, NGHTTP2_FLAG_NONE, c->up_id, NGHTTP2_CANCEL);
+	up_flush(c->uc);
+}
+
+void up_consume(struct call *c, size_t bytes)
+{
+	if (c->uc == NULL || c->uc->session == NULL || bytes == 0)
+		return;
+	nghttp2_session_consume(c->uc->session, c->up_id, bytes);
+	up_flush(c->uc);
+}
