@@ -538,6 +538,28 @@ static int parse_k8s_refs(struct pctx *c, const cJSON *v, const char *what,
 	return 0;
 }
 
+static int parse_policy(struct pctx *c, const cJSON *v, struct ep_tenant_config *t)
+{
+	const cJSON *m;
+	int r;
+
+	if ((r = want_object(c, v, "spec.policy")) < 0)
+		return r;
+	cJSON_ArrayForEach(m, v)
+	{
+		if (strcmp(m->string, "compaction") != 0)
+			return unknown_key(c, m, "spec.policy", "compaction");
+		if (!cJSON_IsString(m) || (strcmp(m->valuestring, "ignore") != 0 &&
+					   strcmp(m->valuestring, "allow") != 0 &&
+					   strcmp(m->valuestring, "deny") != 0))
+			return fail_at(c, m, "spec.policy.compaction: expected \"ignore\" (answer "
+				       "success, leave compaction to the cluster), \"allow\" or \"deny\"");
+		free(t->compaction);
+		t->compaction = ep_strdup(m->valuestring);
+	}
+	return 0;
+}
+
 static int backend_name_valid(const char *name)
 {
 	for (const char *p = name; *p; p++)
@@ -578,11 +600,13 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 		} else if (strcmp(k, "listen") == 0) {
 			listen_node = m;
 			r = want_string(c, m, "spec.listen", &t->listen);
+		} else if (strcmp(k, "policy") == 0) {
+			r = parse_policy(c, m, t);
 		} else
 			r = unknown_key(c, m, "spec",
 					"caCertConfigMap, clientCertSecret, "
 					"signingCertificateValidity, servingCertificateValidity, "
-					"clientCertificateValidity, backend, listen");
+					"clientCertificateValidity, backend, listen, policy");
 		if (r < 0)
 			return r;
 	}
@@ -724,6 +748,7 @@ void ep_tenant_config_free(struct ep_tenant_config *t)
 	free(t->listen);
 	free_refs(t->ca_cert_config_maps, t->n_ca_cert_config_maps);
 	free_refs(t->client_cert_secrets, t->n_client_cert_secrets);
+	free(t->compaction);
 	free(t);
 }
 
@@ -768,6 +793,9 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 			      refs_json(t->ca_cert_config_maps, t->n_ca_cert_config_maps));
 	cJSON_AddItemToObject(tenant, "clientCertSecret",
 			      refs_json(t->client_cert_secrets, t->n_client_cert_secrets));
+	cJSON *policy = cJSON_AddObjectToObject(tenant, "policy");
+	if (t->compaction != NULL)
+		cJSON_AddStringToObject(policy, "compaction", t->compaction);
 	for (size_t i = 0; i < g->core.n_endpoints; i++)
 		cJSON_AddItemToArray(eps, cJSON_CreateString(g->core.endpoints[i]));
 	add_nullable(core, "ca_file", g->core.ca_file);

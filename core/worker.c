@@ -46,6 +46,7 @@ struct worker {
 	size_t n_endpoints;
 	char *ca_file, *cert_file, *key_file;
 	char *options_json;
+	char *policy_json;
 
 	struct ep_tenant_info info;
 	struct ep_host host;
@@ -212,6 +213,7 @@ static void free_config(void)
 	free(W.cert_file);
 	free(W.key_file);
 	free(W.options_json);
+	free(W.policy_json);
 }
 
 /* Returns 0, or -EINVAL with *error_r (malloc'ed). */
@@ -249,6 +251,8 @@ static int read_configure(const cJSON *p, char **error_r)
 			W.endpoints[W.n_endpoints++] = ep_strdup(e->valuestring);
 	}
 	W.options_json = cJSON_PrintUnformatted(opts);
+	const cJSON *policy = cJSON_GetObjectItemCaseSensitive(tenant, "policy");
+	W.policy_json = cJSON_IsObject(policy) ? cJSON_PrintUnformatted(policy) : ep_strdup("{}");
 	if (cJSON_IsString(level) && ep_log_level_parse(level->valuestring, &lv) == 0)
 		ep_log_set_level(lv);
 	ep_log_set_tenant(W.name);
@@ -296,6 +300,7 @@ static void apply_configure(const cJSON *p)
 	W.info.core.cert_file = W.cert_file;
 	W.info.core.key_file = W.key_file;
 	W.info.options_json = W.options_json;
+	W.info.policy_json = W.policy_json;
 	W.host.abi_version = EP_PLUGIN_ABI_VERSION;
 	W.host.loop = W.loop;
 	W.host.tenant = &W.info;

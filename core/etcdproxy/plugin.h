@@ -80,7 +80,12 @@ struct ep_tenant_info {
 	 * validates it and rejects unknown keys through init()'s error_r.
 	 */
 	const char *options_json;
-	void *reserved[8];
+	/*
+	 * The tenant's spec.policy as a JSON object text ("{}" when absent),
+	 * already validated by the supervisor: {"compaction": "ignore"|"allow"|"deny"}.
+	 */
+	const char *policy_json;
+	void *reserved[7];
 };
 
 struct ep_host;

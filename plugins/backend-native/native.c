@@ -11,8 +11,8 @@
  *                   closed with GOAWAY (default "5m"; "0s" disables)
  *   "upstreams":    HTTP/2 connections to the core etcd (default 2)
  *   "drain_timeout": how long a graceful stop waits for calls (default "5s")
- *   "compaction":   "ignore" (default), "allow" or "deny" (spec.policy.compaction
- *                   of a tenant overrides it)
+ *   "compaction":   "ignore" (default), "allow" or "deny": the default for
+ *                   tenants without spec.policy.compaction
  */
 #include <ctype.h>
 #include <errno.h>
@@ -422,6 +422,14 @@ static int parse_options(struct native *n, const char **error_r)
 			r = -EINVAL;
 			goto out;
 		}
+	}
+	/* the tenant's own spec.policy wins over the backend-wide default */
+	cJSON_Delete(o);
+	o = cJSON_Parse(n->host->tenant->policy_json ? n->host->tenant->policy_json : "{}");
+	m = cJSON_GetObjectItemCaseSensitive(o, "compaction");
+	if (cJSON_IsString(m) && parse_compaction(m->valuestring, &n->compaction) < 0) {
+		*error_r = "spec.policy.compaction: expected \"ignore\", \"allow\" or \"deny\"";
+		r = -EINVAL;
 	}
 out:
 	cJSON_Delete(o);

@@ -1182,8 +1182,16 @@ static void test_tenant_spec_errors(void **state)
 		{ { .spec = L1 "\"replicas\": 3}" }, 5, 37,
 		  "unknown key \"replicas\" in spec (expected one of: caCertConfigMap, "
 		  "clientCertSecret, signingCertificateValidity, servingCertificateValidity, "
-		  "clientCertificateValidity, backend, listen)",
+		  "clientCertificateValidity, backend, listen, policy)",
 		  "a" },
+		{ { .spec = L1 "\"policy\": []}" }, 5, 37,
+		  "spec.policy: expected an object, got an array", "a" },
+		{ { .spec = L1 "\"policy\": {\"compaction\": \"sometimes\"}}" }, 5, 48,
+		  "spec.policy.compaction: expected \"ignore\" (answer success, leave compaction "
+		  "to the cluster), \"allow\" or \"deny\"",
+		  "a" },
+		{ { .spec = L1 "\"policy\": {\"snapshots\": \"allow\"}}" }, 5, 48,
+		  "unknown key \"snapshots\" in spec.policy (expected one of: compaction)", "a" },
 		{ { .spec = L1 "\"signingCertificateValidity\": \"1y\"}" }, 5, 37,
 		  MSG_DURATION("spec.signingCertificateValidity", "\"1y\""), "a" },
 		{ { .spec = L1 "\"servingCertificateValidity\": 730}" }, 5, 37,
@@ -1212,6 +1220,32 @@ static void test_tenant_spec_errors(void **state)
 	};
 
 	run_tenant_cases(*state, cases, N_ELEMENTS(cases));
+}
+
+static void test_tenant_policy(void **state)
+{
+	struct fixture *f = *state;
+	struct tdoc d = { .spec = L1 "\"policy\": {\"compaction\": \"deny\"}}" };
+	struct ep_tenant_config *t = tenant_ok(f, &d);
+	cJSON *w = ep_worker_config_build(f->global, t);
+	const cJSON *p = cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(w, "tenant"), "policy");
+
+	assert_string_equal(t->compaction, "deny");
+	/* in the payload, hence in the fingerprint: a policy change restarts the tenant */
+	assert_string_equal(cJSON_GetObjectItemCaseSensitive(p, "compaction")->valuestring, "deny");
+	cJSON_Delete(w);
+	ep_tenant_config_free(t);
+
+	d.spec = L1 "\"policy\": {}}";
+	t = tenant_ok(f, &d);
+	assert_null(t->compaction);
+	w = ep_worker_config_build(f->global, t);
+	p = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(w, "tenant"), "policy");
+	assert_true(cJSON_IsObject(p));
+	assert_null(p->child);
+	cJSON_Delete(w);
+	ep_tenant_config_free(t);
 }
 
 /* ---- the worker's configuration ------------------------------------------------------ */
@@ -1369,6 +1403,7 @@ int main(void)
 		T(test_tenant_listen),
 		T(test_tenant_backend),
 		T(test_tenant_spec_errors),
+		T(test_tenant_policy),
 		T(test_worker_config_build),
 	};
 #undef T
