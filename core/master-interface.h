@@ -20,7 +20,9 @@
  *   HELLO    {"pid":N, "version":"0.1.0", "abi":N}          first frame, unasked
  *   READY    {"endpoint":"127.0.0.1:2379"}                   endpoint answers
  *   HEALTH   {"healthy":true|false, "reason":"..."}         on every change
- *   STATUS   {"state":"starting|ready", "healthy":true|false}  answer to STATUS_REQ
+ *   STATUS   {"state":"starting|ready", "healthy":true|false, "counters":{...}}
+ *            answer to STATUS_REQ, and every EP_REPORT_INTERVAL_MS unasked when
+ *            the backend keeps counters (ep_backend_ops.counters)
  *   FATAL    {"reason":"...", "config":true|false}          just before exiting
  *
  * Messages, supervisor -> worker:
@@ -45,6 +47,9 @@
 
 /* The worker's end of the IPC socketpair. */
 #define EP_IPC_FD 3
+
+/* How often a worker reports its backend's counters. */
+#define EP_REPORT_INTERVAL_MS 5000
 
 /* Environment the supervisor gives a worker. */
 #define EP_ENV_TENANT "ETCDPROXY_TENANT"         /* tenant name, for early log lines */

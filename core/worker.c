@@ -38,6 +38,7 @@ struct worker {
 	int ipc_open;
 	struct ep_frame_reader reader;
 	uv_signal_t sigterm, sigint;
+	uv_timer_t report; /* counters to the supervisor */
 
 	/* from CONFIGURE */
 	int configured;
@@ -81,6 +82,31 @@ static void send_fatal(int config, const char *reason)
 	cJSON_AddStringToObject(p, "reason", reason);
 	cJSON_AddBoolToObject(p, "config", config);
 	send_msg(EP_MSG_FATAL, p);
+}
+
+/* STATUS: the state and, when the backend keeps them, its counters. */
+static void send_status(void)
+{
+	const struct ep_backend_ops *ops = W.plugin.plugin ? W.plugin.plugin->ops : NULL;
+	cJSON *p = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(p, "state", W.ready_sent ? "ready" : "starting");
+	cJSON_AddBoolToObject(p, "healthy", W.healthy == 1);
+	if (W.plugin_started && ops != NULL && ops->counters != NULL) {
+		char *text = ops->counters(W.plugin_state);
+		cJSON *counters = text ? cJSON_Parse(text) : NULL;
+
+		free(text);
+		if (counters != NULL)
+			cJSON_AddItemToObject(p, "counters", counters);
+	}
+	send_msg(EP_MSG_STATUS, p);
+}
+
+static void on_report(uv_timer_t *t)
+{
+	if (!W.exiting)
+		send_status();
 }
 
 /* ---- the host API given to plugins -------------------------------------------------------------- */
@@ -336,6 +362,8 @@ static void apply_configure(const cJSON *p)
 		return;
 	}
 	W.plugin_started = 1;
+	if (!W.standalone && ((const struct ep_backend_ops *)W.plugin.plugin->ops)->counters != NULL)
+		uv_timer_start(&W.report, on_report, EP_REPORT_INTERVAL_MS, EP_REPORT_INTERVAL_MS);
 	return;
 
 fatal_config:
@@ -366,6 +394,7 @@ static void close_worker_handles(void)
 	if (!uv_is_closing((uv_handle_t *)&W.sigterm)) {
 		uv_close((uv_handle_t *)&W.sigterm, NULL);
 		uv_close((uv_handle_t *)&W.sigint, NULL);
+		uv_close((uv_handle_t *)&W.report, NULL);
 	}
 	if (W.ipc_open) {
 		uv_shutdown_t *req = ep_malloc0(sizeof(*req));
@@ -418,14 +447,9 @@ static int on_message(void *ctx, uint8_t type, cJSON *payload)
 		ep_info("STOP from the supervisor");
 		worker_exit(EP_EXIT_OK);
 		break;
-	case EP_MSG_STATUS_REQ: {
-		cJSON *p = cJSON_CreateObject();
-
-		cJSON_AddStringToObject(p, "state", W.ready_sent ? "ready" : "starting");
-		cJSON_AddBoolToObject(p, "healthy", W.healthy == 1);
-		send_msg(EP_MSG_STATUS, p);
+	case EP_MSG_STATUS_REQ:
+		send_status();
 		break;
-	}
 	default:
 		ep_warn("unexpected message %s from the supervisor", ep_msg_type_name(type));
 		break;
@@ -536,6 +560,7 @@ int main(int argc, char **argv)
 	uv_signal_init(W.loop, &W.sigint);
 	uv_signal_start(&W.sigterm, on_signal, SIGTERM);
 	uv_signal_start(&W.sigint, on_signal, SIGINT);
+	uv_timer_init(W.loop, &W.report);
 
 	if (W.standalone) {
 		struct ep_global_config *g;

@@ -156,7 +156,14 @@ struct ep_backend_ops {
 	 */
 	void (*stop)(void *state, int graceful);
 
-	void *reserved[8];
+	/*
+	 * Optional (NULL: none).  The backend's counters as one JSON object
+	 * (malloc'ed; the host frees it), e.g. {"calls": 12, "bytes_in": 3400}.
+	 * The worker reports them to the supervisor every few seconds.
+	 */
+	char *(*counters)(void *state);
+
+	void *reserved[7];
 };
 
 /** Operations of a certificate-source plugin (EP_PLUGIN_CERTS). */

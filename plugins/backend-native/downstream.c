@@ -218,6 +218,21 @@ static void call_free(struct call *c)
 	free(c);
 }
 
+static void record_latency(struct native *n, struct call *c);
+
+/* A call ended with this gRPC status: the counters by method and status, and the latency. */
+static void count_finish(struct call *c, int status)
+{
+	struct native *n = c->n;
+
+	if (status == 0)
+		n->counters.calls_ok++;
+	else
+		n->counters.calls_failed++;
+	native_count_method(n, c->m != NULL && c->m->path != NULL ? c->m->path : "unknown", status);
+	record_latency(n, c);
+}
+
 static void record_latency(struct native *n, struct call *c)
 {
 	static const uint64_t bounds[] = { 100, 250, 500, 1000, 2500, 5000, 10000, 25000,
@@ -282,13 +297,7 @@ static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
 		nghttp2_submit_trailer(s, stream_id, trailers, 2);
 		c->finished = 1;
-		if (c->dc != NULL) {
-			if (strcmp(status, "0") == 0)
-				c->dc->n->counters.calls_ok++;
-			else
-				c->dc->n->counters.calls_failed++;
-			record_latency(c->dc->n, c);
-		}
+		count_finish(c, atoi(status));
 		return 0;
 	}
 	if (have > length)
@@ -351,11 +360,7 @@ void call_finish(struct call *c, int grpc_status, const char *message)
 		c->resp_headers_sent = 1;
 		c->finished = 1;
 		nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
-		if (grpc_status == 0)
-			c->dc->n->counters.calls_ok++;
-		else
-			c->dc->n->counters.calls_failed++;
-		record_latency(c->dc->n, c);
+		count_finish(c, grpc_status);
 		down_flush(c->dc);
 		return;
 	}
@@ -697,11 +702,7 @@ void call_on_up_headers_done(struct call *c)
 			c->resp_headers_sent = 1;
 			c->finished = 1;
 			nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
-			if (strcmp(status, "0") == 0)
-				c->dc->n->counters.calls_ok++;
-			else
-				c->dc->n->counters.calls_failed++;
-			record_latency(c->dc->n, c);
+			count_finish(c, atoi(status));
 			down_flush(c->dc);
 			return;
 		}

@@ -340,6 +340,65 @@ size_t native_member_list(struct native *n, uint8_t *buf, size_t size)
 	return put_bytes(buf, 2, member, ml); /* members */
 }
 
+/* ---- counters ------------------------------------------------------------------------------------ */
+
+void native_count_method(struct native *n, const char *path, int status)
+{
+	struct native_counters *k = &n->counters;
+	size_t i;
+
+	if (status < 0 || status > 16)
+		status = 2; /* UNKNOWN */
+	for (i = 0; i < k->n_methods; i++)
+		if (k->methods[i].path == path || strcmp(k->methods[i].path, path) == 0)
+			break;
+	if (i == k->n_methods) {
+		if (k->n_methods == NATIVE_MAX_METHODS)
+			return;
+		k->methods[k->n_methods++].path = path;
+	}
+	k->methods[i].by_status[status]++;
+}
+
+/* The counters as JSON for the supervisor (ep_backend_ops.counters). */
+static char *native_counters(void *state)
+{
+	static const char *const le[] = { "100us", "250us", "500us", "1ms", "2.5ms", "5ms", "10ms",
+					  "25ms", "50ms", "100ms", "1s", "+Inf" };
+	struct native *n = state;
+	struct native_counters *k = &n->counters;
+	cJSON *o = cJSON_CreateObject(), *lat, *methods;
+	char *text;
+
+	cJSON_AddNumberToObject(o, "calls", (double)k->calls);
+	cJSON_AddNumberToObject(o, "calls_ok", (double)k->calls_ok);
+	cJSON_AddNumberToObject(o, "calls_failed", (double)k->calls_failed);
+	cJSON_AddNumberToObject(o, "denied", (double)k->denied);
+	cJSON_AddNumberToObject(o, "bytes_in", (double)k->bytes_in);
+	cJSON_AddNumberToObject(o, "bytes_out", (double)k->bytes_out);
+	cJSON_AddNumberToObject(o, "active_streams", (double)k->active_streams);
+	cJSON_AddNumberToObject(o, "upstream_errors", (double)k->upstream_errors);
+	lat = cJSON_AddObjectToObject(o, "latency_le");
+	for (size_t i = 0; i < 12; i++)
+		cJSON_AddNumberToObject(lat, le[i], (double)k->latency_us_buckets[i]);
+	methods = cJSON_AddObjectToObject(o, "methods");
+	for (size_t i = 0; i < k->n_methods; i++) {
+		cJSON *m = cJSON_AddObjectToObject(methods, k->methods[i].path);
+
+		for (int s = 0; s <= 16; s++) {
+			char code[8];
+
+			if (k->methods[i].by_status[s] == 0)
+				continue;
+			snprintf(code, sizeof(code), "%d", s);
+			cJSON_AddNumberToObject(m, code, (double)k->methods[i].by_status[s]);
+		}
+	}
+	text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	return text;
+}
+
 /* ---- options ------------------------------------------------------------------------------------ */
 
 static int parse_ms(const char *s, uint64_t *ms)
@@ -594,6 +653,7 @@ static void native_fini(void *state)
 static const struct ep_backend_ops native_ops = {
 	.start = native_start,
 	.stop = native_stop,
+	.counters = native_counters,
 };
 
 EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {

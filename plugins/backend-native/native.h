@@ -53,12 +53,21 @@ typedef void internal_cb(struct native *n, void *ctx, int ok, const uint8_t *res
 
 enum compaction_policy { COMPACT_IGNORE, COMPACT_ALLOW, COMPACT_DENY };
 
+#define NATIVE_MAX_METHODS 64
+
+struct method_count {
+	const char *path;     /* from the method table (static), or "unknown" */
+	uint64_t by_status[17]; /* gRPC status 0..16 */
+};
+
 struct native_counters {
 	uint64_t calls, calls_ok, calls_failed, denied;
 	uint64_t bytes_in, bytes_out;
 	uint64_t upstream_errors;
 	uint64_t active_streams;
-	uint64_t latency_us_buckets[12]; /* <100us, <250us, ... see native.c */
+	uint64_t latency_us_buckets[12]; /* <100us, <250us, ... see record_latency() */
+	struct method_count methods[NATIVE_MAX_METHODS];
+	size_t n_methods;
 };
 
 /* One gRPC call: a downstream stream and its upstream stream. */
@@ -207,6 +216,7 @@ void native_lease_add(struct native *n, int64_t id);
 void native_maybe_stopped(struct native *n);
 void native_schedule_flush(struct native *n);
 size_t native_member_list(struct native *n, uint8_t *buf, size_t size);
+void native_count_method(struct native *n, const char *path, int status);
 /* lease ownership records in the core etcd; cb gets ok=0 when etcd could not answer */
 typedef void lease_cb(struct native *n, void *ctx, int ok, int64_t id, int owned);
 int native_lease_lookup(struct native *n, int64_t id, lease_cb *cb, void *ctx);
