@@ -21,6 +21,7 @@
 struct ctl_conn {
 	uv_pipe_t pipe;
 	struct supervisor *sv;
+	struct ctl_conn *next, **prevp; /* in sv->control_conns */
 	struct ep_frame_reader reader;
 	int answered;
 };
@@ -29,6 +30,9 @@ static void conn_closed(uv_handle_t *h)
 {
 	struct ctl_conn *c = h->data;
 
+	if (c->next != NULL)
+		c->next->prevp = c->prevp;
+	*c->prevp = c->next;
 	ep_frame_reader_free(&c->reader);
 	free(c);
 }
@@ -204,6 +208,11 @@ static void on_connection(uv_stream_t *server, int status)
 		return;
 	c = ep_malloc0(sizeof(*c));
 	c->sv = sv;
+	c->next = sv->control_conns;
+	if (c->next != NULL)
+		c->next->prevp = &c->next;
+	c->prevp = &sv->control_conns;
+	sv->control_conns = c;
 	ep_frame_reader_init(&c->reader);
 	uv_pipe_init(sv->loop, &c->pipe, 0);
 	c->pipe.data = c;
@@ -263,6 +272,9 @@ void control_stop(struct supervisor *sv)
 		return;
 	sv->control_open = 0;
 	uv_close((uv_handle_t *)&sv->control, NULL);
+	/* a client that never sends its request must not keep the loop, and so etcdproxyd, alive */
+	for (struct ctl_conn *c = sv->control_conns; c != NULL; c = c->next)
+		conn_close(c);
 	unlink(sv->control_path);
 	free(sv->control_path);
 	sv->control_path = NULL;

@@ -269,7 +269,10 @@ static void on_ipc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	if (ep_frame_reader_feed(&t->reader, buf->base, (size_t)n, on_worker_message, t, &why) < 0) {
 		ep_err("tenant %s: protocol error from worker pid %ld: %s; killing it", t->name,
 		       (long)t->pid, why);
-		set_str(&t->last_error, why);
+		/* on_worker_exit() makes last_error "killed by signal 9 (Killed): " + this */
+		free(t->fatal_reason);
+		t->fatal_reason = ep_strdup_printf("IPC protocol error: %s", why);
+		set_str(&t->last_error, t->fatal_reason);
 		ipc_close(t);
 		if (t->process_alive)
 			uv_process_kill(&t->process, SIGKILL);
@@ -286,12 +289,17 @@ static void ipc_drain(struct tenant *t)
 	const char *why = NULL;
 	uv_os_fd_t fd;
 	ssize_t n;
+	int r;
 
 	if (!t->ipc_open || uv_fileno((uv_handle_t *)&t->ipc, &fd) < 0)
 		return;
 	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
-		if (ep_frame_reader_feed(&t->reader, buf, (size_t)n, on_worker_message, t, &why) < 0)
+		r = ep_frame_reader_feed(&t->reader, buf, (size_t)n, on_worker_message, t, &why);
+		if (r < 0) {
+			if (t->fatal_reason == NULL)
+				t->fatal_reason = ep_strdup_printf("IPC protocol error: %s", why);
 			break;
+		}
 	}
 }
 
@@ -533,14 +541,18 @@ static void tenant_stop(struct tenant *t)
 {
 	cJSON *p;
 
+	/*
+	 * Already on its way out (a second reload, a restart, shutdown): the
+	 * timer is its escalation to SIGTERM and SIGKILL and must keep running.
+	 */
+	if (t->process_alive && t->stop_phase > 0)
+		return;
 	uv_timer_stop(&t->timer);
 	if (!t->process_alive) {
 		/* nothing runs (backoff, failed, stopped): the stop is complete at once */
 		tenant_after_stop(t);
 		return;
 	}
-	if (t->stop_phase > 0)
-		return; /* already on its way out */
 	tenant_set_state(t, TENANT_STOPPING);
 	t->stop_phase = 1;
 	p = cJSON_CreateObject();
@@ -626,6 +638,16 @@ cJSON *tenant_to_json(const struct tenant *t, int detailed)
 
 /* ---- reload ----------------------------------------------------------------------------- */
 
+/* Stop t and start a tenant made from e in its place once t's worker has exited. */
+static void tenant_replace(struct tenant *t, const struct ep_tenant_entry *e)
+{
+	if (t->successor != NULL) /* changed twice before the first change took effect */
+		tenant_release(t->successor);
+	t->successor = tenant_new(t->sv, e);
+	t->successor->restarts = t->restarts;
+	tenant_stop(t);
+}
+
 struct reload_ctx {
 	struct supervisor *sv;
 	cJSON *added, *removed, *changed, *unchanged;
@@ -645,6 +667,19 @@ static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenan
 	case EP_DIFF_ADD:
 		ep_info("reload: new tenant %s (%s)", n->name, n->file);
 		cJSON_AddItemToArray(rc->added, cJSON_CreateString(n->name));
+		t = supervisor_find(sv, n->name);
+		if (t != NULL) {
+			/*
+			 * Removed by an earlier reload, its worker still stopping: the
+			 * new tenant takes its place once it has exited, so that one
+			 * name never has two workers (same runtime directory, same
+			 * port) and later reloads find the live one.
+			 */
+			t->remove_on_exit = 0;
+			t->restarts = 0; /* a new tenant as far as anyone can tell */
+			tenant_replace(t, n);
+			break;
+		}
 		t = tenant_new(sv, n);
 		tenant_append(sv, t);
 		tenant_activate(t);
@@ -654,6 +689,11 @@ static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenan
 		cJSON_AddItemToArray(rc->removed, cJSON_CreateString(o->name));
 		t = supervisor_find(sv, o->name);
 		if (t != NULL) {
+			/* a change waiting for the old worker's exit must not bring it back */
+			if (t->successor != NULL) {
+				tenant_release(t->successor);
+				t->successor = NULL;
+			}
 			t->remove_on_exit = 1;
 			tenant_stop(t);
 		}
@@ -668,11 +708,7 @@ static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenan
 			tenant_activate(t);
 			break;
 		}
-		if (t->successor != NULL) /* changed twice before the first change took effect */
-			tenant_release(t->successor);
-		t->successor = tenant_new(sv, n);
-		t->successor->restarts = t->restarts;
-		tenant_stop(t);
+		tenant_replace(t, n);
 		break;
 	}
 }

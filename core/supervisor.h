@@ -23,6 +23,7 @@ enum tenant_state {
 };
 
 struct supervisor;
+struct ctl_conn;
 
 struct tenant {
 	struct supervisor *sv;
@@ -79,6 +80,7 @@ struct supervisor {
 	uv_pipe_t control;
 	int control_open;
 	char *control_path; /* the socket file we created, removed on exit */
+	struct ctl_conn *control_conns; /* open connections (control.c), closed by control_stop() */
 	int shutting_down;
 	int exit_code;
 };

@@ -362,6 +362,16 @@ static void apply_configure(const cJSON *p)
 		return;
 	}
 	W.plugin_started = 1;
+	if (W.exiting) {
+		/*
+		 * host->fail() from inside start(): worker_exit() saw no started
+		 * backend and did not stop it, so its handles would keep the loop
+		 * (and this process) alive.
+		 */
+		W.plugin_stopping = 1;
+		ops->stop(W.plugin_state, 1);
+		return;
+	}
 	if (!W.standalone && ((const struct ep_backend_ops *)W.plugin.plugin->ops)->counters != NULL)
 		uv_timer_start(&W.report, on_report, EP_REPORT_INTERVAL_MS, EP_REPORT_INTERVAL_MS);
 	return;

@@ -35,6 +35,7 @@
 #define CHILD_MAX_FAILURES 8      /* consecutive deaths before the worker gives up */
 #define STARTUP_CHECK_MS 200      /* health check interval until the first success */
 #define CHILD_STOP_GRACE_MS 3000  /* SIGTERM -> SIGKILL */
+#define ENDPOINTS_MAX 4096        /* the --endpoints argument, with its NUL */
 
 struct etcd_backend {
 	struct ep_host *host;
@@ -377,8 +378,8 @@ static void spawn_child(struct etcd_backend *b)
 	uv_process_options_t opts;
 	uv_stdio_container_t stdio[3];
 	char *args[64 + 8];
-	char ns[300], eps[4096], listen[300], metrics[64], datadir[4200], cacert[4200], cert[4200],
-		key[4200];
+	char ns[300], eps[ENDPOINTS_MAX], listen[300], metrics[64], datadir[4200], cacert[4200],
+		cert[4200], key[4200];
 	size_t n = 0, off = 0;
 	int r;
 
@@ -519,6 +520,15 @@ static int backend_init(struct ep_host *host, void **state_r, const char **error
 	r = parse_options(b, error_r);
 	if (r == 0 && strncmp(host->tenant->listen, "unix:", 5) == 0) {
 		*error_r = "the etcd backend (etcd grpc-proxy) listens on TCP only";
+		r = -EINVAL;
+	}
+	/* spawn_child() joins them into one fixed buffer: refuse what would not fit */
+	len = 0;
+	for (size_t i = 0; i < host->tenant->core.n_endpoints; i++)
+		len += strlen(host->tenant->core.endpoints[i]) + 1;
+	if (r == 0 && len > ENDPOINTS_MAX) {
+		*error_r = "core_etcd.endpoints: too long for etcd grpc-proxy's --endpoints "
+			   "(4095 characters at most, commas included)";
 		r = -EINVAL;
 	}
 	if (r < 0) {

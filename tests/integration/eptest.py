@@ -6,7 +6,8 @@ which kills everything the test started (by PID), checks that no process of
 the test is left, prints "N passed, M failed" and exits 0 or 1.
 
 Environment: EP_SRCDIR and EP_BUILDDIR (absolute; set by `make check`);
-EP_BUILDDIR defaults to /work/build for runs by hand.
+EP_BUILDDIR defaults to /work/build for runs by hand. EP_TEST_BACKEND (default "etcd")
+is the backend of the tenants a test adds without naming one.
 """
 
 import base64
@@ -35,6 +36,18 @@ ETCD = '/usr/bin/etcd'
 ETCDCTL = '/usr/bin/etcdctl'
 
 SKIP = 77
+
+
+def test_backend():
+    """The backend of tenants a test writes without naming one: EP_TEST_BACKEND, "etcd" when
+    unset (the test_native_* wrappers run the etcd-backend scenarios again with "native")."""
+    return os.environ.get('EP_TEST_BACKEND') or 'etcd'
+
+
+def etcd_backend():
+    """Checks that only make sense for the etcd backend (its grpc-proxy child, its own
+    refusals, a fake etcd binary) run only when this is true."""
+    return test_backend() == 'etcd'
 
 # the one marker every process a test starts inherits (see Suite.leftovers)
 MARKER_VAR = 'EPTEST_TMP'
@@ -552,7 +565,9 @@ class Supervisor:
         return os.path.join(self.storages, '%s.json' % name)
 
     def add_tenant(self, name, port=None, listen=None, backend=None, text=None):
-        """Write storages.d/NAME.json; returns the port (None for a given listen or text)."""
+        """Write storages.d/NAME.json; returns the port (None for a given listen or text).
+        backend=None: EP_TEST_BACKEND when set to another backend than "etcd", else no
+        "backend" field (the configuration's default)."""
         if text is not None:
             write_text(self.tenant_file(name), text)
             return None
@@ -560,6 +575,9 @@ class Supervisor:
             port = port or free_port()
             listen = '127.0.0.1:%d' % port
         spec = {'listen': listen}
+        if backend is None and not etcd_backend() and \
+                not (self.config.get('defaults') or {}).get('backend'):
+            backend = test_backend()  # EP_TEST_BACKEND, unless the test sets defaults.backend
         if backend:
             spec['backend'] = backend
         write_json(self.tenant_file(name), {

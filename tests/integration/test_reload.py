@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Reload (etcdproxyctl reload and SIGHUP): added, removed, changed and unchanged
 tenants; an unchanged tenant keeps its worker and its open watches; broken
-tenant files fail alone; a broken global file changes nothing."""
+tenant files fail alone; a broken global file changes nothing; a reload that
+comes while an earlier one still waits for a worker to exit."""
 
 import os
 import signal
@@ -25,7 +26,9 @@ def pids(sv, *names):
 def test_add_remove_keep(s, sv, st):
     t = sv.status()
     old_a, old_b = t['a']['pid'], t['b']['pid']
-    proxy_a, proxy_b = sv.grpc_proxy('a'), sv.grpc_proxy('b')
+    # the etcd backend's grpc-proxy children (the native backend has none)
+    proxy_a, proxy_b = (sv.grpc_proxy('a'), sv.grpc_proxy('b')) if eptest.etcd_backend() else \
+        (None, None)
     # a watch through b that must survive the reload
     st.client_b = eptest.etcd3_client(st.ports['b'])
     st.watch_b = eptest.Watch(st.client_b, 'w/', range_end='w0')
@@ -43,14 +46,16 @@ def test_add_remove_keep(s, sv, st):
     s.check(eptest.wait_serves(st.ports['c']), 'c serves')
     s.eq(eptest.etcd_get(st.core.port, '/c/probe') is not None, True, 'c writes under /c/')
     sv.wait_gone('a')
-    s.check(wait_until(lambda: not s.procs.alive(old_a) and not s.procs.alive(proxy_a), 8),
-            'a\'s worker and grpc-proxy are gone')
+    s.check(wait_until(lambda: not s.procs.alive(old_a) and
+                       (proxy_a is None or not s.procs.alive(proxy_a)), 8),
+            'a\'s worker%s gone' % (' and grpc-proxy are' if proxy_a else ' is'))
     s.check(wait_until(lambda: not eptest.port_open(st.ports['a']), 8),
             'a\'s port no longer accepts connections')
     b = sv.status()['b']
     s.check(b['pid'] == old_b and b['state'] == 'ready' and b['restarts'] == 0,
             'b keeps its worker (pid %d)' % old_b, b)
-    s.check(s.procs.alive(proxy_b), 'b keeps its grpc-proxy (pid %d)' % proxy_b)
+    if proxy_b is not None:
+        s.check(s.procs.alive(proxy_b), 'b keeps its grpc-proxy (pid %d)' % proxy_b)
     st.client_b.put('w/after', '2')
     s.check(st.watch_b.wait_key('w/after'), 'the watch opened through b before the reload '
             'delivers a put made after it', st.watch_b.events)
@@ -150,6 +155,63 @@ def test_broken_global_file(s, sv, st):
     s.check(st.watch_b.wait_key('w/end'), 'the watch through b still works', st.watch_b.events)
 
 
+def test_remove_pending_change(s, sv, st):
+    """A tenant removed while its change waits for the old worker stays removed."""
+    t = sv.status()
+    old_d, others = t['d']['pid'], pids(sv, 'b', 'c')
+    proxy_d = sv.grpc_proxy('d') if eptest.etcd_backend() else None
+    old_port = st.ports['d']
+    os.kill(old_d, signal.SIGSTOP)  # holds d in "stopping" across both reloads
+    try:
+        new_port = sv.add_tenant('d')
+        rc, out, err, data = sv.ctl('reload')
+        s.check(rc == 0 and data and data['changed'] == ['d'], 'd changed (its worker is '
+                'held stopped)', (rc, out, err))
+        sv.remove_tenant('d')
+        rc, out, err, data = sv.ctl('reload')
+        s.check(rc == 0 and data and data['removed'] == ['d'], 'then d removed before the old '
+                'worker exited', (rc, out, err))
+    finally:
+        os.kill(old_d, signal.SIGCONT)
+    sv.wait_gone('d')
+    s.check(wait_until(lambda: not s.procs.alive(old_d) and
+                       (proxy_d is None or not s.procs.alive(proxy_d)), 8),
+            'd\'s old worker%s gone' % (' and grpc-proxy are' if proxy_d else ' is'))
+    s.check('d' not in sv.status() and 'tenant d: started worker' not in
+            sv.log_text()[sv.log_text().rindex('tenant d removed'):],
+            'the pending change did not bring d back', sv.status().get('d'))
+    s.check(not eptest.port_open(old_port) and not eptest.port_open(new_port),
+            'neither of d\'s ports accepts connections')
+    s.eq(pids(sv, 'b', 'c'), others, 'b and c keep their workers')
+
+
+def test_readd_while_stopping(s, sv, st):
+    """A tenant added back while its removed worker still stops replaces it, once."""
+    t = sv.status()
+    old_c, old_b = t['c']['pid'], t['b']['pid']
+    os.kill(old_c, signal.SIGSTOP)
+    try:
+        sv.remove_tenant('c')
+        rc, out, err, data = sv.ctl('reload')
+        s.check(rc == 0 and data and data['removed'] == ['c'], 'c removed (its worker is held '
+                'stopped)', (rc, out, err))
+        st.ports['c'] = sv.add_tenant('c')
+        rc, out, err, data = sv.ctl('reload')
+        s.check(rc == 0 and data and data['added'] == ['c'], 'c added back before the old '
+                'worker exited', (rc, out, err))
+        rc, out, err, data = sv.ctl('status')
+        listed = [x for x in data['tenants'] if x['name'] == 'c']
+        s.check(len(listed) == 1 and listed[0]['pid'] == old_c,
+                'one tenant c, the old worker, until it has exited', listed)
+    finally:
+        os.kill(old_c, signal.SIGCONT)
+    t = sv.wait_state('c', 'ready', pred=lambda t: t['pid'] not in (None, old_c))
+    s.check(eptest.wait_serves(st.ports['c']), 'the new c serves on its port')
+    rc, out, err, data = sv.ctl('status')
+    s.eq(len([x for x in data['tenants'] if x['name'] == 'c']), 1, 'still one tenant c')
+    s.eq(sv.status()['b']['pid'], old_b, 'b keeps its worker')
+
+
 def body(s):
     st = State()
     st.core = eptest.CoreEtcd(s).start()
@@ -160,7 +222,8 @@ def body(s):
     st.client_b = st.watch_b = None
     try:
         for fn in (test_add_remove_keep, test_change_listen, test_broken_tenant_file,
-                   test_broken_global_file):
+                   test_broken_global_file, test_remove_pending_change,
+                   test_readd_while_stopping):
             s.run(fn, s, sv, st)
     finally:
         if st.watch_b:

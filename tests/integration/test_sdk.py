@@ -75,7 +75,7 @@ def test_build_plugin(s, st):
              'etcdproxy-plugin'], env=env)
     s.require_check(r.returncode == 0, 'pkg-config --cflags --libs etcdproxy-plugin',
                     r.stdout + r.stderr)
-    flags = r.stdout.split()
+    flags = st.flags = r.stdout.split()
     s.check('-I%s/include' % p in flags, 'the cflags name the installed include directory', flags)
     os.makedirs(st.plugins, exist_ok=True)
     so = os.path.join(st.plugins, 'backend-hello.so')
@@ -165,6 +165,80 @@ def test_supervised(s, st):
     s.check(not eptest.port_open(port), 'the port is closed')
 
 
+# start() opens a handle and then calls host->fail() before returning: the worker must
+# still stop the backend, or the handle keeps it alive
+FAIL_IN_START = r'''
+#include <stdlib.h>
+#include <etcdproxy/plugin.h>
+
+struct st { struct ep_host *host; uv_timer_t timer; };
+
+static void tick(uv_timer_t *t) { (void)t; }
+static void closed(uv_handle_t *h) { struct st *s = h->data; s->host->stopped(s->host); }
+static int init(struct ep_host *host, void **state_r, const char **error_r)
+{
+	struct st *s = calloc(1, sizeof(*s));
+
+	(void)error_r;
+	if (s == NULL)
+		return -12;
+	s->host = host;
+	*state_r = s;
+	return 0;
+}
+static int start(void *state, const char **error_r)
+{
+	struct st *s = state;
+
+	(void)error_r;
+	uv_timer_init(s->host->loop, &s->timer);
+	s->timer.data = s;
+	uv_timer_start(&s->timer, tick, 1000, 1000);
+	s->host->fail(s->host, 0, "failstart: cannot go on");
+	return 0;
+}
+static void stop(void *state, int graceful)
+{
+	struct st *s = state;
+
+	(void)graceful;
+	if (!uv_is_closing((uv_handle_t *)&s->timer))
+		uv_close((uv_handle_t *)&s->timer, closed);
+}
+static void fini(void *state) { free(state); }
+static const struct ep_backend_ops ops = { .start = start, .stop = stop };
+EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
+	.abi_version = EP_PLUGIN_ABI_VERSION, .kind = EP_PLUGIN_BACKEND, .name = "failstart",
+	.description = "calls fail() inside start()", .init = init, .fini = fini, .ops = &ops,
+};
+'''
+
+
+def test_fail_in_start(s, st):
+    src = os.path.join(st.tmp, 'backend-failstart.c')
+    so = os.path.join(st.plugins, 'backend-failstart.so')
+    eptest.write_text(src, FAIL_IN_START)
+    r = run(['cc', '-Wall', '-Wextra', '-Werror', '-o', so, src] + st.flags)
+    s.require_check(r.returncode == 0, 'backend-failstart.c builds', r.stdout + r.stderr)
+    conf = write_config(st, 'failstart')
+    tenant = os.path.join(st.tmp, 'failstart', 'storages.d', 'f.json')
+    eptest.write_json(tenant, {'apiVersion': 'etcd.xmudrii.com/v1alpha1', 'kind': 'EtcdStorage',
+                               'metadata': {'name': 'f'},
+                               'spec': {'backend': 'failstart',
+                                        'listen': '127.0.0.1:%d' % eptest.free_port()}})
+    log = os.path.join(st.tmp, 'failstart', 'worker.log')
+    worker = os.path.join(st.prefix, 'libexec/etcdproxy/etcdproxy-worker')
+    p = s.popen([worker, '--standalone', '-c', conf, tenant], log=log,
+                label='installed worker, failstart')
+    try:
+        rc = p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        rc = None
+    s.eq(rc, 69, 'a backend that calls fail() inside start(): the worker stops it and exits 69')
+    s.check('failstart: cannot go on' in eptest.read_text(log), 'and logs the reason',
+            eptest.read_text(log))
+
+
 class State:
     pass
 
@@ -182,6 +256,7 @@ def body(s):
         return
     s.run(test_standalone, s, st)
     s.run(test_supervised, s, st)
+    s.run(test_fail_in_start, s, st)
 
 
 if __name__ == '__main__':

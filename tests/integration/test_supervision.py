@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """Supervision: crashed workers and grpc-proxy children come back, a tenant that
-keeps failing ends "failed" instead of looping, `etcdproxyctl restart`, and no
-process outlives etcdproxyd (SIGTERM: graceful; SIGKILL: PDEATHSIG and the
-closed IPC socket)."""
+keeps failing ends "failed" instead of looping, `etcdproxyctl restart`, a worker
+that speaks garbage or hangs, and no process outlives etcdproxyd (SIGTERM:
+graceful; SIGKILL: PDEATHSIG and the closed IPC socket)."""
 
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -18,15 +19,16 @@ from eptest import wait_until  # noqa: E402
 def test_kill_worker(s, sv, ports):
     t = sv.status()
     old, old_b = t['a']['pid'], t['b']['pid']
-    old_proxy = sv.grpc_proxy('a')
+    old_proxy = sv.grpc_proxy('a') if eptest.etcd_backend() else None
     os.kill(old, signal.SIGKILL)
     t = sv.wait_state('a', 'ready', pred=lambda t: t['pid'] not in (None, old))
     s.check(t['pid'] != old, 'kill -9 of a\'s worker: a new worker (%d -> %d)' % (old, t['pid']))
     s.eq(t['restarts'], 1, 'restarts of a is 1')
     s.check('signal 9' in (t['last_error'] or ''), 'last_error says the worker was killed by '
             'signal 9', t['last_error'])
-    s.check(wait_until(lambda: not s.procs.alive(old_proxy), 5),
-            'the old grpc-proxy (pid %d) died with its worker' % old_proxy)
+    if old_proxy is not None:
+        s.check(wait_until(lambda: not s.procs.alive(old_proxy), 5),
+                'the old grpc-proxy (pid %d) died with its worker' % old_proxy)
     s.check(eptest.wait_serves(ports['a']), 'a serves again')
     b = sv.status()['b']
     s.check(b['pid'] == old_b and b['restarts'] == 0 and b['state'] == 'ready',
@@ -56,7 +58,7 @@ def test_ctl_restart(s, core):
     sv.wait_ready('a', 'b')
     t = sv.status()['a']
     old, restarts = t['pid'], t['restarts']
-    old_proxy = sv.grpc_proxy('a')
+    old_proxy = sv.grpc_proxy('a') if eptest.etcd_backend() else None
     t_b = sv.status()['b']['pid']
     rc, out, err, data = sv.ctl('restart', 'a')
     s.check(rc == 0 and data and data.get('ok') is True, 'etcdproxyctl restart a: exit 0, ok',
@@ -64,19 +66,65 @@ def test_ctl_restart(s, core):
     t = sv.wait_state('a', 'ready', pred=lambda t: t['pid'] not in (None, old))
     s.check(t['pid'] != old, 'restart gives a new worker pid (%d -> %d)' % (old, t['pid']))
     s.eq(t['restarts'], restarts + 1, 'restarts went up by one')
-    s.check(not s.procs.alive(old) and not s.procs.alive(old_proxy),
-            'the old worker and its grpc-proxy are gone')
+    if old_proxy is not None:
+        s.check(not s.procs.alive(old) and not s.procs.alive(old_proxy),
+                'the old worker and its grpc-proxy are gone')
+    else:
+        s.check(not s.procs.alive(old), 'the old worker is gone')
     s.check(eptest.wait_serves(ports['a']), 'a serves after the restart')
     s.eq(sv.status()['b']['pid'], t_b, 'b was not disturbed')
-    s.eq(sv.stop(), 0, 'that etcdproxyd exits 0 on SIGTERM')
+    # a client that connects and never sends its request must not hold up the exit
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    idle.connect(sv.sock)
+    try:
+        s.eq(sv.stop(timeout=10), 0, 'that etcdproxyd exits 0 on SIGTERM, with an idle control '
+             'connection open')
+    finally:
+        idle.close()
+
+
+def test_stop_escalation(s, core):
+    sv = eptest.Supervisor(s, core, name='hung')
+    sv.add_tenant('h')
+    sv.start()
+    worker = sv.wait_ready('h')['h']['pid']
+    proxy = sv.grpc_proxy('h') if eptest.etcd_backend() else None
+    os.kill(worker, signal.SIGSTOP)  # it cannot read STOP: only SIGKILL ends it
+    try:
+        rc, out, err, _ = sv.ctl('restart', 'h')
+        s.check(rc == 0, 'etcdproxyctl restart h of a hung worker: exit 0', (rc, out, err))
+        sv.wait_state('h', 'stopping')
+        t0 = time.monotonic()
+        # stop_timeout is 4s: stopping it again must not cancel the escalation
+        rc = sv.stop(timeout=10)
+        s.eq(rc, 0, 'SIGTERM while the hung worker is stopping: etcdproxyd exits 0 (after '
+             '%.1fs)' % (time.monotonic() - t0))
+        s.check('ignored SIGTERM; sending SIGKILL' in sv.log_text(), 'it escalated to SIGKILL')
+    finally:
+        if s.procs.alive(worker):
+            os.kill(worker, signal.SIGKILL)
+    s.check(wait_until(lambda: not s.procs.alive(worker) and
+                       (proxy is None or not s.procs.alive(proxy)), 5),
+            'the hung worker%s gone' % (' and its grpc-proxy are' if proxy else ' is'))
+
+
+def test_protocol_error(s, garbage):
+    t = garbage.wait_tenant('g', lambda t: 'signal 9' in (t['last_error'] or ''), timeout=10,
+                            what='a worker killed for a protocol error')
+    s.check('IPC protocol error: frame payload is not a JSON object' in t['last_error'],
+            'last_error says why the worker was killed', t['last_error'])
+    s.eq(garbage.stop(), 0, 'that etcdproxyd exits 0 on SIGTERM')
 
 
 def test_sigterm(s, sv, ports):
     sv.observe()
     mine = 'of %s/' % sv.name
     seen = [p for p, (_, label) in s.procs.known.items() if mine in label]
-    s.check(len(s.procs.living(seen)) >= 4, 'recorded the live workers and grpc-proxies (%d, '
-            '%d in all)' % (len(s.procs.living(seen)), len(seen)))
+    # two workers, and with the etcd backend their two grpc-proxies
+    want = 4 if eptest.etcd_backend() else 2
+    s.check(len(s.procs.living(seen)) >= want, 'recorded the live workers%s (%d, %d in all)' % (
+        ' and grpc-proxies' if eptest.etcd_backend() else '', len(s.procs.living(seen)),
+        len(seen)))
     t0 = time.monotonic()
     rc = sv.stop(signal.SIGTERM, timeout=15)
     s.eq(rc, 0, 'etcdproxyd exits 0 on SIGTERM (after %.1fs)' % (time.monotonic() - t0))
@@ -130,8 +178,10 @@ def test_fatal_config(s, fatal, binary):
     t = fatal.wait_state('z', 'failed', timeout=10)
     err = t['last_error'] or ''
     s.check('exited with code 78' in err and binary in err,
-            'a missing backends.etcd.binary: worker exits 78, tenant failed, last_error names '
-            'the path', err)
+            '%s: worker exits 78, tenant failed, last_error names %s' % (
+                'a missing backends.etcd.binary' if eptest.etcd_backend() else
+                'an unknown option in ' + binary, 'the path' if eptest.etcd_backend() else
+                binary), err)
     time.sleep(2)
     t = fatal.status()['z']
     s.check(t['state'] == 'failed' and t['restarts'] == 0 and t['pid'] is None,
@@ -150,11 +200,14 @@ def test_sigkill_supervisor(s, core):
     sv.wait_ready('p', 'q')
     procs = []
     for n in ports:
-        procs += [sv.status()[n]['pid'], sv.grpc_proxy(n)]
+        procs.append(sv.status()[n]['pid'])
+        if eptest.etcd_backend():
+            procs.append(sv.grpc_proxy(n))
     t0 = time.monotonic()
     sv.stop(signal.SIGKILL, timeout=5)
     gone = wait_until(lambda: not s.procs.living(procs), 8)
-    s.check(gone, 'kill -9 of etcdproxyd: its workers and grpc-proxies exit (%.1fs)' % (
+    s.check(gone, 'kill -9 of etcdproxyd: its workers%s exit (%.1fs)' % (
+        ' and grpc-proxies' if eptest.etcd_backend() else '',
         time.monotonic() - t0), ['%d: %s' % (p, s.procs.known[p][1]) for p in s.procs.living(procs)])
     s.check(os.path.exists(sv.sock), 'the control socket file is left behind')
     # a new etcdproxyd takes over the stale socket and the freed ports
@@ -174,26 +227,47 @@ def body(s):
     eptest.write_text(crashy_worker, '#!/bin/sh\necho "crashy worker $*" >&2\nexit 69\n', 0o755)
     crashy = eptest.Supervisor(s, core, name='crashy', worker=crashy_worker)
     crashy.add_tenant('x')
-    fail_etcd = os.path.join(s.tmp, 'fail-etcd.sh')
-    eptest.write_text(fail_etcd, '#!/bin/sh\necho "failing etcd $*" >&2\nexit 1\n', 0o755)
-    flaky = eptest.Supervisor(s, core, name='flaky', backends={'etcd': {'binary': fail_etcd}})
-    flaky.add_tenant('y')
-    missing = os.path.join(s.tmp, 'no-such-dir', 'etcd')
-    fatal = eptest.Supervisor(s, core, name='fatal', backends={'etcd': {'binary': missing}})
+    flaky = None
+    if eptest.etcd_backend():
+        # a grpc-proxy child that keeps failing, and a missing etcd binary
+        fail_etcd = os.path.join(s.tmp, 'fail-etcd.sh')
+        eptest.write_text(fail_etcd, '#!/bin/sh\necho "failing etcd $*" >&2\nexit 1\n', 0o755)
+        flaky = eptest.Supervisor(s, core, name='flaky', backends={'etcd': {'binary': fail_etcd}})
+        flaky.add_tenant('y')
+        missing = os.path.join(s.tmp, 'no-such-dir', 'etcd')
+        fatal = eptest.Supervisor(s, core, name='fatal', backends={'etcd': {'binary': missing}})
+    else:
+        # the backend's own fatal configuration error: an option it does not know
+        missing = 'backends.%s' % eptest.test_backend()
+        fatal = eptest.Supervisor(s, core, name='fatal', backends={
+            eptest.test_backend(): {'no_such_option': 1}})
     fatal.add_tenant('z')
-    for x in (crashy, flaky, fatal):
-        x.start()
+    # a "worker" whose first frame carries a JSON array instead of an object
+    garbage_worker = os.path.join(s.tmp, 'garbage-worker.py')
+    eptest.write_text(garbage_worker, '#!/usr/bin/python3\nimport os, time\n'
+                      'os.write(3, b"EP\\x01\\x01\\x00\\x00\\x00\\x02[]")\ntime.sleep(60)\n',
+                      0o755)
+    garbage = eptest.Supervisor(s, core, name='garbage', worker=garbage_worker)
+    garbage.add_tenant('g')
+    for x in (crashy, flaky, fatal, garbage):
+        if x is not None:
+            x.start()
 
     sv = eptest.Supervisor(s, core)
     ports = {n: sv.add_tenant(n) for n in ('a', 'b')}
     sv.start()
     sv.wait_ready('a', 'b')
     for fn in (test_kill_worker, test_kill_grpc_proxy, test_sigterm):
+        if fn is test_kill_grpc_proxy and not eptest.etcd_backend():
+            continue  # the etcd backend's child process
         s.run(fn, s, sv, ports)
     s.run(test_ctl_restart, s, core)
     s.run(test_worker_keeps_dying, s, crashy)
-    s.run(test_child_keeps_failing, s, flaky)
+    if flaky is not None:
+        s.run(test_child_keeps_failing, s, flaky)
     s.run(test_fatal_config, s, fatal, missing)
+    s.run(test_protocol_error, s, garbage)
+    s.run(test_stop_escalation, s, core)
     s.run(test_sigkill_supervisor, s, core)
 
 
