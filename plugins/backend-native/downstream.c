@@ -621,7 +621,7 @@ static void call_start(struct call *c)
 	char why[300];
 
 	n->counters.calls++;
-	if (c->path == NULL || !c->content_type_ok) {
+	if (c->path == NULL || !c->method_ok || !c->content_type_ok) {
 		call_finish(c, 3, "etcdproxy: expected a gRPC request (POST, content-type "
 				  "application/grpc)");
 		return;
@@ -841,6 +841,8 @@ static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uin
 	if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
 		free(c->path);
 		c->path = strndup((const char *)value, valuelen);
+	} else if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
+		c->method_ok = valuelen == 4 && memcmp(value, "POST", 4) == 0;
 	} else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
 		c->content_type_ok = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
 				     (valuelen == 16 || value[16] == '+' || value[16] == ';');
@@ -1053,6 +1055,12 @@ static int make_server_session(struct down_conn *dc)
 	nghttp2_option_new(&opt);
 	nghttp2_option_set_no_auto_window_update(opt, 1);
 	nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
+	/*
+	 * gRPC over a Unix socket sends the socket path as :authority, which
+	 * nghttp2's HTTP checks reset as a protocol error; the proxy checks
+	 * what it relies on (:method, :path, content-type) itself.
+	 */
+	nghttp2_option_set_no_http_messaging(opt, 1);
 	r = nghttp2_session_server_new2(&dc->session, cbs, dc, opt);
 	nghttp2_option_del(opt);
 	nghttp2_session_callbacks_del(cbs);

@@ -22,6 +22,8 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "native.h"
 
@@ -495,10 +497,63 @@ out:
 	return r;
 }
 
-/* "http://host:port" -> host, port.  TLS towards the core etcd comes with the certificates work. */
+static const char *ssl_error(const char *what)
+{
+	static char buf[1024];
+	char err[256];
+
+	ERR_error_string_n(ERR_get_error(), err, sizeof(err));
+	ERR_clear_error();
+	snprintf(buf, sizeof(buf), "%s: %s", what, err);
+	return buf;
+}
+
+/* TLS towards the core etcd: verify it with ca_file, present the core client certificate, ALPN h2. */
+static int make_ssl_ctx(struct native *n, const char **error_r)
+{
+	const struct ep_core_etcd *core = &n->host->tenant->core;
+	static const unsigned char alpn[] = { 2, 'h', '2' };
+	static char why[512];
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (ctx == NULL) {
+		*error_r = ssl_error("cannot create a TLS context");
+		return -ENOMEM;
+	}
+	n->ssl_ctx = ctx;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn));
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if (core->ca_file != NULL) {
+		if (SSL_CTX_load_verify_locations(ctx, core->ca_file, NULL) != 1) {
+			snprintf(why, sizeof(why), "core_etcd.ca_file %s", core->ca_file);
+			*error_r = ssl_error(why);
+			return -EINVAL;
+		}
+	} else {
+		SSL_CTX_set_default_verify_paths(ctx);
+	}
+	if (core->cert_file != NULL) {
+		if (SSL_CTX_use_certificate_chain_file(ctx, core->cert_file) != 1) {
+			snprintf(why, sizeof(why), "core_etcd.cert_file %s", core->cert_file);
+			*error_r = ssl_error(why);
+			return -EINVAL;
+		}
+		if (SSL_CTX_use_PrivateKey_file(ctx, core->key_file, SSL_FILETYPE_PEM) != 1 ||
+		    SSL_CTX_check_private_key(ctx) != 1) {
+			snprintf(why, sizeof(why), "core_etcd.key_file %s", core->key_file);
+			*error_r = ssl_error(why);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* "http[s]://host:port" -> host, port; one scheme for every endpoint. */
 static int parse_endpoints(struct native *n, const char **error_r)
 {
 	const struct ep_core_etcd *core = &n->host->tenant->core;
+	int tls = -1;
 
 	n->ep_host = calloc(core->n_endpoints, sizeof(char *));
 	n->ep_port = calloc(core->n_endpoints, sizeof(char *));
@@ -506,17 +561,21 @@ static int parse_endpoints(struct native *n, const char **error_r)
 		abort();
 	for (size_t i = 0; i < core->n_endpoints; i++) {
 		const char *url = core->endpoints[i], *hp, *colon;
+		int is_tls = strncmp(url, "https://", 8) == 0;
 
-		if (strncmp(url, "http://", 7) != 0) {
-			*error_r = "the native backend speaks plaintext HTTP/2 to the core etcd for now: "
-				   "core_etcd.endpoints must be http:// URLs (TLS to the core etcd is "
-				   "not implemented yet; use the etcd backend)";
+		if (!is_tls && strncmp(url, "http://", 7) != 0) {
+			*error_r = "core_etcd.endpoints: expected http:// or https:// URLs";
 			return -EINVAL;
 		}
-		hp = url + 7;
+		if (tls >= 0 && tls != is_tls) {
+			*error_r = "core_etcd.endpoints: mixing http:// and https:// endpoints";
+			return -EINVAL;
+		}
+		tls = is_tls;
+		hp = url + (is_tls ? 8 : 7);
 		colon = strrchr(hp, ':');
-		if (colon == NULL) {
-			*error_r = "core_etcd.endpoints: expected http://HOST:PORT";
+		if (colon == NULL || (hp[0] == '[' && colon[-1] != ']')) {
+			*error_r = "core_etcd.endpoints: expected http[s]://HOST:PORT";
 			return -EINVAL;
 		}
 		if (hp[0] == '[')
@@ -526,7 +585,7 @@ static int parse_endpoints(struct native *n, const char **error_r)
 		n->ep_port[i] = strndup(colon + 1, strcspn(colon + 1, "/"));
 		n->n_endpoints = i + 1;
 	}
-	return 0;
+	return tls == 1 ? make_ssl_ctx(n, error_r) : 0;
 }
 
 /* ---- life --------------------------------------------------------------------------------------- */
@@ -540,6 +599,7 @@ static void free_native(struct native *n)
 	free(n->ep_host);
 	free(n->ep_port);
 	rw_ns_free(&n->ns);
+	SSL_CTX_free(n->ssl_ctx);
 	free(n->ups);
 	free(n->leases);
 	free(n->name);

@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "etcdproxy/plugin.h"
@@ -85,6 +86,7 @@ struct call {
 	size_t n_hdrs;
 	char *path;
 	int content_type_ok;
+	int method_ok;
 	int headers_done;
 
 	struct grpc_reader req_in;   /* client -> proxy */
@@ -143,7 +145,7 @@ struct down_conn {
 	uint64_t last_activity_ms;
 };
 
-enum up_state { UP_IDLE, UP_RESOLVING, UP_CONNECTING, UP_READY, UP_DRAINING, UP_CLOSED };
+enum up_state { UP_IDLE, UP_RESOLVING, UP_CONNECTING, UP_HANDSHAKE, UP_READY, UP_DRAINING, UP_CLOSED };
 
 struct up_conn {
 	struct native *n;
@@ -161,6 +163,8 @@ struct up_conn {
 	size_t write_pending;
 	int closing;
 	int flush_pending;
+	SSL *ssl;          /* TLS to the core etcd, through memory BIOs */
+	BIO *rbio, *wbio;  /* owned by ssl */
 };
 
 struct native {
@@ -177,6 +181,8 @@ struct native {
 	uint64_t idle_timeout_ms;
 	uint64_t drain_timeout_ms;
 	unsigned n_upstreams;
+
+	SSL_CTX *ssl_ctx; /* NULL: plaintext h2c to the core etcd */
 
 	/* endpoints: host, port */
 	char **ep_host;

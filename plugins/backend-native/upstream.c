@@ -4,10 +4,15 @@
  * backoff.  A call that finds no connection ready fails with UNAVAILABLE at
  * once: it never hangs.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "native.h"
 
@@ -66,6 +71,52 @@ void up_flush(struct up_conn *uc)
 	native_schedule_flush(uc->n);
 }
 
+/* Queue bytes on the socket (ciphertext when TLS is on). Returns 0 or -1 (connection failed). */
+static int up_send_raw(struct up_conn *uc, const uint8_t *data, size_t n)
+{
+	struct up_write *w = malloc(sizeof(*w) + n);
+	uv_buf_t b;
+
+	if (w == NULL)
+		abort();
+	memcpy(w->data, data, n);
+	w->uc = uc;
+	w->len = n;
+	b = uv_buf_init((char *)w->data, (unsigned)n);
+	uc->write_pending += n;
+	if (uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, up_write_done) < 0) {
+		uc->write_pending -= n;
+		free(w);
+		up_failed(uc, "write failed");
+		return -1;
+	}
+	return 0;
+}
+
+/* Move what OpenSSL produced (handshake records, encrypted data) to the socket. */
+static int tls_drain(struct up_conn *uc)
+{
+	uint8_t buf[16384];
+	int n;
+
+	while ((n = BIO_read(uc->wbio, buf, sizeof(buf))) > 0)
+		if (up_send_raw(uc, buf, (size_t)n) < 0)
+			return -1;
+	return 0;
+}
+
+static const char *tls_error(void)
+{
+	static char buf[256];
+	unsigned long e = ERR_get_error();
+
+	if (e == 0)
+		return "TLS error";
+	ERR_error_string_n(e, buf, sizeof(buf));
+	ERR_clear_error();
+	return buf;
+}
+
 void up_flush_now(struct up_conn *uc)
 {
 	if (uc->session == NULL || !uc->tcp_open || uc->closing)
@@ -73,8 +124,6 @@ void up_flush_now(struct up_conn *uc)
 	while (uc->write_pending < NATIVE_HIGH_WATER) {
 		const uint8_t *data;
 		ssize_t n = nghttp2_session_mem_send(uc->session, &data);
-		struct up_write *w;
-		uv_buf_t b;
 
 		if (n < 0) {
 			up_failed(uc, nghttp2_strerror((int)n));
@@ -82,18 +131,15 @@ void up_flush_now(struct up_conn *uc)
 		}
 		if (n == 0)
 			break;
-		w = malloc(sizeof(*w) + (size_t)n);
-		if (w == NULL)
-			abort();
-		memcpy(w->data, data, (size_t)n);
-		w->uc = uc;
-		w->len = (size_t)n;
-		b = uv_buf_init((char *)w->data, (unsigned)n);
-		uc->write_pending += (size_t)n;
-		if (uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, up_write_done) < 0) {
-			uc->write_pending -= (size_t)n;
-			free(w);
-			up_failed(uc, "write failed");
+		if (uc->ssl != NULL) {
+			/* memory BIOs: SSL_write takes everything at once */
+			if (SSL_write(uc->ssl, data, (int)n) != (int)n) {
+				up_failed(uc, tls_error());
+				return;
+			}
+			if (tls_drain(uc) < 0)
+				return;
+		} else if (up_send_raw(uc, data, (size_t)n) < 0) {
 			return;
 		}
 	}
@@ -280,6 +326,11 @@ static void up_failed(struct up_conn *uc, const char *why)
 		fail_calls(uc, why);
 		nghttp2_session_del(s);
 	}
+	if (uc->ssl != NULL) {
+		SSL_free(uc->ssl); /* and its BIOs */
+		uc->ssl = NULL;
+		uc->rbio = uc->wbio = NULL;
+	}
 	uv_timer_stop(&uc->retry);
 	if (!n->stopping)
 		uv_timer_start(&uc->retry, on_retry, delay, 0);
@@ -299,10 +350,67 @@ static void up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	*buf = uv_buf_init(slab, sizeof(slab));
 }
 
+static void up_ready(struct up_conn *uc);
+
+static void up_recv_plain(struct up_conn *uc, const uint8_t *data, size_t len)
+{
+	ssize_t r;
+
+	if (uc->session == NULL)
+		return;
+	r = nghttp2_session_mem_recv(uc->session, data, len);
+	if (r < 0)
+		up_failed(uc, nghttp2_strerror((int)r));
+}
+
+/* Ciphertext in: finish the handshake, then decrypt into the HTTP/2 session. */
+static void up_recv_tls(struct up_conn *uc, const uint8_t *data, size_t len)
+{
+	uint8_t plain[16384];
+	int n;
+
+	BIO_write(uc->rbio, data, (int)len);
+	if (uc->state == UP_HANDSHAKE) {
+		const unsigned char *alpn = NULL;
+		unsigned alpn_len = 0;
+
+		n = SSL_do_handshake(uc->ssl);
+		if (tls_drain(uc) < 0)
+			return;
+		if (n != 1) {
+			int e = SSL_get_error(uc->ssl, n);
+
+			if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+				return;
+			long v = SSL_get_verify_result(uc->ssl);
+
+			up_failed(uc, v != X509_V_OK ? X509_verify_cert_error_string(v) : tls_error());
+			return;
+		}
+		SSL_get0_alpn_selected(uc->ssl, &alpn, &alpn_len);
+		if (alpn_len != 2 || memcmp(alpn, "h2", 2) != 0) {
+			up_failed(uc, "the core etcd did not agree on ALPN h2");
+			return;
+		}
+		up_ready(uc);
+		if (uc->session == NULL)
+			return;
+	}
+	while (uc->session != NULL && (n = SSL_read(uc->ssl, plain, sizeof(plain))) > 0)
+		up_recv_plain(uc, plain, (size_t)n);
+	if (uc->session != NULL && n <= 0) {
+		int e = SSL_get_error(uc->ssl, n);
+
+		if (e == SSL_ERROR_ZERO_RETURN)
+			up_failed(uc, "the core etcd closed the TLS session");
+		else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+			up_failed(uc, tls_error());
+	}
+}
+
 static void up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
 	struct up_conn *uc = s->data;
-	ssize_t r;
 
 	if (nread == 0)
 		return;
@@ -311,14 +419,12 @@ static void up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 					      : uv_strerror((int)nread));
 		return;
 	}
-	if (uc->session == NULL)
-		return;
-	r = nghttp2_session_mem_recv(uc->session, (const uint8_t *)buf->base, (size_t)nread);
-	if (r < 0) {
-		up_failed(uc, nghttp2_strerror((int)r));
-		return;
-	}
-	up_flush_now(uc);
+	if (uc->ssl != NULL)
+		up_recv_tls(uc, (const uint8_t *)buf->base, (size_t)nread);
+	else
+		up_recv_plain(uc, (const uint8_t *)buf->base, (size_t)nread);
+	if (uc->session != NULL)
+		up_flush_now(uc);
 }
 
 static int make_session(struct up_conn *uc)
@@ -349,18 +455,11 @@ static int make_session(struct up_conn *uc)
 	return 0;
 }
 
-static void on_connected(uv_connect_t *req, int status)
+/* TCP (and TLS) is up: start HTTP/2. */
+static void up_ready(struct up_conn *uc)
 {
-	struct up_conn *uc = req->data;
 	struct native *n = uc->n;
 
-	if (uc->state != UP_CONNECTING)
-		return;
-	if (status < 0) {
-		up_failed(uc, uv_strerror(status));
-		return;
-	}
-	uv_tcp_nodelay(&uc->tcp, 1);
 	if (make_session(uc) < 0) {
 		up_failed(uc, "cannot create an HTTP/2 session");
 		return;
@@ -370,9 +469,53 @@ static void on_connected(uv_connect_t *req, int status)
 		n->host->log(n->host, EP_LOG_NOTICE, "core etcd %s:%s: connected again",
 			     n->ep_host[uc->endpoint], n->ep_port[uc->endpoint]);
 	uc->failures = 0;
-	uv_read_start((uv_stream_t *)&uc->tcp, up_alloc, up_read);
 	up_flush(uc);
 	report_health(n);
+}
+
+static int tls_start(struct up_conn *uc)
+{
+	struct native *n = uc->n;
+	const char *host = n->ep_host[uc->endpoint];
+	unsigned char tmp[16];
+
+	uc->ssl = SSL_new(n->ssl_ctx);
+	uc->rbio = BIO_new(BIO_s_mem());
+	uc->wbio = BIO_new(BIO_s_mem());
+	if (uc->ssl == NULL || uc->rbio == NULL || uc->wbio == NULL)
+		return -1;
+	SSL_set_bio(uc->ssl, uc->rbio, uc->wbio); /* the SSL owns both BIOs now */
+	SSL_set_connect_state(uc->ssl);
+	/* the certificate must name the endpoint: an IP in its SANs, or the host name */
+	if (inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1) {
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(uc->ssl), host);
+	} else {
+		SSL_set_tlsext_host_name(uc->ssl, host);
+		SSL_set1_host(uc->ssl, host);
+	}
+	uc->state = UP_HANDSHAKE;
+	SSL_do_handshake(uc->ssl);
+	return tls_drain(uc);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+	struct up_conn *uc = req->data;
+
+	if (uc->state != UP_CONNECTING)
+		return;
+	if (status < 0) {
+		up_failed(uc, uv_strerror(status));
+		return;
+	}
+	uv_tcp_nodelay(&uc->tcp, 1);
+	uv_read_start((uv_stream_t *)&uc->tcp, up_alloc, up_read);
+	if (uc->n->ssl_ctx != NULL) {
+		if (tls_start(uc) < 0 && uc->state == UP_HANDSHAKE)
+			up_failed(uc, tls_error());
+		return;
+	}
+	up_ready(uc);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -506,7 +649,7 @@ int up_submit(struct native *n, struct call *c)
 	snprintf(authority, sizeof(authority), "%s:%s", n->ep_host[uc->endpoint],
 		 n->ep_port[uc->endpoint]);
 	ADD_LIT(nv, &k, ":method", "POST");
-	ADD_LIT(nv, &k, ":scheme", "http");
+	ADD_LIT(nv, &k, ":scheme", n->ssl_ctx != NULL ? "https" : "http");
 	add_nv(nv, &k, ":path", 5, c->path, strlen(c->path));
 	ADD_LIT(nv, &k, ":authority", authority);
 	ADD_LIT(nv, &k, "content-type", "application/grpc");
