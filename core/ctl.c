@@ -147,6 +147,13 @@ static void print_show(const cJSON *reply)
 	printf("restarts:    %d (consecutive failures: %d)\n", (int)num(t, "restarts", 0),
 	       (int)num(t, "consecutive_failures", 0));
 	printf("last error:  %s\n", str(t, "last_error", "-"));
+	const cJSON *counters = cJSON_GetObjectItemCaseSensitive(t, "counters");
+	if (counters != NULL) {
+		char *text = cJSON_Print(counters);
+
+		printf("counters (the backend's, every 5 s):\n%s\n", text);
+		free(text);
+	}
 	if (cfg != NULL) {
 		char *text = cJSON_Print(cfg);
 

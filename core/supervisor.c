@@ -77,6 +77,7 @@ static void on_handle_closed(uv_handle_t *h)
 		free(t->last_error);
 		free(t->fatal_reason);
 		free(t->endpoint);
+		cJSON_Delete(t->counters);
 		free(t);
 	}
 }
@@ -228,8 +229,15 @@ static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 		t->fatal_config = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(payload, "config"));
 		ep_err("tenant %s: worker: %s", t->name, t->fatal_reason);
 		break;
-	case EP_MSG_STATUS:
+	case EP_MSG_STATUS: {
+		const cJSON *counters = cJSON_GetObjectItemCaseSensitive(payload, "counters");
+
+		if (cJSON_IsObject(counters)) {
+			cJSON_Delete(t->counters);
+			t->counters = cJSON_Duplicate(counters, 1);
+		}
 		break;
+	}
 	default:
 		ep_warn("tenant %s: worker sent unexpected message type %u", t->name, type);
 		break;
@@ -629,6 +637,8 @@ cJSON *tenant_to_json(const struct tenant *t, int detailed)
 		cJSON_AddNumberToObject(o, "consecutive_failures", t->backoff.failures);
 		if (t->successor != NULL)
 			shown = t->successor;
+		if (t->counters != NULL)
+			cJSON_AddItemToObject(o, "counters", cJSON_Duplicate(t->counters, 1));
 		if (shown->payload != NULL)
 			cJSON_AddItemToObject(o, shown == t ? "config" : "next_config",
 					      cJSON_Parse(shown->payload));

@@ -57,6 +57,7 @@ struct tenant {
 	uint64_t ready_ms;   /* first READY of this worker, 0 if not yet */
 	int healthy;
 	char *endpoint;
+	cJSON *counters; /* the backend's counters from the last STATUS, or NULL */
 
 	int stop_phase;       /* 0 running, 1 STOP sent, 2 SIGTERM, 3 SIGKILL */
 	int remove_on_exit;   /* removed by reload or shutdown: free after the exit */
