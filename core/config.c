@@ -400,6 +400,11 @@ void ep_global_config_free(struct ep_global_config *g)
 
 /* ---- tenants ---------------------------------------------------------------------- */
 
+int ep_backend_takes_socket(const char *backend)
+{
+	return backend != NULL && strcmp(backend, "native") == 0;
+}
+
 int ep_tenant_name_valid(const char *name)
 {
 	size_t len = strlen(name);

@@ -95,6 +95,13 @@ int ep_tenant_config_load(const char *path, const struct ep_global_config *globa
 			  struct ep_tenant_config **tenant_r, char **name_r, char **error_r);
 void ep_tenant_config_free(struct ep_tenant_config *tenant);
 
+/*
+ * 1 for backends that serve on a listening socket the supervisor binds and
+ * passes (EP_LISTEN_FD): "native".  The others bind their own ("etcd": the
+ * stock grpc-proxy takes only an address).
+ */
+int ep_backend_takes_socket(const char *backend);
+
 /* 1 when name is a valid tenant name (lower-case DNS-1123 subdomain, <= 59). */
 int ep_tenant_name_valid(const char *name);
 

@@ -30,7 +30,8 @@
  *                "plugin_dir":"...", "state_dir":"...", "runtime_dir":"...",
  *                "backend":"etcd", "backend_options":{...}, "log_level":"info"}
  *               the whole effective configuration; sent once after HELLO.
- *               Everything but generation and log_level is the tenant's
+ *               "listen_fd":4 when the supervisor passes the listening socket.
+ *               Everything but generation, log_level and listen_fd is the tenant's
  *               fingerprint: reload restarts a worker when it changes.
  *   STOP        {"graceful":true|false}  drain and exit 0
  *   STATUS_REQ  {}  (a point-in-time query; the supervisor relies on READY
@@ -47,6 +48,13 @@
 
 /* The worker's end of the IPC socketpair. */
 #define EP_IPC_FD 3
+/*
+ * The tenant's listening socket, bound by the supervisor for backends that
+ * take one (ep_backend_takes_socket()); CONFIGURE says "listen_fd": 4.  The
+ * supervisor keeps it across worker restarts, so clients queue in its
+ * backlog instead of being refused while a new worker starts.
+ */
+#define EP_LISTEN_FD 4
 
 /* How often a worker reports its backend's counters. */
 #define EP_REPORT_INTERVAL_MS 5000

@@ -99,6 +99,7 @@ static struct tenant *tenant_new(struct supervisor *sv, const struct ep_tenant_e
 		t->config_error = ep_strdup(e->error);
 		t->last_error = ep_strdup(e->error);
 	}
+	t->listen_fd = -1;
 	ep_frame_reader_init(&t->reader);
 	uv_timer_init(sv->loop, &t->timer);
 	t->timer.data = t;
@@ -108,11 +109,23 @@ static struct tenant *tenant_new(struct supervisor *sv, const struct ep_tenant_e
 	return t;
 }
 
+/* Close the listening socket this tenant's workers were given: clients are refused from now on. */
+static void tenant_close_socket(struct tenant *t)
+{
+	if (t->listen_fd < 0)
+		return;
+	close(t->listen_fd);
+	t->listen_fd = -1;
+	if (strncmp(t->listen, "unix:", 5) == 0)
+		unlink(t->listen + 5);
+}
+
 /* Unlink from the list and close its handles; freed when the last one is closed. */
 static void tenant_release(struct tenant *t)
 {
 	struct tenant **pp;
 
+	tenant_close_socket(t);
 	for (pp = &t->sv->tenants; *pp != NULL; pp = &(*pp)->next) {
 		if (*pp == t) {
 			*pp = t->next;
@@ -161,6 +174,8 @@ static void send_configure(struct tenant *t)
 
 	/* not part of the fingerprint: a new log level must not restart every tenant */
 	cJSON_AddNumberToObject(payload, "generation", (double)t->sv->generation);
+	if (t->listen_fd >= 0)
+		cJSON_AddNumberToObject(payload, "listen_fd", EP_LISTEN_FD);
 	cJSON_AddStringToObject(payload, "log_level", ep_log_level_name(t->sv->global->log_level));
 	if (ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_CONFIGURE, payload) < 0)
 		ep_warn("tenant %s: cannot send CONFIGURE", t->name);
@@ -334,6 +349,13 @@ static void tenant_after_stop(struct tenant *t)
 		*pp = succ;
 		t->next = NULL;
 		succ->restarts = t->restarts;
+		/* same address: hand the socket over, so that no client is refused in between */
+		if (t->listen_fd >= 0 && succ->listen != NULL && strcmp(t->listen, succ->listen) == 0 &&
+		    ep_backend_takes_socket(succ->backend)) {
+			succ->listen_fd = t->listen_fd;
+			t->listen_fd = -1;
+		}
+		tenant_close_socket(t);
 		uv_close((uv_handle_t *)&t->timer, on_handle_closed);
 		if (!sv->shutting_down)
 			tenant_activate(succ);
@@ -424,15 +446,40 @@ static void on_worker_exit(uv_process_t *p, int64_t exit_status, int term_signal
 	uv_timer_start(&t->timer, on_restart_timer, (uint64_t)delay, 0);
 }
 
+/* Something kept the worker from starting: record why and try again later. */
+static void spawn_failed(struct tenant *t, char *msg)
+{
+	int64_t delay;
+
+	ep_err("tenant %s: %s", t->name, msg);
+	free(t->last_error);
+	t->last_error = msg;
+	delay = ep_backoff_fail(&t->backoff);
+	if (delay < 0) {
+		tenant_set_state(t, TENANT_FAILED);
+	} else {
+		tenant_set_state(t, TENANT_BACKOFF);
+		uv_timer_start(&t->timer, on_restart_timer, (uint64_t)delay, 0);
+	}
+}
+
 static void tenant_spawn(struct tenant *t)
 {
 	struct supervisor *sv = t->sv;
 	uv_process_options_t opts;
-	uv_stdio_container_t stdio[4];
+	uv_stdio_container_t stdio[EP_LISTEN_FD + 1];
 	char *args[4];
 	char **env;
 	size_t n_env = 0, k = 0;
+	char *error;
 	int r;
+
+	/* bound once and kept across worker restarts: clients wait in the backlog meanwhile */
+	if (ep_backend_takes_socket(t->backend) && t->listen_fd < 0 &&
+	    ep_listen_bind(t->listen, &t->listen_fd, &error) < 0) {
+		spawn_failed(t, error);
+		return;
+	}
 
 	for (char **e = environ; *e != NULL; e++)
 		n_env++;
@@ -470,11 +517,16 @@ static void tenant_spawn(struct tenant *t)
 	stdio[2].data.fd = 2;
 	stdio[EP_IPC_FD].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
 	stdio[EP_IPC_FD].data.stream = (uv_stream_t *)&t->ipc;
+	stdio[EP_LISTEN_FD].flags = UV_IGNORE;
+	if (t->listen_fd >= 0) {
+		stdio[EP_LISTEN_FD].flags = UV_INHERIT_FD;
+		stdio[EP_LISTEN_FD].data.fd = t->listen_fd;
+	}
 	opts.file = sv->global->worker_path;
 	opts.args = args;
 	opts.env = env;
 	opts.stdio = stdio;
-	opts.stdio_count = 4;
+	opts.stdio_count = t->listen_fd >= 0 ? EP_LISTEN_FD + 1 : EP_IPC_FD + 1;
 	opts.exit_cb = on_worker_exit;
 	/* own session: a ^C on the supervisor's terminal must not hit the workers directly */
 	opts.flags = UV_PROCESS_DETACHED;
@@ -490,22 +542,11 @@ static void tenant_spawn(struct tenant *t)
 		free(env[i]);
 	free(env);
 	if (r < 0) {
-		char *msg = ep_strdup_printf("cannot start worker %s: %s", sv->global->worker_path,
-					     uv_strerror(r));
-
-		ep_err("tenant %s: %s", t->name, msg);
-		free(t->last_error);
-		t->last_error = msg;
 		ipc_close(t);
 		t->handles++; /* uv_spawn initialised the handle even though it failed */
 		uv_close((uv_handle_t *)&t->process, on_handle_closed);
-		int64_t delay = ep_backoff_fail(&t->backoff);
-		if (delay < 0) {
-			tenant_set_state(t, TENANT_FAILED);
-		} else {
-			tenant_set_state(t, TENANT_BACKOFF);
-			uv_timer_start(&t->timer, on_restart_timer, (uint64_t)delay, 0);
-		}
+		spawn_failed(t, ep_strdup_printf("cannot start worker %s: %s",
+						 sv->global->worker_path, uv_strerror(r)));
 		return;
 	}
 	t->handles++;

@@ -58,6 +58,7 @@ struct tenant {
 	int healthy;
 	char *endpoint;
 	cJSON *counters; /* the backend's counters from the last STATUS, or NULL */
+	int listen_fd;    /* bound here and passed to every worker (native), or -1 */
 
 	int stop_phase;       /* 0 running, 1 STOP sent, 2 SIGTERM, 3 SIGKILL */
 	int remove_on_exit;   /* removed by reload or shutdown: free after the exit */

@@ -7,6 +7,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
 #include "util.h"
 
 static void __attribute__((noreturn)) out_of_memory(size_t size)
@@ -255,4 +260,68 @@ uint64_t ep_now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int ep_listen_bind(const char *addr, int *fd_r, char **error_r)
+{
+	const char *shown = addr;
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	int fd, one = 1, err;
+
+	memset(&ss, 0, sizeof(ss));
+	if (strncmp(addr, "unix:", 5) == 0) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
+
+		sun->sun_family = AF_UNIX;
+		snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", addr + 5);
+		sslen = sizeof(*sun);
+		unlink(addr + 5); /* left by a killed daemon; the address was validated as ours */
+	} else {
+		const char *colon = strrchr(addr, ':');
+		char host[64];
+		size_t hlen = (size_t)(colon - addr);
+		int port = atoi(colon + 1);
+
+		if (addr[0] == '[') {
+			addr++;
+			hlen -= 2;
+		}
+		if (hlen >= sizeof(host))
+			hlen = sizeof(host) - 1;
+		memcpy(host, addr, hlen);
+		host[hlen] = '\0';
+		if (strcmp(host, "localhost") == 0)
+			snprintf(host, sizeof(host), "127.0.0.1");
+		if (strchr(host, ':') != NULL) {
+			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+
+			s6->sin6_family = AF_INET6;
+			s6->sin6_port = htons((uint16_t)port);
+			inet_pton(AF_INET6, host, &s6->sin6_addr);
+			sslen = sizeof(*s6);
+		} else {
+			struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+
+			s4->sin_family = AF_INET;
+			s4->sin_port = htons((uint16_t)port);
+			inet_pton(AF_INET, host, &s4->sin_addr);
+			sslen = sizeof(*s4);
+		}
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	if (ss.ss_family != AF_UNIX)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, sslen) < 0 || listen(fd, 511) < 0)
+		goto fail;
+	*fd_r = fd;
+	return 0;
+fail:
+	err = errno;
+	if (fd >= 0)
+		close(fd);
+	*error_r = ep_strdup_printf("cannot listen on %s: %s", shown, strerror(err));
+	return -err;
 }

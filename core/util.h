@@ -26,6 +26,13 @@ void ep_format_duration_ms(uint64_t ms, char *buf, size_t size);
 /* mkdir -p with the given mode for the directories it creates. Returns 0 or -errno. */
 int ep_mkdir_p(const char *path, unsigned mode);
 
+/*
+ * Create a listening socket for a validated listen address ("HOST:PORT",
+ * "[::1]:PORT", "unix:/path"; a stale Unix socket file is replaced).  The fd
+ * is close-on-exec.  Returns 0 and *fd_r, or -errno and *error_r (malloc'ed).
+ */
+int ep_listen_bind(const char *listen, int *fd_r, char **error_r);
+
 /* Monotonic milliseconds. */
 uint64_t ep_now_ms(void);
 

@@ -48,6 +48,7 @@ struct worker {
 	char *ca_file, *cert_file, *key_file;
 	char *options_json;
 	char *policy_json;
+	int listen_fd;
 
 	struct ep_tenant_info info;
 	struct ep_host host;
@@ -279,6 +280,11 @@ static int read_configure(const cJSON *p, char **error_r)
 	W.options_json = cJSON_PrintUnformatted(opts);
 	const cJSON *policy = cJSON_GetObjectItemCaseSensitive(tenant, "policy");
 	W.policy_json = cJSON_IsObject(policy) ? cJSON_PrintUnformatted(policy) : ep_strdup("{}");
+	const cJSON *lfd = cJSON_GetObjectItemCaseSensitive(p, "listen_fd");
+	W.listen_fd = -1;
+	if (cJSON_IsNumber(lfd) && lfd->valueint == EP_LISTEN_FD &&
+	    fcntl(EP_LISTEN_FD, F_SETFD, FD_CLOEXEC) == 0) /* not for the backend's own children */
+		W.listen_fd = EP_LISTEN_FD;
 	if (cJSON_IsString(level) && ep_log_level_parse(level->valuestring, &lv) == 0)
 		ep_log_set_level(lv);
 	ep_log_set_tenant(W.name);
@@ -327,6 +333,7 @@ static void apply_configure(const cJSON *p)
 	W.info.core.key_file = W.key_file;
 	W.info.options_json = W.options_json;
 	W.info.policy_json = W.policy_json;
+	W.info.listen_fd = W.listen_fd;
 	W.host.abi_version = EP_PLUGIN_ABI_VERSION;
 	W.host.loop = W.loop;
 	W.host.tenant = &W.info;

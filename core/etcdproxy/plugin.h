@@ -85,7 +85,14 @@ struct ep_tenant_info {
 	 * already validated by the supervisor: {"compaction": "ignore"|"allow"|"deny"}.
 	 */
 	const char *policy_json;
-	void *reserved[7];
+	/*
+	 * A listening socket the supervisor bound for this tenant and keeps
+	 * across worker restarts (libuv: uv_tcp_open() or uv_pipe_open(), then
+	 * uv_listen()), or -1: the backend binds listen itself.  Do not unlink a
+	 * Unix socket you did not bind.
+	 */
+	int listen_fd;
+	void *reserved[6];
 };
 
 struct ep_host;

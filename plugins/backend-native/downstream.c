@@ -1119,7 +1119,16 @@ int down_listen(struct native *n, const char **error_r)
 	static char why[300];
 	int r;
 
-	if (strncmp(listen, "unix:", 5) == 0) {
+	if (n->host->tenant->listen_fd >= 0) {
+		/* the supervisor's socket: it outlives this worker */
+		if (strncmp(listen, "unix:", 5) == 0) {
+			uv_pipe_init(n->loop, &n->listener.pipe, 0);
+			r = uv_pipe_open(&n->listener.pipe, n->host->tenant->listen_fd);
+		} else {
+			uv_tcp_init(n->loop, &n->listener.tcp);
+			r = uv_tcp_open(&n->listener.tcp, n->host->tenant->listen_fd);
+		}
+	} else if (strncmp(listen, "unix:", 5) == 0) {
 		const char *path = listen + 5;
 
 		uv_pipe_init(n->loop, &n->listener.pipe, 0);
@@ -1151,8 +1160,6 @@ int down_listen(struct native *n, const char **error_r)
 	}
 	n->listener.handle.data = n;
 	n->open_handles++;
-	if (r == 0)
-		r = uv_listen(&n->listener.stream, 511, on_connection);
 	if (r < 0) {
 		snprintf(why, sizeof(why), "cannot listen on %s: %s", listen, uv_strerror(r));
 		*error_r = why;
@@ -1163,12 +1170,33 @@ int down_listen(struct native *n, const char **error_r)
 	return 0;
 }
 
+/*
+ * Clients are accepted once a connection to the core etcd is up: until then
+ * they wait in the backlog (the supervisor's socket survives worker restarts)
+ * instead of getting UNAVAILABLE from a worker that just started.
+ */
+int down_accept_start(struct native *n)
+{
+	int r;
+
+	if (!n->listening || n->accepting)
+		return 0;
+	r = uv_listen(&n->listener.stream, 511, on_connection);
+	if (r < 0) {
+		n->host->fail(n->host, 0, uv_strerror(r));
+		return r;
+	}
+	n->accepting = 1;
+	return 0;
+}
+
 void down_close_all(struct native *n, int graceful)
 {
 	if (n->listening) {
 		n->listening = 0;
+		n->accepting = 0;
 		uv_close(&n->listener.handle, on_listener_closed);
-		if (strncmp(n->host->tenant->listen, "unix:", 5) == 0)
+		if (strncmp(n->host->tenant->listen, "unix:", 5) == 0 && n->host->tenant->listen_fd < 0)
 			unlink(n->host->tenant->listen + 5);
 	}
 	for (struct down_conn *dc = n->conns, *next; dc != NULL; dc = next) {

@@ -195,7 +195,8 @@ struct native {
 		uv_stream_t stream;
 		uv_handle_t handle;
 	} listener;
-	int listening;
+	int listening;  /* bound (or given the supervisor's socket) */
+	int accepting;  /* uv_listen() done: after the first upstream connection */
 	struct down_conn *conns;
 	struct up_conn *ups;
 
@@ -231,6 +232,7 @@ int native_lease_record(struct native *n, int64_t id, lease_cb *cb, void *ctx);
 
 /* downstream.c */
 int down_listen(struct native *n, const char **error_r);
+int down_accept_start(struct native *n);
 void down_close_all(struct native *n, int graceful);
 void down_flush(struct down_conn *dc);
 void call_resume_down(struct call *c);

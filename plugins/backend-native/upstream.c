@@ -28,6 +28,8 @@ static void report_health(struct native *n)
 	if (n->stopping || !n->listening)
 		return;
 	if (up_any_ready(n)) {
+		if (down_accept_start(n) < 0)
+			return;
 		n->ready_reported = 1;
 		n->host->ready(n->host, n->host->tenant->listen);
 	} else if (n->ready_reported) {
