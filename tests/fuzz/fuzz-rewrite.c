@@ -1,0 +1,433 @@
+/*
+ * libFuzzer target for the native backend's message rewriter (rewrite.h).
+ *
+ * Input: byte 0 selects what to do, the rest is the protobuf message.
+ *   bits 0-3  the rw_kind (0 .. RW_HEALTH_CHECK)
+ *   bit  4    0 = rw_request, 1 = rw_response
+ *   bits 5-6  the namespace: "/t/", "a\xff", "\x00", or a 130-byte prefix
+ *   bit  7    lease hooks installed (deterministic by ID) or NULL hooks
+ *
+ * Besides "no crash, no leak, no undefined behaviour" it checks:
+ *  - rw_method_lookup on the message bytes matches only a path of exactly
+ *    that length and content;
+ *  - a failure leaves the output buffer exactly as it was and names a status;
+ *  - kinds that only inspect a message copy it unchanged;
+ *  - responses never grow;
+ *  - every key and range_end in a rewritten request lies inside the prefix,
+ *    and every key of an accepted response did, checked by a separate reader
+ *    written for this purpose only;
+ *  - a rewritten request rewrites again (the output is well-formed);
+ *  - Put round trip: prefixing, stripping (as a KeyValue) and prefixing again
+ *    gives the same bytes as prefixing once.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rewrite.h"
+
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			__builtin_trap();                                                          \
+	} while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static struct rw_ns namespaces[4];
+static int ready;
+
+static void init_namespaces(void)
+{
+	uint8_t longp[130];
+
+	memset(longp, 'L', sizeof(longp));
+	longp[0] = '/';
+	longp[sizeof(longp) - 1] = '/';
+	CHECK(rw_ns_init(&namespaces[0], (const uint8_t *)"/t/", 3) == 0);
+	CHECK(rw_ns_init(&namespaces[1], (const uint8_t *)"a\xff", 2) == 0);
+	CHECK(rw_ns_init(&namespaces[2], (const uint8_t *)"\x00", 1) == 0);
+	CHECK(rw_ns_init(&namespaces[3], longp, sizeof(longp)) == 0);
+	/* the truncating prefix end, worked out by hand */
+	CHECK(namespaces[0].prefix_end_len == 3 && memcmp(namespaces[0].prefix_end, "/t0", 3) == 0);
+	CHECK(namespaces[1].prefix_end_len == 1 && namespaces[1].prefix_end[0] == 'b');
+	CHECK(namespaces[2].prefix_end_len == 1 && namespaces[2].prefix_end[0] == 1);
+	CHECK(namespaces[3].prefix_end_len == sizeof(longp) &&
+	      memcmp(namespaces[3].prefix_end, longp, sizeof(longp) - 1) == 0 &&
+	      namespaces[3].prefix_end[sizeof(longp) - 1] == '0');
+	ready = 1;
+}
+
+/* Deterministic hooks, so that a second pass makes the same decisions. */
+static int hook_check(void *ctx, int64_t id)
+{
+	(void)ctx;
+	return (id % 3 == 0) ? -ENOENT : 0;
+}
+
+static int hook_visible(void *ctx, int64_t id)
+{
+	(void)ctx;
+	return (int)(id & 1);
+}
+
+static void hook_granted(void *ctx, int64_t id)
+{
+	(*(int64_t *)ctx) ^= id;
+}
+
+/* ---- an independent reader for rewritten requests ---------------------------------- */
+
+struct rd {
+	const uint8_t *p, *end;
+};
+
+static int rd_varint(struct rd *r, uint64_t *v)
+{
+	uint64_t x = 0;
+
+	for (int shift = 0; shift < 70; shift += 7) {
+		if (r->p >= r->end)
+			return -1;
+		uint8_t b = *r->p++;
+		x |= (uint64_t)(b & 0x7f) << (shift < 64 ? shift : 0);
+		if (!(b & 0x80)) {
+			*v = x;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* Next field; for LEN fields val and len are set.  Returns field number or -1. */
+static long rd_field(struct rd *r, unsigned *wt, const uint8_t **val, size_t *len)
+{
+	uint64_t tag, v;
+
+	if (rd_varint(r, &tag))
+		return -1;
+	*wt = tag & 7;
+	switch (*wt) {
+	case 0:
+		if (rd_varint(r, &v))
+			return -1;
+		break;
+	case 1:
+		if (r->end - r->p < 8)
+			return -1;
+		r->p += 8;
+		break;
+	case 2:
+		if (rd_varint(r, &v) || v > (uint64_t)(r->end - r->p))
+			return -1;
+		*val = r->p;
+		*len = (size_t)v;
+		r->p += v;
+		break;
+	case 5:
+		if (r->end - r->p < 4)
+			return -1;
+		r->p += 4;
+		break;
+	default: return -1;
+	}
+	return (long)(tag >> 3);
+}
+
+static int inside(const struct rw_ns *ns, const uint8_t *k, size_t n)
+{
+	return n >= ns->prefix_len && memcmp(k, ns->prefix, ns->prefix_len) == 0;
+}
+
+static void check_key(const struct rw_ns *ns, const uint8_t *k, size_t n)
+{
+	CHECK(inside(ns, k, n));
+}
+
+/* range_end: empty (single key), the prefix end, or inside the prefix */
+static void check_range_end(const struct rw_ns *ns, const uint8_t *k, size_t n)
+{
+	CHECK(n == 0 || (n == ns->prefix_end_len && memcmp(k, ns->prefix_end, n) == 0) ||
+	      inside(ns, k, n));
+}
+
+enum shape {
+	/* requests */
+	SH_RANGE,
+	SH_PUT,
+	SH_TXN,
+	SH_COMPARE,
+	SH_OP,
+	SH_WATCH,
+	SH_CREATE,
+	/* responses */
+	SH_KV,
+	SH_RANGE_R,
+	SH_PUT_R,
+	SH_DELETE_R,
+	SH_TXN_R,
+	SH_OP_R,
+	SH_WATCH_R,
+	SH_EVENT,
+};
+
+static void check_shape(const struct rw_ns *ns, enum shape sh, const uint8_t *p, size_t n,
+                        int depth)
+{
+	struct rd r = {p, p + n};
+	int keys = 0;
+
+	CHECK(depth < 64);
+	while (r.p < r.end) {
+		unsigned wt;
+		const uint8_t *val = NULL;
+		size_t len = 0;
+		long f = rd_field(&r, &wt, &val, &len);
+
+		CHECK(f > 0);
+		if (wt != 2)
+			continue;
+		switch (sh) {
+		case SH_RANGE:
+		case SH_CREATE:
+			if (f == 1) {
+				check_key(ns, val, len);
+				keys++;
+			} else if (f == 2) {
+				check_range_end(ns, val, len);
+			}
+			break;
+		case SH_PUT:
+			if (f == 1) {
+				check_key(ns, val, len);
+				keys++;
+			}
+			break;
+		case SH_COMPARE:
+			if (f == 3) {
+				check_key(ns, val, len);
+				keys++;
+			} else if (f == 64) {
+				check_range_end(ns, val, len);
+			}
+			break;
+		case SH_TXN:
+			if (f == 1)
+				check_shape(ns, SH_COMPARE, val, len, depth + 1);
+			else if (f == 2 || f == 3)
+				check_shape(ns, SH_OP, val, len, depth + 1);
+			break;
+		case SH_OP:
+			if (f == 1 || f == 3)
+				check_shape(ns, SH_RANGE, val, len, depth + 1);
+			else if (f == 2)
+				check_shape(ns, SH_PUT, val, len, depth + 1);
+			else if (f == 4)
+				check_shape(ns, SH_TXN, val, len, depth + 1);
+			break;
+		case SH_WATCH:
+			if (f == 1)
+				check_shape(ns, SH_CREATE, val, len, depth + 1);
+			break;
+		case SH_KV:
+			if (f == 1) {
+				check_key(ns, val, len);
+				keys++;
+			}
+			break;
+		case SH_RANGE_R:
+		case SH_PUT_R:
+			if (f == 2)
+				check_shape(ns, SH_KV, val, len, depth + 1);
+			break;
+		case SH_DELETE_R:
+			if (f == 3)
+				check_shape(ns, SH_KV, val, len, depth + 1);
+			break;
+		case SH_TXN_R:
+			if (f == 3)
+				check_shape(ns, SH_OP_R, val, len, depth + 1);
+			break;
+		case SH_OP_R:
+			if (f >= 1 && f <= 4) {
+				static const enum shape sub[] = {SH_RANGE_R, SH_PUT_R, SH_DELETE_R,
+				                                 SH_TXN_R};
+				check_shape(ns, sub[f - 1], val, len, depth + 1);
+			}
+			break;
+		case SH_WATCH_R:
+			if (f == 11)
+				check_shape(ns, SH_EVENT, val, len, depth + 1);
+			break;
+		case SH_EVENT:
+			if (f == 2 || f == 3)
+				check_shape(ns, SH_KV, val, len, depth + 1);
+			break;
+		}
+	}
+	/* every message that needs a key has one (watch creates get "\0") */
+	if (sh == SH_RANGE || sh == SH_PUT || sh == SH_COMPARE || sh == SH_CREATE || sh == SH_KV)
+		CHECK(keys > 0);
+}
+
+/* ---- the target ------------------------------------------------------------------- */
+
+static int copies_unchanged(int response, enum rw_kind kind)
+{
+	switch (kind) {
+	case RW_RANGE:
+	case RW_PUT:
+	case RW_DELETE_RANGE:
+	case RW_TXN:
+	case RW_WATCH: return 0;
+	case RW_LEASE_TTL:
+	case RW_LEASE_LEASES: return !response;
+	default: return 1;
+	}
+}
+
+static const uint8_t sentinel[8] = {'s', 'e', 'n', 't', 'i', 'n', 'e', 'l'};
+
+static void buf_with_sentinel(struct rw_buf *b)
+{
+	b->data = malloc(sizeof(sentinel));
+	CHECK(b->data != NULL);
+	memcpy(b->data, sentinel, sizeof(sentinel));
+	b->len = b->cap = sizeof(sentinel);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	int64_t granted = 0;
+	struct rw_hooks hooks = {hook_check, hook_visible, hook_granted, &granted};
+	struct rw_buf out = {0}, again = {0};
+	struct rw_error err;
+	const struct rw_ns *ns;
+	const struct rw_hooks *h;
+	enum rw_kind kind;
+	const uint8_t *msg;
+	size_t len;
+	int response, rc;
+
+	if (!ready)
+		init_namespaces();
+	if (size < 1)
+		return 0;
+	kind = (enum rw_kind)(data[0] & 0x0f);
+	response = (data[0] >> 4) & 1;
+	ns = &namespaces[(data[0] >> 5) & 3];
+	h = (data[0] & 0x80) ? &hooks : NULL;
+	msg = data + 1;
+	len = size - 1;
+
+	/* the method table: exact (path, len) matches only */
+	{
+		const struct rw_method *m = rw_method_lookup((const char *)msg, len);
+
+		CHECK(m != NULL);
+		if (m->path != NULL)
+			CHECK(strlen(m->path) == len && memcmp(m->path, msg, len) == 0);
+		else
+			CHECK(m->policy == RW_UNIMPLEMENTED);
+	}
+
+	buf_with_sentinel(&out);
+	if (response)
+		rc = rw_response(kind, ns, h, msg, len, &out, &err);
+	else
+		rc = rw_request(kind, ns, h, msg, len, &out, &err);
+	CHECK(out.len >= sizeof(sentinel));
+	CHECK(memcmp(out.data, sentinel, sizeof(sentinel)) == 0);
+
+	if (rc != 0) {
+		CHECK(rc == -EINVAL || rc == -ENOENT || rc == -EPERM || rc == -EPROTO);
+		CHECK(out.len == sizeof(sentinel));
+		CHECK(err.message != NULL);
+		CHECK(err.grpc_status == 3 || err.grpc_status == 5 || err.grpc_status == 7 ||
+		      err.grpc_status == 13);
+		rw_buf_free(&out);
+		return 0;
+	}
+	CHECK(err.grpc_status == 0 && err.message == NULL);
+
+	const uint8_t *res = out.data + sizeof(sentinel);
+	size_t res_len = out.len - sizeof(sentinel);
+
+	if (copies_unchanged(response, kind))
+		CHECK(res_len == len && (len == 0 || memcmp(res, msg, len) == 0));
+	if (response) {
+		CHECK(res_len <= len);
+		/* accepted only if every key the core etcd sent lies inside the prefix */
+		switch (kind) {
+		case RW_RANGE: check_shape(ns, SH_RANGE_R, msg, len, 0); break;
+		case RW_PUT: check_shape(ns, SH_PUT_R, msg, len, 0); break;
+		case RW_DELETE_RANGE: check_shape(ns, SH_DELETE_R, msg, len, 0); break;
+		case RW_TXN: check_shape(ns, SH_TXN_R, msg, len, 0); break;
+		case RW_WATCH: check_shape(ns, SH_WATCH_R, msg, len, 0); break;
+		default: break;
+		}
+		rw_buf_free(&out);
+		return 0;
+	}
+
+	/* requests: everything lands inside the prefix */
+	switch (kind) {
+	case RW_RANGE:
+	case RW_DELETE_RANGE: check_shape(ns, SH_RANGE, res, res_len, 0); break;
+	case RW_PUT: check_shape(ns, SH_PUT, res, res_len, 0); break;
+	case RW_TXN: check_shape(ns, SH_TXN, res, res_len, 0); break;
+	case RW_WATCH: check_shape(ns, SH_WATCH, res, res_len, 0); break;
+	default: break;
+	}
+
+	/* the output is a valid request of the same kind */
+	rc = rw_request(kind, ns, h, res, res_len, &again, &err);
+	CHECK(rc == 0);
+	rw_buf_free(&again);
+
+	/* Put: P(S(P(x))) == P(x), S reading the PutRequest as a RangeResponse's KeyValue */
+	if (kind == RW_PUT && res_len < (1u << 20)) {
+		struct rw_buf wrapped = {0}, stripped = {0}, back = {0};
+		uint8_t hdr[11];
+		size_t hn = 0;
+		uint64_t v = res_len;
+
+		hdr[hn++] = 0x12;
+		while (v >= 0x80) {
+			hdr[hn++] = (uint8_t)(v | 0x80);
+			v >>= 7;
+		}
+		hdr[hn++] = (uint8_t)v;
+		wrapped.data = malloc(hn + res_len);
+		CHECK(wrapped.data != NULL);
+		memcpy(wrapped.data, hdr, hn);
+		memcpy(wrapped.data + hn, res, res_len);
+		wrapped.len = wrapped.cap = hn + res_len;
+
+		rc = rw_response(RW_RANGE, ns, h, wrapped.data, wrapped.len, &stripped, &err);
+		CHECK(rc == 0);
+		/* unwrap: 0x12, length, body */
+		{
+			const uint8_t *p = stripped.data + 1, *end = stripped.data + stripped.len;
+			uint64_t body = 0;
+			int shift = 0;
+
+			CHECK(stripped.len >= 2 && stripped.data[0] == 0x12);
+			while (*p & 0x80) {
+				body |= (uint64_t)(*p++ & 0x7f) << shift;
+				shift += 7;
+			}
+			body |= (uint64_t)(*p++) << shift;
+			CHECK(body == (uint64_t)(end - p));
+			rc = rw_request(RW_PUT, ns, h, p, (size_t)body, &back, &err);
+			CHECK(rc == 0);
+			CHECK(back.len == res_len && memcmp(back.data, res, res_len) == 0);
+		}
+		rw_buf_free(&wrapped);
+		rw_buf_free(&stripped);
+		rw_buf_free(&back);
+	}
+	rw_buf_free(&out);
+	return 0;
+}
