@@ -74,8 +74,9 @@ struct rw_ns {
 };
 
 /*
- * Prepare a namespace.  Refuses (-EINVAL) an empty prefix and one whose
- * truncating prefix end would be the end of the keyspace ("\xff\xff").
+ * Prepare a namespace (the prefix is copied).  Refuses (-EINVAL) an empty
+ * prefix and one whose truncating prefix end would be the end of the keyspace
+ * ("\xff\xff").  Free a namespace before preparing it again.
  */
 int rw_ns_init(struct rw_ns *ns, const uint8_t *prefix, size_t len);
 void rw_ns_free(struct rw_ns *ns);
@@ -110,6 +111,10 @@ struct rw_hooks {
  *             deeper than RW_MAX_DEPTH
  *   -ENOENT   a lease hook refused an ID ("etcdserver: requested lease not found", 5)
  *   -EPERM    a message the policy refuses by content (Alarm other than GET)
+ *   -ENOMEM   out of memory (RESOURCE_EXHAUSTED)
+ * On failure out->len is back to its value on entry; on success err is
+ * {0, NULL}.  err may be NULL.  An empty Watch key means "everything from
+ * the start of the namespace", as etcd reads an empty watch key as "\0".
  */
 int rw_request(enum rw_kind kind, const struct rw_ns *ns, const struct rw_hooks *hooks,
 	       const uint8_t *in, size_t len, struct rw_buf *out, struct rw_error *err);
