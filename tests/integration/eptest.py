@@ -220,7 +220,10 @@ def etcdctl(port, *args, timeout=15, input=None):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               input=input, env=env, stdin=None if input else subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
-        return subprocess.CompletedProcess(cmd, -1, e.stdout or '', 'timed out: %s' % e)
+        out = e.stdout or ''  # bytes, even with text=True
+        if isinstance(out, bytes):
+            out = out.decode(errors='replace')
+        return subprocess.CompletedProcess(cmd, -1, out, 'timed out: %s' % e)
 
 
 def etcd_kvs(port, *range_args):

@@ -1,0 +1,520 @@
+#!/usr/bin/python3
+"""The native backend through python3-etcd3 (and its generated gRPC stubs for what the
+library does not expose: count_only, watch progress requests, Alarm actions, the Lock
+and Election services, metadata): put/get/get_prefix/get_all/get_range/delete/
+delete_prefix/transaction/watch/watch_prefix/leases/members/status, each checked
+against what the core etcd holds."""
+
+import os
+import queue
+import sys
+import threading
+
+sys.dont_write_bytecode = True  # nothing written into the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eptest  # noqa: E402
+from eptest import wait_until  # noqa: E402
+
+OUTSIDE = {'/zz': 'zz', '/a-other/py/1': 'other', '/b/zz': 'bx', '/': 'root', '/a': 'a',
+           '/a0': 'a0', '/py/1': 'unprefixed'}
+
+
+class T:
+    pass
+
+
+def outside_intact(s, t, what):
+    have = t.core.kvs()
+    bad = {k: (v, have.get(k)) for k, v in OUTSIDE.items() if have.get(k) != v}
+    s.check(not bad, '%s: the core keys outside /a/ are untouched' % what, bad)
+
+
+def core_under_a(t, prefix=''):
+    """{key without /a/: value} of the core's /a/<prefix> keys."""
+    return {k[3:]: v for k, v in t.core.kvs('--prefix', '/a/' + prefix).items()}
+
+
+def core_keys(t):
+    """Every key in the core (values may be binary: python-etcd3's lock writes a UUID)."""
+    r = eptest.etcdctl(t.core.port, 'get', '', '--from-key', '--keys-only')
+    return [k for k in r.stdout.splitlines() if k]
+
+
+def rpc_error(fn, *args, **kw):
+    """(code, details) of the grpc.RpcError fn raises, or (None, result)."""
+    import grpc
+    try:
+        return None, fn(*args, **kw)
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+
+
+def raw_unary(t, port, path, msg=b'', metadata=None):
+    """A unary call with raw bytes both ways: (code, details or response bytes)."""
+    import grpc
+    ch = grpc.insecure_channel('127.0.0.1:%d' % port)
+    try:
+        call = ch.unary_unary(path, request_serializer=lambda b: b,
+                              response_deserializer=lambda b: b)
+        try:
+            return grpc.StatusCode.OK, call(msg, timeout=5, metadata=metadata)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+    finally:
+        ch.close()
+
+
+# ---- KV ----------------------------------------------------------------------------------------
+
+def test_kv(s, t):
+    a, b = t.a, t.b
+    for k, v in OUTSIDE.items():
+        t.core.put(k, v)
+    for i in range(1, 6):
+        a.put('py/%d' % i, 'v%d' % i)
+    b.put('py/1', 'b1')
+    s.eq(core_under_a(t, 'py/'), {'py/%d' % i: 'v%d' % i for i in range(1, 6)},
+         'etcd3 put through a: the core holds /a/py/1..5')
+    v, meta = a.get('py/1')
+    s.check(v == b'v1' and meta.key == b'py/1' and meta.version == 1 and meta.mod_revision > 0,
+            'get py/1: value, unprefixed key, version, mod_revision', (v, meta and meta.key))
+    s.eq(a.get('nope'), (None, None), 'get of a missing key: (None, None)')
+    s.eq(a.get('py/1', serializable=True)[0], b'v1', 'a serializable get')
+    s.eq({m.key.decode(): v.decode() for v, m in a.get_prefix('py/')}, core_under_a(t, 'py/'),
+         'get_prefix py/ = the core\'s /a/py/')
+    got = [m.key.decode() for _, m in a.get_prefix('py/', sort_order='descend',
+                                                     sort_target='value')]
+    s.eq(got, ['py/5', 'py/4', 'py/3', 'py/2', 'py/1'], 'get_prefix sorted by value, descending')
+    s.eq({m.key.decode(): v.decode() for v, m in a.get_all()}, core_under_a(t),
+         'get_all (from-key range) = every core key under /a/, nothing else')
+    s.eq([m.key for _, m in a.get_range('py/2', 'py/4')], [b'py/2', b'py/3'],
+         'get_range py/2 .. py/4')
+    s.eq([m.key for _, m in a.get_range('py/4', '\0')], [b'py/4', b'py/5'],
+         'get_range py/4 .. "\\0" (from-key) stays inside /a/')
+    # count_only and keys_only through the generated stubs
+    from etcd3 import etcdrpc
+    r = a.kvstub.Range(etcdrpc.RangeRequest(key=b'py/', range_end=b'py0', count_only=True),
+                       timeout=5)
+    s.check(r.count == 5 and not r.kvs, 'Range count_only over py/: count 5, no kvs', r)
+    r = a.kvstub.Range(etcdrpc.RangeRequest(key=b'\0', range_end=b'\0', count_only=True),
+                       timeout=5)
+    s.eq(r.count, len(core_under_a(t)), 'Range count_only over everything: a\'s key count')
+    r = a.kvstub.Range(etcdrpc.RangeRequest(key=b'py/', range_end=b'py0', keys_only=True,
+                                            limit=2), timeout=5)
+    s.check([kv.key for kv in r.kvs] == [b'py/1', b'py/2'] and r.more and
+            all(not kv.value for kv in r.kvs), 'Range keys_only limit 2: keys, more, no values',
+            r)
+    r = a.kvstub.Put(etcdrpc.PutRequest(key=b'py/1', value=b'v1b', prev_kv=True), timeout=5)
+    s.check(r.prev_kv.key == b'py/1' and r.prev_kv.value == b'v1', 'Put prev_kv: previous kv, '
+            'key unprefixed', r)
+    s.check(a.put_if_not_exists('py/new', 'n') and not a.put_if_not_exists('py/new', 'm') and
+            t.core.get('/a/py/new') == 'n', 'put_if_not_exists (a create-revision compare)')
+    s.check(a.replace('py/new', 'n', 'n2') and not a.replace('py/new', 'n', 'n3') and
+            t.core.get('/a/py/new') == 'n2', 'replace (a value compare)')
+    outside_intact(s, t, 'puts and gets')
+
+    s.check(a.delete('py/1') and t.core.get('/a/py/1') is None and
+            t.core.get('/b/py/1') == 'b1', 'delete py/1 through a: /a/py/1 only')
+    s.check(not a.delete('py/1'), 'delete of a missing key: False')
+    r = a.delete('py/2', prev_kv=True, return_response=True)
+    s.check(len(r.prev_kvs) == 1 and r.prev_kvs[0].key == b'py/2',
+            'delete with prev_kv: the deleted kv, unprefixed', r)
+    r = a.delete_prefix('py/')
+    s.check(r.deleted == 4 and core_under_a(t, 'py/') == {}, 'delete_prefix py/: a\'s 4 keys',
+            r)
+    s.eq(t.core.get('/a-other/py/1'), 'other', 'delete_prefix py/ leaves /a-other/py/1')
+    r = a.kvstub.DeleteRange(etcdrpc.DeleteRangeRequest(key=b'zzz', range_end=b'\0'),
+                             timeout=5)
+    s.eq(r.deleted, 0, 'DeleteRange zzz.. (from-key): nothing of a\'s')
+    outside_intact(s, t, 'deletes')
+
+
+def test_txn(s, t):
+    a, b = t.a, t.b
+    tx = a.transactions
+    a.put('tx/k', 'one')
+    b.put('tx/k', 'b-one')
+    b.put('tx/bonly', 'x')
+    _, meta = a.get('tx/k')
+    ok, resp = a.transaction(
+        compare=[tx.value('tx/k') == 'one', tx.version('tx/k') == 1,
+                 tx.create('tx/k') == meta.create_revision, tx.mod('tx/k') > 0,
+                 tx.version('tx/bonly') == 0],
+        success=[tx.put('tx/s', 'yes'), tx.get('tx/k'), tx.delete('tx/none')],
+        failure=[tx.put('tx/f', 'no')])
+    got = resp[1][0] if ok and len(resp) > 1 and resp[1] else None
+    s.check(ok and got is not None and got[0] == b'one' and got[1].key == b'tx/k',
+            'transaction with value/version/create/mod compares: success; its get is '
+            'unprefixed', resp)
+    s.check(t.core.get('/a/tx/s') == 'yes' and t.core.get('/a/tx/f') is None,
+            'the success branch wrote /a/tx/s')
+    ok, resp = a.transaction(compare=[tx.value('tx/k') == 'b-one'],
+                             success=[tx.put('tx/s2', 'x')],
+                             failure=[tx.put('tx/f', 'no'), tx.get('tx/', 'tx0')])
+    keys = [m.key for _, m in resp[1]] if not ok and len(resp) > 1 else None
+    s.check(not ok and keys == [b'tx/f', b'tx/k', b'tx/s'], 'a compare with b\'s value fails; '
+            'the range get in the failure branch lists a\'s tx/ keys, unprefixed', resp)
+    s.check(t.core.get('/a/tx/f') == 'no' and t.core.get('/a/tx/s2') is None and
+            t.core.get('/b/tx/f') is None, 'the failure branch wrote /a/tx/f only')
+    # a nested Txn through the stub
+    from etcd3 import etcdrpc
+    inner = etcdrpc.TxnRequest(success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
+        key=b'tx/nested', value=b'n'))])
+    r = a.kvstub.Txn(etcdrpc.TxnRequest(
+        compare=[etcdrpc.Compare(key=b'tx/k', result=etcdrpc.Compare.EQUAL,
+                                 target=etcdrpc.Compare.VALUE, value=b'one')],
+        success=[etcdrpc.RequestOp(request_txn=inner),
+                 etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=b'tx/k'))]),
+        timeout=5)
+    s.check(r.succeeded and t.core.get('/a/tx/nested') == 'n' and
+            r.responses[1].response_range.kvs[0].key == b'tx/k',
+            'a nested Txn (etcdctl cannot send one): the inner put lands at /a/tx/nested', r)
+    s.eq(t.core.get('/b/tx/k'), 'b-one', 'b\'s tx/k is untouched')
+    outside_intact(s, t, 'transactions')
+
+
+# ---- watch ----------------------------------------------------------------------------------
+
+def test_watch(s, t):
+    a, b = t.a, t.b
+    w = eptest.Watch(a, 'wp/', range_end='wp0')
+    it, cancel = a.watch('wk')
+    events = []
+    th = threading.Thread(target=lambda: events.extend(
+        [ev for _, ev in zip(range(2), it)]), daemon=True)
+    th.start()
+    prev = eptest.Watch(a, 'wprev', prev_kv=True)
+    try:
+        n = [0]
+
+        def established():  # a put after the watch exists shows up
+            n[0] += 1
+            a.put('wp/probe%d' % n[0], 'p')
+            return wait_until(lambda: 'wp/probe%d' % n[0] in w.keys(), 0.5)
+        s.require_check(wait_until(established, 10, 0), 'watch through a is established')
+        start = len(w.events)
+        a.put('wp/1', 'one')
+        t.core.put('/a/wp/2', 'core')
+        b.put('wp/3', 'b')
+        t.core.put('/wp/4', 'unprefixed')
+        t.core.put('/a-other/wp/5', 'other')
+        a.delete('wp/1')
+        a.put('wp/end', 'end')
+        s.check(w.wait_key('wp/end'), 'add_watch_callback wp/..wp0 sees the last put')
+        s.eq(w.events[start:], [('PUT', 'wp/1', 'one'), ('PUT', 'wp/2', 'core'),
+                                ('DELETE', 'wp/1', ''), ('PUT', 'wp/end', 'end')],
+             'the watch sees exactly a\'s events (also /a/wp/2 written in the core), '
+             'unprefixed')
+        a.put('wk', 'x1')
+        a.put('wk', 'x2')
+        th.join(10)
+        s.eq([(type(e).__name__, e.key, e.value) for e in events],
+             [('PutEvent', b'wk', b'x1'), ('PutEvent', b'wk', b'x2')],
+             'watch(key) iterator: two puts, key unprefixed')
+        a.put('wprev', 'old')
+        a.put('wprev', 'new')
+        s.check(wait_until(lambda: len(prev.events) >= 2, 5), 'watch wprev prev_kv=True fires')
+    finally:
+        w.cancel()
+        cancel()
+        prev.cancel()
+    # watch_prefix with history: start_revision replays
+    rev = a.get('wp/end')[1].mod_revision
+    hist = eptest.Watch(a, 'wp/', range_end='wp0', start_revision=rev - 10)
+    try:
+        s.check(hist.wait_key('wp/end'), 'a watch with start_revision replays the history')
+        s.check(all(k.startswith('wp/') for k in hist.keys()) and 'wp/3' not in hist.keys(),
+                'the replayed events are a\'s only, unprefixed', hist.events)
+    finally:
+        hist.cancel()
+    # watch_prefix_once: put until the watch (created in the thread) has seen one
+    res = []
+    th = threading.Thread(target=lambda: res.append(a.watch_prefix_once('wo/', timeout=10)),
+                          daemon=True)
+    th.start()
+    s.check(wait_until(lambda: (a.put('wo/x', 'y'), res)[1], 5, 0.1) and
+            res[0].key == b'wo/x', 'watch_prefix_once wo/ returns the event, unprefixed', res)
+    th.join(5)
+
+
+def test_watch_progress(s, t):
+    """A progress request (WatchRequest.progress_request, field 3; not in python-etcd3's
+    generated WatchRequest) is passed to the core: the answer carries the core's revision."""
+    import grpc
+    from etcd3 import etcdrpc
+    ch = grpc.insecure_channel('127.0.0.1:%d' % t.pa)
+    reqs = queue.Queue()
+
+    def gen():
+        while True:
+            x = reqs.get()
+            if x is None:
+                return
+            yield x
+    call = ch.stream_stream('/etcdserverpb.Watch/Watch', request_serializer=lambda b: b,
+                            response_deserializer=etcdrpc.WatchResponse.FromString)
+    it = call(gen(), timeout=20)
+    got = queue.Queue()
+
+    def reader():
+        try:
+            for r in it:
+                got.put(r)
+        except grpc.RpcError as e:
+            got.put(e)
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    try:
+        reqs.put(etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=b'prog/', range_end=b'prog0')).SerializeToString())
+        r = got.get(timeout=5)
+        s.check(getattr(r, 'created', False), 'a raw watch stream is created', r)
+        t.a.put('prog/1', 'x')
+        r = got.get(timeout=5)
+        s.check(r.events and r.events[0].kv.key == b'prog/1', 'it delivers prog/1', r)
+        t.core.put('/zz-progress', 'moves the revision')
+        core_rev = t.core_client.get('/zz-progress')[1].mod_revision
+        reqs.put(b'\x1a\x00')  # WatchRequest{progress_request{}}
+        r = got.get(timeout=5)
+        s.check(not isinstance(r, Exception) and not r.events and not r.canceled and
+                r.header.revision >= core_rev and r.watch_id in (-1, 0),
+                'a progress request through a: an empty response with the core\'s revision '
+                '(%d)' % core_rev, r)
+        t.a.put('prog/2', 'y')
+        r = got.get(timeout=5)
+        s.check(not isinstance(r, Exception) and r.events and r.events[0].kv.key == b'prog/2',
+                'the stream still delivers events after the progress request', r)
+        reqs.put(etcdrpc.WatchRequest(cancel_request=etcdrpc.WatchCancelRequest(
+            watch_id=0)).SerializeToString())
+        r = got.get(timeout=5)
+        s.check(not isinstance(r, Exception) and r.canceled, 'a cancel request: canceled', r)
+    finally:
+        reqs.put(None)
+        ch.close()
+
+
+# ---- leases ---------------------------------------------------------------------------------
+
+def test_lease(s, t):
+    import grpc
+    a, b = t.a, t.b
+    la = a.lease(60)
+    rec = '/__etcdproxy/leases/a/%016x' % la.id
+    s.check(t.core.get(rec) is not None, 'lease(60) through a: the core holds the ownership '
+            'record %s' % rec)
+    a.put('lk', 'v', lease=la)
+    s.eq(t.core.get('/a/lk'), 'v', 'put with the lease: /a/lk in the core')
+    info = a.get_lease_info(la.id)
+    s.check(info.TTL > 0 and info.grantedTTL == 60 and list(info.keys) == [b'lk'],
+            'get_lease_info through a: TTL, granted TTL, keys [lk] (unprefixed, without the '
+            'record)', info)
+    s.eq(la.keys, [b'lk'], 'Lease.keys')
+    r = la.refresh()
+    s.check(r and r[0].TTL == 60, 'Lease.refresh (keep-alive) through a', r)
+    from etcd3 import etcdrpc
+    ids = [x.ID for x in a.leasestub.LeaseLeases(etcdrpc.LeaseLeasesRequest(), timeout=5).leases]
+    lb = b.lease(60)
+    b.put('bk', 'bv', lease=lb)
+    lc = t.core_client.lease(60)
+    ids = [x.ID for x in a.leasestub.LeaseLeases(etcdrpc.LeaseLeasesRequest(), timeout=5).leases]
+    s.check(la.id in ids and lb.id not in ids and lc.id not in ids,
+            'LeaseLeases through a: a\'s lease only', ids)
+    ids = [x.ID for x in t.core_client.leasestub.LeaseLeases(etcdrpc.LeaseLeasesRequest(),
+                                                             timeout=5).leases]
+    s.check(all(x in ids for x in (la.id, lb.id, lc.id)), 'the core lists all three', ids)
+    for lease, whose in ((lb, 'b\'s'), (lc, 'the core\'s')):
+        for what, fn, args in (('revoke_lease', a.revoke_lease, (lease.id,)),
+                               ('get_lease_info', a.get_lease_info, (lease.id,)),
+                               ('put with lease', a.put, ('stolen', 'x', lease.id))):
+            code, det = rpc_error(fn, *args)
+            s.check(code == grpc.StatusCode.NOT_FOUND and
+                    det == 'etcdserver: requested lease not found',
+                    '%s of %s lease through a: NOT_FOUND "etcdserver: requested lease not '
+                    'found"' % (what, whose), (code, det))
+        code, det = rpc_error(lambda: list(a.refresh_lease(lease.id)))
+        s.check(code == grpc.StatusCode.NOT_FOUND, 'refresh_lease (keep-alive stream) of %s '
+                'lease through a: NOT_FOUND' % whose, (code, det))
+        tx = a.transactions
+        code, det = rpc_error(a.transaction, compare=[], success=[
+            tx.put('stolen2', 'x', lease=lease.id)], failure=[])
+        s.check(code == grpc.StatusCode.NOT_FOUND, 'a transaction put with %s lease through a: '
+                'NOT_FOUND' % whose, (code, det))
+    s.check(t.core.get('/a/stolen') is None and t.core.get('/a/stolen2') is None,
+            'nothing was written with a foreign lease')
+    s.check(b.get_lease_info(lb.id).TTL > 0 and t.core.get('/b/bk') == 'bv',
+            'b\'s lease and key survive')
+    code, _ = rpc_error(b.revoke_lease, la.id)
+    s.eq(code, grpc.StatusCode.NOT_FOUND, 'b cannot revoke a\'s lease')
+    la.revoke()
+    s.check(t.core.get('/a/lk') is None and t.core.get(rec) is None,
+            'Lease.revoke through a: /a/lk and the record are gone')
+    lb.revoke()
+    lc.revoke()
+
+
+# ---- cluster, maintenance, refusals ---------------------------------------------------------
+
+def test_cluster(s, t):
+    import grpc
+    a = t.a
+    members = list(a.members)
+    s.check(len(members) == 1 and members[0].name == 'etcdproxy-a' and
+            list(members[0].client_urls) == ['http://127.0.0.1:%d' % t.pa],
+            'members through a: only etcdproxy-a with a\'s own URL',
+            [(m.id, m.name, m.client_urls) for m in members])
+    st = a.status()
+    core_st = t.core_client.status()
+    s.check(st.version == core_st.version and st.db_size > 0 and
+            st.raft_term == core_st.raft_term, 'status through a: the core\'s version, db size '
+            'and raft term', (st.version, st.db_size, st.raft_term))
+    s.eq(list(a.list_alarms()), [], 'list_alarms (Alarm GET) through a: none')
+    from etcd3 import etcdrpc
+    for action, name in ((etcdrpc.AlarmRequest.ACTIVATE, 'ACTIVATE'),
+                         (etcdrpc.AlarmRequest.DEACTIVATE, 'DEACTIVATE')):
+        code, det = rpc_error(a.maintenancestub.Alarm, etcdrpc.AlarmRequest(
+            action=action, memberID=0, alarm=etcdrpc.NOSPACE), timeout=5)
+        s.check(code == grpc.StatusCode.PERMISSION_DENIED and 'only Alarm GET' in (det or ''),
+                'Alarm %s NOSPACE through a: PERMISSION_DENIED' % name, (code, det))
+    s.eq(list(t.core_client.list_alarms()), [], 'the core has no alarm')
+    code, det = rpc_error(a.compact, 2)
+    s.eq(code, None, 'compact through a (policy ignore): no error')
+    for what, fn, args, path in (
+            ('defragment', a.defragment, (), 'Maintenance/Defragment'),
+            ('hash', a.hash, (), 'Maintenance/Hash'),
+            ('add_member', a.add_member, (['http://127.0.0.1:1'],), 'Cluster/MemberAdd'),
+            ('remove_member', a.remove_member, (1,), 'Cluster/MemberRemove'),
+            ('update_member', a.update_member, (1, ['http://127.0.0.1:1']),
+             'Cluster/MemberUpdate'),
+            ('snapshot', a.snapshot, (open(os.devnull, 'wb'),), 'Maintenance/Snapshot')):
+        code, det = rpc_error(fn, *args)
+        s.check(code == grpc.StatusCode.PERMISSION_DENIED and
+                (det or '').startswith('etcdproxy: refused /etcdserverpb.%s: ' % path),
+                '%s through a: PERMISSION_DENIED "etcdproxy: refused /etcdserverpb.%s: ..."' % (
+                    what, path), (code, det))
+    for path in ('/etcdserverpb.Maintenance/HashKV', '/etcdserverpb.Maintenance/MoveLeader',
+                 '/etcdserverpb.Maintenance/Downgrade', '/etcdserverpb.Cluster/MemberPromote',
+                 '/etcdserverpb.Auth/Authenticate', '/etcdserverpb.Auth/UserAdd',
+                 '/etcdserverpb.Auth/AuthEnable', '/etcdserverpb.Auth/RoleGrantPermission',
+                 '/v3lockpb.Lock/Lock', '/v3lockpb.Lock/Unlock',
+                 '/v3electionpb.Election/Campaign', '/v3electionpb.Election/Leader'):
+        code, det = raw_unary(t, t.pa, path, b'\x0a\x01x')
+        s.check(code == grpc.StatusCode.PERMISSION_DENIED and
+                (det or '').startswith('etcdproxy: refused %s: ' % path),
+                '%s through a: PERMISSION_DENIED with the refusal message' % path, (code, det))
+    code, det = raw_unary(t, t.pa, '/etcdserverpb.KV/RangeStream', b'\x0a\x01x')
+    s.eq(code, grpc.StatusCode.UNIMPLEMENTED, 'RangeStream through a: UNIMPLEMENTED')
+    code, det = raw_unary(t, t.pa, '/etcdserverpb.KV/Nope', b'')
+    s.check(code == grpc.StatusCode.UNIMPLEMENTED and
+            det == 'unknown method Nope for service etcdserverpb.KV',
+            'an unknown method: UNIMPLEMENTED "unknown method Nope for service etcdserverpb.KV"',
+            (code, det))
+    code, resp = raw_unary(t, t.pa, '/grpc.health.v1.Health/Check', b'')
+    s.check(code == grpc.StatusCode.OK and resp == b'\x08\x01',
+            'grpc.health.v1.Health/Check through a: SERVING', (code, resp))
+    s.eq(t.core_client.members and len(list(t.core_client.members)), 1,
+         'the core still has one member')
+
+    # python-etcd3's lock is a client-side recipe over Txn and leases: it stays inside /a/
+    lock = a.lock('pylock', ttl=30)
+    s.check(lock.acquire(timeout=5), 'etcd3 lock through a: acquired')
+    held = [k for k in core_keys(t) if 'pylock' in k]
+    s.check(held and all(k.startswith('/a/') for k in held),
+            'the lock\'s key is under /a/ in the core', held)
+    lock.release()
+
+
+def test_metadata(s, t):
+    """token/authorization metadata from the tenant is not forwarded; the core (auth off)
+    would refuse a bogus one with "invalid auth token"."""
+    import grpc
+    from etcd3 import etcdrpc
+    req = etcdrpc.PutRequest(key=b'tok', value=b'v').SerializeToString()
+    code, det = raw_unary(t, t.core.port, '/etcdserverpb.KV/Put',
+                          etcdrpc.PutRequest(key=b'/a/tok', value=b'v').SerializeToString(),
+                          metadata=[('token', 'bogus')])
+    s.check(code == grpc.StatusCode.UNAUTHENTICATED, 'the core refuses a bogus token', det)
+    for md in ([('token', 'bogus')], [('authorization', 'bogus')],
+               [('authorization', 'Bearer bogus')]):
+        code, det = raw_unary(t, t.pa, '/etcdserverpb.KV/Put', req, metadata=md)
+        s.eq(code, grpc.StatusCode.OK, 'a Put through a with %s=%s: OK (stripped)' % md[0])
+    s.eq(t.core.get('/a/tok'), 'v', 'and it landed at /a/tok')
+
+
+def test_errors(s, t):
+    import grpc
+    from etcd3 import etcdrpc
+    a = t.a
+    code, det = rpc_error(a.kvstub.Put, etcdrpc.PutRequest(key=b'', value=b'x'), timeout=5)
+    s.check(code == grpc.StatusCode.INVALID_ARGUMENT and det == 'etcdserver: key is not provided',
+            'Put with an empty key: INVALID_ARGUMENT "etcdserver: key is not provided"',
+            (code, det))
+    code, det = rpc_error(a.kvstub.Range, etcdrpc.RangeRequest(key=b'x', revision=1 << 40),
+                          timeout=5)
+    s.check(code == grpc.StatusCode.OUT_OF_RANGE and
+            det == 'etcdserver: mvcc: required revision is a future revision',
+            'Range at a future revision: etcd\'s OUT_OF_RANGE and message verbatim', (code, det))
+    code, det = rpc_error(a.kvstub.Txn, etcdrpc.TxnRequest(success=[
+        etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=b'd', value=b'1')),
+        etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=b'd', value=b'2'))]), timeout=5)
+    s.check(code == grpc.StatusCode.INVALID_ARGUMENT and
+            det == 'etcdserver: duplicate key given in txn request',
+            'Txn with a duplicate key: etcd\'s message verbatim', (code, det))
+    code, det = rpc_error(a.kvstub.Txn, etcdrpc.TxnRequest(success=[
+        etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=b'k%d' % i, value=b'1'))
+        for i in range(129)]), timeout=5)
+    s.check(code == grpc.StatusCode.INVALID_ARGUMENT and
+            det == 'etcdserver: too many operations in txn request',
+            'Txn with 129 ops: etcd\'s message verbatim', (code, det))
+    code, det = rpc_error(a.kvstub.Put, etcdrpc.PutRequest(key=b'big', value=b'x' * (1600 << 10)),
+                          timeout=10)
+    s.check(code == grpc.StatusCode.INVALID_ARGUMENT and det == 'etcdserver: request is too large',
+            'a 1.6 MB Put (below the proxy\'s limit): etcd\'s "request is too large"', (code, det))
+
+
+def test_unix_grpc(s, t):
+    """The unix: listen with python's grpc (it sends :authority "localhost")."""
+    import grpc
+    from etcd3 import etcdrpc
+    ch = grpc.insecure_channel('unix:' + t.sock)
+    try:
+        kv = etcdrpc.KVStub(ch)
+        kv.Put(etcdrpc.PutRequest(key=b'uk', value=b'uv'), timeout=5)
+        r = kv.Range(etcdrpc.RangeRequest(key=b'uk'), timeout=5)
+        s.check(t.core.get('/u/uk') == 'uv' and r.kvs[0].key == b'uk',
+                'python grpc over the unix: socket: put lands at /u/uk, get is unprefixed', r)
+    except grpc.RpcError as e:
+        s.check(False, 'python grpc over the unix: socket', (e.code(), e.details()))
+    finally:
+        ch.close()
+
+
+def body(s):
+    import etcd3
+    t = T()
+    t.core = eptest.CoreEtcd(s).start()
+    t.sv = eptest.Supervisor(s, t.core)
+    t.pa = t.sv.add_tenant('a', backend='native')
+    t.pb = t.sv.add_tenant('b', backend='native')
+    t.sock = os.path.join(s.tmp, 'u.sock')
+    t.sv.add_tenant('u', listen='unix:%s' % t.sock, backend='native')
+    t.sv.start()
+    t.sv.wait_ready('a', 'b', 'u')
+    t.a = eptest.etcd3_client(t.pa)
+    t.b = eptest.etcd3_client(t.pb)
+    t.core_client = eptest.etcd3_client(t.core.port)
+    try:
+        for fn in (test_kv, test_txn, test_watch, test_watch_progress, test_lease, test_cluster,
+                   test_metadata, test_errors, test_unix_grpc):
+            s.run(fn, s, t)
+    except etcd3.exceptions.Etcd3Exception as e:
+        s.check(False, 'etcd3 call failed: %r' % e)
+    finally:
+        for c in (t.a, t.b, t.core_client):
+            c.close()
+    s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+if __name__ == '__main__':
+    s = eptest.Suite('native_python')
+    s.require(eptest.ETCD, eptest.ETCDCTL, eptest.ETCDPROXYD, eptest.ETCDPROXYCTL, eptest.WORKER)
+    s.main(body)

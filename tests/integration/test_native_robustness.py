@@ -1,0 +1,814 @@
+#!/usr/bin/python3
+"""The native backend against abusive clients, over raw sockets with hand-made HTTP/2
+frames (a minimal client and HPACK decoder below; no h2 module needed): HTTP/1.1 and
+random garbage, the preface followed by broken frames, gRPC messages that are too
+large, truncated, compressed or not protobuf, unknown methods, odd headers and
+metadata (token, oversized, forbidden characters), lease calls reset while the proxy
+looks up the lease's owner.  After each, the same worker (same pid) still serves other
+clients.  Also: a watch whose client stops reading while ~20 MB of events are produced
+keeps the worker's memory bounded and does not hold up other clients, and every event
+still arrives once the client reads again."""
+
+import os
+import random
+import socket
+import struct
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True  # nothing written into the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eptest  # noqa: E402
+
+# ---- HPACK (RFC 7541) ------------------------------------------------------------------------
+
+STATIC = [None] + [tuple(x.split(' ', 1)) if ' ' in x else (x, '') for x in (
+    ':authority', ':method GET', ':method POST', ':path /', ':path /index.html', ':scheme http',
+    ':scheme https', ':status 200', ':status 204', ':status 206', ':status 304', ':status 400',
+    ':status 404', ':status 500', 'accept-charset', 'accept-encoding gzip, deflate',
+    'accept-language', 'accept-ranges', 'accept', 'access-control-allow-origin', 'age', 'allow',
+    'authorization', 'cache-control', 'content-disposition', 'content-encoding',
+    'content-language', 'content-length', 'content-location', 'content-range', 'content-type',
+    'cookie', 'date', 'etag', 'expect', 'expires', 'from', 'host', 'if-match',
+    'if-modified-since', 'if-none-match', 'if-range', 'if-unmodified-since', 'last-modified',
+    'link', 'location', 'max-forwards', 'proxy-authenticate', 'proxy-authorization', 'range',
+    'referer', 'refresh', 'retry-after', 'server', 'set-cookie', 'strict-transport-security',
+    'transfer-encoding', 'user-agent', 'vary', 'via', 'www-authenticate')]
+
+# The code lengths of the 257 symbols (chr(48 + length)); the code is canonical (RFC 7541
+# Appendix B): codes are consecutive in (length, symbol) order.
+HUFFMAN_LENGTHS = (
+    '=GLLLLLLLHNLLNLLLLLLLLNLLLLLLLLL6::<=68;::8;8666555666666678?6<:=677777777777777777777'
+    '77878=C=>6?56565666577666567655677777?;>=LDFDDFFFGFGGGGGHGHHFGHGGGGEFGFGGHFEDFFGGEGFF'
+    'HEFGGEEFEGFGGDFFFGFFGJJDCFGFIJJJKKJHICEJKKJKHEEJJLKKKDHDEFEEGFFIIHHJGJKJJKKKKKLKKKKKJN')
+
+
+def _huffman_table():
+    lens = [ord(c) - 48 for c in HUFFMAN_LENGTHS]
+    table, code, prev = {}, 0, 0
+    for sym in sorted(range(257), key=lambda i: (lens[i], i)):
+        code <<= lens[sym] - prev
+        prev = lens[sym]
+        table[(prev, code)] = sym
+        code += 1
+    return table
+
+
+HUFFMAN = _huffman_table()
+
+
+def huffman_decode(data):
+    out, code, n = bytearray(), 0, 0
+    for byte in data:
+        for i in range(7, -1, -1):
+            code = code << 1 | (byte >> i) & 1
+            n += 1
+            sym = HUFFMAN.get((n, code))
+            if sym is not None:
+                if sym == 256:
+                    raise ValueError('EOS in a Huffman string')
+                out.append(sym)
+                code, n = 0, 0
+    if n > 7 or code != (1 << n) - 1:
+        raise ValueError('bad Huffman padding')
+    return bytes(out)
+
+
+def hpack_int(value, prefix_bits, first=0):
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append(value & 127 | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def hpack_literal(name, value):
+    """Literal header field without indexing, new name, no Huffman: easy to write by hand."""
+    name = name.encode() if isinstance(name, str) else name
+    value = value.encode() if isinstance(value, str) else value
+    return b'\x00' + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
+
+
+class HpackDecoder:
+    def __init__(self):
+        self.dynamic = []  # newest first
+        self.max_size = 4096
+
+    def _size(self):
+        return sum(32 + len(n) + len(v) for n, v in self.dynamic)
+
+    def _evict(self):
+        while self.dynamic and self._size() > self.max_size:
+            self.dynamic.pop()
+
+    def _entry(self, index):
+        if index <= 0:
+            raise ValueError('index 0')
+        if index < len(STATIC):
+            return STATIC[index]
+        return self.dynamic[index - len(STATIC)]
+
+    @staticmethod
+    def _int(data, pos, prefix_bits):
+        limit = (1 << prefix_bits) - 1
+        value = data[pos] & limit
+        pos += 1
+        if value < limit:
+            return value, pos
+        shift = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            value += (b & 127) << shift
+            shift += 7
+            if not b & 128:
+                return value, pos
+
+    def _str(self, data, pos):
+        huff = data[pos] & 128
+        n, pos = self._int(data, pos, 7)
+        raw = bytes(data[pos:pos + n])
+        pos += n
+        return (huffman_decode(raw) if huff else raw).decode('latin-1'), pos
+
+    def decode(self, data):
+        headers, pos = [], 0
+        while pos < len(data):
+            b = data[pos]
+            if b & 0x80:
+                idx, pos = self._int(data, pos, 7)
+                headers.append(self._entry(idx))
+            elif b & 0xc0 == 0x40 or b & 0xf0 in (0x00, 0x10):
+                bits = 6 if b & 0xc0 == 0x40 else 4
+                idx, pos = self._int(data, pos, bits)
+                name = self._entry(idx)[0] if idx else None
+                if name is None:
+                    name, pos = self._str(data, pos)
+                value, pos = self._str(data, pos)
+                headers.append((name, value))
+                if bits == 6:
+                    self.dynamic.insert(0, (name, value))
+                    self._evict()
+            elif b & 0xe0 == 0x20:
+                self.max_size, pos = self._int(data, pos, 5)
+                self._evict()
+            else:
+                raise ValueError('bad HPACK byte %#x' % b)
+        return headers
+
+
+# ---- a minimal HTTP/2 client -------------------------------------------------------------------
+
+PREFACE = b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = \
+    0, 1, 3, 4, 6, 7, 8, 9
+END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 1, 4, 8, 0x20
+
+
+def frame(ftype, flags, stream, payload=b''):
+    return struct.pack('>I', len(payload))[1:] + bytes([ftype, flags]) + \
+        struct.pack('>I', stream) + payload
+
+
+def grpc_msg(payload, flag=0):
+    return bytes([flag]) + struct.pack('>I', len(payload)) + payload
+
+
+def grpc_messages(data):
+    """Split gRPC length-prefixed messages: [(flag, payload)], leftover bytes."""
+    out, pos = [], 0
+    while len(data) - pos >= 5:
+        n = struct.unpack('>I', data[pos + 1:pos + 5])[0]
+        if len(data) - pos - 5 < n:
+            break
+        out.append((data[pos], bytes(data[pos + 5:pos + 5 + n])))
+        pos += 5 + n
+    return out, bytes(data[pos:])
+
+
+class Stream:
+    def __init__(self):
+        self.blocks = []       # decoded header blocks, in order
+        self.data = bytearray()
+        self.ended = False
+        self.rst = None
+
+    def header(self, name):
+        for block in self.blocks:
+            for n, v in block:
+                if n == name:
+                    return v
+        return None
+
+    @property
+    def grpc_status(self):
+        v = self.header('grpc-status')
+        return int(v) if v is not None else None
+
+    @property
+    def done(self):
+        return self.ended or self.rst is not None
+
+
+class H2:
+    """A raw h2c client connection: frames by hand, enough HTTP/2 to talk gRPC."""
+
+    def __init__(self, port, window=None, rcvbuf=None, preface=True, timeout=10):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(('127.0.0.1', port))
+        self.buf = bytearray()
+        self.hpack = HpackDecoder()
+        self.streams = {}
+        self.next_id = 1
+        self.goaway = None
+        self.eof = False
+        self.pings = []
+        self.settings_acked = False
+        self.auto_window = window is not None
+        self.unacked = {}  # stream (0: the connection) -> DATA bytes not yet acknowledged
+        self.pending_block = None
+        if preface:
+            settings = b''
+            if window:
+                settings = struct.pack('>HI', 4, window)  # SETTINGS_INITIAL_WINDOW_SIZE
+            self.send(PREFACE + frame(SETTINGS, 0, 0, settings))
+            if window:
+                self.send(frame(WINDOW_UPDATE, 0, 0, struct.pack('>I', window)))
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def stream(self, sid):
+        return self.streams.setdefault(sid, Stream())
+
+    def request(self, path, body=b'', end=True, extra=(), content_type='application/grpc',
+                authority=None):
+        sid = self.next_id
+        self.next_id += 2
+        block = b''.join(hpack_literal(n, v) for n, v in (
+            (':method', 'POST'), (':scheme', 'http'), (':path', path),
+            (':authority', authority or '127.0.0.1'), ('content-type', content_type),
+            ('te', 'trailers')) + tuple(extra))
+        self.stream(sid)
+        # HEADERS, then CONTINUATION frames for a block above the 16 KiB frame size
+        chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+        out = b''
+        for i, chunk in enumerate(chunks):
+            flags = END_HEADERS if i == len(chunks) - 1 else 0
+            if i == 0:
+                out += frame(HEADERS, flags | (END_STREAM if end and body is None else 0), sid,
+                             chunk)
+            else:
+                out += frame(CONTINUATION, flags, sid, chunk)
+        if body is not None:
+            out += frame(DATA, END_STREAM if end else 0, sid, body)
+        self.send(out)
+        return sid
+
+    def data(self, sid, payload, end=False):
+        return self.send(frame(DATA, END_STREAM if end else 0, sid, payload))
+
+    def _on_frame(self, ftype, flags, sid, payload):
+        if ftype == SETTINGS:
+            if flags & 1:
+                self.settings_acked = True
+            else:
+                self.send(frame(SETTINGS, 1, 0))
+        elif ftype == PING:
+            if flags & 1:
+                self.pings.append(bytes(payload))
+            else:
+                self.send(frame(PING, 1, 0, payload))
+        elif ftype == GOAWAY:
+            last, code = struct.unpack('>II', payload[:8])
+            self.goaway = (last & 0x7fffffff, code, bytes(payload[8:]))
+        elif ftype == RST_STREAM:
+            self.stream(sid).rst = struct.unpack('>I', payload[:4])[0]
+        elif ftype in (HEADERS, CONTINUATION):
+            if ftype == HEADERS:
+                pos, end = 0, len(payload)
+                if flags & PADDED:
+                    end -= payload[0]
+                    pos = 1
+                if flags & PRIORITY_FLAG:
+                    pos += 5
+                self.pending_block = (sid, flags, bytearray(payload[pos:end]))
+            else:
+                self.pending_block[2].extend(payload)
+                flags |= self.pending_block[1] & END_STREAM
+            if flags & END_HEADERS:
+                sid, hflags, block = self.pending_block
+                self.pending_block = None
+                st = self.stream(sid)
+                st.blocks.append(self.hpack.decode(bytes(block)))
+                if hflags & END_STREAM:
+                    st.ended = True
+        elif ftype == DATA:
+            st = self.stream(sid)
+            body = payload
+            if flags & PADDED:
+                body = payload[1:len(payload) - payload[0]]
+            st.data.extend(body)
+            if flags & END_STREAM:
+                st.ended = True
+            if payload:
+                for x in (0, sid):
+                    self.unacked[x] = self.unacked.get(x, 0) + len(payload)
+                if self.auto_window:
+                    self.ack()
+
+    def ack(self):
+        """WINDOW_UPDATE for every DATA byte received so far."""
+        out = b''.join(frame(WINDOW_UPDATE, 0, x, struct.pack('>I', n))
+                       for x, n in self.unacked.items() if n > 0)
+        self.unacked = {}
+        if out:
+            self.send(out)
+
+    def pump(self, timeout=0.2, max_bytes=1 << 20):
+        """Read what arrives within timeout (at most max_bytes) and handle whole frames."""
+        if self.eof:
+            return False
+        self.sock.settimeout(timeout)
+        got = 0
+        try:
+            while got < max_bytes:
+                chunk = self.sock.recv(min(65536, max_bytes - got))
+                if not chunk:
+                    self.eof = True
+                    break
+                got += len(chunk)
+                self.buf.extend(chunk)
+                self.sock.settimeout(0.001)
+        except (socket.timeout, BlockingIOError):
+            pass
+        except OSError:
+            self.eof = True
+        pos = 0
+        while len(self.buf) - pos >= 9:
+            n = int.from_bytes(self.buf[pos:pos + 3], 'big')
+            if len(self.buf) - pos < 9 + n:
+                break
+            ftype, flags = self.buf[pos + 3], self.buf[pos + 4]
+            sid = int.from_bytes(self.buf[pos + 5:pos + 9], 'big') & 0x7fffffff
+            self._on_frame(ftype, flags, sid, self.buf[pos + 9:pos + 9 + n])
+            pos += 9 + n
+        del self.buf[:pos]
+        return got > 0
+
+    def wait(self, pred, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            if pred():
+                return True
+            if self.eof or time.monotonic() >= deadline:
+                return bool(pred())
+            self.pump(0.05)
+
+    def wait_stream(self, sid, timeout=10):
+        self.wait(lambda: self.stream(sid).done, timeout)
+        return self.stream(sid)
+
+    def wait_closed(self, timeout=10):
+        """True when the server closes the connection within timeout."""
+        return self.wait(lambda: self.eof, timeout)
+
+
+# ---- the tests ----------------------------------------------------------------------------------
+
+class T:
+    pass
+
+
+RANGE = '/etcdserverpb.KV/Range'
+
+
+def range_req(key):
+    """RangeRequest{key} by hand: field 1, LEN."""
+    return b'\x0a' + bytes([len(key)]) + key
+
+
+def still_serves(s, t, what):
+    """Another client is served, by the same worker (no crash, no restart)."""
+    ok = eptest.serves(t.pa, key='probe', value='after %s' % what)
+    st = t.sv.status()['a']
+    s.check(ok and st['pid'] == t.pid and st['restarts'] == 0 and st['state'] == 'ready',
+            '%s: the same worker (pid %d) still serves another client' % (what, t.pid),
+            (ok, st))
+
+
+def test_sanity(s, t):
+    eptest.etcd_put(t.pa, 'k', 'v')
+    c = H2(t.pa)
+    try:
+        sid = c.request(RANGE, grpc_msg(range_req(b'k')))
+        st = c.wait_stream(sid)
+        msgs, _ = grpc_messages(st.data)
+        s.check(st.grpc_status == 0 and st.header(':status') == '200' and len(msgs) == 1 and
+                b'\x0a\x01k' in msgs[0][1] and b'/a/k' not in msgs[0][1],
+                'a hand-made Range through the raw client: status 0, the key unprefixed',
+                (st.blocks, st.data[:80], st.rst))
+        c.send(frame(PING, 0, 0, b'12345678'))
+        s.check(c.wait(lambda: b'12345678' in c.pings, 5), 'a PING is answered (PING ACK)')
+        sid = c.request(RANGE, grpc_msg(range_req(b'k')), authority='/tmp/some/unix.sock')
+        st = c.wait_stream(sid)
+        s.check(st.grpc_status == 0, 'a request whose :authority is a socket path (what '
+                'grpc-go clients of a unix: listen send) is served',
+                (st.blocks, st.rst, 'RST_STREAM %s' % st.rst))
+    finally:
+        c.close()
+
+
+def test_http1_garbage(s, t):
+    c = H2(t.pa, preface=False)
+    c.send(b'GET /v3/kv/range HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+    s.check(c.wait_closed(5), 'HTTP/1.1 instead of the preface: the connection is closed')
+    c.close()
+    still_serves(s, t, 'HTTP/1.1 request')
+    rnd = random.Random(4242)
+    c = H2(t.pa, preface=False)
+    c.send(bytes(rnd.randrange(256) for _ in range(4096)))
+    s.check(c.wait_closed(5), '4 KiB of random bytes: the connection is closed')
+    c.close()
+    c = H2(t.pa, preface=False)
+    c.send(b'POST /etcdserverpb.KV/Put HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n'
+           b'HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n'
+           b'Content-Length: 0\r\n\r\n')
+    s.check(c.wait_closed(5), 'an HTTP/1.1 Upgrade: h2c request: the connection is closed')
+    c.close()
+    # a connection that sends half a preface and stops does not hold anything up
+    idle = H2(t.pa, preface=False)
+    idle.send(PREFACE[:10])
+    still_serves(s, t, 'garbage and a half preface')
+    idle.close()
+
+
+def goaway_or_closed(c):
+    return c.goaway is not None or c.eof
+
+
+def test_bad_frames(s, t):
+    cases = [
+        ('DATA on stream 0', frame(DATA, 0, 0, b'xxxx')),
+        ('a frame longer than SETTINGS_MAX_FRAME_SIZE',
+         struct.pack('>I', 1 << 20)[1:] + bytes([DATA, 0]) + struct.pack('>I', 1) + b'x' * 64),
+        ('HEADERS with garbage HPACK', frame(HEADERS, END_HEADERS | END_STREAM, 1,
+                                             b'\xff\xff\xff\xff\xff\xff\x7f')),
+        ('SETTINGS with a bad length', frame(SETTINGS, 0, 0, b'\x00\x04\x00')),
+        ('WINDOW_UPDATE with increment 0 on the connection', frame(WINDOW_UPDATE, 0, 0,
+                                                                   b'\x00\x00\x00\x00')),
+        ('a CONTINUATION without HEADERS', frame(CONTINUATION, END_HEADERS, 1, b'\x82')),
+        ('an even (server) stream ID', frame(HEADERS, END_HEADERS, 2,
+                                             hpack_literal(':path', RANGE))),
+    ]
+    for what, data in cases:
+        c = H2(t.pa)
+        c.send(data)
+        ok = c.wait(lambda: goaway_or_closed(c), 5)
+        s.check(ok and (c.goaway is None or c.goaway[1] != 0),
+                'preface then %s: GOAWAY with an error, or closed' % what, c.goaway)
+        c.close()
+    rnd = random.Random(77)
+    for i in range(3):
+        c = H2(t.pa)
+        junk = b''.join(frame(rnd.randrange(12), rnd.randrange(256), rnd.randrange(8),
+                              bytes(rnd.randrange(256) for _ in range(rnd.randrange(40))))
+                        for _ in range(20))
+        c.send(junk)
+        c.wait(lambda: goaway_or_closed(c), 2)
+        c.close()
+    still_serves(s, t, 'broken frames')
+
+
+def test_grpc_abuse(s, t):
+    c = H2(t.pa)
+    try:
+        # a length prefix far above max_message (2 MiB): refused as soon as it is seen
+        sid = c.request(RANGE, b'\x00' + struct.pack('>I', 0x7fffffff) + b'\x0a\x01k', end=False)
+        st = c.wait_stream(sid)
+        s.check(st.grpc_status == 8 or st.rst is not None,
+                'a gRPC length prefix of 2 GiB: RESOURCE_EXHAUSTED (8) or a stream reset',
+                (st.blocks, st.rst))
+        s.check(st.grpc_status == 8 and 'limit' in (st.header('grpc-message') or ''),
+                'it is grpc-status 8 with a message naming the limit', st.blocks)
+        sid = c.request(RANGE, b'\x00' + struct.pack('>I', (2 << 20) + 1), end=False)
+        st = c.wait_stream(sid)
+        s.eq(st.grpc_status, 8, 'a length prefix of 2 MiB + 1: RESOURCE_EXHAUSTED')
+        # a large message that really is sent, in many DATA frames (flow control permitting)
+        big = grpc_msg(b'\x0a\x01k' + b'\x22' + b'\x80\x80\xc0\x01' + b'x' * (3 << 20))
+        sid = c.request(RANGE, None, end=False)
+        pos = 0
+        while pos < len(big) and not c.stream(sid).done:
+            c.data(sid, big[pos:pos + 16384])
+            pos += 16384
+            if pos % (16384 * 16) == 0:
+                c.pump(0)
+        st = c.wait_stream(sid)
+        s.eq(st.grpc_status, 8, 'a 3 MiB message sent for real: RESOURCE_EXHAUSTED')
+
+        sid = c.request(RANGE, b'\x00' + struct.pack('>I', 10) + b'\x0a\x01', end=True)
+        st = c.wait_stream(sid)
+        s.check(st.grpc_status not in (None, 0) or st.rst is not None,
+                'a truncated message, then END_STREAM: an error status', (st.blocks, st.rst))
+        s.eq(st.grpc_status, 13, 'it is INTERNAL ("the request ended inside a message")')
+
+        for what, body in (('garbage protobuf', b'\xff\xff\xff\xff'),
+                           ('a key field with the varint wire type', b'\x08\x05'),
+                           ('a length running past the end', b'\x0a\x7fabc'),
+                           ('a group wire type', b'\x0b\x0c')):
+            sid = c.request(RANGE, grpc_msg(body))
+            st = c.wait_stream(sid)
+            s.check(st.grpc_status in (3, 13), '%s in a Range request: INVALID_ARGUMENT or '
+                    'INTERNAL (got %s)' % (what, st.grpc_status), (st.blocks, st.rst))
+        sid = c.request(RANGE, grpc_msg(range_req(b'k'), flag=1))
+        st = c.wait_stream(sid)
+        s.eq(st.grpc_status, 12, 'a compressed message (flag 1): UNIMPLEMENTED')
+
+        for path, want in (('/etcdserverpb.KV/NoSuchMethod',
+                            'unknown method NoSuchMethod for service etcdserverpb.KV'),
+                           ('/no.such.Service/Call', None),
+                           ('/etcdserverpb.KV/RangeStream', None),
+                           ('/etcdserverpb.KV/Range/extra', None),
+                           ('/', None)):
+            sid = c.request(path, grpc_msg(range_req(b'k')))
+            st = c.wait_stream(sid)
+            s.check(st.grpc_status == 12 and (want is None or st.header('grpc-message') == want),
+                    'unknown method %s: grpc-status 12%s' % (path, ', "%s"' % want if want
+                                                             else ''), st.blocks)
+        sid = c.request('garbage-path', grpc_msg(range_req(b'k')))
+        st = c.wait_stream(sid)
+        s.check(st.grpc_status == 12 or st.rst is not None, 'a :path without a leading slash: '
+                'grpc-status 12 or a stream reset', (st.blocks, st.rst))
+        sid = c.request(RANGE, grpc_msg(range_req(b'k')), content_type='text/plain')
+        st = c.wait_stream(sid)
+        s.check((st.grpc_status not in (None, 0)) or st.rst is not None or
+                st.header(':status') not in (None, '200'),
+                'content-type text/plain: refused (not forwarded)', (st.blocks, st.rst))
+
+        # many streams at once, half of them reset by the client
+        sids = [c.request(RANGE, grpc_msg(range_req(b'k')), end=(i % 2 == 0)) for i in range(200)]
+        for i, sid in enumerate(sids):
+            if i % 2:
+                c.send(frame(RST_STREAM, 0, sid, struct.pack('>I', 8)))
+        c.wait(lambda: all(c.stream(x).done for x in sids[::2]), 10)
+        s.check(all(c.stream(x).grpc_status == 0 for x in sids[::2]),
+                '200 streams on one connection, every other one reset by the client: the '
+                'rest answer OK', [c.stream(x).grpc_status for x in sids[::2]][:20])
+    finally:
+        c.close()
+    # a watch cancelled by a reset, and a connection dropped in the middle of calls
+    c = H2(t.pa)
+    sid = c.request('/etcdserverpb.Watch/Watch', grpc_msg(b'\x0a\x03\x0a\x01k'), end=False)
+    c.wait(lambda: len(c.stream(sid).data) > 0, 5)
+    s.check(len(c.stream(sid).data) > 0, 'a raw watch is created')
+    c.send(frame(RST_STREAM, 0, sid, struct.pack('>I', 8)))
+    for _ in range(20):
+        c.request('/etcdserverpb.Watch/Watch', grpc_msg(b'\x0a\x03\x0a\x01k'), end=False)
+    c.request(RANGE, b'\x00\x00\x00\x00\x10\x0a', end=False)
+    c.pump(0.1)
+    c.close()
+    still_serves(s, t, 'malformed gRPC and dropped streams')
+
+
+def test_token_header(s, t):
+    """The tenant's token/authorization metadata is not forwarded: the core (auth off)
+    would answer "invalid auth token" if it saw one."""
+    c = H2(t.core.port)
+    try:
+        sid = c.request(RANGE, grpc_msg(range_req(b'k')), extra=(('token', 'garbage'),))
+        st = c.wait_stream(sid)
+        s.check(st.grpc_status == 16 and 'invalid auth token' in (st.header('grpc-message') or ''),
+                'the core itself refuses a bogus token (UNAUTHENTICATED)', st.blocks)
+    finally:
+        c.close()
+    c = H2(t.pa)
+    try:
+        for name, value in (('token', 'garbage'), ('authorization', 'Bearer garbage'),
+                            ('authorization', 'garbage')):
+            sid = c.request(RANGE, grpc_msg(range_req(b'k')), extra=((name, value),))
+            st = c.wait_stream(sid)
+            s.eq(st.grpc_status, 0, 'a request through a with "%s: %s": served (not forwarded)'
+                 % (name, value))
+    finally:
+        c.close()
+
+
+def test_big_metadata(s, t):
+    """Request metadata above 64 KiB (the proxy's SETTINGS_MAX_HEADER_LIST_SIZE): the core
+    etcd itself serves it; the proxy may serve or refuse it, but must not blame the core with a
+    retryable UNAVAILABLE ("the core etcd refused the call ... retry"): a retry fails the same
+    way forever."""
+    extra = tuple(('x-meta-%02d' % j, 'v' * 2000) for j in range(34))  # ~68 KB
+    for port, who in ((t.core.port, 'the core etcd'), (t.pa, 'a')):
+        c = H2(port)
+        try:
+            sid = c.request(RANGE, grpc_msg(range_req(b'k')), extra=extra)
+            st = c.wait_stream(sid)
+        finally:
+            c.close()
+        if port == t.core.port:
+            s.eq(st.grpc_status, 0, 'a Range with 68 KB of metadata straight to the core: served')
+        else:
+            s.check(st.grpc_status == 0 or (st.rst is not None or st.grpc_status not in (None, 14)),
+                    'the same through a: served, or refused without a retryable UNAVAILABLE '
+                    'that blames the core (got %s %r)' % (st.grpc_status,
+                                                         st.header('grpc-message')),
+                    (st.blocks, st.rst))
+    still_serves(s, t, 'large metadata')
+
+
+def test_bad_metadata(s, t):
+    """Metadata values HTTP/2 forbids (CR, LF, NUL): the core etcd resets such a stream
+    (PROTOCOL_ERROR).  Through a the call must fail as well, but as what it is (a reset, or a
+    non-retryable status), not as an UNAVAILABLE "connection to the core etcd was lost"; and
+    the other streams of the connection (a watch) are not disturbed."""
+    for value in ('a\r\nb', 'a\x00b'):
+        for port, who in ((t.core.port, 'the core etcd'), (t.pa, 'a')):
+            c = H2(port)
+            try:
+                w = c.request('/etcdserverpb.Watch/Watch', grpc_msg(b'\x0a\x03\x0a\x01k'),
+                              end=False)
+                c.wait(lambda: len(c.stream(w).data) > 0, 5)
+                sid = c.request(RANGE, grpc_msg(range_req(b'k')), extra=(('x-bad', value),))
+                st = c.wait_stream(sid)
+                c.pump(0.2)
+                if port == t.core.port:
+                    s.check(st.rst is not None, 'a header value %r straight to the core: the '
+                            'stream is reset' % value, (st.blocks, st.rst))
+                    continue
+                s.check(st.rst is not None or st.grpc_status not in (None, 0, 14),
+                        'the same through a: refused, not UNAVAILABLE (got %s %r)' % (
+                            st.grpc_status, st.header('grpc-message')), (st.blocks, st.rst))
+                s.check(len(c.stream(w).data) > 0 and not c.stream(w).done and
+                        c.goaway is None, 'the watch on that connection is not disturbed')
+            finally:
+                c.close()
+    still_serves(s, t, 'bad metadata')
+
+
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7f | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def test_lease_races(s, t):
+    """Calls that wait for a lease ownership lookup (or for the record of a new lease) while
+    their client resets them or drops the connection."""
+    rnd = random.Random(99)
+    calls = []
+
+    def lease_calls(c, n, reset_every=2):
+        sids = []
+        for i in range(n):
+            lid = rnd.randrange(1, 1 << 62)
+            path, body = rnd.choice((
+                ('/etcdserverpb.Lease/LeaseTimeToLive', b'\x08' + varint(lid)),
+                ('/etcdserverpb.Lease/LeaseRevoke', b'\x08' + varint(lid)),
+                ('/etcdserverpb.KV/Put', b'\x0a\x02lk\x12\x01v\x18' + varint(lid)),
+                ('/etcdserverpb.Lease/LeaseGrant', b'\x08\x05')))
+            sid = c.request(path, grpc_msg(body))
+            if i % reset_every == 1:
+                c.send(frame(RST_STREAM, 0, sid, struct.pack('>I', 8)))
+            else:
+                sids.append((sid, path))
+        return sids
+    c = H2(t.pa)
+    try:
+        calls = lease_calls(c, 120)
+        c.wait(lambda: all(c.stream(x).done for x, _ in calls), 10)
+        want = {p: (0 if p.endswith('LeaseGrant') else 5) for _, p in calls}
+        bad = [(p, c.stream(x).grpc_status, c.stream(x).header('grpc-message'))
+               for x, p in calls if c.stream(x).grpc_status != want[p]]
+        s.check(not bad, '120 lease calls with unknown IDs (and grants), every other one reset '
+                'by the client while it waits: the rest answer NOT_FOUND (grants OK)', bad[:5])
+    finally:
+        c.close()
+    for _ in range(5):  # connections dropped while lookups are in flight
+        c = H2(t.pa)
+        lease_calls(c, 40, reset_every=1000)
+        c.close()
+    still_serves(s, t, 'lease lookups reset and dropped')
+    r = eptest.etcdctl(t.pa, 'lease', 'list')
+    s.check(r.returncode == 0 and r.stdout.startswith('found'), 'lease list through a still '
+            'works', r.stdout + r.stderr)
+
+
+def worker_rss_kb(pid):
+    for line in eptest.read_text('/proc/%d/status' % pid).splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1])
+    return None
+
+
+def watch_events(data):
+    """Event keys of the WatchResponses in a stream's data, decoded with python-etcd3's
+    generated classes."""
+    from etcd3.etcdrpc import WatchResponse
+    msgs, _ = grpc_messages(data)
+    keys = []
+    for flag, m in msgs:
+        keys.extend(ev.kv.key for ev in WatchResponse.FromString(m).events)
+    return keys
+
+
+def test_slow_watcher(s, t):
+    """Two watches whose clients stop reading: one with a huge HTTP/2 window (the socket
+    fills up), one with the default 64 KiB window (HTTP/2 flow control stops the proxy).
+    ~20 MB of events go through the core meanwhile."""
+    import etcd3
+    rss0 = worker_rss_kb(t.pid)
+    create = b'\x0a\x0c\x0a\x04big/\x12\x04big0'  # WatchRequest{create{key big/, end big0}}
+    fast = H2(t.pa, window=(1 << 31) - 1 - 65535, rcvbuf=65536)
+    slow = H2(t.pa)
+    sf = fast.request('/etcdserverpb.Watch/Watch', grpc_msg(create), end=False)
+    ss = slow.request('/etcdserverpb.Watch/Watch', grpc_msg(create), end=False)
+    s.require_check(fast.wait(lambda: len(fast.stream(sf).data) > 0, 5) and
+                    slow.wait(lambda: len(slow.stream(ss).data) > 0, 5),
+                    'two raw watches on big/ are created')
+    fast.auto_window = False  # from here on, neither client reads nor acknowledges
+    core = etcd3.client(host='127.0.0.1', port=t.core.port, timeout=10)
+    n_txn, per_txn, size = 20, 10, 100 * 1024
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], worker_rss_kb(t.pid) or 0)
+            time.sleep(0.02)
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    served = True
+    try:
+        value = b'v' * size
+        for i in range(n_txn):
+            core.transaction(compare=[], success=[
+                core.transactions.put('/a/big/%03d-%02d' % (i, j), value)
+                for j in range(per_txn)], failure=[])
+            if i == n_txn // 2:
+                served = eptest.serves(t.pa, key='probe', value='during the backlog')
+        time.sleep(0.5)  # let the proxy take what it will take
+        served = served and eptest.serves(t.pa, key='probe', value='after the backlog')
+    finally:
+        stop.set()
+        th.join()
+        core.close()
+    total = n_txn * per_txn
+    s.check(served, 'other clients are served while two watchers do not read %d MB of events'
+            % (total * size >> 20))
+    s.check(peak[0] < 64 * 1024, 'the worker\'s VmRSS stays below 64 MB (%d kB before, peak '
+            '%d kB)' % (rss0, peak[0]), (rss0, peak[0]))
+    # now read: every event arrives, in order, unprefixed
+    want = [('big/%03d-%02d' % (i, j)).encode() for i in range(n_txn) for j in range(per_txn)]
+    for c, sid, what in ((fast, sf, 'huge window'), (slow, ss, '64 KiB window')):
+        c.auto_window = True
+        c.ack()  # give back the window the blocked stream already used
+        c.wait(lambda: len(watch_events(c.stream(sid).data)) >= total, 30)
+        got = watch_events(c.stream(sid).data)
+        s.check(got == want, 'the watcher with a %s gets all %d events once it reads, in '
+                'order, unprefixed' % (what, total), (len(got), got[:3], got[-3:]))
+        c.close()
+    still_serves(s, t, 'the slow watchers')
+
+
+def body(s):
+    t = T()
+    t.core = eptest.CoreEtcd(s).start()
+    t.sv = eptest.Supervisor(s, t.core)
+    t.pa = t.sv.add_tenant('a', backend='native')
+    t.sv.start()
+    t.sv.wait_ready('a')
+    t.pid = t.sv.status()['a']['pid']
+    for fn in (test_sanity, test_http1_garbage, test_bad_frames, test_grpc_abuse,
+               test_token_header, test_big_metadata, test_bad_metadata, test_lease_races,
+               test_slow_watcher):
+        s.run(fn, s, t)
+    s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+if __name__ == '__main__':
+    s = eptest.Suite('native_robustness')
+    s.require(eptest.ETCD, eptest.ETCDCTL, eptest.ETCDPROXYD, eptest.ETCDPROXYCTL, eptest.WORKER)
+    s.main(body)
