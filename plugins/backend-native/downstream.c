@@ -431,6 +431,9 @@ static void release_held(struct call *c)
 	call_process(c); /* messages that arrived meanwhile */
 }
 
+static void answer_missing_lease(struct call *c);
+static void call_answer(struct call *c, const uint8_t *msg, size_t len);
+
 static void on_lease_lookup(struct native *n, void *ctx, int ok, int64_t id, int owned)
 {
 	struct call *c = ctx;
@@ -446,15 +449,52 @@ static void on_lease_lookup(struct native *n, void *ctx, int ok, int64_t id, int
 		native_lease_add(n, id);
 	} else {
 		c->lookup_denied = 1;
+		c->denied_lease = id;
 	}
 	if (c->pending_internal > 0)
 		return;
 	if (c->lookup_failed)
 		call_finish(c, 14, "etcdproxy: cannot check the lease's owner in the core etcd");
 	else if (c->lookup_denied)
-		call_finish(c, 5, "etcdserver: requested lease not found");
+		answer_missing_lease(c);
 	else
 		release_held(c);
+}
+
+/* Answer as etcd answers for a lease that does not exist: a foreign lease is one. */
+static void answer_missing_lease(struct call *c)
+{
+	uint8_t msg[32];
+	size_t len = 0;
+	uint64_t id = (uint64_t)c->denied_lease;
+
+	/* ID (field 2), then TTL (field 3): -1 from TimeToLive, 0 from KeepAlive */
+	msg[len++] = 0x10;
+	do {
+		msg[len++] = (uint8_t)((id & 0x7f) | (id > 0x7f ? 0x80 : 0));
+		id >>= 7;
+	} while (id != 0);
+	switch (c->m->kind) {
+	case RW_LEASE_TTL:
+		msg[len++] = 0x18;
+		memcpy(msg + len, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 10);
+		len += 10;
+		call_answer(c, msg, len);
+		return;
+	case RW_LEASE_KEEPALIVE:
+		/* the stream goes on: only this keep-alive is answered here */
+		bq_consume(&c->held, bq_pending(&c->held));
+		frame_message(&c->down_out, msg, len);
+		if (!c->resp_headers_sent)
+			submit_response_headers(c);
+		c->waiting_lookup = 0;
+		resume_down_data(c);
+		call_process(c);
+		return;
+	default:
+		call_finish(c, 5, "etcdserver: requested lease not found");
+		return;
+	}
 }
 
 static void start_lookups(struct call *c)
@@ -621,6 +661,16 @@ static void call_start(struct call *c)
 	char why[300];
 
 	n->counters.calls++;
+	if (c->header_bytes > NATIVE_MAX_HEADER_LIST) {
+		snprintf(why, sizeof(why), "etcdproxy: request metadata of %zu bytes is above the "
+			 "limit of %d bytes", c->header_bytes, NATIVE_MAX_HEADER_LIST);
+		call_finish(c, 8, why);
+		return;
+	}
+	if (c->bad_metadata != NULL) {
+		call_finish(c, 13, c->bad_metadata);
+		return;
+	}
 	if (c->path == NULL || !c->method_ok || !c->content_type_ok) {
 		call_finish(c, 3, "etcdproxy: expected a gRPC request (POST, content-type "
 				  "application/grpc)");
@@ -786,11 +836,21 @@ void call_on_up_close(struct call *c, uint32_t error_code)
 	if (!c->up_eos && !c->finished && c->local_status < 0) {
 		c->up_eos = 1;
 		if (c->dc != NULL) {
+			char why[120];
+
 			c->dc->n->counters.upstream_errors++;
-			call_finish(c, 14, error_code == NGHTTP2_REFUSED_STREAM
-						   ? "etcdproxy: the core etcd refused the call (it is "
-						     "going away); retry"
-						   : "etcdproxy: the connection to the core etcd was lost");
+			if (error_code == UP_CONNECTION_LOST)
+				call_finish(c, 14, "etcdproxy: the connection to the core etcd was lost");
+			else if (error_code == NGHTTP2_REFUSED_STREAM)
+				call_finish(c, 14, "etcdproxy: the core etcd refused the call (it is "
+						   "going away); retry");
+			else {
+				/* a reset of this one stream: the request itself is at fault */
+				snprintf(why, sizeof(why), "etcdproxy: the core etcd reset the call "
+					 "(HTTP/2 error %u: %s)", error_code,
+					 nghttp2_http2_strerror(error_code));
+				call_finish(c, 13, why);
+			}
 		}
 	} else {
 		c->up_eos = 1;
@@ -830,6 +890,17 @@ static int header_dropped(const uint8_t *name, size_t len)
 	return 0;
 }
 
+/* 1 to 8 ASCII digits and a unit (gRPC PROTOCOL-HTTP2 "Timeout"). */
+static int grpc_timeout_valid(const uint8_t *v, size_t len)
+{
+	if (len < 2 || len > 9 || strchr("HMSmun", v[len - 1]) == NULL)
+		return 0;
+	for (size_t i = 0; i + 1 < len; i++)
+		if (v[i] < '0' || v[i] > '9')
+			return 0;
+	return 1;
+}
+
 static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
 		       size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
 {
@@ -838,6 +909,14 @@ static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uin
 	if (c == NULL || frame->hd.type != NGHTTP2_HEADERS ||
 	    frame->headers.cat != NGHTTP2_HCAT_REQUEST)
 		return 0;
+	/* HTTP messaging checks are off (see make_server_session): check fields here */
+	c->header_bytes += namelen + valuelen + 32; /* RFC 7540 6.5.2 accounting */
+	if (!nghttp2_check_header_value(value, valuelen) ||
+	    (name[0] != ':' && !nghttp2_check_header_name(name, namelen)))
+		c->bad_metadata = "etcdproxy: invalid request metadata (a name or value with "
+				  "characters HTTP/2 does not allow)";
+	if (namelen == 12 && memcmp(name, "grpc-timeout", 12) == 0 && !grpc_timeout_valid(value, valuelen))
+		c->bad_metadata = "etcdproxy: malformed grpc-timeout";
 	if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
 		free(c->path);
 		c->path = strndup((const char *)value, valuelen);
@@ -1042,7 +1121,7 @@ static int make_server_session(struct down_conn *dc)
 	nghttp2_settings_entry iv[] = {
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, n->max_streams },
 		{ NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 },
-		{ NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 64 * 1024 },
+		{ NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, NATIVE_MAX_HEADER_LIST },
 	};
 	int r;
 

@@ -23,6 +23,8 @@
 
 #define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
 #define NATIVE_MAX_HEADERS 64
+#define NATIVE_MAX_HEADER_LIST (64 * 1024) /* request metadata, HTTP/2 accounting */
+#define UP_CONNECTION_LOST 0xffffffffu /* not an HTTP/2 error code: the connection went */
 
 struct native;
 struct down_conn;
@@ -86,6 +88,8 @@ struct call {
 	size_t n_hdrs;
 	char *path;
 	int content_type_ok;
+	size_t header_bytes;
+	const char *bad_metadata; /* static: why the metadata is refused */
 	int method_ok;
 	int headers_done;
 
@@ -123,6 +127,7 @@ struct call {
 	int pending_internal;        /* internal calls that will call back with this call */
 	int lookup_failed, lookup_denied;
 	int64_t granted_lease;       /* set by the LeaseGrant response hook */
+	int64_t denied_lease;        /* a lease the lookup found to be someone else's */
 	struct bq held_resp;         /* a LeaseGrant answer held until its record is written */
 };
 

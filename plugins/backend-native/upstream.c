@@ -267,7 +267,7 @@ static void fail_calls(struct up_conn *uc, const char *why)
 		uc->calls = c->next_in_up;
 		c->uc = NULL;
 		c->up_id = 0;
-		call_on_up_close(c, NGHTTP2_INTERNAL_ERROR);
+		call_on_up_close(c, UP_CONNECTION_LOST);
 	}
 }
 
@@ -447,6 +447,8 @@ static int make_session(struct up_conn *uc)
 	nghttp2_option_new(&opt);
 	/* response bytes are acknowledged as the client takes them: end-to-end flow control */
 	nghttp2_option_set_no_auto_window_update(opt, 1);
+	/* the clients' metadata is limited to NATIVE_MAX_HEADER_LIST; ours comes on top */
+	nghttp2_option_set_max_send_header_block_length(opt, 2 * NATIVE_MAX_HEADER_LIST);
 	r = nghttp2_session_client_new2(&uc->session, cbs, uc, opt);
 	nghttp2_option_del(opt);
 	nghttp2_session_callbacks_del(cbs);

@@ -316,6 +316,15 @@ def not_found(s, r, what):
                                                                    r.stderr[-400:]))
 
 
+def expired(s, t, r, lease, what):
+    """What etcd itself says of a lease that does not exist: a foreign lease is one."""
+    direct = etcdctl(t.core.port, 'lease', 'timetolive', 'fffffffffffff')
+    s.check(r.returncode == 0 and r.stdout.strip() == 'lease %016x already expired' % int(lease, 16)
+            and direct.stdout.strip() == 'lease 000fffffffffffff already expired',
+            '%s: "already expired", as etcd says of a lease that does not exist' % what,
+            (r.returncode, r.stdout, r.stderr[-300:], direct.stdout))
+
+
 def core_lease_alive(t, lease):
     r = etcdctl(t.core.port, 'lease', 'timetolive', lease)
     return r.returncode == 0 and 'remaining' in r.stdout
@@ -367,8 +376,8 @@ def test_lease(s, t):
                   'through a' % whose)
         not_found(s, etcdctl(t.pa, 'lease', 'keep-alive', '--once', lease),
                   'lease keep-alive --once of %s lease through a' % whose)
-        not_found(s, etcdctl(t.pa, 'lease', 'timetolive', lease, '--keys'),
-                  'lease timetolive --keys of %s lease through a' % whose)
+        expired(s, t, etcdctl(t.pa, 'lease', 'timetolive', lease, '--keys'), lease,
+                'lease timetolive --keys of %s lease through a' % whose)
         not_found(s, etcdctl(t.pa, 'put', 'stolen', 'x', '--lease=%s' % lease),
                   'put --lease=%s lease through a' % whose)
         r = txn(t.pa, '\nput stolen2 x --lease=%s\n\n\n' % lease)
@@ -382,7 +391,8 @@ def test_lease(s, t):
     not_found(s, etcdctl(t.pb, 'lease', 'revoke', la), 'lease revoke of a\'s lease through b')
     not_found(s, etcdctl(t.pb, 'put', 'x', 'y', '--lease=%s' % la),
               'put --lease=a\'s lease through b')
-    not_found(s, etcdctl(t.pb, 'lease', 'timetolive', la), 'timetolive of a\'s lease through b')
+    expired(s, t, etcdctl(t.pb, 'lease', 'timetolive', la), la,
+            'timetolive of a\'s lease through b')
     s.check(core_lease_alive(t, la) and t.core.get('/a/lk') == 'lv',
             'a\'s lease and key survive b\'s attempts')
     # a lease ID that does not exist at all
@@ -419,8 +429,8 @@ def test_lease_restart(s, t):
     r = etcdctl(t.pa, 'lease', 'keep-alive', '--once', la)
     s.check(r.returncode == 0 and 'keepalived' in r.stdout,
             'after the restart: keep-alive --once', r.stdout + r.stderr)
-    not_found(s, etcdctl(t.pa, 'lease', 'timetolive', t.core_lease),
-              'after the restart: the core\'s lease is still foreign to a')
+    expired(s, t, etcdctl(t.pa, 'lease', 'timetolive', t.core_lease), t.core_lease,
+            'after the restart: the core\'s lease is still foreign to a')
 
     lk = grant(s, t.pa, 60, 'another lease through a (before kill -9 of its worker)')
     old = t.sv.status()['a']['pid']

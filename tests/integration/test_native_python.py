@@ -323,17 +323,20 @@ def test_lease(s, t):
                                                              timeout=5).leases]
     s.check(all(x in ids for x in (la.id, lb.id, lc.id)), 'the core lists all three', ids)
     for lease, whose in ((lb, 'b\'s'), (lc, 'the core\'s')):
+        info = a.get_lease_info(lease.id)
+        s.check(info.TTL == -1 and info.ID == lease.id,
+                'get_lease_info of %s lease through a: TTL -1, as etcd answers for a lease '
+                'that does not exist' % whose, info)
+        got = [(r.TTL, r.ID) for r in a.refresh_lease(lease.id)]
+        s.eq(got, [(0, lease.id)], 'refresh_lease (keep-alive stream) of %s lease through a: '
+             'TTL 0, as etcd answers for a lease that does not exist' % whose)
         for what, fn, args in (('revoke_lease', a.revoke_lease, (lease.id,)),
-                               ('get_lease_info', a.get_lease_info, (lease.id,)),
                                ('put with lease', a.put, ('stolen', 'x', lease.id))):
             code, det = rpc_error(fn, *args)
             s.check(code == grpc.StatusCode.NOT_FOUND and
                     det == 'etcdserver: requested lease not found',
                     '%s of %s lease through a: NOT_FOUND "etcdserver: requested lease not '
                     'found"' % (what, whose), (code, det))
-        code, det = rpc_error(lambda: list(a.refresh_lease(lease.id)))
-        s.check(code == grpc.StatusCode.NOT_FOUND, 'refresh_lease (keep-alive stream) of %s '
-                'lease through a: NOT_FOUND' % whose, (code, det))
         tx = a.transactions
         code, det = rpc_error(a.transaction, compare=[], success=[
             tx.put('stolen2', 'x', lease=lease.id)], failure=[])
