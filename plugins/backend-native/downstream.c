@@ -326,6 +326,26 @@ static void submit_response_headers(struct call *c)
 	down_flush(c->dc);
 }
 
+/* The whole response in one HEADERS frame with END_STREAM (gRPC "Trailers-Only"). */
+static void submit_trailers_only(struct call *c, const char *status, const char *message)
+{
+	nghttp2_nv nv[4] = {
+		{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE },
+		{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
+		  NGHTTP2_NV_FLAG_NONE },
+		{ (uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status),
+		  NGHTTP2_NV_FLAG_NONE },
+		{ (uint8_t *)"grpc-message", (uint8_t *)message, 12, strlen(message),
+		  NGHTTP2_NV_FLAG_NONE },
+	};
+
+	c->resp_headers_sent = 1;
+	c->finished = 1;
+	nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
+	count_finish(c, atoi(status));
+	down_flush(c->dc);
+}
+
 /*
  * End the call with a status of the proxy's own (message in plain text).
  * Before any response: Trailers-Only; after: trailers once the queued data is out.
@@ -346,22 +366,9 @@ void call_finish(struct call *c, int grpc_status, const char *message)
 	}
 	if (!c->resp_headers_sent && bq_pending(&c->down_out) == 0) {
 		char status[16];
-		nghttp2_nv nv[4] = {
-			{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE },
-			{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
-			  NGHTTP2_NV_FLAG_NONE },
-			{ (uint8_t *)"grpc-status", (uint8_t *)status, 11, 0, NGHTTP2_NV_FLAG_NONE },
-			{ (uint8_t *)"grpc-message", (uint8_t *)c->local_message, 12,
-			  strlen(c->local_message), NGHTTP2_NV_FLAG_NONE },
-		};
 
 		snprintf(status, sizeof(status), "%d", grpc_status);
-		nv[2].valuelen = strlen(status);
-		c->resp_headers_sent = 1;
-		c->finished = 1;
-		nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
-		count_finish(c, grpc_status);
-		down_flush(c->dc);
+		submit_trailers_only(c, status, c->local_message);
 		return;
 	}
 	if (!c->resp_headers_sent)
@@ -434,15 +441,27 @@ static void release_held(struct call *c)
 static void answer_missing_lease(struct call *c);
 static void call_answer(struct call *c, const uint8_t *msg, size_t len);
 
+/*
+ * An internal call made for this call came back.  Returns 1 when the call
+ * still waits for the answer, 0 when it ended meanwhile (client reset,
+ * error): it is freed once nothing refers to it any more.
+ */
+static int internal_returned(struct call *c)
+{
+	c->pending_internal--;
+	if (c->dc == NULL || c->finished || c->local_status >= 0) {
+		call_maybe_free(c);
+		return 0;
+	}
+	return 1;
+}
+
 static void on_lease_lookup(struct native *n, void *ctx, int ok, int64_t id, int owned)
 {
 	struct call *c = ctx;
 
-	c->pending_internal--;
-	if (c->dc == NULL || c->finished || c->local_status >= 0) {
-		call_maybe_free(c);
+	if (!internal_returned(c))
 		return;
-	}
 	if (!ok) {
 		c->lookup_failed = 1;
 	} else if (owned) {
@@ -519,11 +538,8 @@ static void on_leases_refreshed(struct native *n, void *ctx, int ok, int64_t id,
 {
 	struct call *c = ctx;
 
-	c->pending_internal--;
-	if (c->dc == NULL || c->finished || c->local_status >= 0) {
-		call_maybe_free(c);
+	if (!internal_returned(c))
 		return;
-	}
 	if (!ok) {
 		call_finish(c, 14, "etcdproxy: cannot list the tenant's leases in the core etcd");
 		return;
@@ -535,11 +551,8 @@ static void on_grant_recorded(struct native *n, void *ctx, int ok, int64_t id, i
 {
 	struct call *c = ctx;
 
-	c->pending_internal--;
-	if (c->dc == NULL || c->finished || c->local_status >= 0) {
-		call_maybe_free(c);
+	if (!internal_returned(c))
 		return;
-	}
 	if (!ok) {
 		call_finish(c, 14, "etcdproxy: the lease was granted but its owner could not be "
 				   "recorded in the core etcd; try again");
@@ -736,24 +749,7 @@ void call_on_up_headers_done(struct call *c)
 		}
 		if (c->up_eos && bq_pending(&c->down_out) == 0 && c->grpc_status != NULL) {
 			/* Trailers-Only from etcd: pass its status and message verbatim */
-			char status[16];
-			nghttp2_nv nv[4] = {
-				{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE },
-				{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
-				  NGHTTP2_NV_FLAG_NONE },
-				{ (uint8_t *)"grpc-status", (uint8_t *)status, 11, 0, NGHTTP2_NV_FLAG_NONE },
-				{ (uint8_t *)"grpc-message",
-				  (uint8_t *)(c->grpc_message ? c->grpc_message : ""), 12,
-				  c->grpc_message ? strlen(c->grpc_message) : 0, NGHTTP2_NV_FLAG_NONE },
-			};
-
-			snprintf(status, sizeof(status), "%s", c->grpc_status);
-			nv[2].valuelen = strlen(status);
-			c->resp_headers_sent = 1;
-			c->finished = 1;
-			nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
-			count_finish(c, atoi(status));
-			down_flush(c->dc);
+			submit_trailers_only(c, c->grpc_status, c->grpc_message ? c->grpc_message : "");
 			return;
 		}
 		submit_response_headers(c);
