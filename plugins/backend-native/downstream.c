@@ -110,40 +110,59 @@ static void down_write_done(uv_write_t *req, int status)
 	down_flush(dc); /* the socket took some: nghttp2 may have more */
 }
 
+/* Gather what nghttp2 has to send into one buffer: one write (one syscall) per flush. */
 static void down_flush_now(struct down_conn *dc)
 {
 	if (dc->closing || dc->session == NULL)
 		return;
 	while (dc->write_pending < NATIVE_HIGH_WATER) {
-		const uint8_t *data;
-		ssize_t n = nghttp2_session_mem_send(dc->session, &data);
-		struct write_req *w;
+		struct write_req *w = NULL;
+		size_t len = 0, cap = 0;
 		uv_buf_t b;
 
-		if (n < 0) {
-			down_conn_close(dc);
-			return;
+		for (;;) {
+			const uint8_t *data;
+			ssize_t n = nghttp2_session_mem_send(dc->session, &data);
+
+			if (n < 0) {
+				free(w);
+				down_conn_close(dc);
+				return;
+			}
+			if (n == 0)
+				break;
+			if (len + (size_t)n > cap) {
+				cap = cap ? cap * 2 : 16384;
+				while (cap < len + (size_t)n)
+					cap *= 2;
+				w = realloc(w, sizeof(*w) + cap);
+				if (w == NULL)
+					abort();
+			}
+			memcpy(w->data + len, data, (size_t)n);
+			len += (size_t)n;
+			if (len >= NATIVE_HIGH_WATER)
+				break;
 		}
-		if (n == 0)
+		if (len == 0) {
+			free(w);
 			break;
-		w = malloc(sizeof(*w) + (size_t)n);
-		if (w == NULL)
-			abort();
-		memcpy(w->data, data, (size_t)n);
+		}
 		w->dc = dc;
-		w->len = (size_t)n;
-		b = uv_buf_init((char *)w->data, (unsigned)n);
-		dc->write_pending += (size_t)n;
+		w->len = len;
+		b = uv_buf_init((char *)w->data, (unsigned)len);
+		dc->write_pending += len;
 		if (uv_write(&w->req, &dc->h.stream, &b, 1, down_write_done) < 0) {
-			dc->write_pending -= (size_t)n;
+			dc->write_pending -= len;
 			free(w);
 			down_conn_close(dc);
 			return;
 		}
 	}
+	/* GOAWAY exchanged and every stream done (but never inside the grace of a drain) */
 	if (dc->write_pending == 0 && !nghttp2_session_want_read(dc->session) &&
-	    !nghttp2_session_want_write(dc->session))
-		down_conn_close(dc); /* GOAWAY exchanged and every stream done */
+	    !nghttp2_session_want_write(dc->session) && dc->draining != 1)
+		down_conn_close(dc);
 }
 
 static void on_flush_idle(uv_idle_t *h)
@@ -863,11 +882,11 @@ static int d_on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, vo
 
 	if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
 		return 0;
-	if (dc->n->stopping) {
-		nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
-					  NGHTTP2_REFUSED_STREAM);
-		return 0;
-	}
+	/*
+	 * Streams that arrive while draining are served: the first GOAWAY promised
+	 * that; after the final one nghttp2 refuses higher stream IDs itself, and
+	 * clients retry those safely.
+	 */
 	nghttp2_session_set_stream_user_data(s, frame->hd.stream_id,
 					     call_new(dc, frame->hd.stream_id));
 	return 0;
@@ -1088,6 +1107,18 @@ static void down_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	down_flush_now(dc);
 }
 
+static void on_drain_goaway(uv_timer_t *t)
+{
+	struct down_conn *dc = t->data;
+	static const char why[] = "shutting down";
+
+	dc->draining = 2; /* the final GOAWAY: close once every stream is done */
+	nghttp2_submit_goaway(dc->session, NGHTTP2_FLAG_NONE,
+			      nghttp2_session_get_last_proc_stream_id(dc->session), NGHTTP2_NO_ERROR,
+			      (const uint8_t *)why, sizeof(why) - 1);
+	down_flush_now(dc);
+}
+
 static void on_idle_check(uv_timer_t *t)
 {
 	struct down_conn *dc = t->data;
@@ -1276,15 +1307,24 @@ void down_close_all(struct native *n, int graceful)
 	}
 	for (struct down_conn *dc = n->conns, *next; dc != NULL; dc = next) {
 		next = dc->next;
-		if (!graceful || dc->calls == NULL) {
+		if (!graceful) {
 			down_conn_close(dc);
 			continue;
 		}
-		/* in-flight calls finish; no new stream is taken */
-		nghttp2_submit_goaway(dc->session, NGHTTP2_FLAG_NONE,
-				      nghttp2_session_get_last_proc_stream_id(dc->session),
-				      NGHTTP2_NO_ERROR, (const uint8_t *)"shutting down", 13);
+		if (dc->draining)
+			continue;
+		/*
+		 * Two-step GOAWAY: first "no new streams" with the largest stream
+		 * ID, so that requests already on the wire are still taken; then,
+		 * a moment later, the real last stream ID.  In-flight calls
+		 * finish; the connection closes once nothing is left
+		 * (down_flush_now).
+		 */
+		dc->draining = 1;
+		nghttp2_submit_shutdown_notice(dc->session);
 		down_flush_now(dc);
+		if (!dc->closing)
+			uv_timer_start(&dc->idle, on_drain_goaway, NATIVE_GOAWAY_GRACE_MS, 0);
 	}
 }
 

@@ -644,8 +644,14 @@ static void native_stop(void *state, int graceful)
 {
 	struct native *n = state;
 
+	size_t conns = 0;
+
 	if (n->stopping && graceful)
 		return;
+	for (struct down_conn *dc = n->conns; dc != NULL; dc = dc->next)
+		conns++;
+	n->host->log(n->host, EP_LOG_INFO, "stopping%s: %zu client connection%s",
+		     graceful ? " gracefully" : "", conns, conns == 1 ? "" : "s");
 	n->stopping = 1;
 	down_close_all(n, graceful);
 	if (graceful && n->conns != NULL && n->drain_timeout_ms > 0)

@@ -23,6 +23,7 @@
 
 #define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
 #define NATIVE_MAX_HEADERS 64
+#define NATIVE_GOAWAY_GRACE_MS 200 /* between the two GOAWAYs of a graceful stop */
 #define NATIVE_MAX_HEADER_LIST (64 * 1024) /* request metadata, HTTP/2 accounting */
 #define UP_CONNECTION_LOST 0xffffffffu /* not an HTTP/2 error code: the connection went */
 
@@ -144,8 +145,9 @@ struct down_conn {
 	struct call *calls;
 	size_t write_pending; /* bytes handed to uv_write and not yet written */
 	int closing;
+	int draining; /* graceful stop: 1 notice GOAWAY sent, 2 final GOAWAY sent */
 	int flush_pending;
-	int handles; /* the stream and the idle timer */
+	int handles; /* the stream and the idle (or drain) timer */
 	uv_timer_t idle;
 	uint64_t last_activity_ms;
 };

@@ -119,29 +119,65 @@ static const char *tls_error(void)
 	return buf;
 }
 
+/* Gather what nghttp2 has to send: one write (and one SSL record run) per flush. */
 void up_flush_now(struct up_conn *uc)
 {
 	if (uc->session == NULL || !uc->tcp_open || uc->closing)
 		return;
 	while (uc->write_pending < NATIVE_HIGH_WATER) {
-		const uint8_t *data;
-		ssize_t n = nghttp2_session_mem_send(uc->session, &data);
+		struct up_write *w = NULL;
+		size_t len = 0, cap = 0;
+		uv_buf_t b;
 
-		if (n < 0) {
-			up_failed(uc, nghttp2_strerror((int)n));
-			return;
+		for (;;) {
+			const uint8_t *data;
+			ssize_t n = nghttp2_session_mem_send(uc->session, &data);
+
+			if (n < 0) {
+				free(w);
+				up_failed(uc, nghttp2_strerror((int)n));
+				return;
+			}
+			if (n == 0)
+				break;
+			if (len + (size_t)n > cap) {
+				cap = cap ? cap * 2 : 16384;
+				while (cap < len + (size_t)n)
+					cap *= 2;
+				w = realloc(w, sizeof(*w) + cap);
+				if (w == NULL)
+					abort();
+			}
+			memcpy(w->data + len, data, (size_t)n);
+			len += (size_t)n;
+			if (len >= NATIVE_HIGH_WATER)
+				break;
 		}
-		if (n == 0)
+		if (len == 0) {
+			free(w);
 			break;
+		}
 		if (uc->ssl != NULL) {
 			/* memory BIOs: SSL_write takes everything at once */
-			if (SSL_write(uc->ssl, data, (int)n) != (int)n) {
+			int ok = SSL_write(uc->ssl, w->data, (int)len) == (int)len;
+
+			free(w);
+			if (!ok) {
 				up_failed(uc, tls_error());
 				return;
 			}
 			if (tls_drain(uc) < 0)
 				return;
-		} else if (up_send_raw(uc, data, (size_t)n) < 0) {
+			continue;
+		}
+		w->uc = uc;
+		w->len = len;
+		b = uv_buf_init((char *)w->data, (unsigned)len);
+		uc->write_pending += len;
+		if (uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, up_write_done) < 0) {
+			uc->write_pending -= len;
+			free(w);
+			up_failed(uc, "write failed");
 			return;
 		}
 	}

@@ -40,10 +40,12 @@ def test_kill_refuses_nothing(s, sv, port):
     stop.set()
     t.join(30)
     failures = [r for r in results if r is not True]
+    refused = [f for f in failures if 'refused' in str(f)]
     s.check(len(results) > 5, 'requests went on during the restart (%d)' % len(results))
-    s.eq(len(failures), 0, 'no request with a new connection failed across kill -9 of the worker')
-    if failures:
-        print('#   %s' % str(failures[0])[-300:])
+    s.eq(refused[:1], [], 'no connection was refused across kill -9 of the worker')
+    # the one request inside the killed worker may fail; every other one must not
+    s.check(len(failures) <= 1, 'at most the request in flight at the kill failed (%d)'
+            % len(failures), failures[:2])
 
 
 def test_graceful_restart_loses_nothing(s, sv, port):
@@ -57,7 +59,9 @@ def test_graceful_restart_loses_nothing(s, sv, port):
                 client.put('graceful', str(count[0]))
                 count[0] += 1
             except Exception as e:  # noqa: BLE001 - any failure counts
-                errors.append(repr(e))
+                cause = e.__cause__ or e.__context__
+                errors.append('%r: %s' % (e, cause.details() if hasattr(cause, 'details')
+                                          else repr(cause)))
                 time.sleep(0.05)
 
     old = sv.tenant('a')['pid']
