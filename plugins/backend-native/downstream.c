@@ -15,6 +15,7 @@
 
 static void down_conn_close(struct down_conn *dc);
 static void call_process(struct call *c);
+static int call_submit(struct call *c);
 static void call_maybe_free(struct call *c);
 
 /* ---- small helpers ------------------------------------------------------------------- */
@@ -148,9 +149,27 @@ static void down_flush_now(struct down_conn *dc)
 			free(w);
 			break;
 		}
+		b = uv_buf_init((char *)w->data, (unsigned)len);
+		if (dc->write_pending == 0) {
+			/* the usual case: the socket takes it all at once, no request needed */
+			int r = uv_try_write(&dc->h.stream, &b, 1);
+
+			if (r == (int)len) {
+				free(w);
+				continue;
+			}
+			if (r > 0) {
+				memmove(w->data, w->data + r, len - (size_t)r);
+				len -= (size_t)r;
+				b = uv_buf_init((char *)w->data, (unsigned)len);
+			} else if (r != UV_EAGAIN) {
+				free(w);
+				down_conn_close(dc);
+				return;
+			}
+		}
 		w->dc = dc;
 		w->len = len;
-		b = uv_buf_init((char *)w->data, (unsigned)len);
 		dc->write_pending += len;
 		if (uv_write(&w->req, &dc->h.stream, &b, 1, down_write_done) < 0) {
 			dc->write_pending -= len;
@@ -165,11 +184,13 @@ static void down_flush_now(struct down_conn *dc)
 		down_conn_close(dc);
 }
 
-static void on_flush_idle(uv_idle_t *h)
+/*
+ * Send what every connection has queued.  Called at the end of each read
+ * (outside nghttp2's callbacks), and from the idle handle for everything
+ * else, so that a request and its answer cost no extra loop iteration.
+ */
+void native_flush_marked(struct native *n)
 {
-	struct native *n = h->data;
-
-	uv_idle_stop(h);
 	for (struct down_conn *dc = n->conns, *next; dc != NULL; dc = next) {
 		next = dc->next;
 		if (dc->flush_pending) {
@@ -183,6 +204,12 @@ static void on_flush_idle(uv_idle_t *h)
 			up_flush_now(&n->ups[i]);
 		}
 	}
+}
+
+static void on_flush_idle(uv_idle_t *h)
+{
+	uv_idle_stop(h);
+	native_flush_marked(h->data);
 }
 
 void native_schedule_flush(struct native *n)
@@ -664,8 +691,14 @@ static void call_process(struct call *c)
 		}
 		frame_message(&c->up_out, out.data, out.len);
 		rw_buf_free(&out);
+		if (!call_submit(c))
+			return;
 	}
 	if (c->finished || c->local_status >= 0)
+		return;
+	/* a request that ended without a message still goes to etcd, which answers it */
+	if (c->down_eos && !c->up_submitted && !c->waiting_lookup && c->m->policy == RW_FORWARD &&
+	    !(c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW) && !call_submit(c))
 		return;
 	/* past the high water mark the client's bytes stay unacknowledged */
 	if (c->down_unconsumed > 0 && bq_pending(&c->up_out) < NATIVE_HIGH_WATER) {
@@ -685,6 +718,18 @@ void call_resume_down(struct call *c)
 		c->down_unconsumed = 0;
 		down_flush(c->dc);
 	}
+}
+
+/* Open the upstream stream; 0 (and the call finished) when no connection is ready. */
+static int call_submit(struct call *c)
+{
+	if (c->up_submitted)
+		return 1;
+	if (up_submit(c->n, c) < 0) {
+		call_finish(c, 14, "etcdproxy: no connection to the core etcd");
+		return 0;
+	}
+	return 1;
 }
 
 static void call_start(struct call *c)
@@ -736,10 +781,14 @@ static void call_start(struct call *c)
 	}
 	if (c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW)
 		return; /* answered locally */
-	if (up_submit(n, c) < 0) {
-		call_finish(c, 14, "etcdproxy: no connection to the core etcd");
+	/*
+	 * A unary call goes upstream with its message: HEADERS and DATA in one
+	 * write.  Streams (Watch, KeepAlive) and LeaseLeases open at once.
+	 */
+	if (!c->m->client_stream && c->m->kind != RW_LEASE_LEASES)
 		return;
-	}
+	if (!call_submit(c))
+		return;
 	if (c->m->kind == RW_LEASE_LEASES) {
 		/* leases granted through other workers of this tenant must be known before filtering */
 		c->waiting_lookup = 1;
@@ -976,8 +1025,8 @@ static int d_on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void 
 			}
 			if (c->m != NULL && c->m->policy == RW_LOCAL && !c->resp_headers_sent)
 				local_answer(c); /* an empty request message is legal */
-			else
-				up_resume(c);
+			else if (c->m != NULL)
+				call_process(c);
 		}
 	}
 	return 0;
@@ -1104,7 +1153,8 @@ static void down_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		down_conn_close(dc);
 		return;
 	}
-	down_flush_now(dc);
+	dc->flush_pending = 1;
+	native_flush_marked(dc->n);
 }
 
 static void on_drain_goaway(uv_timer_t *t)

@@ -229,6 +229,7 @@ int native_lease_known(const struct native *n, int64_t id);
 void native_lease_add(struct native *n, int64_t id);
 void native_maybe_stopped(struct native *n);
 void native_schedule_flush(struct native *n);
+void native_flush_marked(struct native *n);
 size_t native_member_list(struct native *n, uint8_t *buf, size_t size);
 void native_count_method(struct native *n, const char *path, int status);
 /* lease ownership records in the core etcd; cb gets ok=0 when etcd could not answer */

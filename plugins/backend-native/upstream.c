@@ -170,9 +170,26 @@ void up_flush_now(struct up_conn *uc)
 				return;
 			continue;
 		}
+		b = uv_buf_init((char *)w->data, (unsigned)len);
+		if (uc->write_pending == 0) {
+			int r = uv_try_write((uv_stream_t *)&uc->tcp, &b, 1);
+
+			if (r == (int)len) {
+				free(w);
+				continue;
+			}
+			if (r > 0) {
+				memmove(w->data, w->data + r, len - (size_t)r);
+				len -= (size_t)r;
+				b = uv_buf_init((char *)w->data, (unsigned)len);
+			} else if (r != UV_EAGAIN) {
+				free(w);
+				up_failed(uc, uv_strerror(r));
+				return;
+			}
+		}
 		w->uc = uc;
 		w->len = len;
-		b = uv_buf_init((char *)w->data, (unsigned)len);
 		uc->write_pending += len;
 		if (uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, up_write_done) < 0) {
 			uc->write_pending -= len;
@@ -461,8 +478,10 @@ static void up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		up_recv_tls(uc, (const uint8_t *)buf->base, (size_t)nread);
 	else
 		up_recv_plain(uc, (const uint8_t *)buf->base, (size_t)nread);
-	if (uc->session != NULL)
-		up_flush_now(uc);
+	if (uc->session != NULL) {
+		uc->flush_pending = 1;
+		native_flush_marked(uc->n);
+	}
 }
 
 static int make_session(struct up_conn *uc)
