@@ -576,7 +576,7 @@ static int backend_name_valid(const char *name)
 static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,
 		      struct ep_tenant_config *t)
 {
-	const cJSON *m, *backend_node = NULL, *listen_node = NULL;
+	const cJSON *m, *backend_node = NULL, *listen_node = NULL, *policy_node = NULL;
 	const char *why;
 	int r;
 
@@ -606,6 +606,7 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 			listen_node = m;
 			r = want_string(c, m, "spec.listen", &t->listen);
 		} else if (strcmp(k, "policy") == 0) {
+			policy_node = m;
 			r = parse_policy(c, m, t);
 		} else
 			r = unknown_key(c, m, "spec",
@@ -627,6 +628,10 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 	if (!backend_name_valid(t->backend))
 		return fail_at(c, backend_node, "spec.backend: \"%s\" is not a plugin name "
 			       "(lower-case letters, digits, '-' and '_')", t->backend);
+	if (strcmp(t->backend, "etcd") == 0 && t->compaction != NULL && policy_node != NULL)
+		return fail_at(c, policy_node,
+			       "spec.policy: enforced by the native backend only; the etcd backend "
+			       "(etcd grpc-proxy) passes Compact to the core etcd");
 	if (strcmp(t->backend, "etcd") == 0 && strncmp(t->listen, "unix:", 5) == 0)
 		return fail_at(c, listen_node,
 			       "spec.listen: the etcd backend (etcd grpc-proxy) listens on TCP only; "

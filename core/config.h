@@ -75,7 +75,7 @@ struct ep_tenant_config {
 	size_t n_ca_cert_config_maps;
 	struct ep_k8s_ref *client_cert_secrets;
 	size_t n_client_cert_secrets;
-	char *compaction; /* spec.policy.compaction: "ignore" (default), "allow", "deny" */
+	char *compaction; /* spec.policy.compaction: "ignore", "allow", "deny"; NULL: the backend's default */
 };
 
 /*

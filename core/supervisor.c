@@ -50,10 +50,15 @@ static void set_str(char **dst, const char *src)
 	*dst = ep_strdup(src);
 }
 
+static void tenant_close_socket(struct tenant *t);
+
 static void tenant_set_state(struct tenant *t, enum tenant_state s)
 {
 	if (t->state == s)
 		return;
+	/* a tenant that will not be retried refuses clients instead of keeping them waiting */
+	if (s == TENANT_FAILED)
+		tenant_close_socket(t);
 	ep_debug("tenant %s: %s -> %s", t->name, tenant_state_name(t->state), tenant_state_name(s));
 	t->state = s;
 	notify_status(t->sv);

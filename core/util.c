@@ -276,7 +276,11 @@ int ep_listen_bind(const char *addr, int *fd_r, char **error_r)
 		sun->sun_family = AF_UNIX;
 		snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", addr + 5);
 		sslen = sizeof(*sun);
-		unlink(addr + 5); /* left by a killed daemon; the address was validated as ours */
+		struct stat st;
+
+		/* a socket left by a killed daemon; anything else at that path is not ours */
+		if (lstat(addr + 5, &st) == 0 && S_ISSOCK(st.st_mode))
+			unlink(addr + 5);
 	} else {
 		const char *colon = strrchr(addr, ':');
 		char host[64];

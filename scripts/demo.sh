@@ -39,7 +39,7 @@ cat >"$d/storages.d/sample-apiserver.json" <<JSON
   "kind": "EtcdStorage",
   "metadata": { "name": "sample-apiserver" },
   "spec": {
-    "backend": "etcd",
+    "backend": "native",
     "listen": "127.0.0.1:$TENANT_PORT",
     "signingCertificateValidity": "8760h",
     "servingCertificateValidity": "8760h",

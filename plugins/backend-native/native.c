@@ -10,7 +10,7 @@
  *   "idle_timeout": Go duration after which a connection without streams is
  *                   closed with GOAWAY (default "5m"; "0s" disables)
  *   "upstreams":    HTTP/2 connections to the core etcd (default 2)
- *   "drain_timeout": how long a graceful stop waits for calls (default "5s")
+ *   "drain_timeout": how long a graceful stop waits for calls (default "4s")
  *   "compaction":   "ignore" (default), "allow" or "deny": the default for
  *                   tenants without spec.policy.compaction
  */
@@ -446,7 +446,7 @@ static int parse_options(struct native *n, const char **error_r)
 	n->max_streams = 1000;
 	n->idle_timeout_ms = 300000;
 	n->n_upstreams = 2;
-	n->drain_timeout_ms = 5000;
+	n->drain_timeout_ms = 4000; /* below half the default stop_timeout, when SIGTERM comes */
 	n->compaction = COMPACT_IGNORE;
 	if (!cJSON_IsObject(o)) {
 		*error_r = "backends.native: expected an object";

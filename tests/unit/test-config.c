@@ -1192,6 +1192,11 @@ static void test_tenant_spec_errors(void **state)
 		  "a" },
 		{ { .spec = L1 "\"policy\": {\"snapshots\": \"allow\"}}" }, 5, 48,
 		  "unknown key \"snapshots\" in spec.policy (expected one of: compaction)", "a" },
+		/* the etcd backend passes Compact through: a policy there would be a false promise */
+		{ { .spec = L1 "\"policy\": {\"compaction\": \"deny\"}}" }, 5, 37,
+		  "spec.policy: enforced by the native backend only; the etcd backend (etcd "
+		  "grpc-proxy) passes Compact to the core etcd",
+		  "a" },
 		{ { .spec = L1 "\"signingCertificateValidity\": \"1y\"}" }, 5, 37,
 		  MSG_DURATION("spec.signingCertificateValidity", "\"1y\""), "a" },
 		{ { .spec = L1 "\"servingCertificateValidity\": 730}" }, 5, 37,
@@ -1225,7 +1230,7 @@ static void test_tenant_spec_errors(void **state)
 static void test_tenant_policy(void **state)
 {
 	struct fixture *f = *state;
-	struct tdoc d = { .spec = L1 "\"policy\": {\"compaction\": \"deny\"}}" };
+	struct tdoc d = { .spec = L1 "\"backend\": \"other\", \"policy\": {\"compaction\": \"deny\"}}" };
 	struct ep_tenant_config *t = tenant_ok(f, &d);
 	cJSON *w = ep_worker_config_build(f->global, t);
 	const cJSON *p = cJSON_GetObjectItemCaseSensitive(
