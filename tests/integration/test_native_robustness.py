@@ -779,8 +779,10 @@ def test_slow_watcher(s, t):
     total = n_txn * per_txn
     s.check(served, 'other clients are served while two watchers do not read %d MB of events'
             % (total * size >> 20))
-    s.check(peak[0] < 64 * 1024, 'the worker\'s VmRSS stays below 64 MB (%d kB before, peak '
-            '%d kB)' % (rss0, peak[0]), (rss0, peak[0]))
+    # ASan keeps freed memory in quarantine: the bound is checked by the normal build
+    if not os.environ.get('EP_SANITIZED'):
+        s.check(peak[0] < 64 * 1024, 'the worker\'s VmRSS stays below 64 MB (%d kB before, '
+                'peak %d kB)' % (rss0, peak[0]), (rss0, peak[0]))
     # now read: every event arrives, in order, unprefixed
     want = [('big/%03d-%02d' % (i, j)).encode() for i in range(n_txn) for j in range(per_txn)]
     for c, sid, what in ((fast, sf, 'huge window'), (slow, ss, '64 KiB window')):
