@@ -116,6 +116,8 @@ static void down_flush_now(struct down_conn *dc)
 {
 	if (dc->closing || dc->session == NULL)
 		return;
+	if (dc->ping.pending && nghttp2_session_want_write(dc->session))
+		ping_ack_release(dc->session, &dc->ping); /* along with what goes out anyway */
 	while (dc->write_pending < NATIVE_HIGH_WATER) {
 		struct write_req *w = NULL;
 		size_t len = 0, cap = 0;
@@ -1005,6 +1007,12 @@ static int d_on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void 
 {
 	struct call *c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
 
+	if (frame->hd.type == NGHTTP2_PING && !(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+		struct down_conn *dc = ud;
+
+		ping_ack_hold(dc->n, s, &dc->ping, frame->ping.opaque_data);
+		return 0;
+	}
 	if (c == NULL)
 		return 0;
 	if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
@@ -1210,6 +1218,7 @@ static int make_server_session(struct down_conn *dc)
 	nghttp2_session_callbacks_set_on_stream_close_callback(cbs, d_on_stream_close);
 	nghttp2_option_new(&opt);
 	nghttp2_option_set_no_auto_window_update(opt, 1);
+	nghttp2_option_set_no_auto_ping_ack(opt, 1);
 	nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
 	/*
 	 * gRPC over a Unix socket sends the socket path as :authority, which

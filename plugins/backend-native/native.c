@@ -342,6 +342,45 @@ size_t native_member_list(struct native *n, uint8_t *buf, size_t size)
 	return put_bytes(buf, 2, member, ml); /* members */
 }
 
+/* ---- PING acknowledgements ---------------------------------------------------------------------- */
+
+void ping_ack_release(nghttp2_session *s, struct ping_ack *p)
+{
+	if (p->pending && s != NULL) {
+		nghttp2_submit_ping(s, NGHTTP2_FLAG_ACK, p->opaque);
+		p->pending = 0;
+	}
+}
+
+static void on_ack_timer(uv_timer_t *t)
+{
+	struct native *n = t->data;
+
+	for (struct down_conn *dc = n->conns; dc != NULL; dc = dc->next) {
+		if (dc->ping.pending) {
+			ping_ack_release(dc->session, &dc->ping);
+			dc->flush_pending = 1;
+		}
+	}
+	for (unsigned i = 0; i < n->n_upstreams; i++) {
+		if (n->ups[i].ping.pending) {
+			ping_ack_release(n->ups[i].session, &n->ups[i].ping);
+			n->ups[i].flush_pending = 1;
+		}
+	}
+	native_flush_marked(n);
+}
+
+void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
+		   const uint8_t opaque[8])
+{
+	ping_ack_release(s, p); /* an older one goes with the next write */
+	memcpy(p->opaque, opaque, 8);
+	p->pending = 1;
+	if (!uv_is_active((uv_handle_t *)&n->ack_timer) && !n->upstreams_closed)
+		uv_timer_start(&n->ack_timer, on_ack_timer, NATIVE_PING_ACK_DELAY_MS, 0);
+}
+
 /* ---- counters ------------------------------------------------------------------------------------ */
 
 void native_count_method(struct native *n, const char *path, int status)
@@ -623,6 +662,7 @@ void native_maybe_stopped(struct native *n)
 		up_shutdown(n);
 		uv_close((uv_handle_t *)&n->stop_timer, NULL);
 		uv_close((uv_handle_t *)&n->flush_idle, NULL);
+		uv_close((uv_handle_t *)&n->ack_timer, NULL);
 		return;
 	}
 	if (n->upstreams_closed && n->open_handles == 0 && !n->stopped_reported) {
@@ -697,6 +737,8 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 	n->flush_idle.data = n;
 	uv_timer_init(n->loop, &n->stop_timer);
 	n->stop_timer.data = n;
+	uv_timer_init(n->loop, &n->ack_timer);
+	n->ack_timer.data = n;
 	*state_r = n;
 	return 0;
 }
@@ -709,6 +751,7 @@ static void native_fini(void *state)
 		/* start() failed or stop() never ran: only the two loop handles are open */
 		uv_close((uv_handle_t *)&n->stop_timer, NULL);
 		uv_close((uv_handle_t *)&n->flush_idle, NULL);
+		uv_close((uv_handle_t *)&n->ack_timer, NULL);
 		if (n->ups != NULL)
 			up_shutdown(n);
 		uv_run(n->loop, UV_RUN_NOWAIT);

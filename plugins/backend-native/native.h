@@ -47,6 +47,17 @@ struct grpc_reader {
 	struct bq buf;
 };
 
+/*
+ * A PING acknowledgement held back to ride along with the next write: grpc-go
+ * peers send a BDP ping after every DATA frame, and acknowledging each on its
+ * own would cost a write per request on each side.
+ */
+struct ping_ack {
+	int pending;
+	uint8_t opaque[8];
+};
+#define NATIVE_PING_ACK_DELAY_MS 20 /* at most this late when nothing else is written */
+
 struct hdr {
 	char *name, *value;
 	size_t namelen, valuelen;
@@ -146,6 +157,7 @@ struct down_conn {
 	size_t write_pending; /* bytes handed to uv_write and not yet written */
 	int closing;
 	int draining; /* graceful stop: 1 notice GOAWAY sent, 2 final GOAWAY sent */
+	struct ping_ack ping;
 	int flush_pending;
 	int handles; /* the stream and the idle (or drain) timer */
 	uv_timer_t idle;
@@ -170,6 +182,7 @@ struct up_conn {
 	size_t write_pending;
 	int closing;
 	int flush_pending;
+	struct ping_ack ping;
 	SSL *ssl;          /* TLS to the core etcd, through memory BIOs */
 	BIO *rbio, *wbio;  /* owned by ssl */
 };
@@ -214,6 +227,7 @@ struct native {
 
 	struct native_counters counters;
 	uv_idle_t flush_idle; /* sends what callbacks queued, outside nghttp2's callbacks */
+	uv_timer_t ack_timer; /* sends PING acknowledgements no write took along */
 	uv_timer_t stop_timer;
 	int stopping;
 	int upstreams_closed;
@@ -230,6 +244,9 @@ void native_lease_add(struct native *n, int64_t id);
 void native_maybe_stopped(struct native *n);
 void native_schedule_flush(struct native *n);
 void native_flush_marked(struct native *n);
+void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
+		   const uint8_t opaque[8]);
+void ping_ack_release(nghttp2_session *s, struct ping_ack *p);
 size_t native_member_list(struct native *n, uint8_t *buf, size_t size);
 void native_count_method(struct native *n, const char *path, int status);
 /* lease ownership records in the core etcd; cb gets ok=0 when etcd could not answer */

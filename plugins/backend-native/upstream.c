@@ -124,6 +124,8 @@ void up_flush_now(struct up_conn *uc)
 {
 	if (uc->session == NULL || !uc->tcp_open || uc->closing)
 		return;
+	if (uc->ping.pending && nghttp2_session_want_write(uc->session))
+		ping_ack_release(uc->session, &uc->ping); /* along with what goes out anyway */
 	while (uc->write_pending < NATIVE_HIGH_WATER) {
 		struct up_write *w = NULL;
 		size_t len = 0, cap = 0;
@@ -228,6 +230,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 	struct up_conn *uc = ud;
 	struct call *c;
 
+	if (frame->hd.type == NGHTTP2_PING && !(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+		ping_ack_hold(uc->n, s, &uc->ping, frame->ping.opaque_data);
+		return 0;
+	}
 	if (frame->hd.type == NGHTTP2_GOAWAY) {
 		/* no new streams here; the ones below last_stream_id finish */
 		if (uc->state == UP_READY) {
@@ -374,6 +380,7 @@ static void up_failed(struct up_conn *uc, const char *why)
 			delay = UP_BACKOFF_MAX_MS;
 	}
 	uc->state = n->stopping ? UP_CLOSED : UP_IDLE;
+	uc->ping.pending = 0;
 	if (uc->session != NULL) {
 		nghttp2_session *s = uc->session;
 
@@ -502,6 +509,7 @@ static int make_session(struct up_conn *uc)
 	nghttp2_option_new(&opt);
 	/* response bytes are acknowledged as the client takes them: end-to-end flow control */
 	nghttp2_option_set_no_auto_window_update(opt, 1);
+	nghttp2_option_set_no_auto_ping_ack(opt, 1);
 	/* the clients' metadata is limited to NATIVE_MAX_HEADER_LIST; ours comes on top */
 	nghttp2_option_set_max_send_header_block_length(opt, 2 * NATIVE_MAX_HEADER_LIST);
 	r = nghttp2_session_client_new2(&uc->session, cbs, uc, opt);
