@@ -411,6 +411,11 @@ void call_finish(struct call *c, int grpc_status, const char *message)
 	if (grpc_status != 0) {
 		/* nothing more of the request matters */
 		bq_consume(&c->req_in.buf, bq_pending(&c->req_in.buf));
+		/* bytes held back (backpressure, a lease lookup) still count in the connection window */
+		if (c->down_unconsumed > 0) {
+			nghttp2_session_consume(c->dc->session, c->down_id, c->down_unconsumed);
+			c->down_unconsumed = 0;
+		}
 	}
 	if (!c->resp_headers_sent && bq_pending(&c->down_out) == 0) {
 		char status[16];
@@ -993,7 +998,9 @@ static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uin
 				     (valuelen == 16 || value[16] == '+' || value[16] == ';');
 	} else if (namelen > 0 && name[0] == ':') {
 		/* :method, :scheme, :authority: the upstream request has its own */
-	} else if (!header_dropped(name, namelen) && c->n_hdrs < NATIVE_MAX_HEADERS) {
+	} else if (!header_dropped(name, namelen) && c->n_hdrs < NATIVE_MAX_HEADERS &&
+		   c->header_bytes <= NATIVE_MAX_HEADER_LIST) {
+		/* past the limit the call is refused (call_start): keep no more copies */
 		c->hdrs[c->n_hdrs].name = strndup((const char *)name, namelen);
 		c->hdrs[c->n_hdrs].namelen = namelen;
 		c->hdrs[c->n_hdrs].value = strndup((const char *)value, valuelen);
@@ -1020,8 +1027,12 @@ static int d_on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void 
 			c->down_eos = 1;
 		c->headers_done = 1;
 		call_start(c);
-		if (c->down_eos && !c->finished && c->local_status < 0)
-			call_process(c);
+		if (c->down_eos && !c->finished && c->local_status < 0) {
+			if (c->m != NULL && c->m->policy == RW_LOCAL)
+				local_answer(c); /* no message at all: the defaults */
+			else
+				call_process(c);
+		}
 	} else if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
 		   (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
 		c->down_eos = 1;
@@ -1052,8 +1063,12 @@ static int d_on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id,
 		return 0;
 	}
 	bq_append(&c->req_in.buf, data, len);
-	/* partial messages are acknowledged (bounded by max_message); queued output is not */
-	if (bq_pending(&c->up_out) < NATIVE_HIGH_WATER)
+	/*
+	 * partial messages are acknowledged (bounded by max_message); queued output is not,
+	 * and neither is what arrives during a lease lookup: call_process does not take
+	 * messages (nor check max_message) then, so req_in would grow without limit
+	 */
+	if (bq_pending(&c->up_out) < NATIVE_HIGH_WATER && !c->waiting_lookup)
 		nghttp2_session_consume(s, stream_id, len);
 	else
 		c->down_unconsumed += len;
@@ -1082,8 +1097,11 @@ static int d_on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t err
 
 	if (c == NULL)
 		return 0;
-	/* a client's cancel (or a reset) becomes an upstream cancel */
-	if (c->up_attached && !c->up_eos)
+	/*
+	 * A client's cancel (or a reset) becomes an upstream cancel; so does the
+	 * normal end, should etcd not have closed its side of the stream yet.
+	 */
+	if (c->up_attached)
 		up_cancel(c);
 	unlink_from_down(c);
 	call_maybe_free(c);

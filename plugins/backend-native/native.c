@@ -177,6 +177,12 @@ void native_lease_add(struct native *n, int64_t id)
 {
 	if (native_lease_known(n, id))
 		return;
+	/* a cache, not the truth (that is in the core etcd): when full, forget the oldest */
+	if (n->n_leases == NATIVE_LEASE_CACHE) {
+		n->leases[n->lease_evict] = id;
+		n->lease_evict = (n->lease_evict + 1) % NATIVE_LEASE_CACHE;
+		return;
+	}
 	if (n->n_leases == n->cap_leases) {
 		n->cap_leases = n->cap_leases ? n->cap_leases * 2 : 64;
 		n->leases = realloc(n->leases, n->cap_leases * sizeof(int64_t));

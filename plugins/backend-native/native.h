@@ -23,6 +23,7 @@
 
 #define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
 #define NATIVE_MAX_HEADERS 64
+#define NATIVE_LEASE_CACHE 4096 /* lease IDs a worker remembers as the tenant's */
 #define NATIVE_GOAWAY_GRACE_MS 200 /* between the two GOAWAYs of a graceful stop */
 #define NATIVE_MAX_HEADER_LIST (64 * 1024) /* request metadata, HTTP/2 accounting */
 #define UP_CONNECTION_LOST 0xffffffffu /* not an HTTP/2 error code: the connection went */
@@ -223,6 +224,7 @@ struct native {
 	/* leases this tenant owns, as far as this worker knows */
 	int64_t *leases;
 	size_t n_leases, cap_leases;
+	size_t lease_evict; /* next slot to reuse once the cache is full */
 	int leases_loaded;
 
 	struct native_counters counters;
