@@ -6,6 +6,7 @@
  * flushes everything once the callbacks have returned.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,38 +120,18 @@ static void down_flush_now(struct down_conn *dc)
 	if (dc->ping.pending && nghttp2_session_want_write(dc->session))
 		ping_ack_release(dc->session, &dc->ping); /* along with what goes out anyway */
 	while (dc->write_pending < NATIVE_HIGH_WATER) {
-		struct write_req *w = NULL;
-		size_t len = 0, cap = 0;
+		struct write_req *w;
+		size_t len;
+		int err;
 		uv_buf_t b;
 
-		for (;;) {
-			const uint8_t *data;
-			ssize_t n = nghttp2_session_mem_send(dc->session, &data);
-
-			if (n < 0) {
-				free(w);
-				down_conn_close(dc);
-				return;
-			}
-			if (n == 0)
-				break;
-			if (len + (size_t)n > cap) {
-				cap = cap ? cap * 2 : 16384;
-				while (cap < len + (size_t)n)
-					cap *= 2;
-				w = realloc(w, sizeof(*w) + cap);
-				if (w == NULL)
-					abort();
-			}
-			memcpy(w->data + len, data, (size_t)n);
-			len += (size_t)n;
-			if (len >= NATIVE_HIGH_WATER)
-				break;
+		w = native_gather(dc->session, offsetof(struct write_req, data), &len, &err);
+		if (err < 0) {
+			down_conn_close(dc);
+			return;
 		}
-		if (len == 0) {
-			free(w);
+		if (w == NULL)
 			break;
-		}
 		b = uv_buf_init((char *)w->data, (unsigned)len);
 		if (dc->write_pending == 0) {
 			/* the usual case: the socket takes it all at once, no request needed */

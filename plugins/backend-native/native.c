@@ -348,6 +348,47 @@ size_t native_member_list(struct native *n, uint8_t *buf, size_t size)
 	return put_bytes(buf, 2, member, ml); /* members */
 }
 
+/* ---- sending ---------------------------------------------------------------------------------------- */
+
+void *native_gather(nghttp2_session *s, size_t head, size_t *len_r, int *error_r)
+{
+	uint8_t *block = NULL;
+	size_t len = 0, cap = 0;
+
+	*error_r = 0;
+	for (;;) {
+		const uint8_t *data;
+		ssize_t n = nghttp2_session_mem_send(s, &data);
+
+		if (n < 0) {
+			free(block);
+			*error_r = (int)n;
+			*len_r = 0;
+			return NULL;
+		}
+		if (n == 0)
+			break;
+		if (len + (size_t)n > cap) {
+			cap = cap ? cap * 2 : 16384;
+			while (cap < len + (size_t)n)
+				cap *= 2;
+			block = realloc(block, head + cap);
+			if (block == NULL)
+				abort();
+		}
+		memcpy(block + head + len, data, (size_t)n);
+		len += (size_t)n;
+		if (len >= NATIVE_HIGH_WATER)
+			break;
+	}
+	*len_r = len;
+	if (len == 0) {
+		free(block);
+		return NULL;
+	}
+	return block;
+}
+
 /* ---- PING acknowledgements ---------------------------------------------------------------------- */
 
 void ping_ack_release(nghttp2_session *s, struct ping_ack *p)

@@ -246,6 +246,12 @@ void native_lease_add(struct native *n, int64_t id);
 void native_maybe_stopped(struct native *n);
 void native_schedule_flush(struct native *n);
 void native_flush_marked(struct native *n);
+/*
+ * Everything nghttp2 has to send (up to the high water mark), gathered in one
+ * malloc'ed block after `head` bytes left for the caller's write request.
+ * Returns NULL when there is nothing (or on an nghttp2 error, in *error_r).
+ */
+void *native_gather(nghttp2_session *s, size_t head, size_t *len_r, int *error_r);
 void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
 		   const uint8_t opaque[8]);
 void ping_ack_release(nghttp2_session *s, struct ping_ack *p);

@@ -6,6 +6,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,38 +128,18 @@ void up_flush_now(struct up_conn *uc)
 	if (uc->ping.pending && nghttp2_session_want_write(uc->session))
 		ping_ack_release(uc->session, &uc->ping); /* along with what goes out anyway */
 	while (uc->write_pending < NATIVE_HIGH_WATER) {
-		struct up_write *w = NULL;
-		size_t len = 0, cap = 0;
+		struct up_write *w;
+		size_t len;
+		int err;
 		uv_buf_t b;
 
-		for (;;) {
-			const uint8_t *data;
-			ssize_t n = nghttp2_session_mem_send(uc->session, &data);
-
-			if (n < 0) {
-				free(w);
-				up_failed(uc, nghttp2_strerror((int)n));
-				return;
-			}
-			if (n == 0)
-				break;
-			if (len + (size_t)n > cap) {
-				cap = cap ? cap * 2 : 16384;
-				while (cap < len + (size_t)n)
-					cap *= 2;
-				w = realloc(w, sizeof(*w) + cap);
-				if (w == NULL)
-					abort();
-			}
-			memcpy(w->data + len, data, (size_t)n);
-			len += (size_t)n;
-			if (len >= NATIVE_HIGH_WATER)
-				break;
+		w = native_gather(uc->session, offsetof(struct up_write, data), &len, &err);
+		if (err < 0) {
+			up_failed(uc, nghttp2_strerror(err));
+			return;
 		}
-		if (len == 0) {
-			free(w);
+		if (w == NULL)
 			break;
-		}
 		if (uc->ssl != NULL) {
 			/* memory BIOs: SSL_write takes everything at once */
 			int ok = SSL_write(uc->ssl, w->data, (int)len) == (int)len;
