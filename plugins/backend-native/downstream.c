@@ -91,20 +91,11 @@ static void grpc_reader_drop(struct grpc_reader *r, size_t len)
 
 static void down_flush_now(struct down_conn *dc);
 
-struct write_req {
-	uv_write_t req;
-	struct down_conn *dc;
-	size_t len;
-	uint8_t data[];
-};
-
 static void down_write_done(uv_write_t *req, int status)
 {
-	struct write_req *w = (struct write_req *)req;
-	struct down_conn *dc = w->dc;
+	struct down_conn *dc = req->handle->data;
 
-	dc->write_pending -= w->len;
-	free(w);
+	native_write_done(req);
 	if (status < 0) {
 		down_conn_close(dc);
 		return;
@@ -120,43 +111,18 @@ static void down_flush_now(struct down_conn *dc)
 	if (dc->ping.pending && nghttp2_session_want_write(dc->session))
 		ping_ack_release(dc->session, &dc->ping); /* along with what goes out anyway */
 	while (dc->write_pending < NATIVE_HIGH_WATER) {
-		struct write_req *w;
+		struct native_write *w;
 		size_t len;
 		int err;
-		uv_buf_t b;
 
-		w = native_gather(dc->session, offsetof(struct write_req, data), &len, &err);
+		w = native_gather(dc->session, NATIVE_WRITE_HEAD, &len, &err);
 		if (err < 0) {
 			down_conn_close(dc);
 			return;
 		}
 		if (w == NULL)
 			break;
-		b = uv_buf_init((char *)w->data, (unsigned)len);
-		if (dc->write_pending == 0) {
-			/* the usual case: the socket takes it all at once, no request needed */
-			int r = uv_try_write(&dc->h.stream, &b, 1);
-
-			if (r == (int)len) {
-				free(w);
-				continue;
-			}
-			if (r > 0) {
-				memmove(w->data, w->data + r, len - (size_t)r);
-				len -= (size_t)r;
-				b = uv_buf_init((char *)w->data, (unsigned)len);
-			} else if (r != UV_EAGAIN) {
-				free(w);
-				down_conn_close(dc);
-				return;
-			}
-		}
-		w->dc = dc;
-		w->len = len;
-		dc->write_pending += len;
-		if (uv_write(&w->req, &dc->h.stream, &b, 1, down_write_done) < 0) {
-			dc->write_pending -= len;
-			free(w);
+		if (native_write(&dc->h.stream, w, len, &dc->write_pending, down_write_done) < 0) {
 			down_conn_close(dc);
 			return;
 		}

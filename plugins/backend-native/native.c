@@ -389,6 +389,47 @@ void *native_gather(nghttp2_session *s, size_t head, size_t *len_r, int *error_r
 	return block;
 }
 
+int native_write(uv_stream_t *stream, struct native_write *w, size_t len, size_t *pending,
+		 uv_write_cb done)
+{
+	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
+	int r;
+
+	if (*pending == 0) {
+		/* the usual case: the socket takes it all at once */
+		r = uv_try_write(stream, &b, 1);
+		if (r == (int)len) {
+			free(w);
+			return 0;
+		}
+		if (r > 0) {
+			memmove(w->data, w->data + r, len - (size_t)r);
+			len -= (size_t)r;
+			b = uv_buf_init((char *)w->data, (unsigned)len);
+		} else if (r != UV_EAGAIN) {
+			free(w);
+			return r;
+		}
+	}
+	w->pending = pending;
+	w->len = len;
+	*pending += len;
+	r = uv_write(&w->req, stream, &b, 1, done);
+	if (r < 0) {
+		*pending -= len;
+		free(w);
+	}
+	return r;
+}
+
+void native_write_done(uv_write_t *req)
+{
+	struct native_write *w = (struct native_write *)req;
+
+	*w->pending -= w->len;
+	free(w);
+}
+
 /* ---- PING acknowledgements ---------------------------------------------------------------------- */
 
 void ping_ack_release(nghttp2_session *s, struct ping_ack *p)

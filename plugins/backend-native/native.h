@@ -13,6 +13,7 @@
 #ifndef EP_NATIVE_H
 #define EP_NATIVE_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
@@ -252,6 +253,26 @@ void native_flush_marked(struct native *n);
  * Returns NULL when there is nothing (or on an nghttp2 error, in *error_r).
  */
 void *native_gather(nghttp2_session *s, size_t head, size_t *len_r, int *error_r);
+
+/* One block on its way to a socket; the stream's data is its owner (down_conn, up_conn). */
+struct native_write {
+	uv_write_t req;
+	size_t *pending; /* the owner's count of queued bytes */
+	size_t len;
+	uint8_t data[];
+};
+#define NATIVE_WRITE_HEAD offsetof(struct native_write, data)
+
+/*
+ * Send len bytes of w->data, which this takes over: straight away when nothing
+ * is queued on the stream (no request, no callback), the rest queued with
+ * uv_write, counted in *pending until done() runs.  done() must call
+ * native_write_done() first.  Returns 0 or a negative libuv error.
+ */
+int native_write(uv_stream_t *stream, struct native_write *w, size_t len, size_t *pending,
+		 uv_write_cb done);
+/* In a done callback: uncount and free the block. */
+void native_write_done(uv_write_t *req);
 void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
 		   const uint8_t opaque[8]);
 void ping_ack_release(nghttp2_session *s, struct ping_ack *p);

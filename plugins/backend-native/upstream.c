@@ -48,20 +48,11 @@ int up_any_ready(const struct native *n)
 
 /* ---- writing ------------------------------------------------------------------------ */
 
-struct up_write {
-	uv_write_t req;
-	struct up_conn *uc;
-	size_t len;
-	uint8_t data[];
-};
-
 static void up_write_done(uv_write_t *req, int status)
 {
-	struct up_write *w = (struct up_write *)req;
-	struct up_conn *uc = w->uc;
+	struct up_conn *uc = req->handle->data;
 
-	uc->write_pending -= w->len;
-	free(w);
+	native_write_done(req);
 	if (status < 0 && uc->state != UP_CLOSED && uc->state != UP_IDLE)
 		up_failed(uc, uv_strerror(status));
 	else if (uc->session != NULL)
@@ -74,23 +65,13 @@ void up_flush(struct up_conn *uc)
 	native_schedule_flush(uc->n);
 }
 
-/* Queue bytes on the socket (ciphertext when TLS is on). Returns 0 or -1 (connection failed). */
-static int up_send_raw(struct up_conn *uc, const uint8_t *data, size_t n)
+/* Queue a block of native_gather() (or of tls_drain()); 0, or -1 when the connection failed. */
+static int up_send(struct up_conn *uc, struct native_write *w, size_t len)
 {
-	struct up_write *w = malloc(sizeof(*w) + n);
-	uv_buf_t b;
+	int r = native_write((uv_stream_t *)&uc->tcp, w, len, &uc->write_pending, up_write_done);
 
-	if (w == NULL)
-		abort();
-	memcpy(w->data, data, n);
-	w->uc = uc;
-	w->len = n;
-	b = uv_buf_init((char *)w->data, (unsigned)n);
-	uc->write_pending += n;
-	if (uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, up_write_done) < 0) {
-		uc->write_pending -= n;
-		free(w);
-		up_failed(uc, "write failed");
+	if (r < 0) {
+		up_failed(uc, uv_strerror(r));
 		return -1;
 	}
 	return 0;
@@ -99,12 +80,22 @@ static int up_send_raw(struct up_conn *uc, const uint8_t *data, size_t n)
 /* Move what OpenSSL produced (handshake records, encrypted data) to the socket. */
 static int tls_drain(struct up_conn *uc)
 {
-	uint8_t buf[16384];
-	int n;
+	size_t pending;
 
-	while ((n = BIO_read(uc->wbio, buf, sizeof(buf))) > 0)
-		if (up_send_raw(uc, buf, (size_t)n) < 0)
+	while ((pending = BIO_ctrl_pending(uc->wbio)) > 0) {
+		struct native_write *w = malloc(NATIVE_WRITE_HEAD + pending);
+		int n;
+
+		if (w == NULL)
+			abort();
+		n = BIO_read(uc->wbio, w->data, (int)pending);
+		if (n <= 0) {
+			free(w);
+			break;
+		}
+		if (up_send(uc, w, (size_t)n) < 0)
 			return -1;
+	}
 	return 0;
 }
 
@@ -128,12 +119,11 @@ void up_flush_now(struct up_conn *uc)
 	if (uc->ping.pending && nghttp2_session_want_write(uc->session))
 		ping_ack_release(uc->session, &uc->ping); /* along with what goes out anyway */
 	while (uc->write_pending < NATIVE_HIGH_WATER) {
-		struct up_write *w;
+		struct native_write *w;
 		size_t len;
 		int err;
-		uv_buf_t b;
 
-		w = native_gather(uc->session, offsetof(struct up_write, data), &len, &err);
+		w = native_gather(uc->session, NATIVE_WRITE_HEAD, &len, &err);
 		if (err < 0) {
 			up_failed(uc, nghttp2_strerror(err));
 			return;
@@ -153,33 +143,8 @@ void up_flush_now(struct up_conn *uc)
 				return;
 			continue;
 		}
-		b = uv_buf_init((char *)w->data, (unsigned)len);
-		if (uc->write_pending == 0) {
-			int r = uv_try_write((uv_stream_t *)&uc->tcp, &b, 1);
-
-			if (r == (int)len) {
-				free(w);
-				continue;
-			}
-			if (r > 0) {
-				memmove(w->data, w->data + r, len - (size_t)r);
-				len -= (size_t)r;
-				b = uv_buf_init((char *)w->data, (unsigned)len);
-			} else if (r != UV_EAGAIN) {
-				free(w);
-				up_failed(uc, uv_strerror(r));
-				return;
-			}
-		}
-		w->uc = uc;
-		w->len = len;
-		uc->write_pending += len;
-		if (uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, up_write_done) < 0) {
-			uc->write_pending -= len;
-			free(w);
-			up_failed(uc, "write failed");
+		if (up_send(uc, w, len) < 0)
 			return;
-		}
 	}
 	if (uc->state == UP_DRAINING && uc->calls == NULL)
 		up_failed(uc, NULL); /* drained after GOAWAY: reconnect */
