@@ -250,21 +250,23 @@ static int parse_supervisor(struct pctx *c, const cJSON *obj, struct ep_global_c
 	return 0;
 }
 
-static int parse_backends(struct pctx *c, const cJSON *obj, struct ep_global_config *g)
+/* "backends" or "certs": an object of option objects by plugin name, checked by the plugins */
+static int parse_plugin_options(struct pctx *c, const cJSON *obj, const char *section,
+				const char *what, cJSON **out)
 {
 	const cJSON *m;
 	int r;
 
-	if ((r = want_object(c, obj, "backends")) < 0)
+	if ((r = want_object(c, obj, section)) < 0)
 		return r;
 	cJSON_ArrayForEach(m, obj)
 	{
 		if (!cJSON_IsObject(m))
-			return fail_at(c, m, "backends.%s: expected an object of options for the %s backend",
-				       m->string, m->string);
+			return fail_at(c, m, "%s.%s: expected an object of options for the %s %s",
+				       section, m->string, m->string, what);
 	}
-	cJSON_Delete(g->backends);
-	g->backends = cJSON_Duplicate(obj, 1);
+	cJSON_Delete(*out);
+	*out = cJSON_Duplicate(obj, 1);
 	return 0;
 }
 
@@ -293,6 +295,7 @@ static void global_defaults(struct ep_global_config *g)
 	g->stable_after_ms = 60000;
 	g->max_failures = 10;
 	g->backends = cJSON_CreateObject();
+	g->certs = cJSON_CreateObject();
 }
 
 static int parse_global(struct pctx *c, const cJSON *root, struct ep_global_config *g)
@@ -331,12 +334,14 @@ static int parse_global(struct pctx *c, const cJSON *root, struct ep_global_conf
 		else if (strcmp(k, "supervisor") == 0)
 			r = parse_supervisor(c, m, g);
 		else if (strcmp(k, "backends") == 0)
-			r = parse_backends(c, m, g);
+			r = parse_plugin_options(c, m, "backends", "backend", &g->backends);
+		else if (strcmp(k, "certs") == 0)
+			r = parse_plugin_options(c, m, "certs", "certificate source", &g->certs);
 		else
 			r = unknown_key(c, m, "",
 					"storages_dir, state_dir, runtime_dir, plugin_dir, worker, "
 					"control_socket, log_level, core_etcd, defaults, supervisor, "
-					"backends");
+					"backends, certs");
 		if (r < 0)
 			return r;
 	}
@@ -395,6 +400,7 @@ void ep_global_config_free(struct ep_global_config *g)
 	free(g->core.key_file);
 	free(g->default_backend);
 	cJSON_Delete(g->backends);
+	cJSON_Delete(g->certs);
 	free(g);
 }
 
@@ -431,7 +437,7 @@ int ep_tenant_name_valid(const char *name)
 	return !label_start && name[len - 1] != '-';
 }
 
-int ep_listen_validate(const char *listen, const char **why_r)
+int ep_listen_validate(const char *listen, int tls, const char **why_r)
 {
 	const char *colon;
 	char host[64];
@@ -484,7 +490,7 @@ int ep_listen_validate(const char *listen, const char **why_r)
 	struct in_addr a4;
 	struct in6_addr a6;
 	if (inet_pton(AF_INET, host, &a4) == 1) {
-		if ((ntohl(a4.s_addr) >> 24) == 127)
+		if ((ntohl(a4.s_addr) >> 24) == 127 || tls)
 			return 0;
 	} else if (inet_pton(AF_INET6, host, &a6) == 1) {
 		/* "::1:2379" is itself an IPv6 address: without brackets the port is a guess */
@@ -492,7 +498,7 @@ int ep_listen_validate(const char *listen, const char **why_r)
 			*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
 			return -EINVAL;
 		}
-		if (IN6_IS_ADDR_LOOPBACK(&a6))
+		if (IN6_IS_ADDR_LOOPBACK(&a6) || tls)
 			return 0;
 	} else if (strcmp(host, "localhost") == 0) {
 		return 0;
@@ -503,8 +509,8 @@ int ep_listen_validate(const char *listen, const char **why_r)
 		*why_r = "the host must be an IP address or \"localhost\"";
 		return -EINVAL;
 	}
-	*why_r = "plaintext is only allowed on a loopback address (127.0.0.0/8, ::1) or a Unix "
-		 "socket, and TLS towards tenants is not available yet";
+	*why_r = "plaintext (spec.tls.enabled false) is only allowed on a loopback address "
+		 "(127.0.0.0/8, ::1) or a Unix socket";
 	return -EINVAL;
 }
 
@@ -565,6 +571,179 @@ static int parse_policy(struct pctx *c, const cJSON *v, struct ep_tenant_config 
 	return 0;
 }
 
+/* A DNS name (labels of letters, digits and '-', a leading "*." allowed) or an IP literal. */
+static int server_name_valid(const char *n)
+{
+	struct in6_addr a6;
+	size_t label = 0;
+
+	if (inet_pton(AF_INET6, n, &a6) == 1)
+		return 1;
+	if (strncmp(n, "*.", 2) == 0)
+		n += 2;
+	if (n[0] == '\0' || strlen(n) > 253)
+		return 0;
+	for (const char *p = n; *p; p++) {
+		if (*p == '.') {
+			if (label == 0 || p[-1] == '-')
+				return 0;
+			label = 0;
+		} else if (isalnum((unsigned char)*p) || (*p == '-' && label > 0)) {
+			if (++label > 63)
+				return 0;
+		} else {
+			return 0;
+		}
+	}
+	return label > 0 && n[strlen(n) - 1] != '-';
+}
+
+/* A client certificate's name: its common name and the name of its files. */
+static int client_cert_name_valid(const char *n)
+{
+	size_t len = strlen(n);
+
+	if (len == 0 || len > 64 || n[0] == '.' || n[0] == '-')
+		return 0;
+	for (const char *p = n; *p; p++)
+		if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.' || *p == ':' ||
+		      *p == '@'))
+			return 0;
+	return 1;
+}
+
+static int parse_tls_files(struct pctx *c, const cJSON *v, struct ep_tls_config *tls)
+{
+	const cJSON *m;
+	int r;
+
+	if ((r = want_object(c, v, "spec.tls.files")) < 0)
+		return r;
+	cJSON_ArrayForEach(m, v)
+	{
+		if (strcmp(m->string, "certFile") == 0)
+			r = want_path(c, m, "spec.tls.files.certFile", 0, &tls->cert_file);
+		else if (strcmp(m->string, "keyFile") == 0)
+			r = want_path(c, m, "spec.tls.files.keyFile", 0, &tls->key_file);
+		else if (strcmp(m->string, "clientCAFile") == 0)
+			r = want_path(c, m, "spec.tls.files.clientCAFile", 0, &tls->client_ca_file);
+		else if (strcmp(m->string, "caFile") == 0)
+			r = want_path(c, m, "spec.tls.files.caFile", 0, &tls->ca_file);
+		else
+			r = unknown_key(c, m, "spec.tls.files",
+					"certFile, keyFile, clientCAFile, caFile");
+		if (r < 0)
+			return r;
+	}
+	if (tls->cert_file == NULL || tls->key_file == NULL || tls->client_ca_file == NULL)
+		return fail_at(c, v, "spec.tls.files: certFile, keyFile and clientCAFile are required "
+			       "(caFile, the bundle clients verify the proxy with, is optional)");
+	return 0;
+}
+
+static int parse_client_certs(struct pctx *c, const cJSON *v, struct ep_tls_config *tls)
+{
+	const cJSON *e, *m;
+	int r;
+
+	if (!cJSON_IsArray(v))
+		return fail_at(c, v, "spec.tls.clientCertificates: expected an array of "
+			       "{\"name\", \"outputDir\"}");
+	tls->client_certs = ep_malloc0(sizeof(*tls->client_certs) * ((size_t)cJSON_GetArraySize(v) + 1));
+	cJSON_ArrayForEach(e, v)
+	{
+		struct ep_client_cert_config *cc = &tls->client_certs[tls->n_client_certs++];
+
+		if (!cJSON_IsObject(e))
+			return fail_at(c, e, "spec.tls.clientCertificates: expected an object "
+				       "{\"name\", \"outputDir\"}");
+		cJSON_ArrayForEach(m, e)
+		{
+			if (strcmp(m->string, "name") == 0)
+				r = want_string(c, m, "spec.tls.clientCertificates[].name", &cc->name);
+			else if (strcmp(m->string, "outputDir") == 0)
+				r = want_path(c, m, "spec.tls.clientCertificates[].outputDir", 0,
+					      &cc->output_dir);
+			else
+				r = unknown_key(c, m, "spec.tls.clientCertificates[]", "name, outputDir");
+			if (r < 0)
+				return r;
+		}
+		if (cc->name == NULL || cc->output_dir == NULL)
+			return fail_at(c, e, "spec.tls.clientCertificates: every entry needs both "
+				       "\"name\" and \"outputDir\"");
+		if (!client_cert_name_valid(cc->name))
+			return fail_at(c, cJSON_GetObjectItemCaseSensitive(e, "name"),
+				       "spec.tls.clientCertificates[].name: \"%s\": expected 1 to 64 "
+				       "letters, digits, '-', '_', '.', ':' or '@' (it becomes the "
+				       "certificate's common name)", cc->name);
+		for (size_t i = 0; i + 1 < tls->n_client_certs; i++) {
+			if (strcmp(tls->client_certs[i].name, cc->name) == 0)
+				return fail_at(c, e, "spec.tls.clientCertificates: the name \"%s\" "
+					       "appears twice", cc->name);
+			if (strcmp(tls->client_certs[i].output_dir, cc->output_dir) == 0)
+				return fail_at(c, e, "spec.tls.clientCertificates: the outputDir "
+					       "\"%s\" appears twice", cc->output_dir);
+		}
+	}
+	return 0;
+}
+
+static int parse_tls(struct pctx *c, const cJSON *v, struct ep_tenant_config *t,
+		     const cJSON **enabled_r, const cJSON **files_r, const cJSON **certs_r)
+{
+	struct ep_tls_config *tls = &t->tls;
+	const cJSON *m, *e;
+	int r;
+
+	if ((r = want_object(c, v, "spec.tls")) < 0)
+		return r;
+	cJSON_ArrayForEach(m, v)
+	{
+		const char *k = m->string;
+
+		r = 0;
+		if (strcmp(k, "enabled") == 0) {
+			if (!cJSON_IsBool(m))
+				return fail_at(c, m, "spec.tls.enabled: expected true or false");
+			tls->enabled = cJSON_IsTrue(m);
+			*enabled_r = m;
+		} else if (strcmp(k, "source") == 0) {
+			if (!cJSON_IsString(m) || (strcmp(m->valuestring, "ca") != 0 &&
+						   strcmp(m->valuestring, "files") != 0))
+				return fail_at(c, m, "spec.tls.source: expected \"ca\" (a built-in CA "
+					       "per tenant) or \"files\" (PEM files kept by the operator)");
+			free(tls->source);
+			tls->source = ep_strdup(m->valuestring);
+		} else if (strcmp(k, "serverNames") == 0) {
+			if (!cJSON_IsArray(m))
+				return fail_at(c, m, "spec.tls.serverNames: expected an array of DNS "
+					       "names or IP addresses");
+			tls->server_names = ep_malloc0(sizeof(char *) * ((size_t)cJSON_GetArraySize(m) + 1));
+			cJSON_ArrayForEach(e, m)
+			{
+				if (!cJSON_IsString(e) || !server_name_valid(e->valuestring))
+					return fail_at(c, e, "spec.tls.serverNames: expected a DNS name "
+						       "(\"etcd.example.com\", \"*.example.com\") or "
+						       "an IP address");
+				tls->server_names[tls->n_server_names++] = ep_strdup(e->valuestring);
+			}
+		} else if (strcmp(k, "clientCertificates") == 0) {
+			*certs_r = m;
+			r = parse_client_certs(c, m, tls);
+		} else if (strcmp(k, "files") == 0) {
+			*files_r = m;
+			r = parse_tls_files(c, m, tls);
+		} else {
+			r = unknown_key(c, m, "spec.tls",
+					"enabled, source, serverNames, clientCertificates, files");
+		}
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 static int backend_name_valid(const char *name)
 {
 	for (const char *p = name; *p; p++)
@@ -577,6 +756,7 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 		      struct ep_tenant_config *t)
 {
 	const cJSON *m, *backend_node = NULL, *listen_node = NULL, *policy_node = NULL;
+	const cJSON *tls_node = NULL, *enabled_node = NULL, *files_node = NULL, *certs_node = NULL;
 	const char *why;
 	int r;
 
@@ -608,11 +788,14 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 		} else if (strcmp(k, "policy") == 0) {
 			policy_node = m;
 			r = parse_policy(c, m, t);
+		} else if (strcmp(k, "tls") == 0) {
+			tls_node = m;
+			r = parse_tls(c, m, t, &enabled_node, &files_node, &certs_node);
 		} else
 			r = unknown_key(c, m, "spec",
 					"caCertConfigMap, clientCertSecret, "
 					"signingCertificateValidity, servingCertificateValidity, "
-					"clientCertificateValidity, backend, listen, policy");
+					"clientCertificateValidity, backend, listen, policy, tls");
 		if (r < 0)
 			return r;
 	}
@@ -622,8 +805,29 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 			       "spec.listen is required: the address this tenant is served on "
 			       "(\"127.0.0.1:23790\" or \"unix:/run/etcdproxy/%s.sock\")",
 			       t->name);
-	if (ep_listen_validate(t->listen, &why) < 0)
+	if (ep_listen_validate(t->listen, 1, &why) < 0)
 		return fail_at(c, listen_node, "spec.listen: \"%s\": %s", t->listen, why);
+	if (!t->tls.enabled && ep_listen_validate(t->listen, 0, &why) < 0)
+		return fail_at(c, enabled_node, "spec.tls.enabled: false: \"%s\": %s", t->listen, why);
+	if (t->tls.enabled && strcmp(t->tls.source, "files") == 0 && files_node == NULL)
+		return fail_at(c, tls_node, "spec.tls.source \"files\" needs spec.tls.files "
+			       "{\"certFile\", \"keyFile\", \"clientCAFile\"}");
+	if (strcmp(t->tls.source, "files") != 0 && files_node != NULL)
+		return fail_at(c, files_node, "spec.tls.files: only used with spec.tls.source "
+			       "\"files\"; the source is \"%s\"", t->tls.source);
+	if (strcmp(t->tls.source, "ca") != 0 && certs_node != NULL)
+		return fail_at(c, certs_node, "spec.tls.clientCertificates: only the \"ca\" source "
+			       "issues client certificates; the source is \"%s\"", t->tls.source);
+	for (size_t i = 0; i < t->tls.n_client_certs; i++) {
+		size_t n = strlen(g->state_dir);
+
+		if (strncmp(t->tls.client_certs[i].output_dir, g->state_dir, n) == 0 &&
+		    (t->tls.client_certs[i].output_dir[n] == '/' ||
+		     t->tls.client_certs[i].output_dir[n] == '\0'))
+			return fail_at(c, certs_node, "spec.tls.clientCertificates: outputDir \"%s\" "
+				       "is inside state_dir %s, which belongs to etcdproxy",
+				       t->tls.client_certs[i].output_dir, g->state_dir);
+	}
 
 	if (!backend_name_valid(t->backend))
 		return fail_at(c, backend_node, "spec.backend: \"%s\" is not a plugin name "
@@ -643,6 +847,17 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 	if (stat(plugin, &st) < 0 || !S_ISREG(st.st_mode)) {
 		r = fail_at(c, backend_node != NULL ? backend_node : spec,
 			    "spec.backend: \"%s\": no plugin %s (%s)", t->backend, plugin,
+			    stat(plugin, &st) < 0 ? strerror(errno) : "not a regular file");
+		free(plugin);
+		return r;
+	}
+	free(plugin);
+	if (!t->tls.enabled)
+		return 0;
+	plugin = ep_strdup_printf("%s/certs-%s.so", g->plugin_dir, t->tls.source);
+	if (stat(plugin, &st) < 0 || !S_ISREG(st.st_mode)) {
+		r = fail_at(c, tls_node != NULL ? tls_node : spec,
+			    "spec.tls.source: \"%s\": no plugin %s (%s)", t->tls.source, plugin,
 			    stat(plugin, &st) < 0 ? strerror(errno) : "not a regular file");
 		free(plugin);
 		return r;
@@ -705,6 +920,8 @@ static int parse_tenant(struct pctx *c, const cJSON *root, const struct ep_globa
 	t->signing_validity_ms = g->default_signing_validity_ms;
 	t->serving_validity_ms = g->default_serving_validity_ms;
 	t->client_validity_ms = g->default_client_validity_ms;
+	t->tls.enabled = 1;
+	t->tls.source = ep_strdup("ca");
 	if (spec == NULL)
 		return fail_at(c, root, "spec is required (at least spec.listen)");
 	return parse_spec(c, spec, g, t);
@@ -759,6 +976,19 @@ void ep_tenant_config_free(struct ep_tenant_config *t)
 	free_refs(t->ca_cert_config_maps, t->n_ca_cert_config_maps);
 	free_refs(t->client_cert_secrets, t->n_client_cert_secrets);
 	free(t->compaction);
+	for (size_t i = 0; i < t->tls.n_server_names; i++)
+		free(t->tls.server_names[i]);
+	free(t->tls.server_names);
+	for (size_t i = 0; i < t->tls.n_client_certs; i++) {
+		free(t->tls.client_certs[i].name);
+		free(t->tls.client_certs[i].output_dir);
+	}
+	free(t->tls.client_certs);
+	free(t->tls.source);
+	free(t->tls.cert_file);
+	free(t->tls.key_file);
+	free(t->tls.client_ca_file);
+	free(t->tls.ca_file);
 	free(t);
 }
 
@@ -806,6 +1036,38 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 	cJSON *policy = cJSON_AddObjectToObject(tenant, "policy");
 	if (t->compaction != NULL)
 		cJSON_AddStringToObject(policy, "compaction", t->compaction);
+	if (t->tls.enabled) {
+		const cJSON *copts = cJSON_GetObjectItemCaseSensitive(g->certs, t->tls.source);
+		cJSON *tls = cJSON_AddObjectToObject(tenant, "tls");
+		cJSON *a = cJSON_AddArrayToObject(tls, "serverNames");
+
+		cJSON_AddStringToObject(tls, "source", t->tls.source);
+		for (size_t i = 0; i < t->tls.n_server_names; i++)
+			cJSON_AddItemToArray(a, cJSON_CreateString(t->tls.server_names[i]));
+		a = cJSON_AddArrayToObject(tls, "clientCertificates");
+		for (size_t i = 0; i < t->tls.n_client_certs; i++) {
+			cJSON *o = cJSON_CreateObject();
+
+			cJSON_AddStringToObject(o, "name", t->tls.client_certs[i].name);
+			cJSON_AddStringToObject(o, "outputDir", t->tls.client_certs[i].output_dir);
+			cJSON_AddItemToArray(a, o);
+		}
+		if (t->tls.cert_file != NULL) {
+			cJSON *f = cJSON_AddObjectToObject(tls, "files");
+
+			cJSON_AddStringToObject(f, "certFile", t->tls.cert_file);
+			cJSON_AddStringToObject(f, "keyFile", t->tls.key_file);
+			cJSON_AddStringToObject(f, "clientCAFile", t->tls.client_ca_file);
+			add_nullable(f, "caFile", t->tls.ca_file);
+		}
+		cJSON_AddNumberToObject(tls, "signing_validity_ms", (double)t->signing_validity_ms);
+		cJSON_AddNumberToObject(tls, "serving_validity_ms", (double)t->serving_validity_ms);
+		cJSON_AddNumberToObject(tls, "client_validity_ms", (double)t->client_validity_ms);
+		cJSON_AddItemToObject(root, "certs_options",
+				      copts != NULL ? cJSON_Duplicate(copts, 1) : cJSON_CreateObject());
+	} else {
+		cJSON_AddNullToObject(tenant, "tls");
+	}
 	for (size_t i = 0; i < g->core.n_endpoints; i++)
 		cJSON_AddItemToArray(eps, cJSON_CreateString(g->core.endpoints[i]));
 	add_nullable(core, "ca_file", g->core.ca_file);

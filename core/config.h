@@ -55,6 +55,25 @@ struct ep_global_config {
 
 	/* per-plugin options: {"etcd": {...}}; owned */
 	cJSON *backends;
+	/* per certificate source options: {"ca": {...}}; owned */
+	cJSON *certs;
+};
+
+/* spec.tls of a tenant: TLS towards its clients. */
+struct ep_client_cert_config {
+	char *name;       /* common name of the client certificate, and its state file name */
+	char *output_dir; /* tls.crt, tls.key and ca.crt are kept there */
+};
+
+struct ep_tls_config {
+	int enabled;  /* default 1; 0 only on loopback or a Unix socket */
+	char *source; /* certificate source plugin: "ca" (default) or "files" */
+	char **server_names; /* extra names (DNS or IP) for the serving certificate */
+	size_t n_server_names;
+	struct ep_client_cert_config *client_certs; /* source "ca" only */
+	size_t n_client_certs;
+	/* source "files": PEM paths (ca_file optional) */
+	char *cert_file, *key_file, *client_ca_file, *ca_file;
 };
 
 struct ep_k8s_ref {
@@ -76,6 +95,7 @@ struct ep_tenant_config {
 	struct ep_k8s_ref *client_cert_secrets;
 	size_t n_client_cert_secrets;
 	char *compaction; /* spec.policy.compaction: "ignore", "allow", "deny"; NULL: the backend's default */
+	struct ep_tls_config tls;
 };
 
 /*
@@ -107,10 +127,11 @@ int ep_tenant_name_valid(const char *name);
 
 /*
  * Check a listen address: "HOST:PORT" ("[::1]:PORT" for IPv6) or
- * "unix:/absolute/path".  Plaintext is allowed only on loopback and Unix
- * sockets.  Returns 0 or -EINVAL with a static explanation in *why_r.
+ * "unix:/absolute/path".  tls: 0 for plaintext, which is allowed only on
+ * loopback and Unix sockets.  Returns 0 or -EINVAL with a static
+ * explanation in *why_r.
  */
-int ep_listen_validate(const char *listen, const char **why_r);
+int ep_listen_validate(const char *listen, int tls, const char **why_r);
 
 /*
  * The whole effective configuration of one worker: the CONFIGURE payload.

@@ -543,7 +543,7 @@ class Supervisor:
         return os.path.join(self.storages, '%s.json' % name)
 
     def add_tenant(self, name, backend, port, policy=None):
-        spec = {'backend': backend, 'listen': '127.0.0.1:%d' % port}
+        spec = {'backend': backend, 'listen': '127.0.0.1:%d' % port, 'tls': {'enabled': False}}
         if policy:
             spec['policy'] = policy
         write_json(self.tenant_path(name), {

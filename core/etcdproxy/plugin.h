@@ -92,7 +92,40 @@ struct ep_tenant_info {
 	 * Unix socket you did not bind.
 	 */
 	int listen_fd;
-	void *reserved[6];
+	/*
+	 * The tenant's spec.tls as a JSON object text, already validated by the
+	 * supervisor, or NULL when TLS towards clients is off.  Fields:
+	 * "source" ("ca"|"files"), "serverNames" [..], "clientCertificates"
+	 * [{"name","outputDir"}], "files" {"certFile","keyFile","clientCAFile",
+	 * "caFile"}, and the validities in milliseconds ("signing_validity_ms",
+	 * "serving_validity_ms", "client_validity_ms").  Certificate plugins read
+	 * it; backends get the resulting material through ep_host.tls_material.
+	 */
+	const char *tls_json;
+	void *reserved[5];
+};
+
+/**
+ * A tenant's current TLS material towards its clients, as files: what a
+ * certificate-source plugin publishes and a backend serves with.  Every
+ * path names a complete, consistent file that stays in place at least until
+ * the next material has been published and the backend's tls_changed()
+ * has returned.
+ */
+struct ep_tls_material {
+	const char *cert_file;      /* serving certificate chain (leaf first), PEM */
+	const char *key_file;       /* its private key, PEM */
+	const char *client_ca_file; /* CAs a client certificate must chain to, PEM bundle */
+	/*
+	 * The bundle clients verify the serving certificate with (what is
+	 * published as ca.crt), or NULL when the source does not know it.
+	 */
+	const char *ca_file;
+	/* Bumped by the source on every publish; the host numbers nothing itself. */
+	uint64_t generation;
+	/* 1 when client_ca_file's content differs from the previous material's. */
+	int client_ca_changed;
+	void *reserved[4];
 };
 
 struct ep_host;
@@ -145,7 +178,28 @@ struct ep_host {
 	int (*spawn)(struct ep_host *host, uv_process_t *process,
 		     const uv_process_options_t *options);
 
-	void *reserved[8];
+	/**
+	 * For backends: the tenant's current TLS material towards clients, or
+	 * NULL when the tenant is served without TLS (spec.tls.enabled false).
+	 * Valid until the backend's tls_changed() is called again.
+	 */
+	const struct ep_tls_material *(*tls_material)(struct ep_host *host);
+
+	/**
+	 * For certificate sources: new material is in place (copied by the
+	 * host).  The host calls the backend's tls_changed() before this
+	 * returns, so the source may remove the previous files afterwards.
+	 */
+	void (*tls_publish)(struct ep_host *host, const struct ep_tls_material *material);
+
+	/**
+	 * For certificate sources: what is shown under "certificates" by
+	 * `etcdproxyctl show` changed (a rotation, a reload, an error); the host
+	 * calls describe() and reports it to the supervisor.
+	 */
+	void (*certs_changed)(struct ep_host *host);
+
+	void *reserved[5];
 };
 
 /** Operations of a backend plugin (ep_plugin.kind == EP_PLUGIN_BACKEND). */
@@ -170,18 +224,60 @@ struct ep_backend_ops {
 	 */
 	char *(*counters)(void *state);
 
-	void *reserved[7];
+	/*
+	 * Optional (NULL: TLS material is read once, at start).  New TLS
+	 * material towards clients was published (host->tls_material()): new
+	 * handshakes must use it from now on, open connections go on
+	 * undisturbed.  When it cannot be used, keep the old material and log
+	 * why.
+	 */
+	void (*tls_changed)(void *state);
+
+	void *reserved[6];
 };
 
-/** Operations of a certificate-source plugin (EP_PLUGIN_CERTS). */
+/**
+ * Operations of a certificate-source plugin (EP_PLUGIN_CERTS).  The host
+ * loads it before the backend when the tenant has TLS on, calls refresh()
+ * once before the backend starts, and stop() when the worker stops.
+ */
 struct ep_certs_ops {
 	/**
-	 * Make sure the tenant's TLS material exists and is current.  Returns 0
-	 * or a negative errno code with a reason in *error_r.
+	 * Make sure the tenant's TLS material exists and is current, and
+	 * publish it with host->tls_publish() before returning 0.  Afterwards
+	 * the plugin keeps it current on its own (timers, file watches on the
+	 * host's loop).  Returns 0 or a negative errno code with a reason in
+	 * *error_r; -EINVAL means the configuration or the files are wrong.
 	 */
 	int (*refresh)(void *state, const char **error_r);
 
-	void *reserved[8];
+	/* Close every handle the plugin opened on the loop; fini() follows. */
+	void (*stop)(void *state);
+
+	/*
+	 * The certificates in use, for `etcdproxyctl show`, as a JSON array text
+	 * (malloc'ed; the host frees it) of objects {"role", "subject", "serial",
+	 * "not_before", "not_after", "issuer", ...}.  NULL: nothing to show.
+	 */
+	char *(*describe)(void *state);
+
+	/*
+	 * Optional.  Start a rotation now (`etcdproxyctl rotate`): new CAs and
+	 * then new leaf certificates, in the same safe order as scheduled ones.
+	 * Returns 0 or a negative errno code with a reason in *error_r.
+	 */
+	int (*rotate)(void *state, const char **error_r);
+
+	/*
+	 * Optional.  Issue one extra client certificate with common name cn
+	 * into the directory out_dir (tls.crt, tls.key, ca.crt).  Returns 0 and
+	 * a JSON object text describing it in *result_r (malloc'ed), or a
+	 * negative errno code with a reason in *error_r (malloc'ed).
+	 */
+	int (*issue_client)(void *state, const char *cn, const char *out_dir, char **result_r,
+			    char **error_r);
+
+	void *reserved[4];
 };
 
 /** The one descriptor a plugin exports as EP_PLUGIN_SYMBOL. */

@@ -567,10 +567,12 @@ class Supervisor:
     def tenant_file(self, name):
         return os.path.join(self.storages, '%s.json' % name)
 
-    def add_tenant(self, name, port=None, listen=None, backend=None, text=None):
+    def add_tenant(self, name, port=None, listen=None, backend=None, text=None, tls=None,
+                   spec_extra=None):
         """Write storages.d/NAME.json; returns the port (None for a given listen or text).
         backend=None: EP_TEST_BACKEND when set to another backend than "etcd", else no
-        "backend" field (the configuration's default)."""
+        "backend" field (the configuration's default).  tls=None: plaintext
+        ({"enabled": false}), the TLS tests pass their own spec.tls."""
         if text is not None:
             write_text(self.tenant_file(name), text)
             return None
@@ -583,6 +585,8 @@ class Supervisor:
             backend = test_backend()  # EP_TEST_BACKEND, unless the test sets defaults.backend
         if backend:
             spec['backend'] = backend
+        spec['tls'] = tls if tls is not None else {'enabled': False}
+        spec.update(spec_extra or {})
         write_json(self.tenant_file(name), {
             'apiVersion': 'etcd.xmudrii.com/v1alpha1', 'kind': 'EtcdStorage',
             'metadata': {'name': name}, 'spec': spec})

@@ -87,7 +87,7 @@ def test_changed_keeps_socket(s, sv, port):
     sv.add_tenant('a', text=json.dumps({
         'apiVersion': 'etcd.xmudrii.com/v1alpha1', 'kind': 'EtcdStorage',
         'metadata': {'name': 'a'},
-        'spec': {'backend': 'native', 'listen': '127.0.0.1:%d' % port,
+        'spec': {'backend': 'native', 'listen': '127.0.0.1:%d' % port, 'tls': {'enabled': False},
                  'policy': {'compaction': 'deny'}}}))
     rc, out, err, data = sv.ctl('reload')
     s.eq(data and data.get('changed'), ['a'], 'a policy change is a change')

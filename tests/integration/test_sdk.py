@@ -127,7 +127,8 @@ def test_standalone(s, st):
     tenant = os.path.join(st.tmp, 'standalone', 'storages.d', 'greeter.json')
     eptest.write_json(tenant, {'apiVersion': 'etcd.xmudrii.com/v1alpha1', 'kind': 'EtcdStorage',
                                'metadata': {'name': 'greeter'},
-                               'spec': {'backend': 'hello', 'listen': '127.0.0.1:%d' % port}})
+                               'spec': {'backend': 'hello', 'listen': '127.0.0.1:%d' % port,
+                                        'tls': {'enabled': False}}})
     log = os.path.join(st.tmp, 'standalone', 'worker.log')
     worker = os.path.join(st.prefix, 'libexec/etcdproxy/etcdproxy-worker')
     p = s.popen([worker, '--standalone', '-c', conf, tenant], log=log,
@@ -225,7 +226,8 @@ def test_fail_in_start(s, st):
     eptest.write_json(tenant, {'apiVersion': 'etcd.xmudrii.com/v1alpha1', 'kind': 'EtcdStorage',
                                'metadata': {'name': 'f'},
                                'spec': {'backend': 'failstart',
-                                        'listen': '127.0.0.1:%d' % eptest.free_port()}})
+                                        'listen': '127.0.0.1:%d' % eptest.free_port(),
+                                        'tls': {'enabled': False}}})
     log = os.path.join(st.tmp, 'failstart', 'worker.log')
     worker = os.path.join(st.prefix, 'libexec/etcdproxy/etcdproxy-worker')
     p = s.popen([worker, '--standalone', '-c', conf, tenant], log=log,

@@ -26,7 +26,7 @@
 /* Messages that many cases share. */
 #define TOP_KEYS \
 	"(expected one of: storages_dir, state_dir, runtime_dir, plugin_dir, worker, " \
-	"control_socket, log_level, core_etcd, defaults, supervisor, backends)"
+	"control_socket, log_level, core_etcd, defaults, supervisor, backends, certs)"
 #define MSG_LOG_LEVEL \
 	"log_level: expected one of \"err\", \"warning\", \"notice\", \"info\", \"debug\""
 #define MSG_DURATION(what, got) \
@@ -38,8 +38,8 @@
 #define MSG_BACKOFF "supervisor: restart_backoff_max must not be below restart_backoff_initial"
 #define MSG_CERT_KEY "core_etcd: cert_file and key_file go together: set both or neither"
 #define MSG_LOOPBACK \
-	"plaintext is only allowed on a loopback address (127.0.0.0/8, ::1) or a Unix socket, " \
-	"and TLS towards tenants is not available yet"
+	"plaintext (spec.tls.enabled false) is only allowed on a loopback address " \
+	"(127.0.0.0/8, ::1) or a Unix socket"
 #define MSG_HOSTPORT "expected HOST:PORT (\"127.0.0.1:23790\", \"[::1]:23790\") or unix:PATH"
 #define MSG_ETCD_UNIX \
 	"spec.listen: the etcd backend (etcd grpc-proxy) listens on TCP only; use HOST:PORT"
@@ -53,7 +53,7 @@
 
 struct fixture {
 	char *dir;
-	char *plugins;     /* dir/plugins: empty backend-etcd.so and backend-other.so */
+	char *plugins;     /* dir/plugins: empty backend-etcd.so, backend-other.so, certs-ca.so */
 	char *global_file; /* dir/etcdproxyd.json */
 	char *tenant_file; /* dir/storages.d/t.json */
 	struct ep_global_config *global;
@@ -161,6 +161,9 @@ static int setup(void **state)
 	write_file(p, "");
 	free(p);
 	p = ep_strdup_printf("%s/backend-other.so", f->plugins);
+	write_file(p, "");
+	free(p);
+	p = ep_strdup_printf("%s/certs-ca.so", f->plugins);
 	write_file(p, "");
 	free(p);
 	f->global = global_ok(f, fixture_global);
@@ -823,12 +826,12 @@ static void test_listen_validate(void **state UNUSED)
 
 	for (size_t i = 0; i < N_ELEMENTS(good); i++) {
 		why = NULL;
-		if (ep_listen_validate(good[i], &why) != 0)
+		if (ep_listen_validate(good[i], 0, &why) != 0)
 			fail_msg("\"%s\" refused (%s), should be valid", good[i], why);
 	}
 	for (size_t i = 0; i < N_ELEMENTS(bad); i++) {
 		why = NULL;
-		if (ep_listen_validate(bad[i].listen, &why) != -EINVAL)
+		if (ep_listen_validate(bad[i].listen, 0, &why) != -EINVAL)
 			fail_msg("\"%s\" accepted, should be invalid", bad[i].listen);
 		if (why == NULL || strcmp(why, bad[i].why) != 0)
 			fail_msg("\"%s\": why is \"%s\", expected \"%s\"", bad[i].listen,
@@ -839,16 +842,16 @@ static void test_listen_validate(void **state UNUSED)
 	memset(path, 'u', sizeof(path));
 	memcpy(path, "unix:/", 6);
 	path[5 + 107] = '\0';
-	assert_int_equal(ep_listen_validate(path, &why), 0);
+	assert_int_equal(ep_listen_validate(path, 0, &why), 0);
 	path[5 + 107] = 'u';
 	path[5 + 108] = '\0';
-	assert_int_equal(ep_listen_validate(path, &why), -EINVAL);
+	assert_int_equal(ep_listen_validate(path, 0, &why), -EINVAL);
 	assert_string_equal(why, "the Unix socket path is longer than 107 bytes");
 
 	/* a host too long for any address */
 	memset(path, '1', sizeof(path));
 	memcpy(path + 100, ":80", 4);
-	assert_int_equal(ep_listen_validate(path, &why), -EINVAL);
+	assert_int_equal(ep_listen_validate(path, 0, &why), -EINVAL);
 	assert_string_equal(why, "the host is too long");
 }
 
@@ -1096,8 +1099,8 @@ static void test_tenant_names(void **state)
 static void test_tenant_listen(void **state)
 {
 	static const struct tcase cases[] = {
-		{ { .spec = "{\"listen\": \"10.0.0.1:1\"}" }, 5, 12,
-		  "spec.listen: \"10.0.0.1:1\": " MSG_LOOPBACK, "a" },
+		{ { .spec = "{\"listen\": \"10.0.0.1:1\", \"tls\": {\"enabled\": false}}" }, 5, 44,
+		  "spec.tls.enabled: false: \"10.0.0.1:1\": " MSG_LOOPBACK, "a" },
 		{ { .spec = "{\"listen\": \"host\"}" }, 5, 12,
 		  "spec.listen: \"host\": " MSG_HOSTPORT, "a" },
 		{ { .spec = "{\"listen\": \"127.0.0.1:0\"}" }, 5, 12,
@@ -1125,9 +1128,14 @@ static void test_tenant_listen(void **state)
 
 	static const char *const refused[] = { "0.0.0.0:1", "[::]:1", "192.168.1.1:2379" };
 	for (size_t i = 0; i < N_ELEMENTS(refused); i++) {
+		snprintf(spec, sizeof(spec), "{\"listen\": \"%s\", \"tls\": {\"enabled\": false}}",
+			 refused[i]);
+		snprintf(msg, sizeof(msg), "spec.tls.enabled: false: \"%s\": %s", refused[i],
+			 MSG_LOOPBACK);
+		tenant_fails(f, &d, 5, (unsigned)(11 + strstr(spec, "\"enabled\"") - spec), msg, "a");
+		/* with TLS (the default) any address will do */
 		snprintf(spec, sizeof(spec), "{\"listen\": \"%s\"}", refused[i]);
-		snprintf(msg, sizeof(msg), "spec.listen: \"%s\": %s", refused[i], MSG_LOOPBACK);
-		tenant_fails(f, &d, 5, 12, msg, "a");
+		ep_tenant_config_free(tenant_ok(f, &d));
 	}
 
 	/* a Unix socket path above 107 bytes */
@@ -1182,7 +1190,7 @@ static void test_tenant_spec_errors(void **state)
 		{ { .spec = L1 "\"replicas\": 3}" }, 5, 37,
 		  "unknown key \"replicas\" in spec (expected one of: caCertConfigMap, "
 		  "clientCertSecret, signingCertificateValidity, servingCertificateValidity, "
-		  "clientCertificateValidity, backend, listen, policy)",
+		  "clientCertificateValidity, backend, listen, policy, tls)",
 		  "a" },
 		{ { .spec = L1 "\"policy\": []}" }, 5, 37,
 		  "spec.policy: expected an object, got an array", "a" },
@@ -1289,6 +1297,15 @@ static void test_worker_config_build(void **state)
 	text = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(x, "clientCertSecret"));
 	assert_string_equal(text, "[]");
 	free(text);
+	/* TLS is on by default, from the built-in CA */
+	text = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(x, "tls"));
+	assert_string_equal(text, "{\"serverNames\":[],\"source\":\"ca\",\"clientCertificates\":[],"
+				  "\"signing_validity_ms\":2628000000,\"serving_validity_ms\":720000000,"
+				  "\"client_validity_ms\":1800000}");
+	free(text);
+	text = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(w, "certs_options"));
+	assert_string_equal(text, "{}");
+	free(text);
 
 	x = cJSON_GetObjectItemCaseSensitive(w, "core_etcd");
 	text = cJSON_PrintUnformatted(x);
@@ -1314,7 +1331,7 @@ static void test_worker_config_build(void **state)
 	/* the log level is added when sent: changing it must not restart tenants */
 	assert_null(cJSON_GetObjectItemCaseSensitive(w, "log_level"));
 	/* nothing else */
-	assert_int_equal(cJSON_GetArraySize(w), 7);
+	assert_int_equal(cJSON_GetArraySize(w), 8);
 
 	/* deterministic: a second build, and a build from a second load, print the same */
 	text = cJSON_PrintUnformatted(w);
