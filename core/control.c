@@ -24,6 +24,9 @@ struct ctl_conn {
 	struct ctl_conn *next, **prevp; /* in sv->control_conns */
 	struct ep_frame_reader reader;
 	int answered;
+	/* a rotate or issue-client-cert relayed to a worker: its CERTS_REQ id and tenant */
+	uint64_t certs_id;
+	char *certs_tenant;
 };
 
 static void conn_closed(uv_handle_t *h)
@@ -34,6 +37,7 @@ static void conn_closed(uv_handle_t *h)
 		c->next->prevp = c->prevp;
 	*c->prevp = c->next;
 	ep_frame_reader_free(&c->reader);
+	free(c->certs_tenant);
 	free(c);
 }
 
@@ -111,8 +115,73 @@ static cJSON *status_reply(struct supervisor *sv, int detailed)
 	return o;
 }
 
-static cJSON *handle_request(struct supervisor *sv, const cJSON *req)
+/*
+ * rotate / issue-client-cert: the worker's certificate source does it.  The
+ * answer comes later (control_certs_reply); NULL means "deferred".
+ */
+static cJSON *relay_certs(struct ctl_conn *c, const cJSON *req, const char *cmd)
 {
+	static uint64_t next_id = 1;
+	const cJSON *name = cJSON_GetObjectItemCaseSensitive(req, "name");
+	const cJSON *cn = cJSON_GetObjectItemCaseSensitive(req, "cn");
+	const cJSON *out = cJSON_GetObjectItemCaseSensitive(req, "out");
+	struct tenant *t;
+	cJSON *msg;
+
+	if (!cJSON_IsString(name))
+		return error_reply("%s needs a tenant name", cmd);
+	t = supervisor_find(c->sv, name->valuestring);
+	if (t == NULL)
+		return error_reply("no tenant named \"%s\"", name->valuestring);
+	if (strcmp(cmd, "issue-client-cert") == 0 &&
+	    (!cJSON_IsString(cn) || !cJSON_IsString(out) || out->valuestring[0] != '/'))
+		return error_reply("issue-client-cert needs \"cn\" and an absolute \"out\"");
+	if (t->pid <= 0 || !t->ipc_open || t->state == TENANT_STOPPING)
+		return error_reply("tenant \"%s\" has no running worker (state %s)", t->name,
+				   tenant_state_name(t->state));
+	msg = cJSON_CreateObject();
+	c->certs_id = next_id++;
+	c->certs_tenant = ep_strdup(t->name);
+	cJSON_AddNumberToObject(msg, "id", (double)c->certs_id);
+	if (strcmp(cmd, "rotate") == 0) {
+		cJSON_AddStringToObject(msg, "op", "rotate");
+	} else {
+		cJSON_AddStringToObject(msg, "op", "issue");
+		cJSON_AddStringToObject(msg, "cn", cn->valuestring);
+		cJSON_AddStringToObject(msg, "out", out->valuestring);
+	}
+	ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_CERTS_REQ, msg);
+	cJSON_Delete(msg);
+	return NULL;
+}
+
+void control_certs_reply(struct supervisor *sv, const char *tenant, const cJSON *payload)
+{
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(payload, "id");
+
+	for (struct ctl_conn *c = sv->control_conns; c != NULL; c = c->next) {
+		if (c->answered || c->certs_tenant == NULL || !cJSON_IsNumber(id) ||
+		    (double)c->certs_id != id->valuedouble || strcmp(c->certs_tenant, tenant) != 0)
+			continue;
+		cJSON *o = cJSON_Duplicate(payload, 1);
+
+		cJSON_DeleteItemFromObjectCaseSensitive(o, "id");
+		reply(c, o);
+		return;
+	}
+}
+
+void control_tenant_gone(struct supervisor *sv, const char *tenant)
+{
+	for (struct ctl_conn *c = sv->control_conns; c != NULL; c = c->next)
+		if (!c->answered && c->certs_tenant != NULL && strcmp(c->certs_tenant, tenant) == 0)
+			reply(c, error_reply("the worker of tenant \"%s\" exited before it answered",
+					     tenant));
+}
+
+static cJSON *handle_request(struct ctl_conn *conn, const cJSON *req)
+{
+	struct supervisor *sv = conn->sv;
 	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(req, "command");
 	const cJSON *name = cJSON_GetObjectItemCaseSensitive(req, "name");
 	const char *c = cJSON_IsString(cmd) ? cmd->valuestring : "";
@@ -159,7 +228,10 @@ static cJSON *handle_request(struct supervisor *sv, const cJSON *req)
 		cJSON_AddBoolToObject(summary, "ok", 1);
 		return summary;
 	}
-	return error_reply("unknown command \"%s\" (expected status, list, show, reload, restart)", c);
+	if (strcmp(c, "rotate") == 0 || strcmp(c, "issue-client-cert") == 0)
+		return relay_certs(conn, req, c);
+	return error_reply("unknown command \"%s\" (expected status, list, show, reload, restart, "
+			   "rotate, issue-client-cert)", c);
 }
 
 static int on_request(void *ctx, uint8_t type, cJSON *payload)
@@ -170,8 +242,14 @@ static int on_request(void *ctx, uint8_t type, cJSON *payload)
 		return 1;
 	if (type != EP_MSG_CTL_REQUEST)
 		reply(c, error_reply("unexpected message type %s", ep_msg_type_name(type)));
-	else
-		reply(c, handle_request(c->sv, payload));
+	else {
+		cJSON *answer = handle_request(c, payload);
+
+		if (answer != NULL)
+			reply(c, answer);
+		else
+			uv_read_stop((uv_stream_t *)&c->pipe); /* the worker answers later */
+	}
 	return 1; /* one request per connection */
 }
 

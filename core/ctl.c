@@ -33,6 +33,10 @@ static void usage(FILE *out)
 		"  show NAME      everything about one tenant\n"
 		"  reload         re-read the configuration (like SIGHUP) and say what changed\n"
 		"  restart NAME   restart one tenant's worker (also a failed one)\n"
+		"  rotate NAME    start a rotation of the tenant's CAs and certificates now\n"
+		"  issue-client-cert NAME --cn CN --out DIR\n"
+		"                 issue an extra client certificate into DIR (tls.crt, tls.key,\n"
+		"                 ca.crt)\n"
 		"Options:\n"
 		"  -s, --socket SOCKET  control socket (default: control_socket of the config)\n"
 		"  -c, --config FILE    global configuration to find the socket in (default %s)\n"
@@ -147,6 +151,22 @@ static void print_show(const cJSON *reply)
 	printf("restarts:    %d (consecutive failures: %d)\n", (int)num(t, "restarts", 0),
 	       (int)num(t, "consecutive_failures", 0));
 	printf("last error:  %s\n", str(t, "last_error", "-"));
+	const cJSON *certs = cJSON_GetObjectItemCaseSensitive(t, "certificates");
+	const cJSON *c;
+	if (cJSON_GetArraySize(certs) > 0)
+		printf("certificates:\n");
+	cJSON_ArrayForEach(c, certs)
+	{
+		if (str(c, "error", NULL) != NULL) {
+			printf("  %-10s %s\n", str(c, "role", "error"), str(c, "error", ""));
+			continue;
+		}
+		printf("  %-10s %s\n", str(c, "role", "?"), str(c, "subject", "?"));
+		printf("  %-10s serial %s, valid %s to %s%s%s\n", "", str(c, "serial", "?"),
+		       str(c, "not_before", "?"), str(c, "not_after", "?"),
+		       str(c, "state", NULL) ? ", " : "", str(c, "state", ""));
+		printf("  %-10s signed by %s\n", "", str(c, "issuer", "?"));
+	}
 	const cJSON *counters = cJSON_GetObjectItemCaseSensitive(t, "counters");
 	if (counters != NULL) {
 		char *text = cJSON_Print(counters);
@@ -216,8 +236,12 @@ int main(int argc, char **argv)
 		{ "output", required_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
+		{ "cn", required_argument, NULL, 'N' },
+		{ "out", required_argument, NULL, 'O' },
 		{ NULL, 0, NULL, 0 },
 	};
+	const char *cn = NULL, *out = NULL;
+	char *out_abs = NULL;
 	const char *sock = NULL, *config = EP_DEFAULT_CONFIG, *cmd, *name = NULL, *why = NULL;
 	char *sock_alloc = NULL;
 	int json = 0, opt, fd, r, code;
@@ -237,6 +261,8 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'V': printf("etcdproxyctl %s\n", PACKAGE_VERSION); return 0;
+		case 'N': cn = optarg; break;
+		case 'O': out = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}
@@ -246,7 +272,31 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	cmd = argv[optind++];
-	if (strcmp(cmd, "show") == 0 || strcmp(cmd, "restart") == 0) {
+	if ((cn != NULL || out != NULL) && strcmp(cmd, "issue-client-cert") != 0) {
+		fprintf(stderr, "etcdproxyctl: --cn and --out belong to issue-client-cert\n");
+		return EXIT_USAGE;
+	}
+	if (strcmp(cmd, "issue-client-cert") == 0) {
+		if (optind != argc - 1 || cn == NULL || out == NULL || cn[0] == '\0' ||
+		    out[0] == '\0') {
+			fprintf(stderr, "etcdproxyctl: issue-client-cert needs a tenant name, --cn CN "
+					"and --out DIR\n");
+			return EXIT_USAGE;
+		}
+		name = argv[optind];
+		/* the worker writes it, from another working directory */
+		if (out[0] != '/') {
+			char cwd[4096];
+
+			if (getcwd(cwd, sizeof(cwd)) == NULL) {
+				fprintf(stderr, "etcdproxyctl: cannot resolve %s: %s\n", out,
+					strerror(errno));
+				return EXIT_USAGE;
+			}
+			out = out_abs = ep_strdup_printf("%s/%s", cwd, out);
+		}
+	} else if (strcmp(cmd, "show") == 0 || strcmp(cmd, "restart") == 0 ||
+		   strcmp(cmd, "rotate") == 0) {
 		if (optind != argc - 1) {
 			fprintf(stderr, "etcdproxyctl: %s needs exactly one tenant name\n", cmd);
 			return EXIT_USAGE;
@@ -289,6 +339,10 @@ int main(int argc, char **argv)
 	cJSON_AddStringToObject(req, "command", cmd);
 	if (name != NULL)
 		cJSON_AddStringToObject(req, "name", name);
+	if (cn != NULL) {
+		cJSON_AddStringToObject(req, "cn", cn);
+		cJSON_AddStringToObject(req, "out", out);
+	}
 	r = ep_ipc_write_frame_fd(fd, EP_MSG_CTL_REQUEST, req);
 	cJSON_Delete(req);
 	if (r == 0)
@@ -336,7 +390,16 @@ int main(int argc, char **argv)
 		print_reload(reply);
 	} else if (strcmp(cmd, "restart") == 0) {
 		printf("restarting %s\n", name);
+	} else if (strcmp(cmd, "rotate") == 0) {
+		printf("rotation of %s started: new CAs are published now, certificates follow "
+		       "after the grace period (etcdproxyctl show %s)\n", name, name);
+	} else if (strcmp(cmd, "issue-client-cert") == 0) {
+		const cJSON *res = cJSON_GetObjectItemCaseSensitive(reply, "result");
+
+		printf("issued %s (serial %s, valid until %s) into %s\n", str(res, "subject", cn),
+		       str(res, "serial", "?"), str(res, "not_after", "?"), str(res, "dir", out));
 	}
 	cJSON_Delete(reply);
+	free(out_abs);
 	return code;
 }

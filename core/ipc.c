@@ -269,9 +269,11 @@ const char *ep_msg_type_name(uint8_t type)
 	case EP_MSG_HEALTH: return "HEALTH";
 	case EP_MSG_STATUS: return "STATUS";
 	case EP_MSG_FATAL: return "FATAL";
+	case EP_MSG_CERTS_REPLY: return "CERTS_REPLY";
 	case EP_MSG_CONFIGURE: return "CONFIGURE";
 	case EP_MSG_STOP: return "STOP";
 	case EP_MSG_STATUS_REQ: return "STATUS_REQ";
+	case EP_MSG_CERTS_REQ: return "CERTS_REQ";
 	case EP_MSG_CTL_REQUEST: return "CTL_REQUEST";
 	case EP_MSG_CTL_REPLY: return "CTL_REPLY";
 	default: return "unknown";

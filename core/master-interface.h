@@ -20,9 +20,13 @@
  *   HELLO    {"pid":N, "version":"0.1.0", "abi":N}          first frame, unasked
  *   READY    {"endpoint":"127.0.0.1:2379"}                   endpoint answers
  *   HEALTH   {"healthy":true|false, "reason":"..."}         on every change
- *   STATUS   {"state":"starting|ready", "healthy":true|false, "counters":{...}}
- *            answer to STATUS_REQ, and every EP_REPORT_INTERVAL_MS unasked when
- *            the backend keeps counters (ep_backend_ops.counters)
+ *   STATUS   {"state":"starting|ready", "healthy":true|false, "counters":{...},
+ *             "certificates":[{"role","subject","serial","not_after",...}]}
+ *            answer to STATUS_REQ, every EP_REPORT_INTERVAL_MS unasked when
+ *            the backend keeps counters (ep_backend_ops.counters), and at once
+ *            when the certificate source says its certificates changed
+ *   CERTS_REPLY {"id":N, "ok":true|false, "error":"...", "result":{...}}
+ *            the answer to CERTS_REQ N
  *   FATAL    {"reason":"...", "config":true|false}          just before exiting
  *
  * Messages, supervisor -> worker:
@@ -36,9 +40,15 @@
  *   STOP        {"graceful":true|false}  drain and exit 0
  *   STATUS_REQ  {}  (a point-in-time query; the supervisor relies on READY
  *               and HEALTH, which the worker sends unasked)
+ *   CERTS_REQ   {"id":N, "op":"rotate"}  or
+ *               {"id":N, "op":"issue", "cn":"...", "out":"/abs/dir"}
+ *               for etcdproxyctl rotate / issue-client-cert: the worker's
+ *               certificate source does it (the supervisor never touches a
+ *               private key) and answers with CERTS_REPLY
  *
  * Control socket (etcdproxyctl -> etcdproxyd), one request per connection:
- *   CTL_REQUEST {"command":"status|list|show|reload|restart", "name":"..."}
+ *   CTL_REQUEST {"command":"status|list|show|reload|restart|rotate|issue-client-cert",
+ *                "name":"...", "cn":"...", "out":"/abs/dir"}
  *   CTL_REPLY   {"ok":true|false, "error":"...", ...command-specific fields}
  */
 #ifndef EP_MASTER_INTERFACE_H
@@ -59,6 +69,9 @@
 /* How often a worker reports its backend's counters. */
 #define EP_REPORT_INTERVAL_MS 5000
 
+/* How long etcdproxyctl rotate / issue-client-cert wait for the worker's answer. */
+#define EP_CERTS_REQ_TIMEOUT_MS 30000
+
 /* Environment the supervisor gives a worker. */
 #define EP_ENV_TENANT "ETCDPROXY_TENANT"         /* tenant name, for early log lines */
 #define EP_ENV_SUPERVISOR_PID "ETCDPROXY_SUPERVISOR_PID"
@@ -77,10 +90,12 @@ enum ep_msg_type {
 	EP_MSG_HEALTH = 3,
 	EP_MSG_STATUS = 4,
 	EP_MSG_FATAL = 5,
+	EP_MSG_CERTS_REPLY = 6,
 	/* supervisor -> worker */
 	EP_MSG_CONFIGURE = 16,
 	EP_MSG_STOP = 17,
 	EP_MSG_STATUS_REQ = 18,
+	EP_MSG_CERTS_REQ = 19,
 	/* control socket */
 	EP_MSG_CTL_REQUEST = 32,
 	EP_MSG_CTL_REPLY = 33,

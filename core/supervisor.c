@@ -83,6 +83,7 @@ static void on_handle_closed(uv_handle_t *h)
 		free(t->fatal_reason);
 		free(t->endpoint);
 		cJSON_Delete(t->counters);
+		cJSON_Delete(t->certificates);
 		free(t);
 	}
 }
@@ -252,12 +253,21 @@ static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 	case EP_MSG_STATUS: {
 		const cJSON *counters = cJSON_GetObjectItemCaseSensitive(payload, "counters");
 
+		const cJSON *certs = cJSON_GetObjectItemCaseSensitive(payload, "certificates");
+
 		if (cJSON_IsObject(counters)) {
 			cJSON_Delete(t->counters);
 			t->counters = cJSON_Duplicate(counters, 1);
 		}
+		if (cJSON_IsArray(certs)) {
+			cJSON_Delete(t->certificates);
+			t->certificates = cJSON_Duplicate(certs, 1);
+		}
 		break;
 	}
+	case EP_MSG_CERTS_REPLY:
+		control_certs_reply(t->sv, t->name, payload);
+		break;
 	default:
 		ep_warn("tenant %s: worker sent unexpected message type %u", t->name, type);
 		break;
@@ -403,6 +413,7 @@ static void on_worker_exit(uv_process_t *p, int64_t exit_status, int term_signal
 	uv_close((uv_handle_t *)&t->process, on_handle_closed);
 	ipc_drain(t);
 	ipc_close(t);
+	control_tenant_gone(sv, t->name);
 	uv_timer_stop(&t->timer);
 	ep_exit_describe(exit_status, term_signal, how, sizeof(how));
 
@@ -685,6 +696,8 @@ cJSON *tenant_to_json(const struct tenant *t, int detailed)
 			shown = t->successor;
 		if (t->counters != NULL)
 			cJSON_AddItemToObject(o, "counters", cJSON_Duplicate(t->counters, 1));
+		if (t->certificates != NULL)
+			cJSON_AddItemToObject(o, "certificates", cJSON_Duplicate(t->certificates, 1));
 		if (shown->payload != NULL)
 			cJSON_AddItemToObject(o, shown == t ? "config" : "next_config",
 					      cJSON_Parse(shown->payload));

@@ -58,6 +58,7 @@ struct tenant {
 	int healthy;
 	char *endpoint;
 	cJSON *counters; /* the backend's counters from the last STATUS, or NULL */
+	cJSON *certificates; /* the certificate source's describe() from the last STATUS, or NULL */
 	int listen_fd;    /* bound here and passed to every worker (native), or -1 */
 
 	int stop_phase;       /* 0 running, 1 STOP sent, 2 SIGTERM, 3 SIGKILL */
@@ -101,5 +102,9 @@ void supervisor_counts(const struct supervisor *sv, unsigned *total, unsigned *r
 /* control.c */
 int control_start(struct supervisor *sv, char **error_r);
 void control_stop(struct supervisor *sv);
+/* A worker's CERTS_REPLY: answer the control connection that asked. */
+void control_certs_reply(struct supervisor *sv, const char *tenant, const cJSON *payload);
+/* The tenant's worker exited: answer its pending rotate / issue-client-cert with an error. */
+void control_tenant_gone(struct supervisor *sv, const char *tenant);
 
 #endif /* EP_SUPERVISOR_H */

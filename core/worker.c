@@ -49,12 +49,26 @@ struct worker {
 	char *options_json;
 	char *policy_json;
 	int listen_fd;
+	char *tls_json;           /* spec.tls for the certificate source, NULL: plaintext */
+	char *certs_source;       /* "ca", "files"; NULL: plaintext */
+	char *certs_options_json; /* the global certs.<source> options */
 
 	struct ep_tenant_info info;
 	struct ep_host host;
 	struct ep_loaded_plugin plugin;
 	void *plugin_state;
 	int plugin_inited, plugin_started, plugin_stopping, plugin_stopped;
+
+	/* the certificate source, loaded before the backend when TLS is on */
+	struct ep_tenant_info certs_info;
+	struct ep_host certs_host;
+	struct ep_loaded_plugin certs;
+	void *certs_state;
+	int certs_inited, certs_stopped;
+	/* the material it published last (ours: copies) */
+	struct ep_tls_material tls;
+	char *tls_cert, *tls_key, *tls_client_ca, *tls_ca;
+	int tls_published;
 
 	int ready_sent;
 	int healthy; /* last health sent: -1 none */
@@ -64,6 +78,11 @@ struct worker {
 
 static struct worker W;
 static char self_exe[PATH_MAX];
+
+static const struct ep_certs_ops *certs_ops(void)
+{
+	return W.certs_inited ? W.certs.plugin->ops : NULL;
+}
 
 static void worker_exit(int code);
 
@@ -101,6 +120,16 @@ static void send_status(void)
 		if (counters != NULL)
 			cJSON_AddItemToObject(p, "counters", counters);
 	}
+	if (certs_ops() != NULL && certs_ops()->describe != NULL && !W.certs_stopped) {
+		char *text = certs_ops()->describe(W.certs_state);
+		cJSON *certs = text ? cJSON_Parse(text) : NULL;
+
+		free(text);
+		if (cJSON_IsArray(certs))
+			cJSON_AddItemToObject(p, "certificates", certs);
+		else
+			cJSON_Delete(certs);
+	}
 	send_msg(EP_MSG_STATUS, p);
 }
 
@@ -117,7 +146,10 @@ static void host_log(struct ep_host *host, enum ep_log_level level, const char *
 	char subsys[64];
 	va_list ap;
 
-	snprintf(subsys, sizeof(subsys), "backend-%s", W.backend ? W.backend : "?");
+	if (host == &W.certs_host)
+		snprintf(subsys, sizeof(subsys), "certs-%s", W.certs_source);
+	else
+		snprintf(subsys, sizeof(subsys), "backend-%s", W.backend ? W.backend : "?");
 	va_start(ap, fmt);
 	ep_logv(level, subsys, fmt, ap);
 	va_end(ap);
@@ -214,6 +246,53 @@ static int host_spawn(struct ep_host *host, uv_process_t *process,
 	return r;
 }
 
+static const struct ep_tls_material *host_tls_material(struct ep_host *host)
+{
+	return W.tls_published ? &W.tls : NULL;
+}
+
+static void replace_str(char **slot, const char *value)
+{
+	char *copy = value != NULL ? ep_strdup(value) : NULL;
+
+	free(*slot);
+	*slot = copy;
+}
+
+static void host_tls_publish(struct ep_host *host, const struct ep_tls_material *m)
+{
+	const struct ep_backend_ops *ops;
+
+	if (host != &W.certs_host || m == NULL || m->cert_file == NULL || m->key_file == NULL ||
+	    m->client_ca_file == NULL) {
+		ep_err("a certificate source published incomplete TLS material: ignored");
+		return;
+	}
+	replace_str(&W.tls_cert, m->cert_file);
+	replace_str(&W.tls_key, m->key_file);
+	replace_str(&W.tls_client_ca, m->client_ca_file);
+	replace_str(&W.tls_ca, m->ca_file);
+	memset(&W.tls, 0, sizeof(W.tls));
+	W.tls.cert_file = W.tls_cert;
+	W.tls.key_file = W.tls_key;
+	W.tls.client_ca_file = W.tls_client_ca;
+	W.tls.ca_file = W.tls_ca;
+	W.tls.generation = m->generation;
+	W.tls.client_ca_changed = m->client_ca_changed;
+	W.tls_published = 1;
+	ep_info("TLS material generation %llu from certs-%s%s", (unsigned long long)m->generation,
+		W.certs_source, m->client_ca_changed ? " (new client CA bundle)" : "");
+	ops = W.plugin_started ? W.plugin.plugin->ops : NULL;
+	if (ops != NULL && !W.plugin_stopped && ops->tls_changed != NULL)
+		ops->tls_changed(W.plugin_state);
+}
+
+static void host_certs_changed(struct ep_host *host)
+{
+	if (!W.exiting && !W.standalone && W.configured)
+		send_status();
+}
+
 /* ---- configuration -------------------------------------------------------------------------------- */
 
 static char *dup_field(const cJSON *o, const char *key)
@@ -241,6 +320,13 @@ static void free_config(void)
 	free(W.key_file);
 	free(W.options_json);
 	free(W.policy_json);
+	free(W.tls_json);
+	free(W.certs_source);
+	free(W.certs_options_json);
+	free(W.tls_cert);
+	free(W.tls_key);
+	free(W.tls_client_ca);
+	free(W.tls_ca);
 }
 
 /* Returns 0, or -EINVAL with *error_r (malloc'ed). */
@@ -280,6 +366,19 @@ static int read_configure(const cJSON *p, char **error_r)
 	W.options_json = cJSON_PrintUnformatted(opts);
 	const cJSON *policy = cJSON_GetObjectItemCaseSensitive(tenant, "policy");
 	W.policy_json = cJSON_IsObject(policy) ? cJSON_PrintUnformatted(policy) : ep_strdup("{}");
+	const cJSON *tls = cJSON_GetObjectItemCaseSensitive(tenant, "tls");
+	if (cJSON_IsObject(tls)) {
+		const cJSON *copts = cJSON_GetObjectItemCaseSensitive(p, "certs_options");
+
+		W.certs_source = dup_field(tls, "source");
+		if (W.certs_source == NULL) {
+			*error_r = ep_strdup("CONFIGURE: tenant.tls lacks its source");
+			return -EINVAL;
+		}
+		W.tls_json = cJSON_PrintUnformatted(tls);
+		W.certs_options_json = cJSON_IsObject(copts) ? cJSON_PrintUnformatted(copts)
+							     : ep_strdup("{}");
+	}
 	const cJSON *lfd = cJSON_GetObjectItemCaseSensitive(p, "listen_fd");
 	W.listen_fd = -1;
 	if (cJSON_IsNumber(lfd) && lfd->valueint == EP_LISTEN_FD &&
@@ -288,6 +387,49 @@ static int read_configure(const cJSON *p, char **error_r)
 	if (cJSON_IsString(level) && ep_log_level_parse(level->valuestring, &lv) == 0)
 		ep_log_set_level(lv);
 	ep_log_set_tenant(W.name);
+	return 0;
+}
+
+/*
+ * Load the certificate source and have it publish the first material, before
+ * the backend starts.  Returns 0, or a negative errno code (-EINVAL: the
+ * configuration or the files are wrong) with *error_r (malloc'ed).
+ */
+static int start_certs(char **error_r)
+{
+	const struct ep_certs_ops *ops;
+	const char *perr = NULL;
+	int r;
+
+	r = ep_plugin_load(W.plugin_dir, EP_PLUGIN_CERTS, W.certs_source, &W.certs, error_r);
+	if (r < 0)
+		return -EINVAL;
+	W.certs_info = W.info;
+	W.certs_info.options_json = W.certs_options_json;
+	W.certs_info.listen_fd = -1;
+	W.certs_host = W.host;
+	W.certs_host.tenant = &W.certs_info;
+	W.certs_host.tls_material = NULL;
+	W.certs_host.tls_publish = host_tls_publish;
+	W.certs_host.certs_changed = host_certs_changed;
+	r = W.certs.plugin->init(&W.certs_host, &W.certs_state, &perr);
+	if (r < 0) {
+		*error_r = ep_strdup_printf("certificate source %s: %s", W.certs_source,
+					    perr ? perr : strerror(-r));
+		return r;
+	}
+	W.certs_inited = 1;
+	ops = W.certs.plugin->ops;
+	r = ops->refresh(W.certs_state, &perr);
+	if (r == 0 && !W.tls_published) {
+		perr = "refresh() returned without publishing TLS material";
+		r = -EPROTO;
+	}
+	if (r < 0) {
+		*error_r = ep_strdup_printf("certificate source %s: %s", W.certs_source,
+					    perr ? perr : strerror(-r));
+		return r;
+	}
 	return 0;
 }
 
@@ -334,6 +476,7 @@ static void apply_configure(const cJSON *p)
 	W.info.options_json = W.options_json;
 	W.info.policy_json = W.policy_json;
 	W.info.listen_fd = W.listen_fd;
+	W.info.tls_json = W.tls_json;
 	W.host.abi_version = EP_PLUGIN_ABI_VERSION;
 	W.host.loop = W.loop;
 	W.host.tenant = &W.info;
@@ -343,6 +486,18 @@ static void apply_configure(const cJSON *p)
 	W.host.fail = host_fail;
 	W.host.stopped = host_stopped;
 	W.host.spawn = host_spawn;
+	W.host.tls_material = host_tls_material;
+
+	if (W.certs_source != NULL) {
+		r = start_certs(&error);
+		if (r < 0) {
+			send_fatal(r == -EINVAL, error);
+			ep_err("%s", error);
+			free(error);
+			worker_exit(r == -EINVAL ? EP_EXIT_CONFIG : EP_EXIT_UNAVAILABLE);
+			return;
+		}
+	}
 
 	r = W.plugin.plugin->init(&W.host, &W.plugin_state, &perr);
 	if (r < 0) {
@@ -408,6 +563,11 @@ static void close_worker_handles(void)
 	if (done)
 		return;
 	done = 1;
+	if (certs_ops() != NULL && !W.certs_stopped) {
+		W.certs_stopped = 1;
+		if (certs_ops()->stop != NULL)
+			certs_ops()->stop(W.certs_state);
+	}
 	if (!uv_is_closing((uv_handle_t *)&W.sigterm)) {
 		uv_close((uv_handle_t *)&W.sigterm, NULL);
 		uv_close((uv_handle_t *)&W.sigint, NULL);
@@ -454,6 +614,64 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- IPC ------------------------------------------------------------------------------------------------- */
 
+/* etcdproxyctl rotate / issue-client-cert, relayed by the supervisor. */
+static void handle_certs_req(const cJSON *req)
+{
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
+	const cJSON *cn = cJSON_GetObjectItemCaseSensitive(req, "cn");
+	const cJSON *out = cJSON_GetObjectItemCaseSensitive(req, "out");
+	const struct ep_certs_ops *ops = certs_ops();
+	cJSON *p = cJSON_CreateObject();
+	const char *cerr = NULL;
+	char *error = NULL, *result = NULL;
+	int r = -ENOTSUP;
+
+	cJSON_AddNumberToObject(p, "id", cJSON_IsNumber(id) ? id->valuedouble : -1);
+	if (ops == NULL || W.certs_stopped) {
+		error = ep_strdup("this tenant has no certificate source (spec.tls.enabled is false)");
+	} else if (cJSON_IsString(op) && strcmp(op->valuestring, "rotate") == 0) {
+		if (ops->rotate == NULL) {
+			error = ep_strdup_printf("the %s certificate source cannot rotate",
+						 W.certs_source);
+		} else if ((r = ops->rotate(W.certs_state, &cerr)) < 0) {
+			error = ep_strdup(cerr ? cerr : strerror(-r));
+		} else {
+			ep_notice("rotation started on request");
+		}
+	} else if (cJSON_IsString(op) && strcmp(op->valuestring, "issue") == 0 &&
+		   cJSON_IsString(cn) && cJSON_IsString(out)) {
+		if (ops->issue_client == NULL) {
+			error = ep_strdup_printf("the %s certificate source does not issue client "
+						 "certificates; the operator's CA does",
+						 W.certs_source);
+		} else if ((r = ops->issue_client(W.certs_state, cn->valuestring, out->valuestring,
+						  &result, &error)) < 0) {
+			if (error == NULL)
+				error = ep_strdup(strerror(-r));
+		} else {
+			ep_notice("issued a client certificate for \"%s\" into %s", cn->valuestring,
+				  out->valuestring);
+		}
+	} else {
+		error = ep_strdup("CERTS_REQ: expected op \"rotate\", or \"issue\" with cn and out");
+	}
+	cJSON_AddBoolToObject(p, "ok", error == NULL);
+	if (error != NULL)
+		cJSON_AddStringToObject(p, "error", error);
+	if (result != NULL) {
+		cJSON *o = cJSON_Parse(result);
+
+		if (o != NULL)
+			cJSON_AddItemToObject(p, "result", o);
+	}
+	free(error);
+	free(result);
+	send_msg(EP_MSG_CERTS_REPLY, p);
+	if (r == 0)
+		send_status(); /* show reflects it at once */
+}
+
 static int on_message(void *ctx, uint8_t type, cJSON *payload)
 {
 	switch (type) {
@@ -466,6 +684,9 @@ static int on_message(void *ctx, uint8_t type, cJSON *payload)
 		break;
 	case EP_MSG_STATUS_REQ:
 		send_status();
+		break;
+	case EP_MSG_CERTS_REQ:
+		handle_certs_req(payload);
 		break;
 	default:
 		ep_warn("unexpected message %s from the supervisor", ep_msg_type_name(type));
@@ -630,6 +851,9 @@ int main(int argc, char **argv)
 	if (W.plugin_inited)
 		W.plugin.plugin->fini(W.plugin_state);
 	ep_plugin_unload(&W.plugin);
+	if (W.certs_inited)
+		W.certs.plugin->fini(W.certs_state);
+	ep_plugin_unload(&W.certs);
 	if (W.runtime_dir != NULL)
 		rmdir(W.runtime_dir); /* plugins remove what they created in it */
 	ep_frame_reader_free(&W.reader);
