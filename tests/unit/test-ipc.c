@@ -679,8 +679,10 @@ static void test_msg_type_names(void **state UNUSED)
 	assert_string_equal(ep_msg_type_name(EP_MSG_STATUS_REQ), "STATUS_REQ");
 	assert_string_equal(ep_msg_type_name(EP_MSG_CTL_REQUEST), "CTL_REQUEST");
 	assert_string_equal(ep_msg_type_name(EP_MSG_CTL_REPLY), "CTL_REPLY");
+	assert_string_equal(ep_msg_type_name(EP_MSG_CERTS_REQ), "CERTS_REQ");
+	assert_string_equal(ep_msg_type_name(EP_MSG_CERTS_REPLY), "CERTS_REPLY");
 	assert_string_equal(ep_msg_type_name(0), "unknown");
-	assert_string_equal(ep_msg_type_name(6), "unknown");
+	assert_string_equal(ep_msg_type_name(7), "unknown");
 	assert_string_equal(ep_msg_type_name(255), "unknown");
 }
 
