@@ -64,6 +64,46 @@ static const char *ossl_reason(const char *what)
 	return last != NULL && last[1] != '\0' ? last + 1 : buf;
 }
 
+/* ---- durations -------------------------------------------------------------------------- */
+
+int ep_duration_parse(const char *s, uint64_t *ms_r)
+{
+	double total = 0;
+	const char *p = s;
+
+	if (*p == '\0')
+		return -EINVAL;
+	while (*p != '\0') {
+		char *end;
+		double v = strtod(p, &end);
+		double unit;
+
+		if (end == p || v < 0 || *p == '+' || *p == '-' || *p == ' ')
+			return -EINVAL;
+		if (strncmp(end, "ms", 2) == 0) {
+			unit = 1;
+			end += 2;
+		} else if (*end == 'h') {
+			unit = 3600000;
+			end++;
+		} else if (*end == 'm') {
+			unit = 60000;
+			end++;
+		} else if (*end == 's') {
+			unit = 1000;
+			end++;
+		} else {
+			return -EINVAL;
+		}
+		total += v * unit;
+		p = end;
+	}
+	if (total > 1e15)
+		return -EINVAL;
+	*ms_r = (uint64_t)total;
+	return 0;
+}
+
 /* ---- files ------------------------------------------------------------------------------ */
 
 static int write_all(int fd, const void *data, size_t len)

@@ -18,6 +18,14 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+/* ---- durations -------------------------------------------------------------------------- */
+
+/*
+ * A Go duration as the configuration writes them: "8760h", "1h30m", "2s",
+ * "500ms" (units h, m, s, ms; fractions allowed).  0 or -EINVAL.
+ */
+int ep_duration_parse(const char *s, uint64_t *ms_r);
+
 /* ---- files ------------------------------------------------------------------------------ */
 
 /*

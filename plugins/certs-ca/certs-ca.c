@@ -1,0 +1,1436 @@
+/*
+ * The "ca" certificate source: a built-in CA per tenant that issues and
+ * rotates the proxy's serving certificate and the client certificates of the
+ * tenant's API servers, so that no client ever sees a failed handshake.
+ *
+ * Two CA chains per tenant: the serving CA signs the proxy's serving
+ * certificate (clients trust the serving CA bundle, published as ca.crt); the
+ * client CA signs client certificates (the proxy trusts the client CA bundle).
+ *
+ * Rotation order for a CA change (rotation.c style, all in reconcile()):
+ *   1. a new CA joins the bundles next to the old one, which are published at
+ *      once (ca.crt in every outputDir, the proxy's trusted client CAs);
+ *   2. after the grace period the new CA becomes the signer and the leaf
+ *      certificates it should sign are renewed;
+ *   3. the old CA leaves the bundles only when no live certificate it signed
+ *      remains: not a current one, not an issued one before its expiry, and
+ *      not a replaced client certificate during the grace period after its
+ *      replacement (its API server may not have picked up the new one yet).
+ * Leaf certificates are renewed when renew_fraction of their validity has
+ * passed, a CA when ca_renew_fraction of its own has; a leaf never outlives
+ * the CA that signed it.
+ *
+ * Storage, crash-safe: state_dir/ca/gen-N/ holds one complete generation
+ * (every CA with its key, the leaves, the two bundles, state.json); a new
+ * generation is written and fsync'ed beside the old one, then the symlink
+ * state_dir/ca/current is swapped to it with one rename.  A crash leaves
+ * either generation complete; leftovers are removed at start.  Output
+ * directories are replaced the way the kubelet replaces a Secret volume
+ * (ep_publish_files), and republished at every start.
+ *
+ * Options (the global "certs": {"ca": {...}}):
+ *   "key_type": "ecdsa-p256" (default) or "rsa-2048"
+ *   "renew_fraction": leaf certificates are renewed after this part of their
+ *       validity (default 0.6667)
+ *   "ca_renew_fraction": the same for CAs (default 0.6667)
+ *   "grace": how long a new CA is published before it signs (default "10m")
+ *
+ * Test hook: with ETCDPROXY_TEST_CA_PAUSE=FILE in the environment, the
+ * plugin writes FILE and waits for it to disappear right before it switches
+ * a generation other than the first, so a test can kill it mid-rotation.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include <etcdproxy/plugin.h>
+
+#include "ep-tls.h"
+
+#define CA_MAX 8        /* CAs of one kind kept at once (old, signing, pending) */
+#define STATE_VERSION 1
+#define MIN_WAKE_MS 20
+#define MAX_WAKE_MS (3600 * 1000)
+
+enum kind { SERVING = 0, CLIENT = 1 };
+static const char *const kind_name[] = { "serving", "client" };
+
+/* A certificate with its key (NULL for records of certificates issued on demand). */
+struct cert {
+	X509 *x;
+	EVP_PKEY *key;
+	char *serial; /* hex */
+};
+
+struct ca {
+	struct cert c;
+	int64_t published_ms; /* in the bundles since; signs from published_ms + grace */
+};
+
+struct client_leaf {
+	char *name;
+	char *out_dir;
+	struct cert c;
+};
+
+/* A certificate no longer current that may still be in use until `until`. */
+struct record {
+	char *serial;
+	char *signer; /* the CA's serial */
+	char *cn;
+	int64_t until_ms;
+};
+
+struct ca_state {
+	struct ep_host *host;
+	char *dir;       /* state_dir/ca */
+	char *tenant;
+	char *listen;
+	char **server_names;
+	size_t n_server_names;
+	uint64_t validity_ms[3]; /* signing, serving, client */
+
+	/* options */
+	int rsa;
+	double renew_fraction, ca_renew_fraction;
+	uint64_t grace_ms;
+
+	/* the state */
+	struct ca cas[2][CA_MAX];
+	size_t n_cas[2];
+	struct cert serving;
+	char *serving_sans; /* what the serving certificate was made for */
+	struct client_leaf *clients;
+	size_t n_clients;
+	struct record *records; /* replaced and issued certificates still counted as live */
+	size_t n_records;
+	uint64_t generation;
+	int64_t force_rotation; /* etcdproxyctl rotate: new CAs at the next reconcile */
+
+	char *published_client_bundle; /* to tell backends when it changed */
+	int dirty;                     /* the state in memory is newer than on disk */
+	char *last_error;
+	uv_timer_t timer;
+	int timer_open;
+};
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+static void *xmalloc0(size_t n)
+{
+	void *p = calloc(1, n ? n : 1);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *p = strdup(s);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+static char *__attribute__((format(printf, 1, 2))) xprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	return s;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void fmt_time_ms(int64_t ms, char *buf, size_t size)
+{
+	ep_time_format(ms / 1000, buf, size);
+}
+
+static void cert_free(struct cert *c)
+{
+	X509_free(c->x);
+	EVP_PKEY_free(c->key);
+	free(c->serial);
+	memset(c, 0, sizeof(*c));
+}
+
+static int64_t nb_ms(const struct cert *c)
+{
+	return ep_x509_not_before(c->x) * 1000;
+}
+
+static int64_t na_ms(const struct cert *c)
+{
+	return ep_x509_not_after(c->x) * 1000;
+}
+
+/* When a certificate is due for renewal: after fraction of its validity. */
+static int64_t renew_at(const struct cert *c, double fraction)
+{
+	return nb_ms(c) + (int64_t)((double)(na_ms(c) - nb_ms(c)) * fraction);
+}
+
+static int issued_by(const struct cert *leaf, const struct ca *ca)
+{
+	return X509_check_issued(ca->c.x, leaf->x) == X509_V_OK;
+}
+
+static void record_free(struct record *r)
+{
+	free(r->serial);
+	free(r->signer);
+	free(r->cn);
+}
+
+static void add_record(struct ca_state *st, const char *serial, const char *signer,
+		       const char *cn, int64_t until)
+{
+	struct record *r;
+
+	st->records = realloc(st->records, sizeof(*st->records) * (st->n_records + 1));
+	if (st->records == NULL)
+		abort();
+	r = &st->records[st->n_records++];
+	r->serial = xstrdup(serial);
+	r->signer = xstrdup(signer);
+	r->cn = xstrdup(cn);
+	r->until_ms = until;
+}
+
+/* ---- making keys and certificates ---------------------------------------------------------- */
+
+static EVP_PKEY *new_key(const struct ca_state *st)
+{
+	EVP_PKEY *k = st->rsa ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
+
+	if (k == NULL)
+		abort(); /* only an allocation failure or a broken libcrypto get here */
+	return k;
+}
+
+static int add_ext(X509 *x, X509 *issuer, int nid, const char *value)
+{
+	X509V3_CTX ctx;
+	X509_EXTENSION *ext;
+
+	X509V3_set_ctx_nodb(&ctx);
+	X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
+	ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+	if (ext == NULL)
+		return -1;
+	X509_add_ext(x, ext, -1);
+	X509_EXTENSION_free(ext);
+	return 0;
+}
+
+enum role { ROLE_CA, ROLE_SERVER, ROLE_CLIENT };
+
+/*
+ * A certificate for key, valid [nb, na] (ms, rounded to seconds), signed by
+ * issuer (NULL: self-signed).  sans: subjectAltName text for servers.
+ */
+static X509 *make_cert(const struct ca_state *st, EVP_PKEY *key, const struct cert *issuer,
+		       const char *cn, enum role role, int64_t nb, int64_t na, const char *sans)
+{
+	X509 *x = X509_new();
+	X509_NAME *name = X509_NAME_new();
+	unsigned char serial[16];
+	BIGNUM *bn;
+	int ok = 1;
+
+	X509_set_version(x, 2);
+	/* a random positive 127-bit serial, never zero */
+	do {
+		if (RAND_bytes(serial, sizeof(serial)) != 1)
+			abort();
+		serial[0] &= 0x7f;
+	} while (serial[0] == 0);
+	bn = BN_bin2bn(serial, sizeof(serial), NULL);
+	BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+	BN_free(bn);
+	X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)"etcdproxy", -1,
+				   -1, 0);
+	X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8, (const unsigned char *)st->tenant, -1,
+				   -1, 0);
+	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0);
+	X509_set_subject_name(x, name);
+	X509_set_issuer_name(x, issuer != NULL ? X509_get_subject_name(issuer->x) : name);
+	X509_NAME_free(name);
+	ASN1_TIME_set(X509_getm_notBefore(x), (time_t)(nb / 1000));
+	ASN1_TIME_set(X509_getm_notAfter(x), (time_t)(na / 1000));
+	X509_set_pubkey(x, key);
+
+	X509 *iss = issuer != NULL ? issuer->x : x;
+	ok &= add_ext(x, iss, NID_subject_key_identifier, "hash") == 0;
+	ok &= add_ext(x, iss, NID_authority_key_identifier, "keyid:always") == 0;
+	switch (role) {
+	case ROLE_CA:
+		ok &= add_ext(x, iss, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") == 0;
+		ok &= add_ext(x, iss, NID_key_usage, "critical,keyCertSign,cRLSign,digitalSignature") == 0;
+		break;
+	case ROLE_SERVER:
+	case ROLE_CLIENT:
+		ok &= add_ext(x, iss, NID_basic_constraints, "critical,CA:FALSE") == 0;
+		ok &= add_ext(x, iss, NID_key_usage,
+			      st->rsa ? "critical,digitalSignature,keyEncipherment"
+				      : "critical,digitalSignature") == 0;
+		ok &= add_ext(x, iss, NID_ext_key_usage,
+			      role == ROLE_SERVER ? "serverAuth" : "clientAuth") == 0;
+		if (sans != NULL && sans[0] != '\0')
+			ok &= add_ext(x, iss, NID_subject_alt_name, sans) == 0;
+		break;
+	}
+	if (!ok || X509_sign(x, issuer != NULL ? issuer->key : key, EVP_sha256()) == 0)
+		abort(); /* our own extension texts: only a broken libcrypto fails here */
+	return x;
+}
+
+static void cert_make(const struct ca_state *st, struct cert *out, const struct cert *issuer,
+		      const char *cn, enum role role, int64_t now, uint64_t validity,
+		      const char *sans)
+{
+	int64_t na = now + (int64_t)validity;
+
+	/* a leaf never outlives its CA */
+	if (issuer != NULL && na > na_ms(issuer))
+		na = na_ms(issuer);
+	out->key = new_key(st);
+	out->x = make_cert(st, out->key, issuer, cn, role, now, na, sans);
+	out->serial = ep_x509_serial_hex(out->x);
+}
+
+/* The serving certificate's names: every listen address, plus spec.tls.serverNames. */
+static char *wanted_sans(const struct ca_state *st)
+{
+	char host[256] = "", *out;
+	size_t cap = 1024, len = 0;
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	out = xmalloc0(cap);
+#define ADD(...)                                                                             \
+	do {                                                                                 \
+		char *item_ = xprintf(__VA_ARGS__);                                          \
+		if (strstr(out, item_) == NULL || len == 0) {                                \
+			while (len + strlen(item_) + 2 > cap)                                \
+				out = realloc(out, cap *= 2);                                \
+			len += (size_t)sprintf(out + len, "%s%s", len ? "," : "", item_);    \
+		}                                                                            \
+		free(item_);                                                                 \
+	} while (0)
+
+	if (strncmp(st->listen, "unix:", 5) == 0) {
+		ADD("DNS:localhost");
+	} else {
+		const char *colon = strrchr(st->listen, ':');
+		size_t n = colon != NULL ? (size_t)(colon - st->listen) : 0;
+
+		if (n > 0 && st->listen[0] == '[') {
+			memcpy(host, st->listen + 1, n - 2 < sizeof(host) ? n - 2 : 0);
+			host[n - 2] = '\0';
+		} else if (n < sizeof(host)) {
+			memcpy(host, st->listen, n);
+			host[n] = '\0';
+		}
+		if (strcmp(host, "localhost") == 0) {
+			ADD("DNS:localhost");
+			ADD("IP:127.0.0.1");
+			ADD("IP:::1");
+		} else if ((inet_pton(AF_INET, host, &a4) == 1 && a4.s_addr == INADDR_ANY) ||
+			   (inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_UNSPECIFIED(&a6))) {
+			/* every address of the node: its name and the loopbacks */
+			char node[256];
+
+			if (gethostname(node, sizeof(node)) == 0 && node[0] != '\0')
+				ADD("DNS:%s", node);
+			ADD("DNS:localhost");
+			ADD("IP:127.0.0.1");
+			ADD("IP:::1");
+		} else {
+			ADD("IP:%s", host);
+			if ((inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127) ||
+			    (inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6)))
+				ADD("DNS:localhost");
+		}
+	}
+	for (size_t i = 0; i < st->n_server_names; i++) {
+		if (inet_pton(AF_INET, st->server_names[i], &a4) == 1 ||
+		    inet_pton(AF_INET6, st->server_names[i], &a6) == 1)
+			ADD("IP:%s", st->server_names[i]);
+		else
+			ADD("DNS:%s", st->server_names[i]);
+	}
+#undef ADD
+	return out;
+}
+
+/* ---- the state on disk ---------------------------------------------------------------------- */
+
+static char *bundle_text(const struct ca_state *st, enum kind k)
+{
+	size_t total = 0, len;
+	char *out = xmalloc0(1);
+
+	for (size_t i = 0; i < st->n_cas[k]; i++) {
+		char *pem = ep_pem_cert(st->cas[k][i].c.x, &len);
+
+		out = realloc(out, total + len + 1);
+		memcpy(out + total, pem, len + 1);
+		total += len;
+		free(pem);
+	}
+	return out;
+}
+
+static int write_pem_pair(const char *dir, const char *base, const struct cert *c, char **error_r)
+{
+	size_t len;
+	char *pem = ep_pem_cert(c->x, &len), *p;
+	int r;
+
+	p = xprintf("%s/%s.crt", dir, base);
+	r = ep_file_write_atomic(p, pem, len, 0644, error_r);
+	free(p);
+	free(pem);
+	if (r < 0 || c->key == NULL)
+		return r;
+	pem = ep_pem_key(c->key, &len);
+	p = xprintf("%s/%s.key", dir, base);
+	r = ep_file_write_atomic(p, pem, len, 0600, error_r);
+	OPENSSL_cleanse(pem, len);
+	free(pem);
+	free(p);
+	return r;
+}
+
+static int write_text(const char *dir, const char *name, const char *text, char **error_r)
+{
+	char *p = xprintf("%s/%s", dir, name);
+	int r = ep_file_write_atomic(p, text, strlen(text), 0644, error_r);
+
+	free(p);
+	return r;
+}
+
+/* Wait for the test hook's file to go away (ETCDPROXY_TEST_CA_PAUSE). */
+static void test_pause(struct ca_state *st, const char *where)
+{
+	const char *f = getenv("ETCDPROXY_TEST_CA_PAUSE");
+	char *err = NULL;
+
+	if (f == NULL || f[0] != '/' || st->generation <= 1)
+		return;
+	st->host->log(st->host, EP_LOG_WARNING, "test hook: paused %s (generation %llu) until %s "
+		      "is removed", where, (unsigned long long)st->generation, f);
+	if (ep_file_write_atomic(f, where, strlen(where), 0644, &err) < 0) {
+		free(err);
+		return;
+	}
+	while (access(f, F_OK) == 0)
+		usleep(20000);
+}
+
+static char *state_json(const struct ca_state *st)
+{
+	cJSON *o = cJSON_CreateObject(), *pub, *recs;
+	char *text;
+
+	cJSON_AddNumberToObject(o, "version", STATE_VERSION);
+	cJSON_AddNumberToObject(o, "generation", (double)st->generation);
+	cJSON_AddStringToObject(o, "serving_sans", st->serving_sans ? st->serving_sans : "");
+	pub = cJSON_AddObjectToObject(o, "published_ms");
+	for (int k = 0; k < 2; k++)
+		for (size_t i = 0; i < st->n_cas[k]; i++)
+			cJSON_AddNumberToObject(pub, st->cas[k][i].c.serial,
+						(double)st->cas[k][i].published_ms);
+	recs = cJSON_AddArrayToObject(o, "records");
+	for (size_t i = 0; i < st->n_records; i++) {
+		cJSON *r = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(r, "serial", st->records[i].serial);
+		cJSON_AddStringToObject(r, "signer", st->records[i].signer);
+		cJSON_AddStringToObject(r, "cn", st->records[i].cn);
+		cJSON_AddNumberToObject(r, "until_ms", (double)st->records[i].until_ms);
+		cJSON_AddItemToArray(recs, r);
+	}
+	text = cJSON_Print(o);
+	cJSON_Delete(o);
+	return text;
+}
+
+/* Remove every generation but current's target and keep (the previous one, or NULL). */
+static void remove_old_generations(struct ca_state *st, const char *keep1, const char *keep2)
+{
+	DIR *d = opendir(st->dir);
+	struct dirent *e;
+
+	while (d != NULL && (e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, "gen-", 4) != 0 || (keep1 && strcmp(e->d_name, keep1) == 0) ||
+		    (keep2 && strcmp(e->d_name, keep2) == 0))
+			continue;
+		char *p = xprintf("%s/%s", st->dir, e->d_name), *err = NULL;
+
+		if (ep_dir_remove_tree(p, &err) < 0) {
+			st->host->log(st->host, EP_LOG_WARNING, "cannot remove %s", err);
+			free(err);
+		}
+		free(p);
+	}
+	if (d != NULL)
+		closedir(d);
+}
+
+static char *current_target(const struct ca_state *st)
+{
+	char *link = xprintf("%s/current", st->dir), buf[64];
+	ssize_t n = readlink(link, buf, sizeof(buf) - 1);
+
+	free(link);
+	if (n <= 0)
+		return NULL;
+	buf[n] = '\0';
+	return xstrdup(buf);
+}
+
+/* Write the whole state as a new generation and switch current to it. */
+static int write_generation(struct ca_state *st, char **error_r)
+{
+	char *prev = current_target(st);
+	char *name, *gen, *sub, *text, *tmp, *link;
+	int r;
+
+	st->generation++;
+	name = xprintf("gen-%06llu", (unsigned long long)st->generation);
+	gen = xprintf("%s/%s", st->dir, name);
+	{
+		char *ignored = NULL;
+
+		ep_dir_remove_tree(gen, &ignored); /* a leftover of a crash */
+		free(ignored);
+	}
+	if ((r = ep_dir_make(gen, 0700, error_r)) < 0)
+		goto out;
+	for (int k = 0; k < 2; k++) {
+		for (size_t i = 0; i < st->n_cas[k]; i++) {
+			char *base = xprintf("%s-ca.%s", kind_name[k], st->cas[k][i].c.serial);
+
+			r = write_pem_pair(gen, base, &st->cas[k][i].c, error_r);
+			free(base);
+			if (r < 0)
+				goto out;
+		}
+		text = bundle_text(st, (enum kind)k);
+		sub = xprintf("%s-ca-bundle.crt", kind_name[k]);
+		r = write_text(gen, sub, text, error_r);
+		free(sub);
+		free(text);
+		if (r < 0)
+			goto out;
+	}
+	if ((r = write_pem_pair(gen, "serving", &st->serving, error_r)) < 0)
+		goto out;
+	sub = xprintf("%s/clients", gen);
+	r = ep_dir_make(sub, 0700, error_r);
+	for (size_t i = 0; r == 0 && i < st->n_clients; i++)
+		r = write_pem_pair(sub, st->clients[i].name, &st->clients[i].c, error_r);
+	if (r == 0)
+		r = ep_dir_sync(sub, error_r);
+	free(sub);
+	if (r < 0)
+		goto out;
+	text = state_json(st);
+	r = write_text(gen, "state.json", text, error_r);
+	free(text);
+	if (r < 0 || (r = ep_dir_sync(gen, error_r)) < 0)
+		goto out;
+
+	test_pause(st, "before-switch");
+	tmp = xprintf("%s/current.tmp", st->dir);
+	link = xprintf("%s/current", st->dir);
+	unlink(tmp);
+	if (symlink(name, tmp) < 0 || rename(tmp, link) < 0) {
+		*error_r = xprintf("%s: %s", link, strerror(errno));
+		r = -errno;
+	}
+	free(tmp);
+	free(link);
+	if (r == 0)
+		r = ep_dir_sync(st->dir, error_r);
+	if (r == 0)
+		remove_old_generations(st, name, prev);
+out:
+	if (r < 0)
+		st->generation--;
+	free(prev);
+	free(name);
+	free(gen);
+	return r;
+}
+
+static int load_pair(const char *dir, const char *base, int with_key, struct cert *c,
+		     char **error_r)
+{
+	char *crt = xprintf("%s/%s.crt", dir, base), *key = xprintf("%s/%s.key", dir, base);
+	STACK_OF(X509) *certs = NULL;
+	int r;
+
+	r = ep_pem_load_certs(crt, &certs, error_r);
+	if (r == 0) {
+		c->x = sk_X509_shift(certs);
+		sk_X509_pop_free(certs, X509_free);
+		c->serial = ep_x509_serial_hex(c->x);
+	}
+	if (r == 0 && with_key && (r = ep_pem_load_key(key, &c->key, error_r)) == 0)
+		r = ep_tls_check_pair(c->x, c->key, crt, key, error_r);
+	free(crt);
+	free(key);
+	return r;
+}
+
+/* Load state_dir/ca/current.  0 (also when there is none yet) or an error. */
+static int load_state(struct ca_state *st, char **error_r)
+{
+	char *target = current_target(st), *gen, *text = NULL;
+	cJSON *o = NULL;
+	DIR *d;
+	struct dirent *e;
+	int r = 0;
+
+	if (target == NULL) {
+		remove_old_generations(st, NULL, NULL); /* a first generation that never switched */
+		return 0;
+	}
+	gen = xprintf("%s/%s", st->dir, target);
+	remove_old_generations(st, target, NULL);
+	{
+		char *p = xprintf("%s/state.json", gen);
+
+		r = ep_file_read(p, 1u << 20, &text, NULL, error_r);
+		free(p);
+	}
+	if (r < 0)
+		goto out;
+	o = cJSON_Parse(text);
+	if (!cJSON_IsObject(o) || cJSON_GetObjectItem(o, "version") == NULL ||
+	    cJSON_GetObjectItem(o, "version")->valueint != STATE_VERSION) {
+		*error_r = xprintf("%s/state.json: not a state file of version %d", gen,
+				   STATE_VERSION);
+		r = -EINVAL;
+		goto out;
+	}
+	st->generation = (uint64_t)cJSON_GetObjectItem(o, "generation")->valuedouble;
+	const cJSON *sans = cJSON_GetObjectItem(o, "serving_sans");
+	st->serving_sans = xstrdup(cJSON_IsString(sans) ? sans->valuestring : "");
+	const cJSON *pub = cJSON_GetObjectItem(o, "published_ms");
+	const cJSON *rec;
+	cJSON_ArrayForEach(rec, cJSON_GetObjectItem(o, "records"))
+	{
+		const cJSON *se = cJSON_GetObjectItem(rec, "serial"), *si = cJSON_GetObjectItem(rec, "signer");
+		const cJSON *cn = cJSON_GetObjectItem(rec, "cn"), *u = cJSON_GetObjectItem(rec, "until_ms");
+
+		if (cJSON_IsString(se) && cJSON_IsString(si) && cJSON_IsString(cn) && cJSON_IsNumber(u))
+			add_record(st, se->valuestring, si->valuestring, cn->valuestring,
+				   (int64_t)u->valuedouble);
+	}
+
+	/* the CAs, in the order they were made (by notBefore, then serial) */
+	d = opendir(gen);
+	while (r == 0 && d != NULL && (e = readdir(d)) != NULL) {
+		size_t len = strlen(e->d_name);
+
+		for (int k = 0; k < 2; k++) {
+			char *prefix = xprintf("%s-ca.", kind_name[k]);
+
+			if (strncmp(e->d_name, prefix, strlen(prefix)) == 0 && len > 4 &&
+			    strcmp(e->d_name + len - 4, ".crt") == 0 && st->n_cas[k] < CA_MAX) {
+				char *base = strndup(e->d_name, len - 4);
+				struct ca *ca = &st->cas[k][st->n_cas[k]];
+				const cJSON *p;
+
+				r = load_pair(gen, base, 1, &ca->c, error_r);
+				if (r == 0) {
+					st->n_cas[k]++;
+					p = cJSON_GetObjectItem(pub, ca->c.serial);
+					ca->published_ms = cJSON_IsNumber(p) ? (int64_t)p->valuedouble
+									     : nb_ms(&ca->c);
+				}
+				free(base);
+			}
+			free(prefix);
+		}
+	}
+	if (d != NULL)
+		closedir(d);
+	for (int k = 0; k < 2 && r == 0; k++) {
+		/* insertion sort: oldest first */
+		for (size_t i = 1; i < st->n_cas[k]; i++)
+			for (size_t j = i; j > 0 && st->cas[k][j].published_ms <
+							st->cas[k][j - 1].published_ms; j--) {
+				struct ca t = st->cas[k][j];
+
+				st->cas[k][j] = st->cas[k][j - 1];
+				st->cas[k][j - 1] = t;
+			}
+	}
+	if (r == 0 && access(gen, F_OK) == 0) {
+		char *p = xprintf("%s/serving.crt", gen);
+
+		if (access(p, F_OK) == 0)
+			r = load_pair(gen, "serving", 1, &st->serving, error_r);
+		free(p);
+	}
+	for (size_t i = 0; r == 0 && i < st->n_clients; i++) {
+		char *sub = xprintf("%s/clients", gen), *p = xprintf("%s/%s.crt", sub, st->clients[i].name);
+
+		if (access(p, F_OK) == 0)
+			r = load_pair(sub, st->clients[i].name, 1, &st->clients[i].c, error_r);
+		free(p);
+		free(sub);
+	}
+	if (r < 0) {
+		char *e2 = xprintf("%s (the state in %s is damaged; move %s away to start over with "
+				   "new CAs, which clients must then be given)", *error_r, gen, st->dir);
+		free(*error_r);
+		*error_r = e2;
+	}
+out:
+	cJSON_Delete(o);
+	free(text);
+	free(gen);
+	free(target);
+	return r;
+}
+
+/* ---- the rotation logic --------------------------------------------------------------------- */
+
+/* The CA of kind k that signs now: the newest one published at least grace ago. */
+static struct ca *signer(struct ca_state *st, enum kind k, int64_t now)
+{
+	for (size_t i = st->n_cas[k]; i-- > 0;)
+		if (st->cas[k][i].published_ms + (int64_t)st->grace_ms <= now)
+			return &st->cas[k][i];
+	return st->n_cas[k] > 0 ? &st->cas[k][0] : NULL;
+}
+
+static struct ca *find_ca(struct ca_state *st, enum kind k, const struct cert *leaf)
+{
+	for (size_t i = 0; i < st->n_cas[k]; i++)
+		if (issued_by(leaf, &st->cas[k][i]))
+			return &st->cas[k][i];
+	return NULL;
+}
+
+static void log_cert(struct ca_state *st, const char *what, const struct cert *c,
+		     const struct cert *by)
+{
+	char na[32];
+
+	ep_time_format(ep_x509_not_after(c->x), na, sizeof(na));
+	st->host->log(st->host, EP_LOG_NOTICE, "%s: serial %s, valid until %s%s%s", what,
+		      c->serial, na, by ? ", signed by CA " : " (self-signed)", by ? by->serial : "");
+}
+
+static void new_ca(struct ca_state *st, enum kind k, int64_t now, int first)
+{
+	struct ca *ca;
+	char *cn;
+
+	if (st->n_cas[k] == CA_MAX) {
+		/* cannot happen with sane fractions; never drop a CA silently */
+		st->host->log(st->host, EP_LOG_ERR, "%d %s CAs kept already: no new one", CA_MAX,
+			      kind_name[k]);
+		return;
+	}
+	ca = &st->cas[k][st->n_cas[k]++];
+	cn = xprintf("etcdproxy %s %s CA %lld", st->tenant, kind_name[k], (long long)(now / 1000));
+	cert_make(st, &ca->c, NULL, cn, ROLE_CA, now, st->validity_ms[0], NULL);
+	free(cn);
+	/* the very first CA signs at once: nobody can have trusted an older one */
+	ca->published_ms = first ? now - (int64_t)st->grace_ms : now;
+	log_cert(st, first ? (k == SERVING ? "new serving CA" : "new client CA")
+			   : (k == SERVING ? "new serving CA published, signs after the grace period"
+					   : "new client CA published, signs after the grace period"),
+		 &ca->c, NULL);
+}
+
+/* Is a leaf due: missing, signed by another CA than the signer, or old enough? */
+static int leaf_due(const struct ca_state *st, const struct cert *c, const struct ca *sig,
+		    int64_t now)
+{
+	return c->x == NULL || !issued_by(c, sig) || now >= renew_at(c, st->renew_fraction) ||
+	       now >= na_ms(c);
+}
+
+/* Make everything current at now.  Returns 1 when the state changed. */
+static int reconcile(struct ca_state *st, int64_t now)
+{
+	int changed = 0;
+	char *sans = wanted_sans(st);
+
+	for (int k = 0; k < 2; k++) {
+		struct ca *newest;
+
+		if (st->n_cas[k] == 0) {
+			new_ca(st, (enum kind)k, now, 1);
+			changed = 1;
+		}
+		newest = &st->cas[k][st->n_cas[k] - 1];
+		/* a new CA when the newest is due, unless one is still waiting for its grace */
+		if ((now >= renew_at(&newest->c, st->ca_renew_fraction) ||
+		     (st->force_rotation && newest->published_ms < st->force_rotation)) &&
+		    newest->published_ms + (int64_t)st->grace_ms <= now) {
+			new_ca(st, (enum kind)k, now, 0);
+			changed = 1;
+		}
+	}
+	st->force_rotation = 0;
+
+	struct ca *ssig = signer(st, SERVING, now), *csig = signer(st, CLIENT, now);
+
+	if (leaf_due(st, &st->serving, ssig, now) || st->serving_sans == NULL ||
+	    strcmp(st->serving_sans, sans) != 0) {
+		struct cert old = st->serving;
+		char *cn = xprintf("%s.etcdproxy", st->tenant);
+
+		memset(&st->serving, 0, sizeof(st->serving));
+		cert_make(st, &st->serving, &ssig->c, cn, ROLE_SERVER, now, st->validity_ms[1], sans);
+		free(cn);
+		free(st->serving_sans);
+		st->serving_sans = xstrdup(sans);
+		log_cert(st, "serving certificate issued", &st->serving, &ssig->c);
+		/* the old one is gone from the handshakes as soon as the backend reloads */
+		cert_free(&old);
+		changed = 1;
+	}
+	for (size_t i = 0; i < st->n_clients; i++) {
+		struct client_leaf *cl = &st->clients[i];
+
+		if (!leaf_due(st, &cl->c, csig, now))
+			continue;
+		if (cl->c.x != NULL) {
+			/* its API server may use it until it notices the new one */
+			struct ca *old_sig = find_ca(st, CLIENT, &cl->c);
+			int64_t until = now + (int64_t)st->grace_ms;
+
+			if (until > na_ms(&cl->c))
+				until = na_ms(&cl->c);
+			if (old_sig != NULL && until > now)
+				add_record(st, cl->c.serial, old_sig->c.serial, cl->name, until);
+			cert_free(&cl->c);
+		}
+		cert_make(st, &cl->c, &csig->c, cl->name, ROLE_CLIENT, now, st->validity_ms[2], NULL);
+		{
+			char *what = xprintf("client certificate \"%s\" issued", cl->name);
+
+			log_cert(st, what, &cl->c, &csig->c);
+			free(what);
+		}
+		changed = 1;
+	}
+	free(sans);
+
+	/* records that ended */
+	for (size_t i = 0; i < st->n_records;) {
+		if (st->records[i].until_ms <= now) {
+			record_free(&st->records[i]);
+			st->records[i] = st->records[--st->n_records];
+			changed = 1;
+		} else {
+			i++;
+		}
+	}
+
+	/* CAs that sign nothing live any more, and expired ones */
+	for (int k = 0; k < 2; k++) {
+		struct ca *sig = signer(st, (enum kind)k, now);
+		int64_t sig_pub = sig->published_ms;
+
+		for (size_t i = 0; i < st->n_cas[k];) {
+			struct ca *ca = &st->cas[k][i];
+			int live = 0;
+
+			if (ca == sig || ca->published_ms > sig_pub) {
+				i++; /* the signer, or one waiting to become it */
+				continue;
+			}
+			if (k == SERVING && issued_by(&st->serving, ca))
+				live = 1;
+			for (size_t j = 0; k == CLIENT && j < st->n_clients; j++)
+				if (issued_by(&st->clients[j].c, ca))
+					live = 1;
+			for (size_t j = 0; j < st->n_records; j++)
+				if (strcmp(st->records[j].signer, ca->c.serial) == 0)
+					live = 1;
+			if (live && now < na_ms(&ca->c)) {
+				i++;
+				continue;
+			}
+			log_cert(st, k == SERVING ? "serving CA retired" : "client CA retired", &ca->c,
+				 NULL);
+			cert_free(&ca->c);
+			memmove(ca, ca + 1, sizeof(*ca) * (st->n_cas[k] - i - 1));
+			st->n_cas[k]--;
+			sig = signer(st, (enum kind)k, now);
+			changed = 1;
+		}
+	}
+	return changed;
+}
+
+/* When reconcile() has something to do next. */
+static int64_t next_event(const struct ca_state *st, int64_t now)
+{
+	int64_t next = now + MAX_WAKE_MS;
+#define EARLIER(t)                               \
+	do {                                     \
+		int64_t t_ = (t);                \
+		if (t_ > now && t_ < next)       \
+			next = t_;               \
+	} while (0)
+
+	for (int k = 0; k < 2; k++) {
+		for (size_t i = 0; i < st->n_cas[k]; i++) {
+			EARLIER(st->cas[k][i].published_ms + (int64_t)st->grace_ms);
+			EARLIER(na_ms(&st->cas[k][i].c));
+		}
+		if (st->n_cas[k] > 0)
+			EARLIER(renew_at(&st->cas[k][st->n_cas[k] - 1].c, st->ca_renew_fraction));
+	}
+	if (st->serving.x != NULL)
+		EARLIER(renew_at(&st->serving, st->renew_fraction));
+	for (size_t i = 0; i < st->n_clients; i++)
+		if (st->clients[i].c.x != NULL)
+			EARLIER(renew_at(&st->clients[i].c, st->renew_fraction));
+	for (size_t i = 0; i < st->n_records; i++)
+		EARLIER(st->records[i].until_ms);
+#undef EARLIER
+	return next;
+}
+
+/* ---- publishing -------------------------------------------------------------------------------- */
+
+static int publish_outputs(struct ca_state *st, char **error_r)
+{
+	char *ca_bundle = bundle_text(st, SERVING);
+	int r = 0;
+
+	for (size_t i = 0; r == 0 && i < st->n_clients; i++) {
+		struct client_leaf *cl = &st->clients[i];
+		size_t crt_len, key_len;
+		char *crt = ep_pem_cert(cl->c.x, &crt_len), *key = ep_pem_key(cl->c.key, &key_len);
+		struct ep_pub_file files[] = {
+			{ "tls.crt", crt, crt_len, 0644 },
+			{ "tls.key", key, key_len, 0600 },
+			{ "ca.crt", ca_bundle, strlen(ca_bundle), 0644 },
+		};
+		int changed = 0;
+
+		r = ep_publish_files(cl->out_dir, files, 3, &changed, error_r);
+		if (r == 0 && changed)
+			st->host->log(st->host, EP_LOG_INFO, "published client certificate \"%s\" "
+				      "(serial %s) and the serving CA bundle into %s", cl->name,
+				      cl->c.serial, cl->out_dir);
+		OPENSSL_cleanse(key, key_len);
+		free(key);
+		free(crt);
+	}
+	free(ca_bundle);
+	return r;
+}
+
+static void publish_material(struct ca_state *st)
+{
+	char *cert = xprintf("%s/current/serving.crt", st->dir);
+	char *key = xprintf("%s/current/serving.key", st->dir);
+	char *client_ca = xprintf("%s/current/client-ca-bundle.crt", st->dir);
+	char *ca = xprintf("%s/current/serving-ca-bundle.crt", st->dir);
+	char *bundle = bundle_text(st, CLIENT);
+	struct ep_tls_material m = {
+		.cert_file = cert,
+		.key_file = key,
+		.client_ca_file = client_ca,
+		.ca_file = ca,
+		.generation = st->generation,
+		.client_ca_changed = st->published_client_bundle == NULL ||
+				     strcmp(st->published_client_bundle, bundle) != 0,
+	};
+
+	free(st->published_client_bundle);
+	st->published_client_bundle = bundle;
+	st->host->tls_publish(st->host, &m);
+	free(cert);
+	free(key);
+	free(client_ca);
+	free(ca);
+}
+
+static void set_error(struct ca_state *st, const char *error)
+{
+	free(st->last_error);
+	st->last_error = error != NULL ? xstrdup(error) : NULL;
+}
+
+static void schedule(struct ca_state *st);
+
+/*
+ * Bring everything up to date, write a new generation when something changed
+ * (or when asked to), then publish it.  0 or an error; on an error the
+ * previous generation stays in use and st->dirty asks for another attempt.
+ */
+static int run(struct ca_state *st, int publish_anyway, char **error_r)
+{
+	int r;
+
+	if (reconcile(st, now_ms()))
+		st->dirty = 1;
+	if (st->dirty) {
+		if ((r = write_generation(st, error_r)) < 0)
+			return r;
+		st->dirty = 0;
+		publish_anyway = 1;
+	}
+	if (!publish_anyway)
+		return 0;
+	/* the backend first: a client certificate from a new CA must find it trusted */
+	publish_material(st);
+	return publish_outputs(st, error_r);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+	struct ca_state *st = t->data;
+	char *error = NULL;
+
+	if (run(st, 0, &error) < 0) {
+		st->host->log(st->host, EP_LOG_ERR, "certificate update failed, the previous "
+			      "certificates stay in use; retrying in 5 s: %s", error);
+		set_error(st, error);
+		free(error);
+		uv_timer_start(&st->timer, on_timer, 5000, 0);
+	} else {
+		set_error(st, NULL);
+		schedule(st);
+	}
+	st->host->certs_changed(st->host);
+}
+
+static void schedule(struct ca_state *st)
+{
+	int64_t now = now_ms(), next = next_event(st, now), delay = next - now;
+
+	if (delay < MIN_WAKE_MS)
+		delay = MIN_WAKE_MS;
+	uv_timer_start(&st->timer, on_timer, (uint64_t)delay, 0);
+}
+
+/* ---- the plugin interface ------------------------------------------------------------------- */
+
+static int parse_options(struct ca_state *st, const char **error_r)
+{
+	cJSON *o = cJSON_Parse(st->host->tenant->options_json);
+	const cJSON *m;
+	static char msg[256];
+	int r = 0;
+
+	st->renew_fraction = 2.0 / 3.0;
+	st->ca_renew_fraction = 2.0 / 3.0;
+	st->grace_ms = 600000;
+	if (!cJSON_IsObject(o)) {
+		*error_r = "certs.ca: expected an object";
+		cJSON_Delete(o);
+		return -EINVAL;
+	}
+	cJSON_ArrayForEach(m, o)
+	{
+		if (strcmp(m->string, "key_type") == 0 && cJSON_IsString(m) &&
+		    (strcmp(m->valuestring, "ecdsa-p256") == 0 ||
+		     strcmp(m->valuestring, "rsa-2048") == 0)) {
+			st->rsa = strcmp(m->valuestring, "rsa-2048") == 0;
+		} else if (strcmp(m->string, "key_type") == 0) {
+			*error_r = "certs.ca.key_type: expected \"ecdsa-p256\" or \"rsa-2048\"";
+			r = -EINVAL;
+		} else if ((strcmp(m->string, "renew_fraction") == 0 ||
+			    strcmp(m->string, "ca_renew_fraction") == 0)) {
+			if (!cJSON_IsNumber(m) || m->valuedouble < 0.1 || m->valuedouble > 0.95) {
+				snprintf(msg, sizeof(msg), "certs.ca.%s: expected a number from 0.1 "
+					 "to 0.95 (the part of a validity after which it is renewed)",
+					 m->string);
+				*error_r = msg;
+				r = -EINVAL;
+			} else if (strcmp(m->string, "renew_fraction") == 0) {
+				st->renew_fraction = m->valuedouble;
+			} else {
+				st->ca_renew_fraction = m->valuedouble;
+			}
+		} else if (strcmp(m->string, "grace") == 0) {
+			if (!cJSON_IsString(m) || ep_duration_parse(m->valuestring, &st->grace_ms) < 0) {
+				*error_r = "certs.ca.grace: expected a duration such as \"10m\" or \"2s\"";
+				r = -EINVAL;
+			}
+		} else {
+			snprintf(msg, sizeof(msg), "certs.ca: unknown key \"%.64s\" (expected one of: "
+				 "key_type, renew_fraction, ca_renew_fraction, grace)", m->string);
+			*error_r = msg;
+			r = -EINVAL;
+		}
+		if (r < 0)
+			break;
+	}
+	cJSON_Delete(o);
+	if (r == 0 && (double)st->grace_ms >
+			      (double)st->validity_ms[0] * (1.0 - st->ca_renew_fraction) / 2) {
+		snprintf(msg, sizeof(msg), "certs.ca.grace (%llu ms) is too long for a "
+			 "signingCertificateValidity of %llu ms: a new CA must sign for a while "
+			 "before the old one expires (at most half of the CA's last %d%%)",
+			 (unsigned long long)st->grace_ms, (unsigned long long)st->validity_ms[0],
+			 (int)((1.0 - st->ca_renew_fraction) * 100 + 0.5));
+		*error_r = msg;
+		r = -EINVAL;
+	}
+	return r;
+}
+
+static int parse_tls(struct ca_state *st, const char **error_r)
+{
+	cJSON *o = cJSON_Parse(st->host->tenant->tls_json ? st->host->tenant->tls_json : "");
+	const cJSON *m, *e;
+	static const char *const vnames[] = { "signing_validity_ms", "serving_validity_ms",
+					      "client_validity_ms" };
+
+	if (!cJSON_IsObject(o)) {
+		cJSON_Delete(o);
+		*error_r = "the tenant has no spec.tls";
+		return -EINVAL;
+	}
+	for (int i = 0; i < 3; i++) {
+		m = cJSON_GetObjectItem(o, vnames[i]);
+		st->validity_ms[i] = cJSON_IsNumber(m) && m->valuedouble >= 1000
+					     ? (uint64_t)m->valuedouble
+					     : 8760ull * 3600 * 1000;
+	}
+	m = cJSON_GetObjectItem(o, "serverNames");
+	st->server_names = xmalloc0(sizeof(char *) * ((size_t)cJSON_GetArraySize(m) + 1));
+	cJSON_ArrayForEach(e, m)
+		if (cJSON_IsString(e))
+			st->server_names[st->n_server_names++] = xstrdup(e->valuestring);
+	m = cJSON_GetObjectItem(o, "clientCertificates");
+	st->clients = xmalloc0(sizeof(*st->clients) * ((size_t)cJSON_GetArraySize(m) + 1));
+	cJSON_ArrayForEach(e, m)
+	{
+		const cJSON *n = cJSON_GetObjectItem(e, "name"), *d = cJSON_GetObjectItem(e, "outputDir");
+
+		if (cJSON_IsString(n) && cJSON_IsString(d)) {
+			st->clients[st->n_clients].name = xstrdup(n->valuestring);
+			st->clients[st->n_clients].out_dir = xstrdup(d->valuestring);
+			st->n_clients++;
+		}
+	}
+	cJSON_Delete(o);
+	return 0;
+}
+
+static void ca_fini(void *state);
+
+static int ca_init(struct ep_host *host, void **state_r, const char **error_r)
+{
+	struct ca_state *st = xmalloc0(sizeof(*st));
+	int r;
+
+	st->host = host;
+	st->tenant = xstrdup(host->tenant->name);
+	st->listen = xstrdup(host->tenant->listen);
+	st->dir = xprintf("%s/ca", host->tenant->state_dir);
+	if ((r = parse_tls(st, error_r)) < 0 || (r = parse_options(st, error_r)) < 0) {
+		ca_fini(st);
+		return r;
+	}
+	if (host->tls_publish == NULL || host->certs_changed == NULL) {
+		ca_fini(st);
+		*error_r = "the worker is too old for certificate sources";
+		return -EPROTO;
+	}
+	uv_timer_init(host->loop, &st->timer);
+	st->timer.data = st;
+	st->timer_open = 1;
+	*state_r = st;
+	return 0;
+}
+
+static int ca_refresh(void *state, const char **error_r)
+{
+	struct ca_state *st = state;
+	char *error = NULL;
+	int r;
+
+	if ((r = ep_dir_make(st->dir, 0700, &error)) < 0 || (r = load_state(st, &error)) < 0 ||
+	    (r = run(st, 1, &error)) < 0) {
+		set_error(st, error);
+		free(error);
+		*error_r = st->last_error;
+		return r == -ENOMEM ? r : -EINVAL;
+	}
+	schedule(st);
+	return 0;
+}
+
+static void ca_stop(void *state)
+{
+	struct ca_state *st = state;
+
+	if (st->timer_open) {
+		st->timer_open = 0;
+		uv_close((uv_handle_t *)&st->timer, NULL);
+	}
+}
+
+static cJSON *cert_json(const char *role, const struct cert *c, const char *state)
+{
+	cJSON *o = cJSON_CreateObject();
+	char t[32], *s;
+
+	cJSON_AddStringToObject(o, "role", role);
+	s = ep_x509_subject(c->x);
+	cJSON_AddStringToObject(o, "subject", s);
+	free(s);
+	cJSON_AddStringToObject(o, "serial", c->serial);
+	s = ep_x509_issuer(c->x);
+	cJSON_AddStringToObject(o, "issuer", s);
+	free(s);
+	ep_time_format(ep_x509_not_before(c->x), t, sizeof(t));
+	cJSON_AddStringToObject(o, "not_before", t);
+	ep_time_format(ep_x509_not_after(c->x), t, sizeof(t));
+	cJSON_AddStringToObject(o, "not_after", t);
+	if (state != NULL)
+		cJSON_AddStringToObject(o, "state", state);
+	return o;
+}
+
+static char *ca_describe(void *state)
+{
+	struct ca_state *st = state;
+	cJSON *a = cJSON_CreateArray();
+	int64_t now = now_ms();
+	char *text;
+
+	if (st->last_error != NULL) {
+		cJSON *o = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(o, "role", "error");
+		cJSON_AddStringToObject(o, "error", st->last_error);
+		cJSON_AddItemToArray(a, o);
+	}
+	for (int k = 0; k < 2; k++) {
+		struct ca *sig = st->n_cas[k] ? signer(st, (enum kind)k, now) : NULL;
+
+		for (size_t i = 0; i < st->n_cas[k]; i++) {
+			struct ca *ca = &st->cas[k][i];
+			char when[32], *what;
+
+			if (ca == sig) {
+				what = xstrdup("signing");
+			} else if (ca->published_ms > sig->published_ms) {
+				fmt_time_ms(ca->published_ms + (int64_t)st->grace_ms, when, sizeof(when));
+				what = xprintf("published, signs from %s", when);
+			} else {
+				what = xstrdup("retiring: still trusted for certificates it signed");
+			}
+			cJSON_AddItemToArray(a, cert_json(k == SERVING ? "serving-ca" : "client-ca",
+							  &ca->c, what));
+			free(what);
+		}
+	}
+	if (st->serving.x != NULL)
+		cJSON_AddItemToArray(a, cert_json("serving", &st->serving, NULL));
+	for (size_t i = 0; i < st->n_clients; i++) {
+		if (st->clients[i].c.x == NULL)
+			continue;
+		char *what = xprintf("published in %s", st->clients[i].out_dir);
+
+		cJSON_AddItemToArray(a, cert_json("client", &st->clients[i].c, what));
+		free(what);
+	}
+	for (size_t i = 0; i < st->n_records; i++) {
+		cJSON *o = cJSON_CreateObject();
+		char t[32];
+
+		cJSON_AddStringToObject(o, "role", "client-record");
+		cJSON_AddStringToObject(o, "subject", st->records[i].cn);
+		cJSON_AddStringToObject(o, "serial", st->records[i].serial);
+		cJSON_AddStringToObject(o, "issuer", st->records[i].signer);
+		fmt_time_ms(st->records[i].until_ms, t, sizeof(t));
+		cJSON_AddStringToObject(o, "not_after", t);
+		cJSON_AddStringToObject(o, "state", "replaced or issued on demand: its CA stays "
+						    "trusted until then");
+		cJSON_AddItemToArray(a, o);
+	}
+	text = cJSON_PrintUnformatted(a);
+	cJSON_Delete(a);
+	return text;
+}
+
+static int ca_rotate(void *state, const char **error_r)
+{
+	struct ca_state *st = state;
+	int64_t now = now_ms();
+	char *error = NULL;
+
+	for (int k = 0; k < 2; k++) {
+		struct ca *newest = &st->cas[k][st->n_cas[k] - 1];
+
+		if (newest->published_ms + (int64_t)st->grace_ms > now) {
+			static char msg[200];
+			char when[32];
+
+			fmt_time_ms(newest->published_ms + (int64_t)st->grace_ms, when, sizeof(when));
+			snprintf(msg, sizeof(msg), "a rotation is already under way: the new %s CA "
+				 "signs from %s", kind_name[k], when);
+			*error_r = msg;
+			return -EBUSY;
+		}
+	}
+	st->force_rotation = now + 1;
+	if (run(st, 0, &error) < 0) {
+		set_error(st, error);
+		free(error);
+		*error_r = st->last_error;
+		return -EIO;
+	}
+	schedule(st);
+	st->host->certs_changed(st->host);
+	return 0;
+}
+
+static int ca_issue_client(void *state, const char *cn, const char *out_dir, char **result_r,
+			   char **error_r)
+{
+	struct ca_state *st = state;
+	int64_t now = now_ms();
+	struct ca *sig = signer(st, CLIENT, now);
+	char *ca_bundle = bundle_text(st, SERVING);
+	struct cert c = { 0 };
+	size_t crt_len, key_len;
+	char *crt, *key, t[32];
+	cJSON *o;
+	int r;
+
+	if (cn[0] == '\0' || strlen(cn) > 64) {
+		free(ca_bundle);
+		*error_r = xstrdup("the common name must have 1 to 64 characters");
+		return -EINVAL;
+	}
+	cert_make(st, &c, &sig->c, cn, ROLE_CLIENT, now, st->validity_ms[2], NULL);
+	/* recorded first: its CA must stay in the proxy's bundle until it expires */
+	add_record(st, c.serial, sig->c.serial, cn, na_ms(&c));
+	st->dirty = 1;
+	if ((r = run(st, 0, error_r)) < 0) {
+		free(ca_bundle);
+		cert_free(&c);
+		return r;
+	}
+	crt = ep_pem_cert(c.x, &crt_len);
+	key = ep_pem_key(c.key, &key_len);
+	struct ep_pub_file files[] = {
+		{ "tls.crt", crt, crt_len, 0644 },
+		{ "tls.key", key, key_len, 0600 },
+		{ "ca.crt", ca_bundle, strlen(ca_bundle), 0644 },
+	};
+	r = ep_publish_files(out_dir, files, 3, NULL, error_r);
+	OPENSSL_cleanse(key, key_len);
+	free(key);
+	free(crt);
+	free(ca_bundle);
+	if (r == 0) {
+		log_cert(st, "client certificate issued on request", &c, &sig->c);
+		o = cJSON_CreateObject();
+		char *subject = ep_x509_subject(c.x);
+
+		cJSON_AddStringToObject(o, "subject", subject);
+		free(subject);
+		cJSON_AddStringToObject(o, "serial", c.serial);
+		ep_time_format(ep_x509_not_after(c.x), t, sizeof(t));
+		cJSON_AddStringToObject(o, "not_after", t);
+		cJSON_AddStringToObject(o, "dir", out_dir);
+		*result_r = cJSON_PrintUnformatted(o);
+		cJSON_Delete(o);
+	}
+	cert_free(&c);
+	schedule(st);
+	st->host->certs_changed(st->host);
+	return r;
+}
+
+static void ca_fini(void *state)
+{
+	struct ca_state *st = state;
+
+	for (int k = 0; k < 2; k++)
+		for (size_t i = 0; i < st->n_cas[k]; i++)
+			cert_free(&st->cas[k][i].c);
+	cert_free(&st->serving);
+	for (size_t i = 0; i < st->n_clients; i++) {
+		cert_free(&st->clients[i].c);
+		free(st->clients[i].name);
+		free(st->clients[i].out_dir);
+	}
+	free(st->clients);
+	for (size_t i = 0; i < st->n_records; i++)
+		record_free(&st->records[i]);
+	free(st->records);
+	for (size_t i = 0; i < st->n_server_names; i++)
+		free(st->server_names[i]);
+	free(st->server_names);
+	free(st->serving_sans);
+	free(st->published_client_bundle);
+	free(st->last_error);
+	free(st->dir);
+	free(st->tenant);
+	free(st->listen);
+	free(st);
+}
+
+static const struct ep_certs_ops ops = {
+	.refresh = ca_refresh,
+	.stop = ca_stop,
+	.describe = ca_describe,
+	.rotate = ca_rotate,
+	.issue_client = ca_issue_client,
+};
+
+EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
+	.abi_version = EP_PLUGIN_ABI_VERSION,
+	.kind = EP_PLUGIN_CERTS,
+	.name = "ca",
+	.description = "built-in CA per tenant: serving and client certificates, rotated "
+		       "without failed handshakes",
+	.init = ca_init,
+	.fini = ca_fini,
+	.ops = &ops,
+};
