@@ -39,7 +39,9 @@
  * plugin writes FILE and waits for it to disappear right before it switches
  * a generation other than the first, so a test can kill it mid-rotation.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -168,6 +170,9 @@ static int64_t now_ms(void)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+/* The clock every decision uses; the unit test turns it. */
+static int64_t (*clock_ms)(void) = now_ms;
 
 static void fmt_time_ms(int64_t ms, char *buf, size_t size)
 {
@@ -1009,7 +1014,7 @@ static int run(struct ca_state *st, int publish_anyway, char **error_r)
 {
 	int r;
 
-	if (reconcile(st, now_ms()))
+	if (reconcile(st, clock_ms()))
 		st->dirty = 1;
 	if (st->dirty) {
 		if ((r = write_generation(st, error_r)) < 0)
@@ -1044,7 +1049,7 @@ static void on_timer(uv_timer_t *t)
 
 static void schedule(struct ca_state *st)
 {
-	int64_t now = now_ms(), next = next_event(st, now), delay = next - now;
+	int64_t now = clock_ms(), next = next_event(st, now), delay = next - now;
 
 	if (delay < MIN_WAKE_MS)
 		delay = MIN_WAKE_MS;
@@ -1237,7 +1242,7 @@ static char *ca_describe(void *state)
 {
 	struct ca_state *st = state;
 	cJSON *a = cJSON_CreateArray();
-	int64_t now = now_ms();
+	int64_t now = clock_ms();
 	char *text;
 
 	if (st->last_error != NULL) {
@@ -1299,7 +1304,7 @@ static char *ca_describe(void *state)
 static int ca_rotate(void *state, const char **error_r)
 {
 	struct ca_state *st = state;
-	int64_t now = now_ms();
+	int64_t now = clock_ms();
 	char *error = NULL;
 
 	for (int k = 0; k < 2; k++) {
@@ -1332,7 +1337,7 @@ static int ca_issue_client(void *state, const char *cn, const char *out_dir, cha
 			   char **error_r)
 {
 	struct ca_state *st = state;
-	int64_t now = now_ms();
+	int64_t now = clock_ms();
 	struct ca *sig = signer(st, CLIENT, now);
 	char *ca_bundle = bundle_text(st, SERVING);
 	struct cert c = { 0 };

@@ -2,7 +2,9 @@
  * Shared by the plugins: PEM material with precise messages, and crash-safe
  * files (see ep-tls.h).
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -1,0 +1,567 @@
+/*
+ * The ca certificate source, driven through simulated time: certificate
+ * contents (checked with OpenSSL's own verification), the rotation order,
+ * bundle merge and pruning, reuse of the state after a restart, and the
+ * shared duration parser.  The plugin is compiled into the test, so that its
+ * clock can be turned.
+ */
+#include "build-config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "../../plugins/certs-ca/certs-ca.c"
+
+#define UNUSED __attribute__((unused))
+#define GRACE_MS 2000
+
+static int64_t fake_now;
+static int64_t fake_clock(void)
+{
+	return fake_now;
+}
+
+struct fixture {
+	char dir[64];
+	char state_dir[128], out_dir[128];
+	char *tls_json;
+	struct ep_tenant_info info;
+	struct ep_host host;
+	struct ca_state *st;
+	int publishes;
+	struct ep_tls_material last;
+	char cert_file[256], client_ca_file[256];
+};
+
+static struct fixture *F;
+
+static void fake_log(struct ep_host *h, enum ep_log_level level, const char *fmt, ...)
+{
+	if (getenv("TEST_VERBOSE") != NULL) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		vfprintf(stderr, fmt, ap);
+		va_end(ap);
+		fputc('\n', stderr);
+	}
+}
+
+static void fake_publish(struct ep_host *h, const struct ep_tls_material *m)
+{
+	F->publishes++;
+	F->last = *m;
+	snprintf(F->cert_file, sizeof(F->cert_file), "%s", m->cert_file);
+	snprintf(F->client_ca_file, sizeof(F->client_ca_file), "%s", m->client_ca_file);
+}
+
+static void fake_changed(struct ep_host *h)
+{
+}
+
+static void start_plugin(struct fixture *f)
+{
+	const char *err = NULL;
+
+	assert_int_equal(ca_init(&f->host, (void **)&f->st, &err), 0);
+	assert_int_equal(ca_refresh(f->st, &err), 0);
+}
+
+static void stop_plugin(struct fixture *f)
+{
+	ca_stop(f->st);
+	uv_run(f->host.loop, UV_RUN_NOWAIT);
+	ca_fini(f->st);
+	f->st = NULL;
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	F = f;
+	strcpy(f->dir, "/tmp/ep-test-ca-XXXXXX");
+	if (mkdtemp(f->dir) == NULL)
+		return -1;
+	snprintf(f->state_dir, sizeof(f->state_dir), "%s/state", f->dir);
+	snprintf(f->out_dir, sizeof(f->out_dir), "%s/out/api", f->dir);
+	mkdir(f->state_dir, 0700);
+	f->tls_json = xprintf("{\"source\":\"ca\",\"serverNames\":[\"etcd.example.com\",\"10.1.2.3\"],"
+			      "\"clientCertificates\":[{\"name\":\"apiserver\",\"outputDir\":\"%s\"}],"
+			      "\"signing_validity_ms\":60000,\"serving_validity_ms\":18000,"
+			      "\"client_validity_ms\":18000}", f->out_dir);
+	f->info.name = "t";
+	f->info.listen = "127.0.0.1:23790";
+	f->info.state_dir = f->state_dir;
+	f->info.options_json = "{\"grace\": \"2s\"}";
+	f->info.tls_json = f->tls_json;
+	f->info.listen_fd = -1;
+	f->host.abi_version = EP_PLUGIN_ABI_VERSION;
+	f->host.loop = uv_default_loop();
+	f->host.tenant = &f->info;
+	f->host.log = fake_log;
+	f->host.tls_publish = fake_publish;
+	f->host.certs_changed = fake_changed;
+	fake_now = (int64_t)time(NULL) * 1000;
+	clock_ms = fake_clock;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	char *err = NULL;
+
+	if (f->st != NULL)
+		stop_plugin(f);
+	ep_dir_remove_tree(f->dir, &err);
+	free(err);
+	free(f->tls_json);
+	free(f);
+	return 0;
+}
+
+/* Verify leaf (first of file) against bundle at time t (ms) for purpose. */
+static int verify_at(const char *leaf_file, const char *bundle_file, const char *purpose,
+		     int64_t t, char **why)
+{
+	STACK_OF(X509) *leaf = NULL, *bundle = NULL;
+	X509_STORE *store = X509_STORE_new();
+	X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+	char *err = NULL;
+	int ok;
+
+	assert_int_equal(ep_pem_load_certs(leaf_file, &leaf, &err), 0);
+	assert_int_equal(ep_pem_load_certs(bundle_file, &bundle, &err), 0);
+	for (int i = 0; i < sk_X509_num(bundle); i++)
+		X509_STORE_add_cert(store, sk_X509_value(bundle, i));
+	X509_STORE_CTX_init(ctx, store, sk_X509_value(leaf, 0), NULL);
+	X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(ctx), (time_t)(t / 1000));
+	X509_STORE_CTX_set_purpose(ctx, strcmp(purpose, "server") == 0 ? X509_PURPOSE_SSL_SERVER
+								   : X509_PURPOSE_SSL_CLIENT);
+	ok = X509_verify_cert(ctx) == 1;
+	if (!ok && why != NULL)
+		*why = xstrdup(X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+	X509_STORE_CTX_free(ctx);
+	X509_STORE_free(store);
+	sk_X509_pop_free(leaf, X509_free);
+	sk_X509_pop_free(bundle, X509_free);
+	return ok;
+}
+
+static X509 *load_one(const char *path)
+{
+	STACK_OF(X509) *s = NULL;
+	char *err = NULL;
+	X509 *x;
+
+	if (ep_pem_load_certs(path, &s, &err) < 0)
+		fail_msg("%s", err);
+	x = sk_X509_shift(s);
+	sk_X509_pop_free(s, X509_free);
+	return x;
+}
+
+static char *file_text(const char *path)
+{
+	char *data = NULL, *err = NULL;
+
+	if (ep_file_read(path, 1 << 20, &data, NULL, &err) < 0)
+		fail_msg("%s", err);
+	return data;
+}
+
+/* ---- tests ------------------------------------------------------------------------------ */
+
+static void test_contents(void **state)
+{
+	struct fixture *f = *state;
+	char p[300], *why = NULL;
+	struct stat stt;
+	X509 *x;
+
+	start_plugin(f);
+	assert_int_equal(f->publishes, 1);
+	assert_true(f->last.client_ca_changed);
+
+	/* the serving certificate: for a server, from the serving CA, with every name */
+	snprintf(p, sizeof(p), "%s/ca/current/serving-ca-bundle.crt", f->state_dir);
+	if (!verify_at(f->cert_file, p, "server", fake_now, &why))
+		fail_msg("the serving certificate does not verify: %s", why);
+	assert_false(verify_at(f->cert_file, f->client_ca_file, "server", fake_now, NULL));
+	assert_false(verify_at(f->cert_file, p, "client", fake_now, NULL));
+	x = load_one(f->cert_file);
+	assert_int_equal(X509_check_ca(x), 0);
+	assert_int_equal(X509_check_ip_asc(x, "127.0.0.1", 0), 1);
+	assert_int_equal(X509_check_ip_asc(x, "10.1.2.3", 0), 1);
+	assert_int_equal(X509_check_host(x, "etcd.example.com", 0, 0, NULL), 1);
+	assert_int_equal(X509_check_host(x, "localhost", 0, 0, NULL), 1);
+	assert_int_equal(X509_check_host(x, "other.example.com", 0, 0, NULL), 0);
+	assert_true(X509_get_extended_key_usage(x) & XKU_SSL_SERVER);
+	assert_false(X509_get_extended_key_usage(x) & XKU_SSL_CLIENT);
+	assert_non_null(X509_get0_subject_key_id(x));
+	assert_non_null(X509_get0_authority_key_id(x));
+	/* a random positive serial of at least 121 bits */
+	{
+		BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+
+		assert_false(BN_is_negative(bn));
+		assert_true(BN_num_bits(bn) > 120);
+		BN_free(bn);
+	}
+	assert_int_equal(ep_x509_not_after(x) - ep_x509_not_before(x), 18);
+	assert_int_equal(X509_get_signature_nid(x), NID_ecdsa_with_SHA256);
+	X509_free(x);
+
+	/* the client certificate, published the kubelet's way, trusted by the client bundle */
+	snprintf(p, sizeof(p), "%s/tls.crt", f->out_dir);
+	if (!verify_at(p, f->client_ca_file, "client", fake_now, &why))
+		fail_msg("the client certificate does not verify: %s", why);
+	x = load_one(p);
+	assert_true(X509_get_extended_key_usage(x) & XKU_SSL_CLIENT);
+	assert_int_equal(X509_check_host(x, "apiserver", 0, 0, NULL), 1); /* by its CN */
+	X509_free(x);
+	{
+		char key[300], link[300], target[64];
+		EVP_PKEY *k = NULL;
+		char *err = NULL;
+		ssize_t n;
+
+		snprintf(key, sizeof(key), "%s/tls.key", f->out_dir);
+		assert_int_equal(ep_pem_load_key(key, &k, &err), 0);
+		x = load_one(p);
+		assert_int_equal(ep_tls_check_pair(x, k, "crt", "key", &err), 0);
+		X509_free(x);
+		EVP_PKEY_free(k);
+		assert_int_equal(stat(key, &stt), 0);
+		assert_int_equal(stt.st_mode & 0777, 0600);
+		snprintf(link, sizeof(link), "%s/tls.crt", f->out_dir);
+		n = readlink(link, target, sizeof(target) - 1);
+		assert_true(n > 0);
+		target[n] = '\0';
+		assert_string_equal(target, "..data/tls.crt");
+	}
+	/* ca.crt is the serving CA bundle: what verifies the proxy */
+	{
+		char ca[300], *a, *b;
+
+		snprintf(ca, sizeof(ca), "%s/ca.crt", f->out_dir);
+		snprintf(p, sizeof(p), "%s/ca/current/serving-ca-bundle.crt", f->state_dir);
+		a = file_text(ca);
+		b = file_text(p);
+		assert_string_equal(a, b);
+		free(a);
+		free(b);
+	}
+	/* private keys are 0600 in the state too */
+	snprintf(p, sizeof(p), "%s/ca/current/serving.key", f->state_dir);
+	assert_int_equal(stat(p, &stt), 0);
+	assert_int_equal(stt.st_mode & 0777, 0600);
+	/* the CAs */
+	x = load_one(f->client_ca_file);
+	assert_int_equal(X509_check_ca(x), 1);
+	assert_int_equal(ep_x509_not_after(x) - ep_x509_not_before(x), 60);
+	X509_free(x);
+	free(why);
+}
+
+/*
+ * Two simulated minutes and a half in 250 ms steps, with every invariant
+ * checked at every step: a serving certificate verifies against the bundle
+ * clients hold, it only ever comes from a CA published at least the grace
+ * period before; a client certificate handed out within the grace period
+ * still verifies against the proxy's client bundle; no expired CA stays in a
+ * bundle; old CAs are pruned.
+ */
+static void test_rotation_order(void **state)
+{
+	struct fixture *f = *state;
+	char ca_path[300], crt_path[300], *why = NULL;
+	int64_t start = fake_now;
+	/* serving CA serial -> when clients first saw it in ca.crt */
+	char seen_serial[64][40];
+	int64_t seen_at[64];
+	int n_seen = 0, serving_cas = 0, leaf_changes = 0;
+	char last_leaf[64] = "";
+	/* client certificates handed out, with when they were replaced */
+	char client_files[64][1024];
+	int64_t replaced_at[64];
+	int n_clients = 0;
+
+	start_plugin(f);
+	snprintf(ca_path, sizeof(ca_path), "%s/ca.crt", f->out_dir);
+	snprintf(crt_path, sizeof(crt_path), "%s/tls.crt", f->out_dir);
+	for (; fake_now < start + 150000; fake_now += 250) {
+		char *err = NULL;
+		STACK_OF(X509) *bundle = NULL;
+		X509 *leaf;
+		char *serial;
+
+		assert_int_equal(run(f->st, 0, &err), 0);
+		/* what clients trust now */
+		assert_int_equal(ep_pem_load_certs(ca_path, &bundle, &err), 0);
+		assert_true(sk_X509_num(bundle) <= 3);
+		for (int i = 0; i < sk_X509_num(bundle); i++) {
+			X509 *ca = sk_X509_value(bundle, i);
+			char *s = ep_x509_serial_hex(ca);
+			int known = 0;
+
+			assert_true(ep_x509_not_after(ca) * 1000 >= fake_now - 1000);
+			for (int j = 0; j < n_seen; j++)
+				known |= strcmp(seen_serial[j], s) == 0;
+			if (!known && n_seen < 64) {
+				snprintf(seen_serial[n_seen], sizeof(seen_serial[0]), "%s", s);
+				seen_at[n_seen++] = fake_now;
+				serving_cas++;
+			}
+			free(s);
+		}
+		sk_X509_pop_free(bundle, X509_free);
+
+		/* the serving certificate verifies against what clients hold */
+		if (!verify_at(f->cert_file, ca_path, "server", fake_now, &why))
+			fail_msg("t+%lld ms: serving certificate does not verify against ca.crt: %s",
+				 (long long)(fake_now - start), why);
+		leaf = load_one(f->cert_file);
+		serial = ep_x509_serial_hex(leaf);
+		if (strcmp(serial, last_leaf) != 0) {
+			char *issuer_serial = NULL;
+
+			for (int j = 0; j < n_seen && fake_now > start; j++) {
+				char p[512];
+				X509 *ca;
+
+				snprintf(p, sizeof(p), "%s/ca/current/serving-ca.%.39s.crt", f->state_dir,
+					 seen_serial[j]);
+				if (access(p, F_OK) != 0)
+					continue;
+				ca = load_one(p);
+				if (X509_check_issued(ca, leaf) == X509_V_OK &&
+				    seen_at[j] > start && fake_now - seen_at[j] < GRACE_MS)
+					fail_msg("t+%lld ms: a serving certificate from a CA clients "
+						 "have known for %lld ms only",
+						 (long long)(fake_now - start),
+						 (long long)(fake_now - seen_at[j]));
+				X509_free(ca);
+			}
+			free(issuer_serial);
+			snprintf(last_leaf, sizeof(last_leaf), "%s", serial);
+			leaf_changes++;
+		}
+		free(serial);
+		X509_free(leaf);
+
+		/* client certificates: the current and every one replaced within the grace */
+		{
+			char *cur = file_text(crt_path);
+			char *prev = n_clients > 0 ? file_text(client_files[n_clients - 1]) : NULL;
+			int new_one = prev == NULL || strcmp(cur, prev) != 0;
+
+			free(prev);
+
+			if (new_one && n_clients < 64) {
+				if (n_clients > 0)
+					replaced_at[n_clients - 1] = fake_now;
+				snprintf(client_files[n_clients], sizeof(client_files[0]),
+					 "%s/client-%d.crt", f->dir, n_clients);
+				ep_file_write_atomic(client_files[n_clients], cur, strlen(cur), 0644,
+						     &err);
+				replaced_at[n_clients++] = INT64_MAX;
+			}
+			free(cur);
+		}
+		for (int j = 0; j < n_clients; j++) {
+			if (replaced_at[j] != INT64_MAX && fake_now >= replaced_at[j] + GRACE_MS)
+				continue;
+			X509 *c = load_one(client_files[j]);
+			int expired = ep_x509_not_after(c) * 1000 < fake_now;
+
+			X509_free(c);
+			if (expired)
+				continue;
+			if (!verify_at(client_files[j], f->client_ca_file, "client", fake_now, &why))
+				fail_msg("t+%lld ms: client certificate %d (replaced %lld ms ago) "
+					 "no longer trusted: %s", (long long)(fake_now - start), j,
+					 replaced_at[j] == INT64_MAX ? 0LL
+								     : (long long)(fake_now - replaced_at[j]),
+					 why);
+		}
+	}
+	/* 150 s with CAs of 60 s renewed at 40 s: at least three serving CAs seen */
+	assert_true(serving_cas >= 4);
+	assert_true(leaf_changes >= 10);
+	assert_true(n_clients >= 10);
+	/* pruned: at most the signer and one more */
+	assert_true(f->st->n_cas[SERVING] <= 2);
+	assert_true(f->st->n_cas[CLIENT] <= 2);
+	free(why);
+}
+
+/* A restart reuses the state; a half-written generation is thrown away. */
+static void test_restart_reuses(void **state)
+{
+	struct fixture *f = *state;
+	char p[300], *before, *after, *err = NULL;
+	uint64_t gen;
+
+	start_plugin(f);
+	gen = f->st->generation;
+	snprintf(p, sizeof(p), "%s/ca/current/serving.crt", f->state_dir);
+	before = file_text(p);
+	stop_plugin(f);
+
+	/* what a crash between writing a generation and switching to it leaves */
+	snprintf(p, sizeof(p), "%s/ca/gen-%06llu", f->state_dir, (unsigned long long)gen + 1);
+	mkdir(p, 0700);
+	snprintf(p, sizeof(p), "%s/ca/gen-%06llu/serving.crt", f->state_dir,
+		 (unsigned long long)gen + 1);
+	ep_file_write_atomic(p, "garbage", 7, 0644, &err);
+
+	fake_now += 1000;
+	start_plugin(f);
+	assert_int_equal(f->st->generation, gen); /* nothing was due: nothing new */
+	snprintf(p, sizeof(p), "%s/ca/current/serving.crt", f->state_dir);
+	after = file_text(p);
+	assert_string_equal(before, after);
+	snprintf(p, sizeof(p), "%s/ca/gen-%06llu", f->state_dir, (unsigned long long)gen + 1);
+	assert_int_equal(access(p, F_OK), -1);
+	free(before);
+	free(after);
+
+	/* a damaged state is an error that says where, not a silent new CA */
+	stop_plugin(f);
+	snprintf(p, sizeof(p), "%s/ca/current/serving.key", f->state_dir);
+	ep_file_write_atomic(p, "not a key\n", 10, 0600, &err);
+	{
+		const char *e = NULL;
+
+		assert_int_equal(ca_init(&f->host, (void **)&f->st, &e), 0);
+		assert_int_equal(ca_refresh(f->st, &e), -EINVAL);
+		assert_non_null(strstr(e, "serving.key"));
+		assert_non_null(strstr(e, "damaged"));
+	}
+}
+
+/* etcdproxyctl rotate and issue-client-cert */
+static void test_rotate_and_issue(void **state)
+{
+	struct fixture *f = *state;
+	const char *e = NULL;
+	char *result = NULL, *err = NULL, out[300], p[400];
+	char *old_ca;
+
+	start_plugin(f);
+	old_ca = xstrdup(f->st->cas[SERVING][0].c.serial);
+	fake_now += 3000;
+	assert_int_equal(ca_rotate(f->st, &e), 0);
+	assert_int_equal(f->st->n_cas[SERVING], 2);
+	assert_int_equal(f->st->n_cas[CLIENT], 2);
+	/* a second rotation while the first waits for its grace is refused */
+	assert_int_equal(ca_rotate(f->st, &e), -EBUSY);
+	assert_non_null(strstr(e, "already under way"));
+	/* still signed by the old CA until the grace period is over */
+	assert_true(issued_by(&f->st->serving, &f->st->cas[SERVING][0]));
+	fake_now += GRACE_MS;
+	assert_int_equal(run(f->st, 0, &err), 0);
+	assert_true(issued_by(&f->st->serving, &f->st->cas[SERVING][1]));
+	/* the old serving CA signs nothing live any more: gone */
+	assert_int_equal(f->st->n_cas[SERVING], 1);
+	assert_string_not_equal(f->st->cas[SERVING][0].c.serial, old_ca);
+	free(old_ca);
+
+	/* an extra client certificate, trusted by the proxy's bundle */
+	snprintf(out, sizeof(out), "%s/extra", f->dir);
+	assert_int_equal(ca_issue_client(f->st, "operator", out, &result, &err), 0);
+	assert_non_null(strstr(result, "CN=operator"));
+	snprintf(p, sizeof(p), "%s/tls.crt", out);
+	assert_true(verify_at(p, f->client_ca_file, "client", fake_now, NULL));
+	free(result);
+	/* it keeps its CA in the bundle after a client CA rotation, until it expires */
+	fake_now += 1000;
+	assert_int_equal(ca_rotate(f->st, &e), 0);
+	fake_now += GRACE_MS * 2;
+	assert_int_equal(run(f->st, 0, &err), 0);
+	assert_true(verify_at(p, f->client_ca_file, "client", fake_now, NULL));
+	assert_int_equal(f->st->n_cas[CLIENT], 2);
+	fake_now += 18000;
+	assert_int_equal(run(f->st, 0, &err), 0);
+	assert_int_equal(f->st->n_cas[CLIENT], 1);
+}
+
+static void test_options(void **state)
+{
+	struct fixture *f = *state;
+	static const struct {
+		const char *options, *error;
+	} bad[] = {
+		{ "{\"grace\": \"1h\"}", "certs.ca.grace (3600000 ms) is too long" },
+		{ "{\"grace\": \"soon\"}", "certs.ca.grace: expected a duration" },
+		{ "{\"key_type\": \"dsa\"}", "certs.ca.key_type: expected" },
+		{ "{\"renew_fraction\": 1.5}", "certs.ca.renew_fraction: expected a number" },
+		{ "{\"colour\": 1}", "certs.ca: unknown key \"colour\"" },
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		const char *e = NULL;
+		void *st = NULL;
+
+		f->info.options_json = bad[i].options;
+		assert_int_equal(ca_init(&f->host, &st, &e), -EINVAL);
+		if (e == NULL || strstr(e, bad[i].error) == NULL)
+			fail_msg("%s: got \"%s\", expected \"%s\"", bad[i].options, e ? e : "",
+				 bad[i].error);
+	}
+	/* RSA on request */
+	f->info.options_json = "{\"grace\": \"2s\", \"key_type\": \"rsa-2048\"}";
+	start_plugin(f);
+	X509 *x = load_one(f->cert_file);
+	assert_int_equal(EVP_PKEY_get_base_id(X509_get0_pubkey(x)), EVP_PKEY_RSA);
+	assert_int_equal(X509_get_signature_nid(x), NID_sha256WithRSAEncryption);
+	X509_free(x);
+}
+
+static void test_duration_parse(void **state UNUSED)
+{
+	uint64_t ms;
+
+	assert_int_equal(ep_duration_parse("8760h", &ms), 0);
+	assert_int_equal(ms, 8760ull * 3600 * 1000);
+	assert_int_equal(ep_duration_parse("1h30m", &ms), 0);
+	assert_int_equal(ms, 5400000);
+	assert_int_equal(ep_duration_parse("2s", &ms), 0);
+	assert_int_equal(ms, 2000);
+	assert_int_equal(ep_duration_parse("500ms", &ms), 0);
+	assert_int_equal(ms, 500);
+	assert_int_equal(ep_duration_parse("1.5s", &ms), 0);
+	assert_int_equal(ms, 1500);
+	assert_int_equal(ep_duration_parse("1m30s", &ms), 0);
+	assert_int_equal(ms, 90000);
+	static const char *const bad[] = { "", "5", "s", "-1s", "1d", "1 s", "1s ", "+1s", "1x" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (ep_duration_parse(bad[i], &ms) != -EINVAL)
+			fail_msg("\"%s\" accepted", bad[i]);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_duration_parse),
+		cmocka_unit_test_setup_teardown(test_contents, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rotation_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restart_reuses, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rotate_and_issue, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_options, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
