@@ -36,8 +36,9 @@
  *   "grace": how long a new CA is published before it signs (default "10m")
  *
  * Test hook: with ETCDPROXY_TEST_CA_PAUSE=FILE in the environment, the
- * plugin writes FILE and waits for it to disappear right before it switches
- * a generation other than the first, so a test can kill it mid-rotation.
+ * plugin writes "paused" into FILE and waits for another content, right
+ * before it switches to a generation other than the first (once: not when
+ * FILE exists already), so a test can kill it mid-rotation.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -445,22 +446,36 @@ static int write_text(const char *dir, const char *name, const char *text, char 
 	return r;
 }
 
-/* Wait for the test hook's file to go away (ETCDPROXY_TEST_CA_PAUSE). */
+/*
+ * The test hook (ETCDPROXY_TEST_CA_PAUSE=FILE): once, when FILE does not
+ * exist yet, write "paused" into it and wait, blocking, until its content
+ * changes; the test kills the worker meanwhile.
+ */
 static void test_pause(struct ca_state *st, const char *where)
 {
 	const char *f = getenv("ETCDPROXY_TEST_CA_PAUSE");
-	char *err = NULL;
+	char *err = NULL, *data = NULL;
 
-	if (f == NULL || f[0] != '/' || st->generation <= 1)
+	if (f == NULL || f[0] != '/' || st->generation <= 1 || access(f, F_OK) == 0)
 		return;
-	st->host->log(st->host, EP_LOG_WARNING, "test hook: paused %s (generation %llu) until %s "
-		      "is removed", where, (unsigned long long)st->generation, f);
-	if (ep_file_write_atomic(f, where, strlen(where), 0644, &err) < 0) {
+	st->host->log(st->host, EP_LOG_WARNING, "test hook: paused %s generation %llu until %s "
+		      "changes", where, (unsigned long long)st->generation, f);
+	if (ep_file_write_atomic(f, "paused", 6, 0644, &err) < 0) {
 		free(err);
 		return;
 	}
-	while (access(f, F_OK) == 0)
+	for (;;) {
 		usleep(20000);
+		if (ep_file_read(f, 64, &data, NULL, &err) < 0) {
+			free(err);
+			break;
+		}
+		int paused = strcmp(data, "paused") == 0;
+
+		free(data);
+		if (!paused)
+			break;
+	}
 }
 
 static char *state_json(const struct ca_state *st)
