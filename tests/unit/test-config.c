@@ -1235,6 +1235,120 @@ static void test_tenant_spec_errors(void **state)
 	run_tenant_cases(*state, cases, N_ELEMENTS(cases));
 }
 
+/* spec.tls: TLS towards the tenant's clients */
+static void test_tenant_tls(void **state)
+{
+	static const struct tcase cases[] = {
+		{ { .spec = L1 "\"tls\": []}" }, 5, 37, "spec.tls: expected an object, got an array", "a" },
+		{ { .spec = L1 "\"tls\": {\"enabled\": \"yes\"}}" }, 5, 45,
+		  "spec.tls.enabled: expected true or false", "a" },
+		{ { .spec = L1 "\"tls\": {\"source\": \"vault\"}}" }, 5, 45,
+		  "spec.tls.source: expected \"ca\" (a built-in CA per tenant) or \"files\" (PEM "
+		  "files kept by the operator)", "a" },
+		{ { .spec = L1 "\"tls\": {\"sauce\": 1}}" }, 5, 45,
+		  "unknown key \"sauce\" in spec.tls (expected one of: enabled, source, serverNames, "
+		  "clientCertificates, files)", "a" },
+		{ { .spec = L1 "\"tls\": {\"serverNames\": [\"ok.example\", \"bad name\"]}}" }, 5, 75,
+		  "spec.tls.serverNames: expected a DNS name (\"etcd.example.com\", "
+		  "\"*.example.com\") or an IP address", "a" },
+		{ { .spec = L1 "\"tls\": {\"serverNames\": [\"-x.example\"]}}" }, 5, 61,
+		  "spec.tls.serverNames: expected a DNS name (\"etcd.example.com\", "
+		  "\"*.example.com\") or an IP address", "a" },
+		{ { .spec = L1 "\"tls\": {\"clientCertificates\": {}}}" }, 5, 45,
+		  "spec.tls.clientCertificates: expected an array of {\"name\", \"outputDir\"}", "a" },
+		{ { .spec = L1 "\"tls\": {\"clientCertificates\": [{\"name\": \"x\"}]}}" }, 5, 68,
+		  "spec.tls.clientCertificates: every entry needs both \"name\" and \"outputDir\"",
+		  "a" },
+		{ { .spec = L1 "\"tls\": {\"clientCertificates\": [{\"name\": \"x\", \"outputDir\": "
+			       "\"rel\"}]}}" }, 5, 82,
+		  "spec.tls.clientCertificates[].outputDir: expected an absolute path, got a relative "
+		  "path", "a" },
+		{ { .spec = L1 "\"tls\": {\"clientCertificates\": [{\"name\": \"a b\", \"outputDir\": "
+			       "\"/o\"}]}}" }, 5, 69,
+		  "spec.tls.clientCertificates[].name: \"a b\": expected 1 to 64 letters, digits, "
+		  "'-', '_', '.', ':' or '@' (it becomes the certificate's common name)", "a" },
+		{ { .spec = L1 "\"tls\": {\"clientCertificates\": [{\"name\": \"x\", \"outputDir\": "
+			       "\"/o\"}, {\"name\": \"x\", \"outputDir\": \"/p\"}]}}" }, 5, 102,
+		  "spec.tls.clientCertificates: the name \"x\" appears twice", "a" },
+		{ { .spec = L1 "\"tls\": {\"clientCertificates\": [{\"name\": \"x\", \"outputDir\": "
+			       "\"/o\"}, {\"name\": \"y\", \"outputDir\": \"/o\"}]}}" }, 5, 102,
+		  "spec.tls.clientCertificates: the outputDir \"/o\" appears twice", "a" },
+		{ { .spec = L1 "\"tls\": {\"source\": \"files\"}}" }, 5, 37,
+		  "spec.tls.source \"files\" needs spec.tls.files {\"certFile\", \"keyFile\", "
+		  "\"clientCAFile\"}", "a" },
+		{ { .spec = L1 "\"tls\": {\"source\": \"files\", \"files\": {\"certFile\": \"/c\"}}}" },
+		  5, 64, "spec.tls.files: certFile, keyFile and clientCAFile are required (caFile, "
+		  "the bundle clients verify the proxy with, is optional)", "a" },
+		{ { .spec = L1 "\"tls\": {\"files\": {\"certFile\": \"/c\", \"keyFile\": \"/k\", "
+			       "\"clientCAFile\": \"/ca\"}}}" }, 5, 45,
+		  "spec.tls.files: only used with spec.tls.source \"files\"; the source is \"ca\"",
+		  "a" },
+		{ { .spec = L1 "\"tls\": {\"source\": \"files\", \"files\": {\"certFile\": \"/c\", "
+			       "\"keyFile\": \"/k\", \"clientCAFile\": \"/ca\"}, \"clientCertificates\": "
+			       "[]}}" }, 5, 133,
+		  "spec.tls.clientCertificates: only the \"ca\" source issues client certificates; "
+		  "the source is \"files\"", "a" },
+		{ { .spec = L1 "\"tls\": {\"files\": {\"certFile\": \"c\"}}}" }, 5, 55,
+		  "spec.tls.files.certFile: expected an absolute path, got a relative path", "a" },
+		{ { .spec = L1 "\"tls\": {\"files\": {\"pem\": \"/c\"}}}" }, 5, 55,
+		  "unknown key \"pem\" in spec.tls.files (expected one of: certFile, keyFile, "
+		  "clientCAFile, caFile)", "a" },
+	};
+	struct fixture *f = *state;
+	struct ep_tenant_config *t;
+	struct tdoc d = { 0 };
+	char *path;
+
+	run_tenant_cases(f, cases, N_ELEMENTS(cases));
+
+	/* a whole spec.tls, as the worker gets it */
+	d.spec = L1 "\"tls\": {\"serverNames\": [\"etcd.example.com\", \"10.0.0.1\", \"*.x.example\"], "
+		    "\"clientCertificates\": [{\"name\": \"system:apiserver\", \"outputDir\": \"/o\"}]}}";
+	t = tenant_ok(f, &d);
+	assert_true(t->tls.enabled);
+	assert_string_equal(t->tls.source, "ca");
+	assert_int_equal(t->tls.n_server_names, 3);
+	assert_int_equal(t->tls.n_client_certs, 1);
+	assert_string_equal(t->tls.client_certs[0].name, "system:apiserver");
+	cJSON *w = ep_worker_config_build(f->global, t);
+	char *text = cJSON_PrintUnformatted(
+		cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(w, "tenant"), "tls"));
+	assert_non_null(strstr(text, "\"clientCertificates\":[{\"name\":\"system:apiserver\","
+				     "\"outputDir\":\"/o\"}]"));
+	free(text);
+	cJSON_Delete(w);
+	ep_tenant_config_free(t);
+
+	/* TLS off: no certificate source in the payload */
+	d.spec = L1 "\"tls\": {\"enabled\": false}}";
+	t = tenant_ok(f, &d);
+	w = ep_worker_config_build(f->global, t);
+	assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(w, "tenant"), "tls")));
+	assert_null(cJSON_GetObjectItemCaseSensitive(w, "certs_options"));
+	cJSON_Delete(w);
+	ep_tenant_config_free(t);
+
+	/* the plugin of the source must exist */
+	d.spec = L1 "\"tls\": {\"source\": \"files\", \"files\": {\"certFile\": \"/c\", "
+		    "\"keyFile\": \"/k\", \"clientCAFile\": \"/ca\"}}}";
+	path = ep_strdup_printf("spec.tls.source: \"files\": no plugin %s/certs-files.so "
+				"(No such file or directory)", f->plugins);
+	tenant_fails(f, &d, 5, 37, path, "a");
+	free(path);
+
+	/* an outputDir inside state_dir */
+	path = ep_strdup_printf(L1 "\"tls\": {\"clientCertificates\": [{\"name\": \"x\", "
+				"\"outputDir\": \"%s/state/x\"}]}}", f->dir);
+	d.spec = path;
+	char *msg = ep_strdup_printf("spec.tls.clientCertificates: outputDir \"%s/state/x\" is "
+				     "inside state_dir %s/state, which belongs to etcdproxy",
+				     f->dir, f->dir);
+	tenant_fails(f, &d, 5, 45, msg, "a");
+	free(msg);
+	free(path);
+}
+
 static void test_tenant_policy(void **state)
 {
 	struct fixture *f = *state;
@@ -1426,6 +1540,7 @@ int main(void)
 		T(test_tenant_backend),
 		T(test_tenant_spec_errors),
 		T(test_tenant_policy),
+		T(test_tenant_tls),
 		T(test_worker_config_build),
 	};
 #undef T
