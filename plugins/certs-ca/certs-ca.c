@@ -85,9 +85,38 @@ struct ca {
 	int64_t published_ms; /* in the bundles since; signs from published_ms + grace */
 };
 
+/*
+ * Where a client certificate, its key and the serving CA bundle are handed
+ * to the tenant's API server.  Today a directory (spec.tls.clientCertificates
+ * outputDir); the Kubernetes Secret and ConfigMap that spec.clientCertSecret
+ * and spec.caCertConfigMap name are the next kind, behind the same call.
+ */
+struct cert_output {
+	const char *kind; /* "directory" */
+	char *where;      /* the directory */
+	/* Replace tls.crt, tls.key and ca.crt as one; *changed_r: 1 when they differed. */
+	int (*publish)(struct cert_output *out, const struct ep_pub_file *files, size_t n,
+		       int *changed_r, char **error_r);
+};
+
+static int publish_directory(struct cert_output *out, const struct ep_pub_file *files, size_t n,
+			     int *changed_r, char **error_r)
+{
+	return ep_publish_files(out->where, files, n, changed_r, error_r);
+}
+
+static void output_directory(struct cert_output *out, const char *dir)
+{
+	out->kind = "directory";
+	out->where = strdup(dir);
+	if (out->where == NULL)
+		abort();
+	out->publish = publish_directory;
+}
+
 struct client_leaf {
 	char *name;
-	char *out_dir;
+	struct cert_output out;
 	struct cert c;
 };
 
@@ -973,11 +1002,11 @@ static int publish_outputs(struct ca_state *st, char **error_r)
 		};
 		int changed = 0;
 
-		r = ep_publish_files(cl->out_dir, files, 3, &changed, error_r);
+		r = cl->out.publish(&cl->out, files, 3, &changed, error_r);
 		if (r == 0 && changed)
 			st->host->log(st->host, EP_LOG_INFO, "published client certificate \"%s\" "
 				      "(serial %s) and the serving CA bundle into %s", cl->name,
-				      cl->c.serial, cl->out_dir);
+				      cl->c.serial, cl->out.where);
 		OPENSSL_cleanse(key, key_len);
 		free(key);
 		free(crt);
@@ -1169,7 +1198,7 @@ static int parse_tls(struct ca_state *st, const char **error_r)
 
 		if (cJSON_IsString(n) && cJSON_IsString(d)) {
 			st->clients[st->n_clients].name = xstrdup(n->valuestring);
-			st->clients[st->n_clients].out_dir = xstrdup(d->valuestring);
+			output_directory(&st->clients[st->n_clients].out, d->valuestring);
 			st->n_clients++;
 		}
 	}
@@ -1292,7 +1321,8 @@ static char *ca_describe(void *state)
 	for (size_t i = 0; i < st->n_clients; i++) {
 		if (st->clients[i].c.x == NULL)
 			continue;
-		char *what = xprintf("published in %s", st->clients[i].out_dir);
+		char *what = xprintf("published in %s %s", st->clients[i].out.kind,
+				     st->clients[i].out.where);
 
 		cJSON_AddItemToArray(a, cert_json("client", &st->clients[i].c, what));
 		free(what);
@@ -1382,7 +1412,11 @@ static int ca_issue_client(void *state, const char *cn, const char *out_dir, cha
 		{ "tls.key", key, key_len, 0600 },
 		{ "ca.crt", ca_bundle, strlen(ca_bundle), 0644 },
 	};
-	r = ep_publish_files(out_dir, files, 3, NULL, error_r);
+	struct cert_output out;
+
+	output_directory(&out, out_dir);
+	r = out.publish(&out, files, 3, NULL, error_r);
+	free(out.where);
 	OPENSSL_cleanse(key, key_len);
 	free(key);
 	free(crt);
@@ -1418,7 +1452,7 @@ static void ca_fini(void *state)
 	for (size_t i = 0; i < st->n_clients; i++) {
 		cert_free(&st->clients[i].c);
 		free(st->clients[i].name);
-		free(st->clients[i].out_dir);
+		free(st->clients[i].out.where);
 	}
 	free(st->clients);
 	for (size_t i = 0; i < st->n_records; i++)
