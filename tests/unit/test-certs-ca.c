@@ -97,8 +97,8 @@ static int setup(void **state)
 	mkdir(f->state_dir, 0700);
 	f->tls_json = xprintf("{\"source\":\"ca\",\"serverNames\":[\"etcd.example.com\",\"10.1.2.3\"],"
 			      "\"clientCertificates\":[{\"name\":\"apiserver\",\"outputDir\":\"%s\"}],"
-			      "\"signing_validity_ms\":60000,\"serving_validity_ms\":18000,"
-			      "\"client_validity_ms\":18000}", f->out_dir);
+			      "\"signing_validity_ms\":30000,\"serving_validity_ms\":9000,"
+			      "\"client_validity_ms\":9000}", f->out_dir);
 	f->info.name = "t";
 	f->info.listen = "127.0.0.1:23790";
 	f->info.state_dir = f->state_dir;
@@ -219,7 +219,7 @@ static void test_contents(void **state)
 		assert_true(BN_num_bits(bn) > 120);
 		BN_free(bn);
 	}
-	assert_int_equal(ep_x509_not_after(x) - ep_x509_not_before(x), 18);
+	assert_int_equal(ep_x509_not_after(x) - ep_x509_not_before(x), 9);
 	assert_int_equal(X509_get_signature_nid(x), NID_ecdsa_with_SHA256);
 	X509_free(x);
 
@@ -270,13 +270,13 @@ static void test_contents(void **state)
 	/* the CAs */
 	x = load_one(f->client_ca_file);
 	assert_int_equal(X509_check_ca(x), 1);
-	assert_int_equal(ep_x509_not_after(x) - ep_x509_not_before(x), 60);
+	assert_int_equal(ep_x509_not_after(x) - ep_x509_not_before(x), 30);
 	X509_free(x);
 	free(why);
 }
 
 /*
- * Two simulated minutes and a half in 250 ms steps, with every invariant
+ * A hundred simulated seconds in 500 ms steps, with every invariant
  * checked at every step: a serving certificate verifies against the bundle
  * clients hold, it only ever comes from a CA published at least the grace
  * period before; a client certificate handed out within the grace period
@@ -301,7 +301,7 @@ static void test_rotation_order(void **state)
 	start_plugin(f);
 	snprintf(ca_path, sizeof(ca_path), "%s/ca.crt", f->out_dir);
 	snprintf(crt_path, sizeof(crt_path), "%s/tls.crt", f->out_dir);
-	for (; fake_now < start + 150000; fake_now += 250) {
+	for (; fake_now < start + 100000; fake_now += 500) {
 		char *err = NULL;
 		STACK_OF(X509) *bundle = NULL;
 		X509 *leaf;
@@ -397,8 +397,8 @@ static void test_rotation_order(void **state)
 					 why);
 		}
 	}
-	/* 150 s with CAs of 60 s renewed at 40 s: at least three serving CAs seen */
-	assert_true(serving_cas >= 4);
+	/* 100 s with CAs of 30 s renewed at 20 s: at least four serving CAs seen */
+	assert_true(serving_cas >= 5);
 	assert_true(leaf_changes >= 10);
 	assert_true(n_clients >= 10);
 	/* pruned: at most the signer and one more */
@@ -493,7 +493,7 @@ static void test_rotate_and_issue(void **state)
 	assert_int_equal(run(f->st, 0, &err), 0);
 	assert_true(verify_at(p, f->client_ca_file, "client", fake_now, NULL));
 	assert_int_equal(f->st->n_cas[CLIENT], 2);
-	fake_now += 18000;
+	fake_now += 9000;
 	assert_int_equal(run(f->st, 0, &err), 0);
 	assert_int_equal(f->st->n_cas[CLIENT], 1);
 }
@@ -521,7 +521,11 @@ static void test_options(void **state)
 			fail_msg("%s: got \"%s\", expected \"%s\"", bad[i].options, e ? e : "",
 				 bad[i].error);
 	}
-	/* RSA on request */
+	/* RSA on request: its key generation takes a minute under valgrind, so only without */
+	if (getenv("EP_UNDER_VALGRIND") != NULL) {
+		printf("# the RSA key type is checked in the runs without valgrind\n");
+		return;
+	}
 	f->info.options_json = "{\"grace\": \"2s\", \"key_type\": \"rsa-2048\"}";
 	start_plugin(f);
 	X509 *x = load_one(f->cert_file);

@@ -34,6 +34,8 @@ if [ "$(head -c 2 "$1" 2>/dev/null)" = "#!" ] &&
 	fi
 fi
 
+# tests may leave out what takes minutes under valgrind and seconds without it
+export EP_UNDER_VALGRIND=1
 exec $run_libtool "${VALGRIND:-valgrind}" --quiet --leak-check=full \
 	--show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
 	--error-exitcode=99 "$@"
