@@ -497,6 +497,7 @@ static void apply_configure(const cJSON *p)
 			worker_exit(r == -EINVAL ? EP_EXIT_CONFIG : EP_EXIT_UNAVAILABLE);
 			return;
 		}
+		host_certs_changed(&W.certs_host); /* show has the certificates from the start */
 	}
 
 	r = W.plugin.plugin->init(&W.host, &W.plugin_state, &perr);
@@ -811,6 +812,7 @@ int main(int argc, char **argv)
 			ep_err("%s", error);
 			return EP_EXIT_CONFIG;
 		}
+		free(name);
 		payload = ep_worker_config_build(g, t);
 		ep_tenant_config_free(t);
 		ep_global_config_free(g);

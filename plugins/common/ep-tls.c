@@ -679,7 +679,11 @@ char *ep_x509_serial_hex(X509 *cert)
 	char *hex = BN_bn2hex(bn), *s;
 
 	BN_free(bn);
-	s = strdup(hex);
+	/* BN_bn2hex pads to whole bytes: "024301" */
+	const char *h = hex;
+	while (h[0] == '0' && h[1] != '\0')
+		h++;
+	s = strdup(h);
 	OPENSSL_free(hex);
 	for (char *p = s; *p; p++)
 		if (*p >= 'A' && *p <= 'F')
