@@ -257,7 +257,12 @@ struct ep_certs_ops {
 	/*
 	 * The certificates in use, for `etcdproxyctl show`, as a JSON array text
 	 * (malloc'ed; the host frees it) of objects {"role", "subject", "serial",
-	 * "not_before", "not_after", "issuer", ...}.  NULL: nothing to show.
+	 * "issuer", "not_before", "not_after"} with an optional "state" (what
+	 * the source does with it: "signing", "expired", ...) and "file".  Roles:
+	 * "serving", "intermediate", "serving-ca", "client-ca", "ca", "client",
+	 * "client-record".  A failure the source keeps working around (a broken
+	 * new file, a failed renewal) is an entry {"role": "error", "error": "...",
+	 * "since": "..."}.  NULL: nothing to show.
 	 */
 	char *(*describe)(void *state);
 
