@@ -1,10 +1,12 @@
 /*
- * Downstream: the tenant's clients (h2c), and the life of one call.
+ * Downstream: the tenant's clients (h2c, or HTTP/2 over TLS with a required
+ * client certificate), and the life of one call.
  *
  * nghttp2 must not be re-entered from its own callbacks, so sending is never
  * done inside one: callbacks mark a connection "to flush" and an idle handle
  * flushes everything once the callbacks have returned.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -106,6 +108,8 @@ static void down_write_done(uv_write_t *req, int status)
 /* Gather what nghttp2 has to send into one buffer: one write (one syscall) per flush. */
 static void down_flush_now(struct down_conn *dc)
 {
+	const char *why = NULL;
+
 	if (dc->closing || dc->session == NULL)
 		return;
 	if (dc->ping.pending && nghttp2_session_want_write(dc->session))
@@ -122,7 +126,10 @@ static void down_flush_now(struct down_conn *dc)
 		}
 		if (w == NULL)
 			break;
-		if (native_write(&dc->h.stream, w, len, &dc->write_pending, down_write_done) < 0) {
+		if (native_send(&dc->h.stream, &dc->tls, w, len, &dc->write_pending,
+				down_write_done, &why) < 0) {
+			dc->n->host->log(dc->n->host, EP_LOG_DEBUG,
+					 "closing a client connection: %s", why);
 			down_conn_close(dc);
 			return;
 		}
@@ -1094,6 +1101,7 @@ static void down_conn_close(struct down_conn *dc)
 		nghttp2_session_del(dc->session);
 		dc->session = NULL;
 	}
+	native_tls_free(&dc->tls);
 	uv_close(&dc->h.handle, on_conn_closed);
 	uv_close((uv_handle_t *)&dc->idle, on_conn_closed);
 }
@@ -1105,25 +1113,135 @@ static void down_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	*buf = uv_buf_init(slab, sizeof(slab));
 }
 
-static void down_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* "client 127.0.0.1:40112" for log lines (a Unix socket's peers have no name). */
+static const char *peer_name(struct down_conn *dc)
 {
-	struct down_conn *dc = s->data;
-	ssize_t r;
+	static char buf[80];
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+	char ip[64];
 
-	if (nread == 0)
-		return;
-	if (nread < 0 || dc->session == NULL) {
-		down_conn_close(dc);
-		return;
+	if (dc->h.handle.type != UV_TCP ||
+	    uv_tcp_getpeername(&dc->h.tcp, (struct sockaddr *)&ss, &len) < 0)
+		return "a client";
+	if (ss.ss_family == AF_INET6) {
+		uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+		snprintf(buf, sizeof(buf), "client [%s]:%u", ip,
+			 ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+	} else {
+		uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+		snprintf(buf, sizeof(buf), "client %s:%u", ip,
+			 ntohs(((struct sockaddr_in *)&ss)->sin_port));
 	}
-	dc->last_activity_ms = uv_now(dc->n->loop);
-	r = nghttp2_session_mem_recv(dc->session, (const uint8_t *)buf->base, (size_t)nread);
+	return buf;
+}
+
+/* Plaintext HTTP/2 from the client; -1 when the connection was closed. */
+static int down_recv_plain(void *ctx, const uint8_t *data, size_t len)
+{
+	struct down_conn *dc = ctx;
+	ssize_t r = nghttp2_session_mem_recv(dc->session, data, len);
+
 	if (r < 0) {
 		/* not HTTP/2 (an HTTP/1 request, garbage): nghttp2 queued a GOAWAY if it could */
 		dc->n->host->log(dc->n->host, EP_LOG_INFO, "closing a client connection: %s",
 				 nghttp2_strerror((int)r));
 		down_flush_now(dc);
 		down_conn_close(dc);
+		return -1;
+	}
+	return dc->closing ? -1 : 0;
+}
+
+static void start_idle_check(struct down_conn *dc);
+static int make_server_session(struct down_conn *dc);
+
+static void handshake_failed(struct down_conn *dc, const char *why)
+{
+	dc->n->counters.tls_handshake_failures++;
+	dc->n->host->log(dc->n->host, EP_LOG_INFO, "TLS handshake with %s failed: %s",
+			 peer_name(dc), why);
+	down_conn_close(dc);
+}
+
+static void on_handshake_timeout(uv_timer_t *t)
+{
+	struct down_conn *dc = t->data;
+
+	if (dc->session == NULL)
+		handshake_failed(dc, "no handshake within 10 s");
+}
+
+/* The handshake is done: the client is who it must be and speaks h2; start HTTP/2. */
+static int down_tls_established(struct down_conn *dc)
+{
+	struct native *n = dc->n;
+
+	if (!native_tls_alpn_h2(&dc->tls)) {
+		handshake_failed(dc, "the client did not agree on ALPN h2: gRPC needs HTTP/2");
+		return -1;
+	}
+	n->counters.tls_handshakes++;
+	uv_timer_stop(&dc->idle);
+	if (make_server_session(dc) < 0) {
+		down_conn_close(dc);
+		return -1;
+	}
+	start_idle_check(dc);
+	return 0;
+}
+
+/* Ciphertext in; -1 when the connection was closed. */
+static int down_recv_tls(struct down_conn *dc, const uint8_t *data, size_t len)
+{
+	const char *why = NULL, *fwhy = NULL;
+	int r;
+
+	native_tls_feed(&dc->tls, data, len);
+	if (!dc->tls.handshake_done) {
+		r = native_tls_handshake(&dc->tls, &why);
+		/* the handshake's records, or the alert that tells the client why */
+		if (native_tls_flush(&dc->tls, &dc->h.stream, &dc->write_pending, down_write_done,
+				     &fwhy) < 0 && r >= 0) {
+			handshake_failed(dc, fwhy);
+			return -1;
+		}
+		if (r < 0) {
+			handshake_failed(dc, why);
+			return -1;
+		}
+		if (r == 0)
+			return 0;
+		if (down_tls_established(dc) < 0)
+			return -1;
+	}
+	r = native_tls_read(&dc->tls, down_recv_plain, dc, &why);
+	if (r == 1)
+		return -1;
+	if (r == 0 && native_tls_flush(&dc->tls, &dc->h.stream, &dc->write_pending,
+				       down_write_done, &why) == 0)
+		return 0;
+	dc->n->host->log(dc->n->host, EP_LOG_DEBUG, "closing the connection of %s: %s",
+			 peer_name(dc), why);
+	down_conn_close(dc);
+	return -1;
+}
+
+static void down_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct down_conn *dc = s->data;
+
+	if (nread == 0)
+		return;
+	if (nread < 0 || (dc->session == NULL && dc->tls.ssl == NULL)) {
+		down_conn_close(dc);
+		return;
+	}
+	dc->last_activity_ms = uv_now(dc->n->loop);
+	if (dc->tls.ssl != NULL) {
+		if (down_recv_tls(dc, (const uint8_t *)buf->base, (size_t)nread) < 0)
+			return;
+	} else if (down_recv_plain(dc, (const uint8_t *)buf->base, (size_t)nread) < 0) {
 		return;
 	}
 	dc->flush_pending = 1;
@@ -1225,7 +1343,10 @@ static void on_connection(uv_stream_t *server, int status)
 	dc->next = n->conns;
 	n->conns = dc;
 	r = uv_accept(server, &dc->h.stream);
-	if (r == 0)
+	if (r == 0 && n->down_ctx != NULL)
+		/* HTTP/2 starts once the handshake is done (down_tls_established) */
+		r = native_tls_start(&dc->tls, n->down_ctx, 1) < 0 ? -ENOMEM : 0;
+	else if (r == 0)
 		r = make_server_session(dc);
 	if (r < 0) {
 		down_conn_close(dc);
@@ -1234,11 +1355,21 @@ static void on_connection(uv_stream_t *server, int status)
 	if (n->listener.handle.type == UV_TCP)
 		uv_tcp_nodelay(&dc->h.tcp, 1);
 	dc->last_activity_ms = uv_now(n->loop);
-	if (n->idle_timeout_ms > 0)
-		uv_timer_start(&dc->idle, on_idle_check, n->idle_timeout_ms / 2 + 1,
-			       n->idle_timeout_ms / 2 + 1);
+	if (dc->tls.ssl != NULL)
+		uv_timer_start(&dc->idle, on_handshake_timeout, NATIVE_HANDSHAKE_TIMEOUT_MS, 0);
+	else
+		start_idle_check(dc);
 	uv_read_start(&dc->h.stream, down_alloc, down_read);
-	down_flush_now(dc);
+	if (dc->session != NULL)
+		down_flush_now(dc);
+}
+
+static void start_idle_check(struct down_conn *dc)
+{
+	uint64_t every = dc->n->idle_timeout_ms / 2 + 1;
+
+	if (dc->n->idle_timeout_ms > 0)
+		uv_timer_start(&dc->idle, on_idle_check, every, every);
 }
 
 /* ---- listening and draining ------------------------------------------------------------------------ */
@@ -1337,6 +1468,11 @@ void down_close_all(struct native *n, int graceful)
 		}
 		if (dc->draining)
 			continue;
+		if (dc->session == NULL) {
+			/* still in its TLS handshake: nothing of it is in flight */
+			down_conn_close(dc);
+			continue;
+		}
 		/*
 		 * Two-step GOAWAY: first "no new streams" with the largest stream
 		 * ID, so that requests already on the wire are still taken; then,

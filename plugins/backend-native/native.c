@@ -13,18 +13,33 @@
  *   "drain_timeout": how long a graceful stop waits for calls (default "4s")
  *   "compaction":   "ignore" (default), "allow" or "deny": the default for
  *                   tenants without spec.policy.compaction
+ *   "credentials_poll_interval": how often the core etcd's ca_file, cert_file
+ *                   and key_file are checked for changes (default "2s"; "0s":
+ *                   never, they are read once)
+ *
+ * TLS towards the clients comes from the tenant's certificate source
+ * (host->tls_material), towards the core etcd from core_etcd's files; both
+ * are reloaded without dropping a connection: a new SSL_CTX is made and
+ * swapped in for new handshakes, the open connections keep theirs.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* vasprintf */
+#endif
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
+#include "ep-tls.h"
 #include "native.h"
 
 #define RECORD_PREFIX "/__etcdproxy/leases/"
@@ -332,8 +347,10 @@ size_t native_member_list(struct native *n, uint8_t *buf, size_t size)
 	const char *listen = n->host->tenant->listen;
 	int nl = snprintf((char *)name, sizeof(name), "etcdproxy-%s", n->name);
 	int ul = strncmp(listen, "unix:", 5) == 0
-			 ? snprintf((char *)url, sizeof(url), "unix://%s", listen + 5)
-			 : snprintf((char *)url, sizeof(url), "http://%s", listen);
+			 ? snprintf((char *)url, sizeof(url), "unix%s://%s",
+				    n->down_ctx != NULL ? "s" : "", listen + 5)
+			 : snprintf((char *)url, sizeof(url), "%s://%s",
+				    n->down_ctx != NULL ? "https" : "http", listen);
 	size_t ml = 0;
 
 	if (nl < 0 || (size_t)nl >= sizeof(name))
@@ -430,6 +447,389 @@ void native_write_done(uv_write_t *req)
 	free(w);
 }
 
+int native_send(uv_stream_t *stream, struct native_tls *t, struct native_write *w, size_t len,
+		size_t *pending, uv_write_cb done, const char **why_r)
+{
+	int r;
+
+	if (t->ssl == NULL) {
+		r = native_write(stream, w, len, pending, done);
+		if (r < 0)
+			*why_r = uv_strerror(r);
+		return r;
+	}
+	/* memory BIOs: SSL_write takes everything at once, the records wait in wbio */
+	r = len == 0 || SSL_write(t->ssl, w->data, (int)len) == (int)len;
+	free(w);
+	if (!r) {
+		*why_r = native_tls_reason(t);
+		return -EPROTO;
+	}
+	return native_tls_flush(t, stream, pending, done, why_r);
+}
+
+/* ---- TLS through memory BIOs ------------------------------------------------------------ */
+
+/* OpenSSL's first queued reason (static), the queue cleared. */
+static const char *openssl_reason(void)
+{
+	static char buf[300];
+	unsigned long e = ERR_get_error();
+	const char *reason;
+
+	ERR_clear_error();
+	if (e == 0)
+		return "TLS error";
+	reason = ERR_reason_error_string(e);
+	if (reason != NULL)
+		return reason;
+	ERR_error_string_n(e, buf, sizeof(buf));
+	return buf;
+}
+
+const char *native_tls_reason(const struct native_tls *t)
+{
+	static char buf[300];
+	long v = t->ssl != NULL ? SSL_get_verify_result(t->ssl) : X509_V_OK;
+
+	if (t->refusal != NULL) {
+		ERR_clear_error();
+		return t->refusal;
+	}
+	if (v != X509_V_OK) {
+		ERR_clear_error();
+		snprintf(buf, sizeof(buf), "certificate verify failed: %s",
+			 X509_verify_cert_error_string(v));
+		return buf;
+	}
+	return openssl_reason();
+}
+
+int native_tls_start(struct native_tls *t, SSL_CTX *ctx, int server)
+{
+	memset(t, 0, sizeof(*t));
+	t->ssl = SSL_new(ctx);
+	if (t->ssl == NULL)
+		return -1;
+	t->rbio = BIO_new(BIO_s_mem());
+	t->wbio = BIO_new(BIO_s_mem());
+	if (t->rbio == NULL || t->wbio == NULL) {
+		BIO_free(t->rbio);
+		BIO_free(t->wbio);
+		native_tls_free(t);
+		return -1;
+	}
+	SSL_set_bio(t->ssl, t->rbio, t->wbio); /* the SSL owns both BIOs now */
+	SSL_set_app_data(t->ssl, t);          /* for the handshake callbacks */
+	if (server)
+		SSL_set_accept_state(t->ssl);
+	else
+		SSL_set_connect_state(t->ssl);
+	return 0;
+}
+
+void native_tls_free(struct native_tls *t)
+{
+	SSL_free(t->ssl); /* and its BIOs; the context loses a reference */
+	memset(t, 0, sizeof(*t));
+}
+
+void native_tls_feed(struct native_tls *t, const uint8_t *data, size_t len)
+{
+	BIO_write(t->rbio, data, (int)len); /* a memory BIO takes everything */
+}
+
+int native_tls_handshake(struct native_tls *t, const char **why_r)
+{
+	int r = SSL_do_handshake(t->ssl);
+
+	if (r == 1) {
+		t->handshake_done = 1;
+		return 1;
+	}
+	r = SSL_get_error(t->ssl, r);
+	if (r == SSL_ERROR_WANT_READ || r == SSL_ERROR_WANT_WRITE)
+		return 0;
+	*why_r = native_tls_reason(t);
+	return -1;
+}
+
+int native_tls_alpn_h2(const struct native_tls *t)
+{
+	const unsigned char *alpn = NULL;
+	unsigned len = 0;
+
+	SSL_get0_alpn_selected(t->ssl, &alpn, &len);
+	return len == 2 && memcmp(alpn, "h2", 2) == 0;
+}
+
+int native_tls_read(struct native_tls *t, native_plain_cb *deliver, void *ctx, const char **why_r)
+{
+	uint8_t plain[16384];
+
+	for (;;) {
+		int n = SSL_read(t->ssl, plain, sizeof(plain));
+
+		if (n > 0) {
+			if (deliver(ctx, plain, (size_t)n) < 0)
+				return 1;
+			continue;
+		}
+		n = SSL_get_error(t->ssl, n);
+		if (n == SSL_ERROR_WANT_READ || n == SSL_ERROR_WANT_WRITE)
+			return 0;
+		*why_r = n == SSL_ERROR_ZERO_RETURN ? "the peer closed the TLS session"
+						    : native_tls_reason(t);
+		return -1;
+	}
+}
+
+int native_tls_flush(struct native_tls *t, uv_stream_t *stream, size_t *pending, uv_write_cb done,
+		     const char **why_r)
+{
+	size_t have;
+
+	while ((have = BIO_ctrl_pending(t->wbio)) > 0) {
+		struct native_write *w = malloc(NATIVE_WRITE_HEAD + have);
+		int n, r;
+
+		if (w == NULL)
+			abort();
+		n = BIO_read(t->wbio, w->data, (int)have);
+		if (n <= 0) {
+			free(w);
+			break;
+		}
+		r = native_write(stream, w, (size_t)n, pending, done);
+		if (r < 0) {
+			*why_r = uv_strerror(r);
+			return r;
+		}
+	}
+	return 0;
+}
+
+/* ---- TLS contexts ------------------------------------------------------------------------ */
+
+static char *__attribute__((format(printf, 1, 2))) xprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+	int r;
+
+	va_start(ap, fmt);
+	r = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (r < 0)
+		abort();
+	return s;
+}
+
+/* "what: reason" of a common-code failure, which is replaced (both malloc'ed). */
+static char *prefixed(const char *what, char *reason)
+{
+	char *s = xprintf("%s: %s", what, reason);
+
+	free(reason);
+	return s;
+}
+
+/* Trust every certificate of a PEM bundle (instead of the system's CAs). */
+static int trust_bundle(SSL_CTX *ctx, const char *what, const char *path, int client_ca_list,
+			char **error_r)
+{
+	STACK_OF(X509) *cas = NULL;
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	int r = ep_pem_load_certs(path, &cas, error_r);
+
+	if (r < 0) {
+		*error_r = prefixed(what, *error_r);
+		return r;
+	}
+	for (int i = 0; i < sk_X509_num(cas); i++) {
+		X509 *x = sk_X509_value(cas, i);
+
+		X509_STORE_add_cert(store, x); /* a duplicate is fine */
+		/* the CA names a client is told to choose its certificate by */
+		if (client_ca_list)
+			SSL_CTX_add_client_CA(ctx, x);
+	}
+	ERR_clear_error();
+	sk_X509_pop_free(cas, X509_free);
+	return 0;
+}
+
+/*
+ * The certificate chain (leaf first) and its key: both readable PEM, the key
+ * the leaf's, the leaf valid now.  Read once and used as read, so what is
+ * checked is what is served.
+ */
+static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
+		    const char *key_what, const char *key_file, char **error_r)
+{
+	STACK_OF(X509) *chain = NULL, *rest = NULL;
+	EVP_PKEY *key = NULL;
+	X509 *leaf;
+	char *cw = xprintf("%s %s", cert_what, cert_file);
+	char *kw = xprintf("%s %s", key_what, key_file);
+	int r;
+
+	r = ep_pem_load_certs(cert_file, &chain, error_r);
+	if (r < 0) {
+		*error_r = prefixed(cert_what, *error_r);
+		goto out;
+	}
+	r = ep_pem_load_key(key_file, &key, error_r);
+	if (r < 0) {
+		*error_r = prefixed(key_what, *error_r);
+		goto out;
+	}
+	leaf = sk_X509_value(chain, 0);
+	r = ep_tls_check_pair(leaf, key, cw, kw, error_r);
+	if (r < 0)
+		goto out;
+	/* X509_cmp_current_time: -1 before now, 1 after now, 0 unreadable */
+	if (X509_cmp_current_time(X509_get0_notBefore(leaf)) >= 0) {
+		char when[32];
+
+		ep_time_format(ep_x509_not_before(leaf), when, sizeof(when));
+		*error_r = xprintf("%s: the certificate is not valid yet (not before %s)", cw,
+				   when);
+		r = -EINVAL;
+		goto out;
+	}
+	if (X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0) {
+		char when[32];
+
+		ep_time_format(ep_x509_not_after(leaf), when, sizeof(when));
+		*error_r = xprintf("%s: the certificate expired on %s", cw, when);
+		r = -EINVAL;
+		goto out;
+	}
+	rest = sk_X509_new_null();
+	for (int i = 1; i < sk_X509_num(chain); i++)
+		sk_X509_push(rest, sk_X509_value(chain, i));
+	if (SSL_CTX_use_cert_and_key(ctx, leaf, key, rest, 1) != 1) {
+		*error_r = xprintf("%s: OpenSSL refuses it: %s", cw, openssl_reason());
+		r = -EINVAL;
+	}
+out:
+	ERR_clear_error();
+	sk_X509_free(rest); /* the certificates belong to chain */
+	sk_X509_pop_free(chain, X509_free);
+	EVP_PKEY_free(key);
+	free(cw);
+	free(kw);
+	return r;
+}
+
+/* ALPN list of the client's hello: 1 when "h2" is in it. */
+static int alpn_list_has_h2(const unsigned char *p, size_t len)
+{
+	while (len > 0) {
+		size_t l = p[0];
+
+		if (l + 1 > len)
+			return 0;
+		if (l == 2 && memcmp(p + 1, "h2", 2) == 0)
+			return 1;
+		p += l + 1;
+		len -= l + 1;
+	}
+	return 0;
+}
+
+/* A client without ALPN h2 is refused before any work on certificates, with the reason. */
+static int on_client_hello(SSL *ssl, int *alert, void *arg)
+{
+	struct native_tls *t = SSL_get_app_data(ssl);
+	const unsigned char *ext;
+	size_t len;
+
+	if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &ext,
+				      &len) != 1) {
+		t->refusal = "the client did not offer ALPN h2 (no ALPN at all): gRPC needs HTTP/2";
+	} else if (len < 2 || (size_t)(ext[0] << 8 | ext[1]) != len - 2 ||
+		   !alpn_list_has_h2(ext + 2, len - 2)) {
+		t->refusal = "the client did not offer ALPN h2 (only other protocols): gRPC needs "
+			     "HTTP/2";
+	} else {
+		return SSL_CLIENT_HELLO_SUCCESS;
+	}
+	*alert = SSL_AD_NO_APPLICATION_PROTOCOL;
+	return SSL_CLIENT_HELLO_ERROR;
+}
+
+static int on_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+			  const unsigned char *in, unsigned inlen, void *arg)
+{
+	static const unsigned char h2[] = { 'h', '2' };
+
+	if (!alpn_list_has_h2(in, inlen))
+		return SSL_TLSEXT_ERR_ALERT_FATAL;
+	*out = h2;
+	*outlen = 2;
+	return SSL_TLSEXT_ERR_OK;
+}
+
+SSL_CTX *native_server_ctx(const struct ep_tls_material *m, char **error_r)
+{
+	static const unsigned char sid_ctx[] = "etcdproxy-native";
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+	if (ctx == NULL) {
+		*error_r = xprintf("cannot create a TLS context: %s",
+				   openssl_reason());
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	/* resumed sessions are verified sessions; a new context has new ticket keys */
+	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+	SSL_CTX_set_client_hello_cb(ctx, on_client_hello, NULL);
+	SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, NULL);
+	if (use_pair(ctx, "certFile", m->cert_file, "keyFile", m->key_file, error_r) < 0 ||
+	    trust_bundle(ctx, "clientCAFile", m->client_ca_file, 1, error_r) < 0) {
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+SSL_CTX *native_client_ctx(const struct ep_core_etcd *core, char **error_r)
+{
+	static const unsigned char alpn[] = { 2, 'h', '2' };
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (ctx == NULL) {
+		*error_r = xprintf("cannot create a TLS context: %s",
+				   openssl_reason());
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn));
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if (core->ca_file != NULL) {
+		if (trust_bundle(ctx, "core_etcd.ca_file", core->ca_file, 0, error_r) < 0)
+			goto fail;
+	} else {
+		SSL_CTX_set_default_verify_paths(ctx);
+	}
+	if ((core->cert_file != NULL) != (core->key_file != NULL)) {
+		*error_r = xprintf("core_etcd: cert_file and key_file go together (%s is missing)",
+				   core->cert_file == NULL ? "cert_file" : "key_file");
+		goto fail;
+	}
+	if (core->cert_file != NULL && use_pair(ctx, "core_etcd.cert_file", core->cert_file,
+						"core_etcd.key_file", core->key_file, error_r) < 0)
+		goto fail;
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
 /* ---- PING acknowledgements ---------------------------------------------------------------------- */
 
 void ping_ack_release(nghttp2_session *s, struct ping_ack *p)
@@ -507,6 +907,8 @@ static char *native_counters(void *state)
 	cJSON_AddNumberToObject(o, "bytes_out", (double)k->bytes_out);
 	cJSON_AddNumberToObject(o, "active_streams", (double)k->active_streams);
 	cJSON_AddNumberToObject(o, "upstream_errors", (double)k->upstream_errors);
+	cJSON_AddNumberToObject(o, "tls_handshakes", (double)k->tls_handshakes);
+	cJSON_AddNumberToObject(o, "tls_handshake_failures", (double)k->tls_handshake_failures);
 	lat = cJSON_AddObjectToObject(o, "latency_le");
 	for (size_t i = 0; i < 12; i++)
 		cJSON_AddNumberToObject(lat, le[i], (double)k->latency_us_buckets[i]);
@@ -575,6 +977,7 @@ static int parse_options(struct native *n, const char **error_r)
 	n->n_upstreams = 2;
 	n->drain_timeout_ms = 4000; /* below half the default stop_timeout, when SIGTERM comes */
 	n->compaction = COMPACT_IGNORE;
+	n->cred_poll_ms = NATIVE_CRED_POLL_MS;
 	if (!cJSON_IsObject(o)) {
 		*error_r = "backends.native: expected an object";
 		r = -EINVAL;
@@ -602,11 +1005,15 @@ static int parse_options(struct native *n, const char **error_r)
 		else if (strcmp(k, "compaction") == 0 && cJSON_IsString(m) &&
 			 parse_compaction(m->valuestring, &n->compaction) == 0)
 			;
+		else if (strcmp(k, "credentials_poll_interval") == 0 && cJSON_IsString(m) &&
+			 parse_ms(m->valuestring, &n->cred_poll_ms) == 0 &&
+			 n->cred_poll_ms <= UINT32_MAX)
+			;
 		else {
 			*error_r = "backends.native: expected max_message (bytes, 1024..64 MiB), "
-				   "max_streams (1..1000000), upstreams (1..64), idle_timeout and "
-				   "drain_timeout (\"5m\", \"0s\"), compaction (\"ignore\", \"allow\", "
-				   "\"deny\")";
+				   "max_streams (1..1000000), upstreams (1..64), idle_timeout, "
+				   "drain_timeout and credentials_poll_interval (\"5m\", \"0s\"), "
+				   "compaction (\"ignore\", \"allow\", \"deny\")";
 			r = -EINVAL;
 			goto out;
 		}
@@ -624,54 +1031,25 @@ out:
 	return r;
 }
 
-static const char *ssl_error(const char *what)
+/* The error text of init() (which frees n on failure): one at a time, loop thread only. */
+static const char *init_error(char *reason)
 {
 	static char buf[1024];
-	char err[256];
 
-	ERR_error_string_n(ERR_get_error(), err, sizeof(err));
-	ERR_clear_error();
-	snprintf(buf, sizeof(buf), "%s: %s", what, err);
+	snprintf(buf, sizeof(buf), "%s", reason);
+	free(reason);
 	return buf;
 }
 
 /* TLS towards the core etcd: verify it with ca_file, present the core client certificate, ALPN h2. */
-static int make_ssl_ctx(struct native *n, const char **error_r)
+static int make_up_ctx(struct native *n, const char **error_r)
 {
-	const struct ep_core_etcd *core = &n->host->tenant->core;
-	static const unsigned char alpn[] = { 2, 'h', '2' };
-	static char why[512];
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	char *err = NULL;
 
-	if (ctx == NULL) {
-		*error_r = ssl_error("cannot create a TLS context");
-		return -ENOMEM;
-	}
-	n->ssl_ctx = ctx;
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn));
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	if (core->ca_file != NULL) {
-		if (SSL_CTX_load_verify_locations(ctx, core->ca_file, NULL) != 1) {
-			snprintf(why, sizeof(why), "core_etcd.ca_file %s", core->ca_file);
-			*error_r = ssl_error(why);
-			return -EINVAL;
-		}
-	} else {
-		SSL_CTX_set_default_verify_paths(ctx);
-	}
-	if (core->cert_file != NULL) {
-		if (SSL_CTX_use_certificate_chain_file(ctx, core->cert_file) != 1) {
-			snprintf(why, sizeof(why), "core_etcd.cert_file %s", core->cert_file);
-			*error_r = ssl_error(why);
-			return -EINVAL;
-		}
-		if (SSL_CTX_use_PrivateKey_file(ctx, core->key_file, SSL_FILETYPE_PEM) != 1 ||
-		    SSL_CTX_check_private_key(ctx) != 1) {
-			snprintf(why, sizeof(why), "core_etcd.key_file %s", core->key_file);
-			*error_r = ssl_error(why);
-			return -EINVAL;
-		}
+	n->up_ctx = native_client_ctx(&n->host->tenant->core, &err);
+	if (n->up_ctx == NULL) {
+		*error_r = init_error(err);
+		return -EINVAL;
 	}
 	return 0;
 }
@@ -712,7 +1090,137 @@ static int parse_endpoints(struct native *n, const char **error_r)
 		n->ep_port[i] = strndup(colon + 1, strcspn(colon + 1, "/"));
 		n->n_endpoints = i + 1;
 	}
-	return tls == 1 ? make_ssl_ctx(n, error_r) : 0;
+	return tls == 1 ? make_up_ctx(n, error_r) : 0;
+}
+
+/* ---- reloading TLS material --------------------------------------------------------------- */
+
+/* TLS towards the clients, from the certificate source's current material. */
+static int load_down_ctx(struct native *n, const char **error_r)
+{
+	const struct ep_tls_material *m;
+	char *err = NULL;
+
+	/* an older host has no tls_material: plaintext, as before */
+	m = n->host->tls_material != NULL ? n->host->tls_material(n->host) : NULL;
+	if (m == NULL)
+		return 0;
+	n->down_ctx = native_server_ctx(m, &err);
+	if (n->down_ctx == NULL) {
+		*error_r = init_error(err);
+		return -EINVAL;
+	}
+	n->tls_generation = m->generation;
+	n->host->log(n->host, EP_LOG_INFO, "TLS material generation %" PRIu64 " in use",
+		     m->generation);
+	return 0;
+}
+
+/* ep_backend_ops.tls_changed: new handshakes use the new material, open connections go on. */
+static void native_tls_changed(void *state)
+{
+	struct native *n = state;
+	const struct ep_tls_material *m;
+	SSL_CTX *ctx;
+	char *err = NULL;
+
+	m = n->host->tls_material != NULL ? n->host->tls_material(n->host) : NULL;
+	if (m == NULL) {
+		if (n->down_ctx != NULL)
+			n->host->log(n->host, EP_LOG_WARNING, "the TLS material was withdrawn: "
+				     "generation %" PRIu64 " stays in use", n->tls_generation);
+		return;
+	}
+	if (n->down_ctx == NULL) {
+		/* the listener speaks h2c: switching a running tenant to TLS takes a new worker */
+		n->host->log(n->host, EP_LOG_WARNING,
+			     "TLS material generation %" PRIu64 " ignored: this worker serves "
+			     "plaintext h2c", m->generation);
+		return;
+	}
+	ctx = native_server_ctx(m, &err);
+	if (ctx == NULL) {
+		n->host->log(n->host, EP_LOG_WARNING, "TLS material generation %" PRIu64 " cannot "
+			     "be used, generation %" PRIu64 " stays in use: %s", m->generation,
+			     n->tls_generation, err);
+		free(err);
+		return;
+	}
+	SSL_CTX_free(n->down_ctx); /* the open connections' SSLs keep it alive */
+	n->down_ctx = ctx;
+	n->tls_generation = m->generation;
+	n->host->log(n->host, EP_LOG_INFO, "TLS material generation %" PRIu64 " in use%s",
+		     m->generation, m->client_ca_changed ? " (new client CA bundle)" : "");
+}
+
+/* The core etcd's credentials changed on disk (and stayed quiet a moment): rebuild. */
+static void on_cred_quiet(uv_timer_t *t)
+{
+	struct native *n = t->data;
+	char *err = NULL;
+	SSL_CTX *ctx;
+
+	if (n->stopping)
+		return;
+	ctx = native_client_ctx(&n->host->tenant->core, &err);
+	if (ctx == NULL) {
+		n->host->log(n->host, EP_LOG_WARNING,
+			     "the core etcd credentials changed but cannot be used, the previous "
+			     "ones stay in use: %s", err);
+		free(err);
+		return;
+	}
+	SSL_CTX_free(n->up_ctx); /* open upstream connections keep theirs */
+	n->up_ctx = ctx;
+	n->host->log(n->host, EP_LOG_INFO, "the core etcd credentials were reloaded: new "
+		     "connections to the core etcd use them");
+}
+
+static void on_cred_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
+			    const uv_stat_t *curr)
+{
+	struct native *n = h->data;
+
+	/* a certificate and its key are replaced one after the other: wait for both */
+	if (!n->stopping)
+		uv_timer_start(&n->cred_quiet, on_cred_quiet, NATIVE_CRED_QUIET_MS, 0);
+}
+
+static void on_cred_poll_closed(uv_handle_t *h)
+{
+	native_release(h->data);
+}
+
+static void cred_watch_start(struct native *n)
+{
+	const struct ep_core_etcd *core = &n->host->tenant->core;
+	const char *files[3] = { core->ca_file, core->cert_file, core->key_file };
+	int r;
+
+	if (n->up_ctx == NULL || n->cred_poll_ms == 0)
+		return;
+	for (int i = 0; i < 3; i++) {
+		uv_fs_poll_t *p = &n->cred_poll[n->n_cred_poll];
+
+		if (files[i] == NULL)
+			continue;
+		uv_fs_poll_init(n->loop, p);
+		p->data = n;
+		n->open_handles++;
+		n->n_cred_poll++;
+		r = uv_fs_poll_start(p, on_cred_changed, files[i], (unsigned)n->cred_poll_ms);
+		if (r < 0)
+			n->host->log(n->host, EP_LOG_WARNING, "cannot watch %s for changes: %s",
+				     files[i], uv_strerror(r));
+	}
+}
+
+static void cred_watch_stop(struct native *n)
+{
+	uv_timer_stop(&n->cred_quiet);
+	for (int i = 0; i < n->n_cred_poll; i++)
+		if (!uv_is_closing((uv_handle_t *)&n->cred_poll[i]))
+			uv_close((uv_handle_t *)&n->cred_poll[i], on_cred_poll_closed);
 }
 
 /* ---- life --------------------------------------------------------------------------------------- */
@@ -726,7 +1234,8 @@ static void free_native(struct native *n)
 	free(n->ep_host);
 	free(n->ep_port);
 	rw_ns_free(&n->ns);
-	SSL_CTX_free(n->ssl_ctx);
+	SSL_CTX_free(n->up_ctx);
+	SSL_CTX_free(n->down_ctx);
 	free(n->ups);
 	free(n->leases);
 	free(n->name);
@@ -751,6 +1260,7 @@ void native_maybe_stopped(struct native *n)
 		uv_close((uv_handle_t *)&n->stop_timer, NULL);
 		uv_close((uv_handle_t *)&n->flush_idle, NULL);
 		uv_close((uv_handle_t *)&n->ack_timer, NULL);
+		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
 		return;
 	}
 	if (n->upstreams_closed && n->open_handles == 0 && !n->stopped_reported) {
@@ -781,6 +1291,7 @@ static void native_stop(void *state, int graceful)
 	n->host->log(n->host, EP_LOG_INFO, "stopping%s: %zu client connection%s",
 		     graceful ? " gracefully" : "", conns, conns == 1 ? "" : "s");
 	n->stopping = 1;
+	cred_watch_stop(n);
 	down_close_all(n, graceful);
 	if (graceful && n->conns != NULL && n->drain_timeout_ms > 0)
 		uv_timer_start(&n->stop_timer, on_drain_timeout, n->drain_timeout_ms, 0);
@@ -796,6 +1307,7 @@ static int native_start(void *state, const char **error_r)
 
 	if (r < 0)
 		return r;
+	cred_watch_start(n);
 	return up_init(n);
 }
 
@@ -813,6 +1325,8 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 	r = parse_options(n, error_r);
 	if (r == 0)
 		r = parse_endpoints(n, error_r);
+	if (r == 0)
+		r = load_down_ctx(n, error_r);
 	if (r == 0 && rw_ns_init(&n->ns, (const uint8_t *)prefix, strlen(prefix)) < 0) {
 		*error_r = "the tenant's prefix cannot be namespaced";
 		r = -EINVAL;
@@ -827,6 +1341,8 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 	n->stop_timer.data = n;
 	uv_timer_init(n->loop, &n->ack_timer);
 	n->ack_timer.data = n;
+	uv_timer_init(n->loop, &n->cred_quiet);
+	n->cred_quiet.data = n;
 	*state_r = n;
 	return 0;
 }
@@ -836,10 +1352,12 @@ static void native_fini(void *state)
 	struct native *n = state;
 
 	if (!n->upstreams_closed) {
-		/* start() failed or stop() never ran: only the two loop handles are open */
+		/* start() failed or stop() never ran: only the loop's own handles are open */
+		cred_watch_stop(n);
 		uv_close((uv_handle_t *)&n->stop_timer, NULL);
 		uv_close((uv_handle_t *)&n->flush_idle, NULL);
 		uv_close((uv_handle_t *)&n->ack_timer, NULL);
+		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
 		if (n->ups != NULL)
 			up_shutdown(n);
 		uv_run(n->loop, UV_RUN_NOWAIT);
@@ -851,6 +1369,7 @@ static const struct ep_backend_ops native_ops = {
 	.start = native_start,
 	.stop = native_stop,
 	.counters = native_counters,
+	.tls_changed = native_tls_changed,
 };
 
 EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {

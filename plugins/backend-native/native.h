@@ -1,7 +1,7 @@
 /*
  * The native backend: an HTTP/2 gRPC proxy that ends HTTP/2 at each hop.
  *
- *   client --h2c--> down_conn --call--> up_conn --h2c--> core etcd
+ *   client --h2c/TLS--> down_conn --call--> up_conn --h2c/TLS--> core etcd
  *
  * Every downstream gRPC call becomes one upstream stream on one of a few
  * multiplexed upstream connections.  Messages are reassembled per stream and
@@ -28,6 +28,9 @@
 #define NATIVE_GOAWAY_GRACE_MS 200 /* between the two GOAWAYs of a graceful stop */
 #define NATIVE_MAX_HEADER_LIST (64 * 1024) /* request metadata, HTTP/2 accounting */
 #define UP_CONNECTION_LOST 0xffffffffu /* not an HTTP/2 error code: the connection went */
+#define NATIVE_HANDSHAKE_TIMEOUT_MS 10000 /* a client's TLS handshake, from accept to done */
+#define NATIVE_CRED_POLL_MS 2000 /* default stat() interval of the core etcd credentials */
+#define NATIVE_CRED_QUIET_MS 200 /* after a change, so that a cert and its key are read together */
 
 struct native;
 struct down_conn;
@@ -79,6 +82,7 @@ struct method_count {
 
 struct native_counters {
 	uint64_t calls, calls_ok, calls_failed, denied;
+	uint64_t tls_handshakes, tls_handshake_failures; /* with clients */
 	uint64_t bytes_in, bytes_out;
 	uint64_t upstream_errors;
 	uint64_t active_streams;
@@ -145,6 +149,18 @@ struct call {
 	struct bq held_resp;         /* a LeaseGrant answer held until its record is written */
 };
 
+/*
+ * TLS on a connection, through memory BIOs: ciphertext read from the socket
+ * goes into rbio, what OpenSSL writes into wbio goes to the socket through
+ * native_write, like plaintext (one write path for both directions).
+ */
+struct native_tls {
+	SSL *ssl;         /* NULL: plaintext h2c */
+	BIO *rbio, *wbio; /* owned by ssl */
+	int handshake_done;
+	const char *refusal; /* static: why our own check refused the peer in the handshake */
+};
+
 struct down_conn {
 	struct down_conn *next;
 	struct native *n;
@@ -161,8 +177,9 @@ struct down_conn {
 	int draining; /* graceful stop: 1 notice GOAWAY sent, 2 final GOAWAY sent */
 	struct ping_ack ping;
 	int flush_pending;
-	int handles; /* the stream and the idle (or drain) timer */
+	int handles; /* the stream and the idle (or drain, or handshake) timer */
 	uv_timer_t idle;
+	struct native_tls tls;
 	uint64_t last_activity_ms;
 };
 
@@ -185,8 +202,7 @@ struct up_conn {
 	int closing;
 	int flush_pending;
 	struct ping_ack ping;
-	SSL *ssl;          /* TLS to the core etcd, through memory BIOs */
-	BIO *rbio, *wbio;  /* owned by ssl */
+	struct native_tls tls; /* TLS to the core etcd */
 };
 
 struct native {
@@ -204,7 +220,20 @@ struct native {
 	uint64_t drain_timeout_ms;
 	unsigned n_upstreams;
 
-	SSL_CTX *ssl_ctx; /* NULL: plaintext h2c to the core etcd */
+	/*
+	 * TLS contexts: each SSL holds a reference to the context it was made
+	 * from, so a reload swaps the pointer and frees ours while open
+	 * connections go on with the old one.
+	 */
+	SSL_CTX *up_ctx;   /* to the core etcd; NULL: plaintext h2c */
+	SSL_CTX *down_ctx; /* to the clients; NULL: plaintext h2c */
+	uint64_t tls_generation; /* of the material down_ctx was made from */
+
+	/* the core etcd's ca_file, cert_file and key_file, watched for changes */
+	uint64_t cred_poll_ms; /* 0: not watched */
+	uv_fs_poll_t cred_poll[3];
+	int n_cred_poll;
+	uv_timer_t cred_quiet; /* the quiet period before a reload */
 
 	/* endpoints: host, port */
 	char **ep_host;
@@ -273,6 +302,50 @@ int native_write(uv_stream_t *stream, struct native_write *w, size_t len, size_t
 		 uv_write_cb done);
 /* In a done callback: uncount and free the block. */
 void native_write_done(uv_write_t *req);
+
+/*
+ * The one write path of a connection: w (taken over) goes to the socket as it
+ * is for plaintext, or encrypted when t->ssl is set.  Returns 0, or a negative
+ * code with a static reason in *why_r (the connection cannot go on).
+ */
+int native_send(uv_stream_t *stream, struct native_tls *t, struct native_write *w, size_t len,
+		size_t *pending, uv_write_cb done, const char **why_r);
+
+/* ---- TLS (native.c) ---- */
+/*
+ * A TLS context for the clients from the material of a certificate source:
+ * TLS 1.2+, ALPN h2 required, a client certificate required and verified
+ * against client_ca_file.  NULL with a malloc'ed reason in *error_r.
+ */
+SSL_CTX *native_server_ctx(const struct ep_tls_material *m, char **error_r);
+/* The TLS context towards the core etcd from core_etcd's ca/cert/key files (same contract). */
+SSL_CTX *native_client_ctx(const struct ep_core_etcd *core, char **error_r);
+/* A new SSL of ctx with memory BIOs, accepting (server) or connecting.  0 or -1. */
+int native_tls_start(struct native_tls *t, SSL_CTX *ctx, int server);
+void native_tls_free(struct native_tls *t);
+/* Ciphertext from the socket. */
+void native_tls_feed(struct native_tls *t, const uint8_t *data, size_t len);
+/*
+ * Advance the handshake with what was fed: 1 when it completed now, 0 when it
+ * needs more from the peer, -1 when it failed (reason in *why_r).  The caller
+ * sends what it produced (native_tls_flush) in every case: records, or the
+ * alert that tells the peer why.
+ */
+int native_tls_handshake(struct native_tls *t, const char **why_r);
+/* 1 when the handshake selected ALPN "h2". */
+int native_tls_alpn_h2(const struct native_tls *t);
+/*
+ * Decrypt what was fed and hand it to deliver, which returns -1 when the
+ * connection went away meanwhile (t must not be touched again).  Returns 0
+ * (wants more), 1 (deliver stopped), -1 (closed or broken; reason in *why_r).
+ */
+typedef int native_plain_cb(void *ctx, const uint8_t *data, size_t len);
+int native_tls_read(struct native_tls *t, native_plain_cb *deliver, void *ctx, const char **why_r);
+/* Send what OpenSSL wrote (handshake records, alerts, data).  0, or <0 with *why_r. */
+int native_tls_flush(struct native_tls *t, uv_stream_t *stream, size_t *pending, uv_write_cb done,
+		     const char **why_r);
+/* OpenSSL's reason for the last failure on t (static; the error queue is cleared). */
+const char *native_tls_reason(const struct native_tls *t);
 void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
 		   const uint8_t opaque[8]);
 void ping_ack_release(nghttp2_session *s, struct ping_ack *p);

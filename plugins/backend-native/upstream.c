@@ -1,5 +1,5 @@
 /*
- * Upstream: a few multiplexed HTTP/2 (h2c) connections to the core etcd,
+ * Upstream: a few multiplexed HTTP/2 (h2c or TLS) connections to the core etcd,
  * with failover across the configured endpoints and reconnection with
  * backoff.  A call that finds no connection ready fails with UNAVAILABLE at
  * once: it never hangs.
@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -65,55 +64,24 @@ void up_flush(struct up_conn *uc)
 	native_schedule_flush(uc->n);
 }
 
-/* Queue a block of native_gather() (or of tls_drain()); 0, or -1 when the connection failed. */
-static int up_send(struct up_conn *uc, struct native_write *w, size_t len)
+/* Send what OpenSSL wrote (handshake records, alerts); 0, or -1 when the connection failed. */
+static int up_tls_flush(struct up_conn *uc)
 {
-	int r = native_write((uv_stream_t *)&uc->tcp, w, len, &uc->write_pending, up_write_done);
+	const char *why = NULL;
 
-	if (r < 0) {
-		up_failed(uc, uv_strerror(r));
+	if (native_tls_flush(&uc->tls, (uv_stream_t *)&uc->tcp, &uc->write_pending, up_write_done,
+			     &why) < 0) {
+		up_failed(uc, why);
 		return -1;
 	}
 	return 0;
 }
 
-/* Move what OpenSSL produced (handshake records, encrypted data) to the socket. */
-static int tls_drain(struct up_conn *uc)
-{
-	size_t pending;
-
-	while ((pending = BIO_ctrl_pending(uc->wbio)) > 0) {
-		struct native_write *w = malloc(NATIVE_WRITE_HEAD + pending);
-		int n;
-
-		if (w == NULL)
-			abort();
-		n = BIO_read(uc->wbio, w->data, (int)pending);
-		if (n <= 0) {
-			free(w);
-			break;
-		}
-		if (up_send(uc, w, (size_t)n) < 0)
-			return -1;
-	}
-	return 0;
-}
-
-static const char *tls_error(void)
-{
-	static char buf[256];
-	unsigned long e = ERR_get_error();
-
-	if (e == 0)
-		return "TLS error";
-	ERR_error_string_n(e, buf, sizeof(buf));
-	ERR_clear_error();
-	return buf;
-}
-
 /* Gather what nghttp2 has to send: one write (and one SSL record run) per flush. */
 void up_flush_now(struct up_conn *uc)
 {
+	const char *why = NULL;
+
 	if (uc->session == NULL || !uc->tcp_open || uc->closing)
 		return;
 	if (uc->ping.pending && nghttp2_session_want_write(uc->session))
@@ -130,21 +98,11 @@ void up_flush_now(struct up_conn *uc)
 		}
 		if (w == NULL)
 			break;
-		if (uc->ssl != NULL) {
-			/* memory BIOs: SSL_write takes everything at once */
-			int ok = SSL_write(uc->ssl, w->data, (int)len) == (int)len;
-
-			free(w);
-			if (!ok) {
-				up_failed(uc, tls_error());
-				return;
-			}
-			if (tls_drain(uc) < 0)
-				return;
-			continue;
-		}
-		if (up_send(uc, w, len) < 0)
+		if (native_send((uv_stream_t *)&uc->tcp, &uc->tls, w, len, &uc->write_pending,
+				up_write_done, &why) < 0) {
+			up_failed(uc, why);
 			return;
+		}
 	}
 	if (uc->state == UP_DRAINING && uc->calls == NULL)
 		up_failed(uc, NULL); /* drained after GOAWAY: reconnect */
@@ -334,11 +292,7 @@ static void up_failed(struct up_conn *uc, const char *why)
 		fail_calls(uc, why);
 		nghttp2_session_del(s);
 	}
-	if (uc->ssl != NULL) {
-		SSL_free(uc->ssl); /* and its BIOs */
-		uc->ssl = NULL;
-		uc->rbio = uc->wbio = NULL;
-	}
+	native_tls_free(&uc->tls);
 	uv_timer_stop(&uc->retry);
 	if (!n->stopping)
 		uv_timer_start(&uc->retry, on_retry, delay, 0);
@@ -360,43 +314,40 @@ static void up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void up_ready(struct up_conn *uc);
 
-static void up_recv_plain(struct up_conn *uc, const uint8_t *data, size_t len)
+/* Plaintext HTTP/2 from the core etcd; -1 when the connection failed meanwhile. */
+static int up_recv_plain(void *ctx, const uint8_t *data, size_t len)
 {
+	struct up_conn *uc = ctx;
 	ssize_t r;
 
 	if (uc->session == NULL)
-		return;
+		return -1;
 	r = nghttp2_session_mem_recv(uc->session, data, len);
-	if (r < 0)
+	if (r < 0) {
 		up_failed(uc, nghttp2_strerror((int)r));
+		return -1;
+	}
+	return uc->session != NULL ? 0 : -1;
 }
 
 /* Ciphertext in: finish the handshake, then decrypt into the HTTP/2 session. */
 static void up_recv_tls(struct up_conn *uc, const uint8_t *data, size_t len)
 {
-	uint8_t plain[16384];
-	int n;
+	const char *why = NULL;
+	int r;
 
-	BIO_write(uc->rbio, data, (int)len);
+	native_tls_feed(&uc->tls, data, len);
 	if (uc->state == UP_HANDSHAKE) {
-		const unsigned char *alpn = NULL;
-		unsigned alpn_len = 0;
-
-		n = SSL_do_handshake(uc->ssl);
-		if (tls_drain(uc) < 0)
+		r = native_tls_handshake(&uc->tls, &why);
+		if (up_tls_flush(uc) < 0)
 			return;
-		if (n != 1) {
-			int e = SSL_get_error(uc->ssl, n);
-
-			if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-				return;
-			long v = SSL_get_verify_result(uc->ssl);
-
-			up_failed(uc, v != X509_V_OK ? X509_verify_cert_error_string(v) : tls_error());
+		if (r < 0) {
+			up_failed(uc, why);
 			return;
 		}
-		SSL_get0_alpn_selected(uc->ssl, &alpn, &alpn_len);
-		if (alpn_len != 2 || memcmp(alpn, "h2", 2) != 0) {
+		if (r == 0)
+			return;
+		if (!native_tls_alpn_h2(&uc->tls)) {
 			up_failed(uc, "the core etcd did not agree on ALPN h2");
 			return;
 		}
@@ -404,16 +355,11 @@ static void up_recv_tls(struct up_conn *uc, const uint8_t *data, size_t len)
 		if (uc->session == NULL)
 			return;
 	}
-	while (uc->session != NULL && (n = SSL_read(uc->ssl, plain, sizeof(plain))) > 0)
-		up_recv_plain(uc, plain, (size_t)n);
-	if (uc->session != NULL && n <= 0) {
-		int e = SSL_get_error(uc->ssl, n);
-
-		if (e == SSL_ERROR_ZERO_RETURN)
-			up_failed(uc, "the core etcd closed the TLS session");
-		else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-			up_failed(uc, tls_error());
-	}
+	r = native_tls_read(&uc->tls, up_recv_plain, uc, &why);
+	if (r < 0)
+		up_failed(uc, why);
+	else if (r == 0)
+		up_tls_flush(uc); /* what reading produced (a key update answer) */
 }
 
 static void up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -427,7 +373,7 @@ static void up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 					      : uv_strerror((int)nread));
 		return;
 	}
-	if (uc->ssl != NULL)
+	if (uc->tls.ssl != NULL)
 		up_recv_tls(uc, (const uint8_t *)buf->base, (size_t)nread);
 	else
 		up_recv_plain(uc, (const uint8_t *)buf->base, (size_t)nread);
@@ -486,29 +432,31 @@ static void up_ready(struct up_conn *uc)
 	report_health(n);
 }
 
+/* The client side of TLS: the certificate must name the endpoint. */
 static int tls_start(struct up_conn *uc)
 {
 	struct native *n = uc->n;
 	const char *host = n->ep_host[uc->endpoint];
+	const char *why = NULL;
 	unsigned char tmp[16];
 
-	uc->ssl = SSL_new(n->ssl_ctx);
-	uc->rbio = BIO_new(BIO_s_mem());
-	uc->wbio = BIO_new(BIO_s_mem());
-	if (uc->ssl == NULL || uc->rbio == NULL || uc->wbio == NULL)
+	if (native_tls_start(&uc->tls, n->up_ctx, 0) < 0) {
+		up_failed(uc, native_tls_reason(&uc->tls));
 		return -1;
-	SSL_set_bio(uc->ssl, uc->rbio, uc->wbio); /* the SSL owns both BIOs now */
-	SSL_set_connect_state(uc->ssl);
-	/* the certificate must name the endpoint: an IP in its SANs, or the host name */
+	}
+	/* an IP in its SANs, or the host name */
 	if (inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1) {
-		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(uc->ssl), host);
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(uc->tls.ssl), host);
 	} else {
-		SSL_set_tlsext_host_name(uc->ssl, host);
-		SSL_set1_host(uc->ssl, host);
+		SSL_set_tlsext_host_name(uc->tls.ssl, host);
+		SSL_set1_host(uc->tls.ssl, host);
 	}
 	uc->state = UP_HANDSHAKE;
-	SSL_do_handshake(uc->ssl);
-	return tls_drain(uc);
+	if (native_tls_handshake(&uc->tls, &why) < 0) {
+		up_failed(uc, why);
+		return -1;
+	}
+	return up_tls_flush(uc);
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -523,9 +471,8 @@ static void on_connected(uv_connect_t *req, int status)
 	}
 	uv_tcp_nodelay(&uc->tcp, 1);
 	uv_read_start((uv_stream_t *)&uc->tcp, up_alloc, up_read);
-	if (uc->n->ssl_ctx != NULL) {
-		if (tls_start(uc) < 0 && uc->state == UP_HANDSHAKE)
-			up_failed(uc, tls_error());
+	if (uc->n->up_ctx != NULL) {
+		tls_start(uc);
 		return;
 	}
 	up_ready(uc);
@@ -662,7 +609,7 @@ int up_submit(struct native *n, struct call *c)
 	snprintf(authority, sizeof(authority), "%s:%s", n->ep_host[uc->endpoint],
 		 n->ep_port[uc->endpoint]);
 	ADD_LIT(nv, &k, ":method", "POST");
-	ADD_LIT(nv, &k, ":scheme", n->ssl_ctx != NULL ? "https" : "http");
+	ADD_LIT(nv, &k, ":scheme", n->up_ctx != NULL ? "https" : "http");
 	add_nv(nv, &k, ":path", 5, c->path, strlen(c->path));
 	ADD_LIT(nv, &k, ":authority", authority);
 	ADD_LIT(nv, &k, "content-type", "application/grpc");
