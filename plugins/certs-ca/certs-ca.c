@@ -35,7 +35,7 @@
  *   "ca_renew_fraction": the same for CAs (default 0.6667)
  *   "grace": how long a new CA is published before it signs (default "10m")
  *
- * Test hook: with ETCDPROXY_TEST_CA_PAUSE=FILE in the environment, the
+ * Test hook: with EP_TEST_CA_PAUSE=FILE in the environment, the
  * plugin writes "paused" into FILE and waits for another content, right
  * before it switches to a generation other than the first (once: not when
  * FILE exists already), so a test can kill it mid-rotation.
@@ -156,6 +156,7 @@ struct ca_state {
 
 	char *published_client_bundle; /* to tell backends when it changed */
 	int dirty;                     /* the state in memory is newer than on disk */
+	int64_t last_run_ms;           /* the time reconcile() last decided at */
 	char *last_error;
 	uv_timer_t timer;
 	int timer_open;
@@ -476,13 +477,13 @@ static int write_text(const char *dir, const char *name, const char *text, char 
 }
 
 /*
- * The test hook (ETCDPROXY_TEST_CA_PAUSE=FILE): once, when FILE does not
+ * The test hook (EP_TEST_CA_PAUSE=FILE): once, when FILE does not
  * exist yet, write "paused" into it and wait, blocking, until its content
  * changes; the test kills the worker meanwhile.
  */
 static void test_pause(struct ca_state *st, const char *where)
 {
-	const char *f = getenv("ETCDPROXY_TEST_CA_PAUSE");
+	const char *f = getenv("EP_TEST_CA_PAUSE");
 	char *err = NULL, *data = NULL;
 
 	if (f == NULL || f[0] != '/' || st->generation <= 1 || access(f, F_OK) == 0)
@@ -954,15 +955,18 @@ static int reconcile(struct ca_state *st, int64_t now)
 	return changed;
 }
 
-/* When reconcile() has something to do next. */
-static int64_t next_event(const struct ca_state *st, int64_t now)
+/*
+ * When reconcile() has something to do next: the first event after the time
+ * it last looked (since), which may be already past when a run took a while.
+ */
+static int64_t next_event(const struct ca_state *st, int64_t since)
 {
-	int64_t next = now + MAX_WAKE_MS;
-#define EARLIER(t)                               \
-	do {                                     \
-		int64_t t_ = (t);                \
-		if (t_ > now && t_ < next)       \
-			next = t_;               \
+	int64_t next = since + MAX_WAKE_MS;
+#define EARLIER(t)                                 \
+	do {                                       \
+		int64_t t_ = (t);                  \
+		if (t_ > since && t_ < next)       \
+			next = t_;                 \
 	} while (0)
 
 	for (int k = 0; k < 2; k++) {
@@ -1058,7 +1062,8 @@ static int run(struct ca_state *st, int publish_anyway, char **error_r)
 {
 	int r;
 
-	if (reconcile(st, clock_ms()))
+	st->last_run_ms = clock_ms();
+	if (reconcile(st, st->last_run_ms))
 		st->dirty = 1;
 	if (st->dirty) {
 		if ((r = write_generation(st, error_r)) < 0)
@@ -1093,10 +1098,12 @@ static void on_timer(uv_timer_t *t)
 
 static void schedule(struct ca_state *st)
 {
-	int64_t now = clock_ms(), next = next_event(st, now), delay = next - now;
+	int64_t next = next_event(st, st->last_run_ms), delay = next - clock_ms();
 
 	if (delay < MIN_WAKE_MS)
 		delay = MIN_WAKE_MS;
+	/* the loop's cached time is from before the run, which fsyncs: it would fire early */
+	uv_update_time(st->host->loop);
 	uv_timer_start(&st->timer, on_timer, (uint64_t)delay, 0);
 }
 

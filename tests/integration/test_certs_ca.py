@@ -90,7 +90,7 @@ def test_mtls(s, sv, core, ports, outs):
             r.stdout[-400:] + r.stderr[-400:])
     s.check('ALPN protocol: h2' in r.stdout, 'ALPN h2 is negotiated')
     r = openssl('s_client', '-connect', '127.0.0.1:%d' % a, '-CAfile', outs['b'] + '/ca.crt',
-                '-verify_return_error', '-cert', outs['a'] + '/tls.crt', '-key',
+                '-verify_return_error', '-alpn', 'h2', '-cert', outs['a'] + '/tls.crt', '-key',
                 outs['a'] + '/tls.key', input='')
     s.check('Verify return code: 0 (ok)' not in r.stdout,
             'and does not verify against another tenant\'s bundle')
@@ -145,7 +145,7 @@ def test_issue_and_show(s, sv, ports, outs, tmp):
     s.check(r.returncode == 1 and 'no tenant named' in r.stderr, 'an unknown tenant: refused',
             r.stderr)
 
-    t = sv.ctl('show', 'a')[1]['tenant']
+    t = sv.ctl('show', 'a')[3]['tenant']
     certs = t.get('certificates') or []
     roles = sorted(c['role'] for c in certs)
     for role in ('serving-ca', 'client-ca', 'serving', 'client'):
@@ -173,7 +173,7 @@ def load_loop(port, d, stop, results):
 
 def test_rotation_under_load(s, sv, core, ports, outs):
     port, d = ports['rot'], outs['rot']
-    first = sv.ctl('show', 'rot')[1]['tenant']['certificates']
+    first = sv.ctl('show', 'rot')[3]['tenant']['certificates']
     first_cas = {c['serial'] for c in first if c['role'] in ('serving-ca', 'client-ca')}
     first_serving = [c['serial'] for c in first if c['role'] == 'serving'][0]
 
@@ -198,7 +198,7 @@ def test_rotation_under_load(s, sv, core, ports, outs):
 
     # two complete CA rotations: CAs of 12 s are renewed at 8 s
     def rotated_twice():
-        certs = sv.ctl('show', 'rot')[1]['tenant'].get('certificates') or []
+        certs = sv.ctl('show', 'rot')[3]['tenant'].get('certificates') or []
         cas = {x['serial'] for x in certs if x['role'] in ('serving-ca', 'client-ca')}
         seen.update(cas)
         return len(seen - first_cas) >= 4 and not (cas & first_cas)
@@ -217,7 +217,7 @@ def test_rotation_under_load(s, sv, core, ports, outs):
     s.check(long_count[0] > 100, 'a long-lived connection kept issuing requests (%d)'
             % long_count[0])
     s.eq(long_errors[:3], [], 'zero failed requests on the long-lived connection')
-    now = sv.ctl('show', 'rot')[1]['tenant']['certificates']
+    now = sv.ctl('show', 'rot')[3]['tenant']['certificates']
     s.check(first_serving not in {x['serial'] for x in now}, 'the serving certificate changed')
     with open(d + '/ca.crt') as f:
         bundle = f.read()
@@ -230,7 +230,7 @@ def test_rotation_under_load(s, sv, core, ports, outs):
 
 def test_crash_mid_rotation(s, core, tmp):
     pause = os.path.join(tmp, 'ca-pause')
-    os.environ['ETCDPROXY_TEST_CA_PAUSE'] = pause
+    os.environ['EP_TEST_CA_PAUSE'] = pause
     try:
         sv = eptest.Supervisor(s, core, name='crash',
                                extra={'certs': {'ca': {'grace': '1s'}}})
@@ -241,7 +241,7 @@ def test_crash_mid_rotation(s, core, tmp):
                                          'signingCertificateValidity': '60s'})
         sv.start()
     finally:
-        del os.environ['ETCDPROXY_TEST_CA_PAUSE']
+        del os.environ['EP_TEST_CA_PAUSE']
     sv.wait_ready('c')
     s.require_check(eptest.wait_until(lambda: os.path.exists(pause), 15),
                     'the worker paused in the middle of a rotation (test hook)')

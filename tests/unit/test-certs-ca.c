@@ -556,6 +556,29 @@ static void test_duration_parse(void **state UNUSED)
 			fail_msg("\"%s\" accepted", bad[i]);
 }
 
+/*
+ * An event that fell due while a run was writing (fsync takes its time) is
+ * the next event still, not skipped until whatever comes after it.
+ */
+static void test_schedule_late(void **state)
+{
+	struct fixture *f = *state;
+	int64_t due;
+
+	start_plugin(f);
+	due = renew_at(&f->st->serving, f->st->renew_fraction);
+	assert_true(due > f->st->last_run_ms);
+	assert_int_equal(next_event(f->st, f->st->last_run_ms), due);
+	/* the run at last_run_ms ended after due: still due, and first */
+	fake_now = due + 30;
+	assert_int_equal(next_event(f->st, f->st->last_run_ms), due);
+	/* and once a run has seen it, the renewal is done and the next event is later */
+	char *err = NULL;
+	assert_int_equal(run(f->st, 0, &err), 0);
+	assert_true(next_event(f->st, f->st->last_run_ms) > fake_now);
+	assert_true(renew_at(&f->st->serving, f->st->renew_fraction) > due);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -565,6 +588,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_restart_reuses, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotate_and_issue, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_options, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_schedule_late, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
