@@ -5,7 +5,34 @@
  * The child is restarted with backoff when it dies; its health is read from
  * its metrics endpoint (a Unix socket in the tenant's runtime directory,
  * GET /health, which asks the core etcd) together with a TCP connect to the
- * tenant's listen address.  Blocking checks run on libuv's thread pool.
+ * tenant's listen address.  Blocking checks run on libuv's thread pool.  The
+ * metrics socket (unix://) stays plain HTTP with TLS on, and a TCP connect
+ * needs no handshake, so the checks are the same with and without TLS.
+ *
+ * TLS towards the clients (etcd 3.4.23, verified by hand with openssl s_client
+ * and etcdctl):
+ * - --cert-file/--key-file/--trusted-ca-file make grpc-proxy *require* a
+ *   client certificate that chains to the trusted CA bundle (Go's
+ *   RequireAndVerifyClientCert, chosen because --trusted-ca-file is set;
+ *   the "client-cert-auth = false" in its start-up log line is misleading):
+ *   without one, or with one of another CA, the handshake ends with the
+ *   alert "bad certificate".
+ * - It reads --cert-file and --key-file again at every handshake, so a
+ *   renewed serving certificate needs no restart.  It reads
+ *   --trusted-ca-file (and the core etcd's --cacert) only at start, so a new
+ *   client CA bundle (or core CA) needs a restart, which drops the open
+ *   connections: clients reconnect.
+ * A certificate source may publish each generation under new paths
+ * (certs-files: gen-N/) and remove the previous files once tls_changed()
+ * returns, so grpc-proxy is never given its paths: the backend copies the material
+ * into files of its own in the runtime directory (fixed names, replaced by
+ * rename()) and restarts the child only when the client CA bundle's bytes
+ * differ from what the running child read.  A handshake that falls between
+ * the two renames of a certificate and its key fails once; clients retry.
+ *
+ * The core etcd's ca_file is watched (uv_fs_poll, 2 s); a change restarts the
+ * child the same planned way.  Planned restarts are no failures: no backoff,
+ * no count towards giving up.
  *
  * Options (global config "backends": {"etcd": {...}}):
  *   "binary":          path of etcd (default /usr/bin/etcd)
@@ -15,6 +42,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -22,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -36,6 +65,12 @@
 #define STARTUP_CHECK_MS 200      /* health check interval until the first success */
 #define CHILD_STOP_GRACE_MS 3000  /* SIGTERM -> SIGKILL */
 #define ENDPOINTS_MAX 4096        /* the --endpoints argument, with its NUL */
+#define CORE_CA_POLL_MS 2000      /* how often core_etcd.ca_file is checked for changes */
+#define PEM_MAX (1024 * 1024)     /* a PEM file larger than this is not TLS material */
+/* the child's copies of the TLS material, in the tenant's runtime directory */
+#define TLS_CERT_NAME "grpc-proxy-tls.crt"
+#define TLS_KEY_NAME "grpc-proxy-tls.key"
+#define TLS_CLIENT_CA_NAME "grpc-proxy-client-ca.crt"
 
 struct etcd_backend {
 	struct ep_host *host;
@@ -51,15 +86,34 @@ struct etcd_backend {
 	uv_timer_t health_timer;
 	uv_timer_t restart_timer;
 	uv_timer_t kill_timer;
-	int timers_open;
+	uv_fs_poll_t ca_poll; /* core_etcd.ca_file */
+	int timers_open;      /* the three timers and ca_poll until closed */
 	unsigned failures;      /* consecutive child deaths */
 	uint64_t healthy_since; /* 0 while the current child has not been healthy */
 	int ever_ready;
 
+	/* TLS towards the clients: on when the tenant had material at start */
+	int tls;
+	char *tls_cert; /* the copies grpc-proxy is given (runtime_dir) */
+	char *tls_key;
+	char *tls_client_ca;
+
+	/*
+	 * A planned restart (new client CA, new core CA): SIGTERM sent, the
+	 * exit is no failure, and the next child starts as soon as the old one's
+	 * handle is closed (it held the listening port).
+	 */
+	int restart_planned;
+	int respawn_on_close;
+	unsigned spawn_count; /* numbers the children, so a check of an old one is ignored */
+
 	uv_work_t work;
 	int work_pending;
+	unsigned check_child; /* spawn_count of the child the pending check probed */
 	int check_healthy;
 	char check_reason[256];
+
+	char error[600]; /* start()'s reason */
 
 	int stopping;
 	int closing;
@@ -271,8 +325,13 @@ static void check_done(uv_work_t *req, int status)
 		maybe_finish_stop(b);
 		return;
 	}
-	if (!b->child_alive)
+	if (!b->child_alive || b->restart_planned)
 		return;
+	if (b->check_child != b->spawn_count) {
+		/* it probed the child before a restart: say nothing, probe the new one */
+		schedule_check(b);
+		return;
+	}
 	if (b->check_healthy) {
 		if (b->healthy_since == 0) {
 			b->healthy_since = uv_now(b->host->loop);
@@ -295,9 +354,10 @@ static void on_health_timer(uv_timer_t *t)
 {
 	struct etcd_backend *b = t->data;
 
-	if (b->work_pending || b->stopping || !b->child_alive)
+	if (b->work_pending || b->stopping || !b->child_alive || b->restart_planned)
 		return;
 	b->work_pending = 1;
+	b->check_child = b->spawn_count;
 	b->work.data = b;
 	if (uv_queue_work(b->host->loop, &b->work, check_work, check_done) < 0)
 		b->work_pending = 0;
@@ -318,8 +378,12 @@ static void on_child_closed(uv_handle_t *h)
 	struct etcd_backend *b = h->data;
 
 	b->child_handle_open = 0;
-	if (b->stopping)
+	if (b->stopping) {
 		maybe_finish_stop(b);
+	} else if (b->respawn_on_close) {
+		b->respawn_on_close = 0;
+		spawn_child(b);
+	}
 }
 
 static void on_restart_timer(uv_timer_t *t)
@@ -341,6 +405,15 @@ static void on_child_exit(uv_process_t *p, int64_t exit_status, int term_signal)
 	uv_close((uv_handle_t *)&b->child, on_child_closed);
 	if (b->stopping)
 		return;
+	if (b->restart_planned) {
+		/* the port is free now; the handle (b->child) is reused once closed */
+		b->restart_planned = 0;
+		b->healthy_since = 0;
+		b->respawn_on_close = 1;
+		b->host->log(b->host, EP_LOG_DEBUG, "etcd grpc-proxy pid %d stopped for the restart",
+			     p->pid);
+		return;
+	}
 
 	if (term_signal)
 		snprintf(reason, sizeof(reason), "etcd grpc-proxy (pid %d) killed by signal %d",
@@ -379,7 +452,7 @@ static void spawn_child(struct etcd_backend *b)
 	uv_stdio_container_t stdio[3];
 	char *args[64 + 8];
 	char ns[300], eps[ENDPOINTS_MAX], listen[300], metrics[64], datadir[4200], cacert[4200],
-		cert[4200], key[4200];
+		cert[4200], key[4200], tls_cert[4200], tls_key[4200], tls_ca[4200];
 	size_t n = 0, off = 0;
 	int r;
 
@@ -414,6 +487,15 @@ static void spawn_child(struct etcd_backend *b)
 		args[n++] = cert;
 		args[n++] = key;
 	}
+	if (b->tls) {
+		/* --trusted-ca-file makes grpc-proxy require a client certificate of that bundle */
+		snprintf(tls_cert, sizeof(tls_cert), "--cert-file=%s", b->tls_cert);
+		snprintf(tls_key, sizeof(tls_key), "--key-file=%s", b->tls_key);
+		snprintf(tls_ca, sizeof(tls_ca), "--trusted-ca-file=%s", b->tls_client_ca);
+		args[n++] = tls_cert;
+		args[n++] = tls_key;
+		args[n++] = tls_ca;
+	}
 	for (size_t i = 0; i < b->n_extra_args && n < 64; i++)
 		args[n++] = b->extra_args[i];
 	args[n] = NULL;
@@ -444,8 +526,10 @@ static void spawn_child(struct etcd_backend *b)
 	}
 	b->child_alive = 1;
 	b->healthy_since = 0;
-	b->host->log(b->host, EP_LOG_INFO, "started etcd grpc-proxy pid %d: %s on %s -> %s",
-		     b->child.pid, t->prefix, t->listen, eps);
+	b->spawn_count++;
+	b->host->log(b->host, EP_LOG_INFO, "started etcd grpc-proxy pid %d: %s on %s%s -> %s",
+		     b->child.pid, t->prefix, t->listen, b->tls ? " (TLS, client certificates "
+		     "required)" : "", eps);
 	uv_timer_start(&b->health_timer, on_health_timer, STARTUP_CHECK_MS, 0);
 }
 
@@ -468,11 +552,16 @@ static void maybe_finish_stop(struct etcd_backend *b)
 		uv_close((uv_handle_t *)&b->health_timer, on_timer_closed);
 		uv_close((uv_handle_t *)&b->restart_timer, on_timer_closed);
 		uv_close((uv_handle_t *)&b->kill_timer, on_timer_closed);
+		uv_close((uv_handle_t *)&b->ca_poll, on_timer_closed);
 		return;
 	}
 	if (b->timers_open == 0 && !b->stopped_reported) {
 		b->stopped_reported = 1;
 		unlink(b->metrics_path);
+		/* no copy of the serving key outlives the child */
+		unlink(b->tls_cert);
+		unlink(b->tls_key);
+		unlink(b->tls_client_ca);
 		b->host->stopped(b->host);
 	}
 }
@@ -495,6 +584,7 @@ static void backend_stop(void *state, int graceful)
 	b->stopping = 1;
 	uv_timer_stop(&b->health_timer);
 	uv_timer_stop(&b->restart_timer);
+	uv_fs_poll_stop(&b->ca_poll);
 	if (b->child_alive) {
 		/* grpc-proxy has no drain of its own: SIGTERM lets it close its listener */
 		uv_process_kill(&b->child, graceful ? SIGTERM : SIGKILL);
@@ -502,6 +592,320 @@ static void backend_stop(void *state, int graceful)
 			uv_timer_start(&b->kill_timer, on_kill_timer, CHILD_STOP_GRACE_MS, 0);
 	}
 	maybe_finish_stop(b);
+}
+
+/* ---- TLS material and the core etcd's credentials ------------------------------------------------ */
+
+static const struct ep_tls_material *tls_material(struct etcd_backend *b)
+{
+	/* an older host has no tls_material(): plaintext */
+	return b->host->tls_material != NULL ? b->host->tls_material(b->host) : NULL;
+}
+
+static char *path_in(const char *dir, const char *name)
+{
+	size_t len = strlen(dir) + strlen(name) + 2;
+	char *p = malloc(len);
+
+	if (p == NULL)
+		abort();
+	snprintf(p, len, "%s/%s", dir, name);
+	return p;
+}
+
+static const char *file_error(int r)
+{
+	if (r == -EFBIG)
+		return "larger than 1 MiB, not a PEM file";
+	if (r == -EINVAL)
+		return "not a regular file";
+	if (r == -ENODATA)
+		return "empty";
+	return strerror(-r);
+}
+
+/* Opens path for reading, a non-empty regular file of at most PEM_MAX bytes: the fd or -errno. */
+static int open_pem_file(const char *path, size_t *size_r)
+{
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), r;
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0)
+		r = -errno;
+	else if (S_ISDIR(st.st_mode))
+		r = -EISDIR;
+	else if (!S_ISREG(st.st_mode))
+		r = -EINVAL;
+	else if (st.st_size > PEM_MAX)
+		r = -EFBIG;
+	else if (st.st_size == 0)
+		r = -ENODATA;
+	else {
+		*size_r = (size_t)st.st_size;
+		return fd;
+	}
+	close(fd);
+	return r;
+}
+
+/* The whole of a PEM file (NUL-terminated): 0 or -errno. */
+static int read_pem_file(const char *path, char **data_r, size_t *len_r)
+{
+	size_t size = 0, len = 0;
+	int fd = open_pem_file(path, &size);
+	char *data;
+
+	if (fd < 0)
+		return fd;
+	data = malloc(size + 1);
+	if (data == NULL)
+		abort();
+	while (len < size) {
+		ssize_t n = read(fd, data + len, size - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int r = -errno;
+
+			close(fd);
+			free(data);
+			return r;
+		}
+		if (n == 0)
+			break; /* truncated since fstat(): what is there */
+		len += (size_t)n;
+	}
+	close(fd);
+	data[len] = '\0';
+	*data_r = data;
+	*len_r = len;
+	return 0;
+}
+
+/* Writes data into path (mode 0600, a fresh file): 0 or -errno. */
+static int write_new_file(const char *path, const char *data, size_t len)
+{
+	int fd, r = 0;
+
+	unlink(path);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return -errno;
+	while (len > 0) {
+		ssize_t n = write(fd, data, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			r = -errno;
+			break;
+		}
+		data += n;
+		len -= (size_t)n;
+	}
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r < 0)
+		unlink(path);
+	return r;
+}
+
+static void free_secret(char *data, size_t len)
+{
+	if (data != NULL)
+		explicit_bzero(data, len);
+	free(data);
+}
+
+/*
+ * Brings the child's copies up to date with m: the certificate and its key
+ * always (a running child reads them at its next handshake), the client CA
+ * bundle when its bytes differ from the copy (*ca_changed_r = 1: the child
+ * must restart to read it).  Everything is read and written to ".new" files
+ * first and renamed afterwards, so a failure leaves the previous copies
+ * whole.  0, or -errno with the reason in err.
+ */
+static int copy_material(struct etcd_backend *b, const struct ep_tls_material *m,
+			 int *ca_changed_r, char *err, size_t err_size)
+{
+	static const char *const what[3] = { "serving certificate", "serving key",
+					      "client CA bundle" };
+	const char *src[3] = { m->cert_file, m->key_file, m->client_ca_file };
+	const char *dst[3] = { b->tls_cert, b->tls_key, b->tls_client_ca };
+	char *data[3] = { NULL, NULL, NULL }, *tmp[3] = { NULL, NULL, NULL }, *old = NULL;
+	size_t len[3] = { 0, 0, 0 }, old_len = 0;
+	int r = 0, ca_changed;
+
+	for (int i = 0; i < 3; i++) {
+		r = read_pem_file(src[i], &data[i], &len[i]);
+		if (r < 0) {
+			snprintf(err, err_size, "cannot read the %s %s: %s", what[i], src[i],
+				 file_error(r));
+			goto out;
+		}
+	}
+	ca_changed = read_pem_file(dst[2], &old, &old_len) < 0 || old_len != len[2] ||
+		     memcmp(old, data[2], len[2]) != 0;
+	for (int i = 0; i < 3; i++) {
+		if (i == 2 && !ca_changed)
+			continue;
+		tmp[i] = malloc(strlen(dst[i]) + sizeof(".new"));
+		if (tmp[i] == NULL)
+			abort();
+		strcpy(stpcpy(tmp[i], dst[i]), ".new");
+		r = write_new_file(tmp[i], data[i], len[i]);
+		if (r < 0) {
+			snprintf(err, err_size, "cannot write %s: %s", tmp[i], strerror(-r));
+			goto out;
+		}
+	}
+	for (int i = 0; i < 3; i++) {
+		if (tmp[i] != NULL && rename(tmp[i], dst[i]) < 0) {
+			r = -errno;
+			snprintf(err, err_size, "cannot rename %s to %s: %s", tmp[i], dst[i],
+				 strerror(errno));
+			goto out;
+		}
+		free(tmp[i]);
+		tmp[i] = NULL;
+	}
+	*ca_changed_r = ca_changed;
+out:
+	for (int i = 0; i < 3; i++) {
+		if (tmp[i] != NULL)
+			unlink(tmp[i]);
+		free(tmp[i]);
+		free_secret(data[i], len[i]);
+	}
+	free(old);
+	return r;
+}
+
+/*
+ * grpc-proxy reads the client CA bundle and the core CA only at start:
+ * SIGTERM the child (it exits within milliseconds), start the next one as
+ * soon as its handle is closed (on_child_exit, on_child_closed).  It holds
+ * the listening port, so the two cannot overlap.  No failure, no backoff.
+ */
+static void planned_restart(struct etcd_backend *b, const char *why)
+{
+	char reason[300];
+
+	if (b->stopping)
+		return;
+	if (!b->child_alive || b->restart_planned) {
+		b->host->log(b->host, EP_LOG_INFO, "%s: the next etcd grpc-proxy reads it at its start",
+			     why);
+		return;
+	}
+	b->restart_planned = 1;
+	snprintf(reason, sizeof(reason), "restarting etcd grpc-proxy: %s", why);
+	b->host->log(b->host, EP_LOG_NOTICE, "%s (pid %d; its client connections are closed)",
+		     reason, b->child.pid);
+	uv_timer_stop(&b->health_timer);
+	if (b->ever_ready)
+		b->host->health(b->host, 0, reason);
+	uv_process_kill(&b->child, SIGTERM);
+	uv_timer_start(&b->kill_timer, on_kill_timer, CHILD_STOP_GRACE_MS, 0);
+}
+
+static void backend_tls_changed(void *state)
+{
+	struct etcd_backend *b = state;
+	const struct ep_tls_material *m = tls_material(b);
+	char err[600], why[100];
+	int ca_changed = 0;
+
+	if (b->stopping)
+		return;
+	if (m == NULL || !b->tls) {
+		b->host->log(b->host, EP_LOG_WARNING, "TLS %s since start: etcd grpc-proxy goes on "
+			     "as it started", m == NULL ? "material withdrawn" : "material appeared");
+		return;
+	}
+	if (copy_material(b, m, &ca_changed, err, sizeof(err)) < 0) {
+		b->host->log(b->host, EP_LOG_WARNING, "TLS material generation %llu cannot be used, "
+			     "etcd grpc-proxy keeps the previous: %s",
+			     (unsigned long long)m->generation, err);
+		return;
+	}
+	if (ca_changed) {
+		snprintf(why, sizeof(why), "new client CA bundle (TLS material generation %llu)",
+			 (unsigned long long)m->generation);
+		planned_restart(b, why);
+		return;
+	}
+	b->host->log(b->host, EP_LOG_DEBUG, "TLS material generation %llu: serving certificate "
+		     "in place, etcd grpc-proxy reads it at its next handshake; client CA bundle "
+		     "unchanged: no restart", (unsigned long long)m->generation);
+}
+
+static void on_core_ca_changed(uv_fs_poll_t *h, int status, const uv_stat_t *prev,
+			       const uv_stat_t *curr)
+{
+	struct etcd_backend *b = h->data;
+	const char *path = b->host->tenant->core.ca_file;
+	char *data = NULL;
+	size_t len = 0;
+	int r;
+
+	(void)prev;
+	(void)curr;
+	if (b->stopping)
+		return;
+	if (status < 0) {
+		b->host->log(b->host, EP_LOG_WARNING, "core_etcd.ca_file %s: %s; etcd grpc-proxy "
+			     "keeps the CA it read at its start", path, uv_strerror(status));
+		return;
+	}
+	/* a file being written shows up here again once it is complete */
+	r = read_pem_file(path, &data, &len);
+	if (r < 0 || strstr(data, "-----END CERTIFICATE-----") == NULL) {
+		b->host->log(b->host, EP_LOG_WARNING, "core_etcd.ca_file %s changed but %s; etcd "
+			     "grpc-proxy keeps the CA it read at its start", path,
+			     r < 0 ? file_error(r) : "holds no complete PEM certificate");
+		free(data);
+		return;
+	}
+	free(data);
+	planned_restart(b, "core_etcd.ca_file changed");
+}
+
+/*
+ * grpc-proxy would start and then exit with a bare "open FILE: ..." for a
+ * missing core credential, over and over: say it once, with the setting.
+ */
+static int check_core_files(struct etcd_backend *b, const char **error_r)
+{
+	static const char *const names[3] = { "core_etcd.ca_file", "core_etcd.cert_file",
+					      "core_etcd.key_file" };
+	static const char *const uses[3] = {
+		"etcd grpc-proxy verifies the core etcd with it (--cacert)",
+		"etcd grpc-proxy presents it to the core etcd (--cert)",
+		"the private key of core_etcd.cert_file (--key)",
+	};
+	const struct ep_core_etcd *core = &b->host->tenant->core;
+	const char *files[3] = { core->ca_file, core->cert_file, core->key_file };
+
+	for (int i = 0; i < 3; i++) {
+		size_t size;
+		int fd;
+
+		if (files[i] == NULL)
+			continue;
+		fd = open_pem_file(files[i], &size);
+		if (fd < 0) {
+			snprintf(b->error, sizeof(b->error), "%s %s: %s (%s)", names[i], files[i],
+				 file_error(fd), uses[i]);
+			*error_r = b->error;
+			return -EINVAL;
+		}
+		close(fd);
+	}
+	return 0;
 }
 
 static void free_backend(struct etcd_backend *b);
@@ -540,19 +944,48 @@ static int backend_init(struct ep_host *host, void **state_r, const char **error
 	if (b->metrics_path == NULL)
 		abort();
 	snprintf(b->metrics_path, len, "%s/" METRICS_SOCKET, host->tenant->runtime_dir);
+	b->tls_cert = path_in(host->tenant->runtime_dir, TLS_CERT_NAME);
+	b->tls_key = path_in(host->tenant->runtime_dir, TLS_KEY_NAME);
+	b->tls_client_ca = path_in(host->tenant->runtime_dir, TLS_CLIENT_CA_NAME);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	uv_timer_init(host->loop, &b->health_timer);
 	uv_timer_init(host->loop, &b->restart_timer);
 	uv_timer_init(host->loop, &b->kill_timer);
-	b->health_timer.data = b->restart_timer.data = b->kill_timer.data = b;
-	b->timers_open = 3;
+	uv_fs_poll_init(host->loop, &b->ca_poll);
+	b->health_timer.data = b->restart_timer.data = b->kill_timer.data = b->ca_poll.data = b;
+	b->timers_open = 4;
 	*state_r = b;
 	return 0;
 }
 
 static int backend_start(void *state, const char **error_r)
 {
-	spawn_child(state);
+	struct etcd_backend *b = state;
+	const struct ep_tls_material *m = tls_material(b);
+	const char *core_ca = b->host->tenant->core.ca_file;
+	int r, ca_changed;
+
+	r = check_core_files(b, error_r);
+	if (r < 0)
+		return r;
+	if (m != NULL) {
+		b->tls = 1;
+		/* a copy left by a killed worker must not pass for the running child's */
+		unlink(b->tls_client_ca);
+		r = copy_material(b, m, &ca_changed, b->error, sizeof(b->error));
+		if (r < 0) {
+			*error_r = b->error;
+			return r;
+		}
+	}
+	if (core_ca != NULL) {
+		r = uv_fs_poll_start(&b->ca_poll, on_core_ca_changed, core_ca, CORE_CA_POLL_MS);
+		if (r < 0)
+			b->host->log(b->host, EP_LOG_WARNING, "cannot watch core_etcd.ca_file %s: %s; "
+				     "a new core CA needs a restart of the tenant", core_ca,
+				     uv_strerror(r));
+	}
+	spawn_child(b);
 	return 0;
 }
 
@@ -563,6 +996,9 @@ static void free_backend(struct etcd_backend *b)
 		free(b->extra_args[i]);
 	free(b->extra_args);
 	free(b->metrics_path);
+	free(b->tls_cert);
+	free(b->tls_key);
+	free(b->tls_client_ca);
 	free(b);
 }
 
@@ -575,6 +1011,7 @@ static void backend_fini(void *state)
 		uv_close((uv_handle_t *)&b->health_timer, NULL);
 		uv_close((uv_handle_t *)&b->restart_timer, NULL);
 		uv_close((uv_handle_t *)&b->kill_timer, NULL);
+		uv_close((uv_handle_t *)&b->ca_poll, NULL);
 		uv_run(b->host->loop, UV_RUN_NOWAIT);
 	}
 	curl_global_cleanup();
@@ -584,6 +1021,7 @@ static void backend_fini(void *state)
 static const struct ep_backend_ops backend_ops = {
 	.start = backend_start,
 	.stop = backend_stop,
+	.tls_changed = backend_tls_changed,
 };
 
 EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
