@@ -43,7 +43,11 @@ cat >"$d/storages.d/sample-apiserver.json" <<JSON
     "listen": "127.0.0.1:$TENANT_PORT",
     "signingCertificateValidity": "8760h",
     "servingCertificateValidity": "8760h",
-    "clientCertificateValidity": "8760h"
+    "clientCertificateValidity": "8760h",
+    // mutual TLS from the built-in CA; the API server's client certificate goes here
+    "tls": {
+      "clientCertificates": [ { "name": "sample-apiserver", "outputDir": "$d/client" } ]
+    }
   }
 }
 JSON
@@ -90,8 +94,10 @@ until $ctl status >/dev/null 2>&1; do
 done
 $ctl status
 
+tenant="--endpoints https://127.0.0.1:$TENANT_PORT --cacert $d/client/ca.crt --cert $d/client/tls.crt --key $d/client/tls.key"
 if [ $smoke = 1 ]; then
-	ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$TENANT_PORT" put hello world >/dev/null
+	# shellcheck disable=SC2086
+	ETCDCTL_API=3 etcdctl $tenant put hello world >/dev/null
 	got=$(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" get /sample-apiserver/hello --print-value-only)
 	[ "$got" = world ] || { echo "demo: expected /sample-apiserver/hello=world in the core etcd, got '$got'" >&2; exit 1; }
 	echo "demo: smoke OK: a key written through the tenant is /sample-apiserver/hello in the core etcd"
@@ -100,17 +106,20 @@ fi
 
 cat <<TXT
 
-etcdproxyd is serving the tenant "sample-apiserver" on 127.0.0.1:$TENANT_PORT,
-namespaced under /sample-apiserver/ of the local etcd on 127.0.0.1:$ETCD_PORT.
+etcdproxyd is serving the tenant "sample-apiserver" on https://127.0.0.1:$TENANT_PORT
+(mutual TLS, certificates from its own CA), namespaced under /sample-apiserver/
+of the local etcd on 127.0.0.1:$ETCD_PORT.  The client certificate, its key and
+the CA bundle are in $d/client/.
 
 Talk to the tenant as if it were etcd:
-  ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:$TENANT_PORT put greeting hello
-  ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:$TENANT_PORT get --prefix ""
+  ETCDCTL_API=3 etcdctl $tenant put greeting hello
+  ETCDCTL_API=3 etcdctl $tenant get --prefix ""
 See where it went in the core etcd:
   ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:$ETCD_PORT get --prefix /
 Manage it:
   $ctl status
-  $ctl show sample-apiserver
+  $ctl show sample-apiserver           (its certificates too)
+  $ctl rotate sample-apiserver         (a CA and certificate rotation now)
   edit $d/storages.d/*.json, then: $ctl reload
 Logs: $d/etcdproxyd.log    Press ^C to stop everything.
 TXT
