@@ -40,8 +40,9 @@ def etcdctl_tls(port, d, *args, cert=True, cert_dir=None, timeout=15):
 
 
 def openssl(*args, input=None):
+    # s_client prints what the server sends after the handshake: HTTP/2 frames, not text
     return subprocess.run(['openssl'] + list(args), capture_output=True, text=True, input=input,
-                          timeout=15)
+                          errors='replace', timeout=15)
 
 
 def serial_of(path):

@@ -24,7 +24,7 @@
 struct fixture {
 	char *dir;
 	char *storages; /* dir/storages.d */
-	char *plugins;  /* dir/plugins, with an empty backend-etcd.so */
+	char *plugins;  /* dir/plugins, with an empty backend-etcd.so and certs-ca.so */
 	struct ep_global_config *global;
 };
 
@@ -84,6 +84,9 @@ static int setup(void **state)
 	if (mkdir(f->storages, 0700) != 0 || mkdir(f->plugins, 0700) != 0)
 		return -1;
 	p = ep_strdup_printf("%s/backend-etcd.so", f->plugins);
+	write_file(p, "");
+	free(p);
+	p = ep_strdup_printf("%s/certs-ca.so", f->plugins); /* spec.tls is on by default */
 	write_file(p, "");
 	free(p);
 	f->global = load_global(f, "https://127.0.0.1:2379");
@@ -294,7 +297,7 @@ static void test_load_broken(void **state)
 
 	put(f, "a.json", "a", "127.0.0.1:2001");
 	/* the name is readable: the entry is shown under it */
-	put(f, "b.json", "tenant-b", "10.0.0.1:2002");
+	put(f, "b.json", "tenant-b", "db.example:2002");
 	/* not even JSON: the name comes from the file */
 	put_raw(f, "c-syntax.json", "{\n  \"apiVersion\": ,\n}\n");
 	/* an invalid name is not used either */
@@ -305,9 +308,8 @@ static void test_load_broken(void **state)
 	assert_int_equal(set.n, 5);
 	assert_good(f, &set, 0, "a.json", "a", "127.0.0.1:2001");
 	assert_broken(f, &set, 1, "b.json", "tenant-b",
-		      ":5:12: spec.listen: \"10.0.0.1:2002\": plaintext is only allowed on a "
-		      "loopback address (127.0.0.0/8, ::1) or a Unix socket, and TLS towards "
-		      "tenants is not available yet");
+		      ":5:12: spec.listen: \"db.example:2002\": the host must be an IP address "
+		      "or \"localhost\"");
 	assert_broken(f, &set, 2, "c-syntax.json", "c-syntax",
 		      ":2:17: expected a value");
 	assert_broken(f, &set, 3, "d.json", "d",
@@ -354,11 +356,11 @@ static void test_load_broken_claims_good_name(void **state)
 	struct ep_tenant_set set;
 
 	/* a.json sorts first and is broken; b.json is the good "web" */
-	put(f, "a.json", "web", "10.9.9.9:2001");
+	put(f, "a.json", "web", "web.example:2001");
 	put(f, "b.json", "web", "127.0.0.1:2002");
 	/* two broken files without a readable name, both named after "c" */
 	put_raw(f, "c.json", "[]");
-	put(f, "d.json", "c", "0.0.0.0:2004");
+	put(f, "d.json", "c", "c.example:2004");
 	load(f, f->global, &set);
 
 	assert_int_equal(set.n, 4);
@@ -509,7 +511,7 @@ static void test_diff_errors(void **state)
 	struct ep_tenant_set s0, s1, s2, s3;
 
 	put(f, "a.json", "a", "127.0.0.1:2001");
-	put(f, "b.json", "b", "10.0.0.1:2002"); /* broken */
+	put(f, "b.json", "b", "b.example:2002"); /* broken */
 	load(f, f->global, &s0);
 	assert_null(s0.entries[0].error);
 	assert_non_null(s0.entries[1].error);
@@ -519,7 +521,7 @@ static void test_diff_errors(void **state)
 	diff(&s0, &s1, "keep a, keep b");
 
 	/* a good tenant that becomes broken changes; a broken one that is fixed changes */
-	put(f, "a.json", "a", "0.0.0.0:2001");
+	put(f, "a.json", "a", "a.example:2001");
 	put(f, "b.json", "b", "127.0.0.1:2002");
 	load(f, f->global, &s2);
 	assert_non_null(s2.entries[0].error);
@@ -527,7 +529,7 @@ static void test_diff_errors(void **state)
 	diff(&s1, &s2, "change a, change b");
 
 	/* a different error is a change too */
-	put(f, "a.json", "a", "192.168.0.1:2001");
+	put(f, "a.json", "a", "a2.example:2001");
 	load(f, f->global, &s3);
 	diff(&s2, &s3, "change a, keep b");
 
@@ -545,7 +547,7 @@ static void test_diff_global_change(void **state)
 
 	put(f, "a.json", "a", "127.0.0.1:2001");
 	put(f, "b.json", "b", "127.0.0.1:2002");
-	put(f, "c.json", "c", "10.0.0.1:2003"); /* broken: its error does not depend on core_etcd */
+	put(f, "c.json", "c", "c.example:2003"); /* broken: its error does not depend on core_etcd */
 	load(f, f->global, &s0);
 	load(f, g2, &s1);
 
