@@ -136,6 +136,17 @@ static cJSON *relay_certs(struct ctl_conn *c, const cJSON *req, const char *cmd)
 	if (strcmp(cmd, "issue-client-cert") == 0 &&
 	    (!cJSON_IsString(cn) || !cJSON_IsString(out) || out->valuestring[0] != '/'))
 		return error_reply("issue-client-cert needs \"cn\" and an absolute \"out\"");
+	if (strcmp(cmd, "issue-client-cert") == 0) {
+		const char *sd = c->sv->global->state_dir;
+		size_t n = strlen(sd);
+
+		/* the workers' private keys live there: nobody writes into it from outside */
+		if (strncmp(out->valuestring, sd, n) == 0 &&
+		    (out->valuestring[n] == '/' || out->valuestring[n] == '\0'))
+			return error_reply("--out %s is inside state_dir %s, which belongs to "
+					   "etcdproxy: give a directory of its own",
+					   out->valuestring, sd);
+	}
 	if (t->pid <= 0 || !t->ipc_open || t->state == TENANT_STOPPING)
 		return error_reply("tenant \"%s\" has no running worker (state %s)", t->name,
 				   tenant_state_name(t->state));

@@ -162,9 +162,14 @@ static void print_show(const cJSON *reply)
 			continue;
 		}
 		printf("  %-10s %s\n", str(c, "role", "?"), str(c, "subject", "?"));
-		printf("  %-10s serial %s, valid %s to %s%s%s\n", "", str(c, "serial", "?"),
-		       str(c, "not_before", "?"), str(c, "not_after", "?"),
-		       str(c, "state", NULL) ? ", " : "", str(c, "state", ""));
+		if (str(c, "not_before", NULL) != NULL)
+			printf("  %-10s serial %s, valid %s to %s%s%s\n", "", str(c, "serial", "?"),
+			       str(c, "not_before", "?"), str(c, "not_after", "?"),
+			       str(c, "state", NULL) ? ", " : "", str(c, "state", ""));
+		else
+			printf("  %-10s serial %s, until %s%s%s\n", "", str(c, "serial", "?"),
+			       str(c, "not_after", "?"), str(c, "state", NULL) ? ", " : "",
+			       str(c, "state", ""));
 		printf("  %-10s signed by %s\n", "", str(c, "issuer", "?"));
 	}
 	const cJSON *counters = cJSON_GetObjectItemCaseSensitive(t, "counters");

@@ -146,6 +146,12 @@ def test_issue_and_show(s, sv, ports, outs, tmp):
     s.check(r.returncode == 1 and 'no tenant named' in r.stderr, 'an unknown tenant: refused',
             r.stderr)
 
+    r = subprocess.run([eptest.ETCDPROXYCTL, '-s', sv.sock, 'issue-client-cert', 'a', '--cn',
+                        'x', '--out', os.path.join(sv.state, 'a', 'mine')],
+                       capture_output=True, text=True, timeout=30)
+    s.check(r.returncode == 1 and 'inside state_dir' in r.stderr,
+            'an --out inside state_dir: refused', r.stderr)
+
     t = sv.ctl('show', 'a')[3]['tenant']
     certs = t.get('certificates') or []
     roles = sorted(c['role'] for c in certs)
