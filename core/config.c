@@ -821,6 +821,9 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 	for (size_t i = 0; i < t->tls.n_client_certs; i++) {
 		size_t n = strlen(g->state_dir);
 
+		while (n > 1 && g->state_dir[n - 1] == '/')
+			n--;
+
 		if (strncmp(t->tls.client_certs[i].output_dir, g->state_dir, n) == 0 &&
 		    (t->tls.client_certs[i].output_dir[n] == '/' ||
 		     t->tls.client_certs[i].output_dir[n] == '\0'))

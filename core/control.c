@@ -140,6 +140,9 @@ static cJSON *relay_certs(struct ctl_conn *c, const cJSON *req, const char *cmd)
 		const char *sd = c->sv->global->state_dir;
 		size_t n = strlen(sd);
 
+		while (n > 1 && sd[n - 1] == '/')
+			n--;
+
 		/* the workers' private keys live there: nobody writes into it from outside */
 		if (strncmp(out->valuestring, sd, n) == 0 &&
 		    (out->valuestring[n] == '/' || out->valuestring[n] == '\0'))
@@ -147,9 +150,10 @@ static cJSON *relay_certs(struct ctl_conn *c, const cJSON *req, const char *cmd)
 					   "etcdproxy: give a directory of its own",
 					   out->valuestring, sd);
 	}
-	if (t->pid <= 0 || !t->ipc_open || t->state == TENANT_STOPPING)
-		return error_reply("tenant \"%s\" has no running worker (state %s)", t->name,
-				   tenant_state_name(t->state));
+	if (t->pid <= 0 || !t->ipc_open ||
+	    (t->state != TENANT_READY && t->state != TENANT_UNHEALTHY))
+		return error_reply("tenant \"%s\" has no worker serving it now (state %s): try "
+				   "again once it is ready", t->name, tenant_state_name(t->state));
 	msg = cJSON_CreateObject();
 	c->certs_id = next_id++;
 	c->certs_tenant = ep_strdup(t->name);

@@ -414,6 +414,9 @@ static void on_worker_exit(uv_process_t *p, int64_t exit_status, int term_signal
 	ipc_drain(t);
 	ipc_close(t);
 	control_tenant_gone(sv, t->name);
+	/* what a dead worker used is not shown as current; the next one reports its own */
+	cJSON_Delete(t->certificates);
+	t->certificates = NULL;
 	uv_timer_stop(&t->timer);
 	ep_exit_describe(exit_status, term_signal, how, sizeof(how));
 

@@ -83,6 +83,7 @@ struct cert {
 struct ca {
 	struct cert c;
 	int64_t published_ms; /* in the bundles since; signs from published_ms + grace */
+	int unpublished;      /* made, but not yet in every bundle and output: the grace waits */
 };
 
 /*
@@ -156,6 +157,7 @@ struct ca_state {
 
 	char *published_client_bundle; /* to tell backends when it changed */
 	int dirty;                     /* the state in memory is newer than on disk */
+	int outputs_dirty;             /* an output directory still waits for the current state */
 	int64_t last_run_ms;           /* the time reconcile() last decided at */
 	char *last_error;
 	uv_timer_t timer;
@@ -354,13 +356,40 @@ static void cert_make(const struct ca_state *st, struct cert *out, const struct 
 		      const char *sans)
 {
 	int64_t na = now + (int64_t)validity;
+	/*
+	 * Valid from a little before now, so that a peer whose clock is a
+	 * little behind ours does not refuse it as not yet valid (a tenth of
+	 * the validity, at most a minute), but never before the issuer.
+	 */
+	int64_t margin = (int64_t)validity / 10 < 60000 ? (int64_t)validity / 10 : 60000;
+	int64_t nb = now - margin;
 
+	if (issuer != NULL && nb < nb_ms(issuer))
+		nb = nb_ms(issuer);
 	/* a leaf never outlives its CA */
 	if (issuer != NULL && na > na_ms(issuer))
 		na = na_ms(issuer);
 	out->key = new_key(st);
-	out->x = make_cert(st, out->key, issuer, cn, role, now, na, sans);
+	out->x = make_cert(st, out->key, issuer, cn, role, nb, na, sans);
 	out->serial = ep_x509_serial_hex(out->x);
+}
+
+/* 1 when item is one of the comma-separated entries of list. */
+static int san_listed(const char *list, const char *item)
+{
+	size_t n = strlen(item);
+
+	for (const char *p = list; *p != '\0';) {
+		const char *end = strchr(p, ',');
+		size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+
+		if (len == n && memcmp(p, item, n) == 0)
+			return 1;
+		if (end == NULL)
+			break;
+		p = end + 1;
+	}
+	return 0;
 }
 
 /* The serving certificate's names: every listen address, plus spec.tls.serverNames. */
@@ -375,7 +404,7 @@ static char *wanted_sans(const struct ca_state *st)
 #define ADD(...)                                                                             \
 	do {                                                                                 \
 		char *item_ = xprintf(__VA_ARGS__);                                          \
-		if (strstr(out, item_) == NULL || len == 0) {                                \
+		if (!san_listed(out, item_)) {                                               \
 			while (len + strlen(item_) + 2 > cap)                                \
 				out = realloc(out, cap *= 2);                                \
 			len += (size_t)sprintf(out + len, "%s%s", len ? "," : "", item_);    \
@@ -520,7 +549,9 @@ static char *state_json(const struct ca_state *st)
 	for (int k = 0; k < 2; k++)
 		for (size_t i = 0; i < st->n_cas[k]; i++)
 			cJSON_AddNumberToObject(pub, st->cas[k][i].c.serial,
-						(double)st->cas[k][i].published_ms);
+						st->cas[k][i].unpublished
+							? -1.0
+							: (double)st->cas[k][i].published_ms);
 	recs = cJSON_AddArrayToObject(o, "records");
 	for (size_t i = 0; i < st->n_records; i++) {
 		cJSON *r = cJSON_CreateObject();
@@ -632,13 +663,20 @@ static int write_generation(struct ca_state *st, char **error_r)
 	}
 	free(tmp);
 	free(link);
-	if (r == 0)
-		r = ep_dir_sync(st->dir, error_r);
-	if (r == 0)
+	if (r == 0) {
+		char *err = NULL;
+
+		/* switched: whatever fails now, current names this generation */
+		if (ep_dir_sync(st->dir, &err) < 0) {
+			st->host->log(st->host, EP_LOG_WARNING, "switched to %s, but %s", name, err);
+			free(err);
+		}
 		remove_old_generations(st, name, prev);
+		goto done;
+	}
 out:
-	if (r < 0)
-		st->generation--;
+	st->generation--;
+done:
 	free(prev);
 	free(name);
 	free(gen);
@@ -675,11 +713,21 @@ static int load_state(struct ca_state *st, char **error_r)
 	int r = 0;
 
 	if (target == NULL) {
+		char *link = xprintf("%s/current", st->dir);
+		struct stat lst;
+		int exists = lstat(link, &lst) == 0;
+
+		free(link);
+		if (exists) {
+			*error_r = xprintf("%s/current: expected a symbolic link to a generation "
+					   "(gen-N); move %s away to start over with new CAs, which "
+					   "clients must then be given", st->dir, st->dir);
+			return -EINVAL;
+		}
 		remove_old_generations(st, NULL, NULL); /* a first generation that never switched */
 		return 0;
 	}
 	gen = xprintf("%s/%s", st->dir, target);
-	remove_old_generations(st, target, NULL);
 	{
 		char *p = xprintf("%s/state.json", gen);
 
@@ -687,14 +735,15 @@ static int load_state(struct ca_state *st, char **error_r)
 		free(p);
 	}
 	if (r < 0)
-		goto out;
+		goto damaged;
 	o = cJSON_Parse(text);
-	if (!cJSON_IsObject(o) || cJSON_GetObjectItem(o, "version") == NULL ||
-	    cJSON_GetObjectItem(o, "version")->valueint != STATE_VERSION) {
+	if (!cJSON_IsObject(o) || !cJSON_IsNumber(cJSON_GetObjectItem(o, "version")) ||
+	    cJSON_GetObjectItem(o, "version")->valueint != STATE_VERSION ||
+	    !cJSON_IsNumber(cJSON_GetObjectItem(o, "generation"))) {
 		*error_r = xprintf("%s/state.json: not a state file of version %d", gen,
 				   STATE_VERSION);
 		r = -EINVAL;
-		goto out;
+		goto damaged;
 	}
 	st->generation = (uint64_t)cJSON_GetObjectItem(o, "generation")->valuedouble;
 	const cJSON *sans = cJSON_GetObjectItem(o, "serving_sans");
@@ -731,6 +780,10 @@ static int load_state(struct ca_state *st, char **error_r)
 					p = cJSON_GetObjectItem(pub, ca->c.serial);
 					ca->published_ms = cJSON_IsNumber(p) ? (int64_t)p->valuedouble
 									     : nb_ms(&ca->c);
+					/* it may not have reached every output before a crash */
+					ca->unpublished = ca->published_ms < 0;
+					if (ca->unpublished)
+						ca->published_ms = 0;
 				}
 				free(base);
 			}
@@ -765,13 +818,21 @@ static int load_state(struct ca_state *st, char **error_r)
 		free(p);
 		free(sub);
 	}
+	if (r == 0 && (st->n_cas[SERVING] == 0 || st->n_cas[CLIENT] == 0 || st->serving.x == NULL)) {
+		*error_r = xprintf("%s: a CA or the serving certificate is missing", gen);
+		r = -EINVAL;
+	}
+damaged:
 	if (r < 0) {
 		char *e2 = xprintf("%s (the state in %s is damaged; move %s away to start over with "
 				   "new CAs, which clients must then be given)", *error_r, gen, st->dir);
 		free(*error_r);
 		*error_r = e2;
+		r = -EINVAL;
+	} else {
+		/* only now: the older generations were the way back */
+		remove_old_generations(st, target, NULL);
 	}
-out:
 	cJSON_Delete(o);
 	free(text);
 	free(gen);
@@ -785,7 +846,8 @@ out:
 static struct ca *signer(struct ca_state *st, enum kind k, int64_t now)
 {
 	for (size_t i = st->n_cas[k]; i-- > 0;)
-		if (st->cas[k][i].published_ms + (int64_t)st->grace_ms <= now)
+		if (!st->cas[k][i].unpublished &&
+		    st->cas[k][i].published_ms + (int64_t)st->grace_ms <= now)
 			return &st->cas[k][i];
 	return st->n_cas[k] > 0 ? &st->cas[k][0] : NULL;
 }
@@ -823,8 +885,13 @@ static void new_ca(struct ca_state *st, enum kind k, int64_t now, int first)
 	cn = xprintf("etcdproxy %s %s CA %lld", st->tenant, kind_name[k], (long long)(now / 1000));
 	cert_make(st, &ca->c, NULL, cn, ROLE_CA, now, st->validity_ms[0], NULL);
 	free(cn);
-	/* the very first CA signs at once: nobody can have trusted an older one */
-	ca->published_ms = first ? now - (int64_t)st->grace_ms : now;
+	/*
+	 * The very first CA signs at once: nobody can have trusted an older one.
+	 * A later one waits for the grace period from when it has reached every
+	 * bundle and output (run() marks it published), not from now.
+	 */
+	ca->published_ms = first ? now - (int64_t)st->grace_ms : 0;
+	ca->unpublished = !first;
 	log_cert(st, first ? (k == SERVING ? "new serving CA" : "new client CA")
 			   : (k == SERVING ? "new serving CA published, signs after the grace period"
 					   : "new client CA published, signs after the grace period"),
@@ -856,7 +923,7 @@ static int reconcile(struct ca_state *st, int64_t now)
 		/* a new CA when the newest is due, unless one is still waiting for its grace */
 		if ((now >= renew_at(&newest->c, st->ca_renew_fraction) ||
 		     (st->force_rotation && newest->published_ms < st->force_rotation)) &&
-		    newest->published_ms + (int64_t)st->grace_ms <= now) {
+		    !newest->unpublished && newest->published_ms + (int64_t)st->grace_ms <= now) {
 			new_ca(st, (enum kind)k, now, 0);
 			changed = 1;
 		}
@@ -927,7 +994,7 @@ static int reconcile(struct ca_state *st, int64_t now)
 			struct ca *ca = &st->cas[k][i];
 			int live = 0;
 
-			if (ca == sig || ca->published_ms > sig_pub) {
+			if (ca == sig || ca->unpublished || ca->published_ms > sig_pub) {
 				i++; /* the signer, or one waiting to become it */
 				continue;
 			}
@@ -971,7 +1038,8 @@ static int64_t next_event(const struct ca_state *st, int64_t since)
 
 	for (int k = 0; k < 2; k++) {
 		for (size_t i = 0; i < st->n_cas[k]; i++) {
-			EARLIER(st->cas[k][i].published_ms + (int64_t)st->grace_ms);
+			if (!st->cas[k][i].unpublished)
+				EARLIER(st->cas[k][i].published_ms + (int64_t)st->grace_ms);
 			EARLIER(na_ms(&st->cas[k][i].c));
 		}
 		if (st->n_cas[k] > 0)
@@ -995,8 +1063,10 @@ static int publish_outputs(struct ca_state *st, char **error_r)
 	char *ca_bundle = bundle_text(st, SERVING);
 	int r = 0;
 
-	for (size_t i = 0; r == 0 && i < st->n_clients; i++) {
+	for (size_t i = 0; i < st->n_clients; i++) {
 		struct client_leaf *cl = &st->clients[i];
+		char *err = NULL;
+		int ri;
 		size_t crt_len, key_len;
 		char *crt = ep_pem_cert(cl->c.x, &crt_len), *key = ep_pem_key(cl->c.key, &key_len);
 		struct ep_pub_file files[] = {
@@ -1006,8 +1076,15 @@ static int publish_outputs(struct ca_state *st, char **error_r)
 		};
 		int changed = 0;
 
-		r = cl->out.publish(&cl->out, files, 3, &changed, error_r);
-		if (r == 0 && changed)
+		ri = cl->out.publish(&cl->out, files, 3, &changed, &err);
+		if (ri < 0 && r == 0) {
+			r = ri;
+			*error_r = err; /* the first failure; the others are still tried */
+		} else if (ri < 0) {
+			st->host->log(st->host, EP_LOG_ERR, "%s", err);
+			free(err);
+		}
+		if (ri == 0 && changed)
 			st->host->log(st->host, EP_LOG_INFO, "published client certificate \"%s\" "
 				      "(serial %s) and the serving CA bundle into %s", cl->name,
 				      cl->c.serial, cl->out.where);
@@ -1071,11 +1148,24 @@ static int run(struct ca_state *st, int publish_anyway, char **error_r)
 		st->dirty = 0;
 		publish_anyway = 1;
 	}
-	if (!publish_anyway)
+	if (!publish_anyway && !st->outputs_dirty)
 		return 0;
 	/* the backend first: a client certificate from a new CA must find it trusted */
 	publish_material(st);
-	return publish_outputs(st, error_r);
+	if ((r = publish_outputs(st, error_r)) < 0) {
+		st->outputs_dirty = 1;
+		return r;
+	}
+	st->outputs_dirty = 0;
+	/* every bundle and output has the new CAs now: their grace period starts */
+	for (int k = 0; k < 2; k++)
+		for (size_t i = 0; i < st->n_cas[k]; i++)
+			if (st->cas[k][i].unpublished) {
+				st->cas[k][i].unpublished = 0;
+				st->cas[k][i].published_ms = clock_ms();
+				st->dirty = 1; /* written with the next run, which comes at once */
+			}
+	return 0;
 }
 
 static void on_timer(uv_timer_t *t)
@@ -1100,6 +1190,8 @@ static void schedule(struct ca_state *st)
 {
 	int64_t next = next_event(st, st->last_run_ms), delay = next - clock_ms();
 
+	if (st->dirty || st->outputs_dirty)
+		delay = 0;
 	if (delay < MIN_WAKE_MS)
 		delay = MIN_WAKE_MS;
 	/* the loop's cached time is from before the run, which fsyncs: it would fire early */
@@ -1187,10 +1279,22 @@ static int parse_tls(struct ca_state *st, const char **error_r)
 		return -EINVAL;
 	}
 	for (int i = 0; i < 3; i++) {
+		static const char *const spec_names[] = { "signingCertificateValidity",
+							  "servingCertificateValidity",
+							  "clientCertificateValidity" };
+		static char msg[200];
+
 		m = cJSON_GetObjectItem(o, vnames[i]);
-		st->validity_ms[i] = cJSON_IsNumber(m) && m->valuedouble >= 1000
-					     ? (uint64_t)m->valuedouble
-					     : 8760ull * 3600 * 1000;
+		st->validity_ms[i] = cJSON_IsNumber(m) ? (uint64_t)m->valuedouble
+						       : 8760ull * 3600 * 1000;
+		/* certificates carry whole seconds: below 3 s there is nothing to renew in time */
+		if (st->validity_ms[i] < 3000) {
+			snprintf(msg, sizeof(msg), "spec.%s: %llu ms is too short for a certificate "
+				 "(at least 3s)", spec_names[i], (unsigned long long)st->validity_ms[i]);
+			*error_r = msg;
+			cJSON_Delete(o);
+			return -EINVAL;
+		}
 	}
 	m = cJSON_GetObjectItem(o, "serverNames");
 	st->server_names = xmalloc0(sizeof(char *) * ((size_t)cJSON_GetArraySize(m) + 1));
@@ -1251,7 +1355,7 @@ static int ca_refresh(void *state, const char **error_r)
 		set_error(st, error);
 		free(error);
 		*error_r = st->last_error;
-		return r == -ENOMEM ? r : -EINVAL;
+		return r; /* -EINVAL: damaged state or files; an I/O error may pass */
 	}
 	schedule(st);
 	return 0;
@@ -1312,6 +1416,8 @@ static char *ca_describe(void *state)
 
 			if (ca == sig) {
 				what = xstrdup("signing");
+			} else if (ca->unpublished) {
+				what = xstrdup("being published to the bundles and outputs");
 			} else if (ca->published_ms > sig->published_ms) {
 				fmt_time_ms(ca->published_ms + (int64_t)st->grace_ms, when, sizeof(when));
 				what = xprintf("published, signs from %s", when);
@@ -1362,7 +1468,13 @@ static int ca_rotate(void *state, const char **error_r)
 	for (int k = 0; k < 2; k++) {
 		struct ca *newest = &st->cas[k][st->n_cas[k] - 1];
 
-		if (newest->published_ms + (int64_t)st->grace_ms > now) {
+		if (st->n_cas[k] >= CA_MAX - 1) {
+			*error_r = "too many CAs are still trusted for certificates they signed "
+				   "(issued client certificates keep theirs until they expire): "
+				   "no rotation now";
+			return -EBUSY;
+		}
+		if (newest->unpublished || newest->published_ms + (int64_t)st->grace_ms > now) {
 			static char msg[200];
 			char when[32];
 
@@ -1378,6 +1490,7 @@ static int ca_rotate(void *state, const char **error_r)
 		set_error(st, error);
 		free(error);
 		*error_r = st->last_error;
+		uv_timer_start(&st->timer, on_timer, 5000, 0); /* as on_timer() does */
 		return -EIO;
 	}
 	schedule(st);

@@ -77,10 +77,15 @@ int ep_duration_parse(const char *s, uint64_t *ms_r)
 		return -EINVAL;
 	while (*p != '\0') {
 		char *end;
-		double v = strtod(p, &end);
+		double v;
 		double unit;
 
-		if (end == p || v < 0 || *p == '+' || *p == '-' || *p == ' ')
+		/* digits and one point only: no sign, exponent, hex, "inf" or "nan" */
+		size_t digits = strspn(p, "0123456789.");
+		if (digits == 0 || memchr(p, '.', digits) != memrchr(p, '.', digits))
+			return -EINVAL;
+		v = strtod(p, &end);
+		if (end != p + digits)
 			return -EINVAL;
 		if (strncmp(end, "ms", 2) == 0) {
 			unit = 1;
