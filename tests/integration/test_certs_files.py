@@ -8,7 +8,6 @@ previous certificate in use with a warning, a valid one is served to new connect
 kubelet-style ..data symlink swaps included; etcdproxyctl rotate re-reads the files;
 certs.files options are checked."""
 
-import json
 import os
 import shutil
 import stat
@@ -20,101 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eptest  # noqa: E402
 from eptest import ETCDCTL, Failure, wait_until  # noqa: E402
 
-OPENSSL = '/usr/bin/openssl'
-
-OPENSSL_CNF = """\
-[ ca ]
-default_ca = ca_default
-[ ca_default ]
-dir = %(dir)s
-database = $dir/index.txt
-new_certs_dir = $dir/new
-serial = $dir/serial
-default_md = sha256
-default_days = 30
-policy = policy_any
-unique_subject = no
-copy_extensions = none
-[ policy_any ]
-commonName = supplied
-[ req ]
-distinguished_name = req_dn
-prompt = no
-[ req_dn ]
-CN = unused
-[ v3_ca ]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[ server ]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-[ client ]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = clientAuth
-authorityKeyIdentifier = keyid
-"""
-
-
-def openssl(*args, input=None):
-    r = subprocess.run([OPENSSL] + list(args), capture_output=True, text=True, timeout=30,
-                       input=input, stdin=None if input is not None else subprocess.DEVNULL)
-    if r.returncode != 0:
-        raise Failure('openssl %s failed: %s' % (' '.join(args[:2]), r.stderr.strip()[-400:]))
-    return r.stdout
-
-
-class CA:
-    """A CA made with `openssl req -x509`, issuing with `openssl ca` (which takes any
-    validity period, past ones included)."""
-
-    def __init__(self, tmp, name):
-        self.name = name
-        self.dir = os.path.join(tmp, 'pki', name)
-        os.makedirs(os.path.join(self.dir, 'new'))
-        self.cnf = os.path.join(self.dir, 'openssl.cnf')
-        with open(self.cnf, 'w') as f:
-            f.write(OPENSSL_CNF % {'dir': self.dir})
-        open(os.path.join(self.dir, 'index.txt'), 'w').close()
-        with open(os.path.join(self.dir, 'serial'), 'w') as f:
-            f.write('%08x\n' % (0x1000 + sum(map(ord, name)) * 0x100))
-        self.key = os.path.join(self.dir, 'ca.key')
-        self.crt = os.path.join(self.dir, 'ca.crt')
-        openssl('req', '-x509', '-config', self.cnf, '-extensions', 'v3_ca', '-newkey', 'ec',
-                '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', self.key,
-                '-out', self.crt, '-subj', '/CN=%s' % name, '-days', '30')
-
-    def issue(self, cn, ext='server', start=None, end=None, key=None):
-        """(cert, key) paths of a new certificate; start/end as YYYYMMDDHHMMSSZ."""
-        base = os.path.join(self.dir, '%s-%s' % (cn, len(os.listdir(self.dir))))
-        csr = base + '.csr'
-        if key is None:
-            key = base + '.key'
-            openssl('req', '-new', '-config', self.cnf, '-newkey', 'ec', '-pkeyopt',
-                    'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', csr,
-                    '-subj', '/CN=%s' % cn)
-        else:
-            openssl('req', '-new', '-config', self.cnf, '-key', key, '-out', csr,
-                    '-subj', '/CN=%s' % cn)
-        args = ['ca', '-batch', '-config', self.cnf, '-cert', self.crt, '-keyfile', self.key,
-                '-in', csr, '-out', base + '.crt', '-extensions', ext, '-notext']
-        if start:
-            args += ['-startdate', start]
-        if end:
-            args += ['-enddate', end]
-        openssl(*args)
-        return base + '.crt', key
-
-
-def new_key(path):
-    openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-            '-out', path)
-    return path
+from eptls import CA, OPENSSL, new_key, openssl  # noqa: E402,F401
 
 
 def norm(serial):

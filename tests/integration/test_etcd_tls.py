@@ -18,52 +18,9 @@ import time
 sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eptest  # noqa: E402
-from eptest import ETCDCTL, Failure, wait_until  # noqa: E402
+from eptest import ETCDCTL, wait_until  # noqa: E402
 
-OPENSSL = '/usr/bin/openssl'
-EXT = {
-    'ca': 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n',
-    'server': 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n'
-              'extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n',
-    'client': 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n'
-              'extendedKeyUsage=clientAuth\n',
-}
-
-
-def openssl(*args):
-    r = subprocess.run([OPENSSL] + list(args), capture_output=True, text=True, timeout=30,
-                       stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        raise Failure('openssl %s failed: %s' % (' '.join(args[:2]), r.stderr.strip()[-400:]))
-    return r.stdout
-
-
-class CA:
-    """A self-signed CA issuing certificates with `openssl x509 -req`."""
-
-    def __init__(self, tmp, name):
-        self.dir = os.path.join(tmp, 'pki', name)
-        os.makedirs(self.dir)
-        self.n = 0
-        self.crt, self.key = self._make(name, 'ca', None)
-
-    def _make(self, cn, kind, signer):
-        self.n += 1
-        base = os.path.join(self.dir, '%s-%d' % (cn, self.n))
-        ext = base + '.ext'
-        with open(ext, 'w') as f:
-            f.write(EXT[kind])
-        openssl('req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-                '-nodes', '-keyout', base + '.key', '-out', base + '.csr', '-subj', '/CN=%s' % cn)
-        sign = ['-signkey', base + '.key'] if signer is None else \
-            ['-CA', signer.crt, '-CAkey', signer.key, '-set_serial', str(1000 + self.n)]
-        openssl('x509', '-req', '-in', base + '.csr', '-out', base + '.crt', '-days', '2',
-                '-extfile', ext, *sign)
-        return base + '.crt', base + '.key'
-
-    def issue(self, cn, kind):
-        """(cert, key) paths of a new leaf certificate."""
-        return self._make(cn, kind, self)
+from eptls import CA, OPENSSL, openssl  # noqa: E402
 
 
 def text(path):
