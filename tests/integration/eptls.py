@@ -1,11 +1,14 @@
 """Test certificates made with the openssl CLI, for the TLS tests (the files source, the
 native and etcd backends): a CA that issues server and client certificates with any
-validity period, past ones included, so that an expired certificate is a real one."""
+validity period, past ones included, so that an expired certificate is a real one; and
+the TLS clients those tests use on a tenant's port (etcdctl, openssl s_client).
+
+Serials are lower-case hex as `openssl x509 -serial` prints them (leading zeros kept)."""
 
 import os
 import subprocess
 
-from eptest import Failure
+from eptest import ETCDCTL, Failure
 
 OPENSSL = '/usr/bin/openssl'
 
@@ -106,3 +109,44 @@ def new_key(path):
     openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
             '-out', path)
     return path
+
+
+def serial_of(path):
+    """The serial of the certificate in path, lower-case hex."""
+    return openssl('x509', '-in', path, '-noout', '-serial').strip().split('=', 1)[1].lower()
+
+
+# ---- TLS clients ------------------------------------------------------------------------------
+
+def etcdctl_tls(port, ca=None, cert=None, key=None, *args, timeout=15, quick=False,
+                scheme='https'):
+    """etcdctl on 127.0.0.1:port with --cacert ca and --cert/--key (each when given); a
+    CompletedProcess (returncode -1 on a timeout).  quick: for a call that is expected to
+    fail (short timeouts)."""
+    cmd = [ETCDCTL, '--endpoints=%s://127.0.0.1:%d' % (scheme, port),
+           '--dial-timeout=%s' % ('1s' if quick else '3s'),
+           '--command-timeout=%s' % ('2s' if quick else '5s')]
+    cmd += ['--cacert', ca] if ca else []
+    cmd += ['--cert', cert, '--key', key] if cert else []
+    try:
+        return subprocess.run(cmd + list(args), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, ETCDCTL_API='3'))
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, -1, '', 'etcdctl timed out')
+
+
+def served_serial(port, cert, key, *args):
+    """The serial of the certificate a new TLS connection to 127.0.0.1:port gets (openssl
+    s_client presenting cert and key, with more s_client options in args, such as -alpn h2),
+    or None."""
+    try:
+        r = subprocess.run([OPENSSL, 's_client', '-connect', '127.0.0.1:%d' % port, '-cert', cert,
+                            '-key', key] + list(args), capture_output=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        x = subprocess.run([OPENSSL, 'x509', '-noout', '-serial'], input=r.stdout,
+                           capture_output=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+    out = x.stdout.decode(errors='replace').strip()
+    return out.split('=', 1)[1].lower() if x.returncode == 0 and '=' in out else None

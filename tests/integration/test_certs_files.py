@@ -11,15 +11,15 @@ certs.files options are checked."""
 import os
 import shutil
 import stat
-import subprocess
 import sys
 
 sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eptest  # noqa: E402
-from eptest import ETCDCTL, Failure, wait_until  # noqa: E402
+from eptest import Failure, wait_until  # noqa: E402
 
-from eptls import CA, OPENSSL, new_key, openssl  # noqa: E402,F401
+import eptls  # noqa: E402
+from eptls import CA, OPENSSL, etcdctl_tls, new_key  # noqa: E402
 
 
 def norm(serial):
@@ -28,8 +28,7 @@ def norm(serial):
 
 
 def serial_of(path):
-    out = openssl('x509', '-in', path, '-noout', '-serial')
-    return norm(out.strip().split('=', 1)[1])
+    return norm(eptls.serial_of(path))
 
 
 def serving_serial(sv, name):
@@ -75,30 +74,9 @@ class Set:
 
 # ---- TLS clients ------------------------------------------------------------------------------
 
-def etcdctl_tls(port, ca, cert, key, *args):
-    cmd = [ETCDCTL, '--endpoints=https://127.0.0.1:%d' % port, '--dial-timeout=3s',
-           '--command-timeout=5s', '--cacert', ca, '--cert', cert, '--key', key] + list(args)
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=15,
-                              stdin=subprocess.DEVNULL, env=dict(os.environ, ETCDCTL_API='3'))
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(cmd, -1, '', 'etcdctl timed out')
-
-
 def served_serial(port, cert, key):
-    """The serial of the certificate a new TLS connection gets, or None."""
-    try:
-        r = subprocess.run([OPENSSL, 's_client', '-connect', '127.0.0.1:%d' % port, '-cert', cert,
-                            '-key', key, '-alpn', 'h2'], capture_output=True, timeout=10,
-                           stdin=subprocess.DEVNULL)
-        x = subprocess.run([OPENSSL, 'x509', '-noout', '-serial'], input=r.stdout,
-                           capture_output=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        return None
-    out = x.stdout.decode(errors='replace').strip()
-    if x.returncode != 0 or '=' not in out:
-        return None
-    return norm(out.split('=', 1)[1])
+    """The serial of the certificate a new TLS connection gets (ALPN h2), or None."""
+    return norm(eptls.served_serial(port, cert, key, '-alpn', 'h2'))
 
 
 # ---- helpers on the daemon ----------------------------------------------------------------------

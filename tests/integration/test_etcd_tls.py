@@ -18,9 +18,9 @@ import time
 sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eptest  # noqa: E402
-from eptest import ETCDCTL, wait_until  # noqa: E402
+from eptest import wait_until  # noqa: E402
 
-from eptls import CA, OPENSSL, openssl  # noqa: E402
+from eptls import CA, OPENSSL, etcdctl_tls, served_serial, serial_of  # noqa: E402
 
 
 def text(path):
@@ -28,39 +28,9 @@ def text(path):
         return f.read()
 
 
-def serial_of(path):
-    return openssl('x509', '-in', path, '-noout', '-serial').strip().split('=', 1)[1].lower()
-
-
-def etcdctl_tls(port, ca, cert=None, key=None, *args):
-    cmd = [ETCDCTL, '--endpoints=https://127.0.0.1:%d' % port, '--dial-timeout=3s',
-           '--command-timeout=5s', '--cacert', ca]
-    if cert:
-        cmd += ['--cert', cert, '--key', key]
-    try:
-        return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=15,
-                              stdin=subprocess.DEVNULL, env=dict(os.environ, ETCDCTL_API='3'))
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(cmd, -1, '', 'etcdctl timed out')
-
-
 def put_ok(port, ca, cert, key, k, v):
     r = etcdctl_tls(port, ca, cert, key, 'put', k, v)
     return r.returncode == 0 and r.stdout.strip() == 'OK'
-
-
-def served_serial(port, cert, key):
-    """The serial of the certificate a new TLS connection gets, or None."""
-    try:
-        r = subprocess.run([OPENSSL, 's_client', '-connect', '127.0.0.1:%d' % port, '-cert', cert,
-                            '-key', key], capture_output=True, timeout=10,
-                           stdin=subprocess.DEVNULL)
-        x = subprocess.run([OPENSSL, 'x509', '-noout', '-serial'], input=r.stdout,
-                           capture_output=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        return None
-    out = x.stdout.decode(errors='replace').strip()
-    return out.split('=', 1)[1].lower() if x.returncode == 0 and '=' in out else None
 
 
 def flag(pid, name):

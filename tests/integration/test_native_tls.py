@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eptest  # noqa: E402
 from eptest import ETCD, ETCDCTL, Failure, free_port, wait_until  # noqa: E402
 
-from eptls import CA, OPENSSL, openssl  # noqa: E402
+import eptls  # noqa: E402
+from eptls import CA, OPENSSL, etcdctl_tls, serial_of  # noqa: E402
 
 
 def read(path):
@@ -34,26 +35,6 @@ def read(path):
 
 def put_file(path, text, mode=0o644):
     eptest.write_text(path, text, mode)  # a rename, as a careful tool does
-
-
-def serial_of(path):
-    return openssl('x509', '-in', path, '-noout', '-serial').strip().split('=', 1)[1].lower()
-
-
-def etcdctl_tls(port, ca=None, cert=None, key=None, *args, timeout=15, quick=False,
-                scheme='https'):
-    """etcdctl over TLS; quick: for a call that is expected to fail (short timeouts)."""
-    cmd = [ETCDCTL, '--endpoints=%s://127.0.0.1:%d' % (scheme, port),
-           '--dial-timeout=%s' % ('1s' if quick else '3s'),
-           '--command-timeout=%s' % ('2s' if quick else '5s')]
-    cmd += ['--cacert', ca] if ca else []
-    cmd += ['--cert', cert, '--key', key] if cert else []
-    try:
-        return subprocess.run(cmd + list(args), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL,
-                              env=dict(os.environ, ETCDCTL_API='3'))
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(cmd, -1, '', 'etcdctl timed out')
 
 
 def s_client(port, *args):
@@ -68,12 +49,8 @@ def s_client(port, *args):
 
 
 def served_serial(port, cert, key):
-    """The serial of the certificate a new TLS connection gets, or None."""
-    rc, out = s_client(port, '-cert', cert, '-key', key, '-alpn', 'h2', '-showcerts')
-    x = subprocess.run([OPENSSL, 'x509', '-noout', '-serial'], input=out.encode(),
-                       capture_output=True, timeout=10)
-    text = x.stdout.decode(errors='replace').strip()
-    return text.split('=', 1)[1].lower() if x.returncode == 0 and '=' in text else None
+    """The serial of the certificate a new TLS connection gets (ALPN h2), or None."""
+    return eptls.served_serial(port, cert, key, '-alpn', 'h2', '-showcerts')
 
 
 def socket_inodes(pid):
