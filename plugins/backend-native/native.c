@@ -611,24 +611,10 @@ int native_tls_flush(struct native_tls *t, uv_stream_t *stream, size_t *pending,
 
 /* ---- TLS contexts ------------------------------------------------------------------------ */
 
-static char *__attribute__((format(printf, 1, 2))) xprintf(const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-	int r;
-
-	va_start(ap, fmt);
-	r = vasprintf(&s, fmt, ap);
-	va_end(ap);
-	if (r < 0)
-		abort();
-	return s;
-}
-
 /* "what: reason" of a common-code failure, which is replaced (both malloc'ed). */
 static char *prefixed(const char *what, char *reason)
 {
-	char *s = xprintf("%s: %s", what, reason);
+	char *s = ep_xprintf("%s: %s", what, reason);
 
 	free(reason);
 	return s;
@@ -670,8 +656,8 @@ static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
 	STACK_OF(X509) *chain = NULL, *rest = NULL;
 	EVP_PKEY *key = NULL;
 	X509 *leaf;
-	char *cw = xprintf("%s %s", cert_what, cert_file);
-	char *kw = xprintf("%s %s", key_what, key_file);
+	char *cw = ep_xprintf("%s %s", cert_what, cert_file);
+	char *kw = ep_xprintf("%s %s", key_what, key_file);
 	int r;
 
 	r = ep_pem_load_certs(cert_file, &chain, error_r);
@@ -693,7 +679,7 @@ static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
 		char when[32];
 
 		ep_time_format(ep_x509_not_before(leaf), when, sizeof(when));
-		*error_r = xprintf("%s: the certificate is not valid yet (not before %s)", cw,
+		*error_r = ep_xprintf("%s: the certificate is not valid yet (not before %s)", cw,
 				   when);
 		r = -EINVAL;
 		goto out;
@@ -702,7 +688,7 @@ static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
 		char when[32];
 
 		ep_time_format(ep_x509_not_after(leaf), when, sizeof(when));
-		*error_r = xprintf("%s: the certificate expired on %s", cw, when);
+		*error_r = ep_xprintf("%s: the certificate expired on %s", cw, when);
 		r = -EINVAL;
 		goto out;
 	}
@@ -710,7 +696,7 @@ static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
 	for (int i = 1; i < sk_X509_num(chain); i++)
 		sk_X509_push(rest, sk_X509_value(chain, i));
 	if (SSL_CTX_use_cert_and_key(ctx, leaf, key, rest, 1) != 1) {
-		*error_r = xprintf("%s: OpenSSL refuses it: %s", cw, openssl_reason());
+		*error_r = ep_xprintf("%s: OpenSSL refuses it: %s", cw, openssl_reason());
 		r = -EINVAL;
 	}
 out:
@@ -778,7 +764,7 @@ SSL_CTX *native_server_ctx(const struct ep_tls_material *m, char **error_r)
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 
 	if (ctx == NULL) {
-		*error_r = xprintf("cannot create a TLS context: %s",
+		*error_r = ep_xprintf("cannot create a TLS context: %s",
 				   openssl_reason());
 		return NULL;
 	}
@@ -803,7 +789,7 @@ SSL_CTX *native_client_ctx(const struct ep_core_etcd *core, char **error_r)
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 
 	if (ctx == NULL) {
-		*error_r = xprintf("cannot create a TLS context: %s",
+		*error_r = ep_xprintf("cannot create a TLS context: %s",
 				   openssl_reason());
 		return NULL;
 	}
@@ -817,7 +803,7 @@ SSL_CTX *native_client_ctx(const struct ep_core_etcd *core, char **error_r)
 		SSL_CTX_set_default_verify_paths(ctx);
 	}
 	if ((core->cert_file != NULL) != (core->key_file != NULL)) {
-		*error_r = xprintf("core_etcd: cert_file and key_file go together (%s is missing)",
+		*error_r = ep_xprintf("core_etcd: cert_file and key_file go together (%s is missing)",
 				   core->cert_file == NULL ? "cert_file" : "key_file");
 		goto fail;
 	}
@@ -932,26 +918,6 @@ static char *native_counters(void *state)
 
 /* ---- options ------------------------------------------------------------------------------------ */
 
-static int parse_ms(const char *s, uint64_t *ms)
-{
-	char *end;
-	double v = strtod(s, &end);
-
-	if (end == s || v < 0)
-		return -EINVAL;
-	if (strcmp(end, "ms") == 0)
-		*ms = (uint64_t)v;
-	else if (strcmp(end, "s") == 0)
-		*ms = (uint64_t)(v * 1000);
-	else if (strcmp(end, "m") == 0)
-		*ms = (uint64_t)(v * 60000);
-	else if (strcmp(end, "h") == 0)
-		*ms = (uint64_t)(v * 3600000);
-	else
-		return -EINVAL;
-	return 0;
-}
-
 static int parse_compaction(const char *s, enum compaction_policy *p)
 {
 	if (strcmp(s, "ignore") == 0)
@@ -997,16 +963,16 @@ static int parse_options(struct native *n, const char **error_r)
 			 m->valuedouble <= 64)
 			n->n_upstreams = (unsigned)m->valuedouble;
 		else if (strcmp(k, "idle_timeout") == 0 && cJSON_IsString(m) &&
-			 parse_ms(m->valuestring, &n->idle_timeout_ms) == 0)
+			 ep_duration_parse(m->valuestring, &n->idle_timeout_ms) == 0)
 			;
 		else if (strcmp(k, "drain_timeout") == 0 && cJSON_IsString(m) &&
-			 parse_ms(m->valuestring, &n->drain_timeout_ms) == 0)
+			 ep_duration_parse(m->valuestring, &n->drain_timeout_ms) == 0)
 			;
 		else if (strcmp(k, "compaction") == 0 && cJSON_IsString(m) &&
 			 parse_compaction(m->valuestring, &n->compaction) == 0)
 			;
 		else if (strcmp(k, "credentials_poll_interval") == 0 && cJSON_IsString(m) &&
-			 parse_ms(m->valuestring, &n->cred_poll_ms) == 0 &&
+			 ep_duration_parse(m->valuestring, &n->cred_poll_ms) == 0 &&
 			 n->cred_poll_ms <= UINT32_MAX)
 			;
 		else {

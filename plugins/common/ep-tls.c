@@ -23,7 +23,25 @@
 
 #include "ep-tls.h"
 
-static char *__attribute__((format(printf, 1, 2))) xprintf(const char *fmt, ...)
+void *ep_xmalloc0(size_t n)
+{
+	void *p = calloc(1, n ? n : 1);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+char *ep_xstrdup(const char *s)
+{
+	char *p = strdup(s);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+char *ep_xprintf(const char *fmt, ...)
 {
 	va_list ap;
 	char *s;
@@ -158,7 +176,7 @@ static char *dir_of(const char *path)
 int ep_file_write_atomic(const char *path, const void *data, size_t len, mode_t mode,
 			 char **error_r)
 {
-	char *tmp = xprintf("%s.tmp.%ld", path, (long)getpid());
+	char *tmp = ep_xprintf("%s.tmp.%ld", path, (long)getpid());
 	char *dir;
 	int fd, r;
 
@@ -276,7 +294,7 @@ int ep_dir_remove_tree(const char *dir, char **error_r)
 	while (r == 0 && (e = readdir(d)) != NULL) {
 		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
 			continue;
-		char *p = xprintf("%s/%s", dir, e->d_name);
+		char *p = ep_xprintf("%s/%s", dir, e->d_name);
 		struct stat st;
 
 		if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
@@ -295,7 +313,7 @@ int ep_dir_remove_tree(const char *dir, char **error_r)
 static int published_same(const char *dir, const struct ep_pub_file *files, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		char *p = xprintf("%s/..data/%s", dir, files[i].name);
+		char *p = ep_xprintf("%s/..data/%s", dir, files[i].name);
 		char *data, *err = NULL;
 		size_t len;
 		int same;
@@ -332,15 +350,15 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 		goto links; /* content unchanged: only make sure the name links exist */
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	gen_name = xprintf("..%lld.%09ld.%ld.%u", (long long)ts.tv_sec, ts.tv_nsec, (long)getpid(),
+	gen_name = ep_xprintf("..%lld.%09ld.%ld.%u", (long long)ts.tv_sec, ts.tv_nsec, (long)getpid(),
 			   seq++);
-	gen = xprintf("%s/%s", dir, gen_name);
+	gen = ep_xprintf("%s/%s", dir, gen_name);
 	if (mkdir(gen, 0755) < 0) {
 		r = fail(error_r, -errno, "%s: %s", gen, strerror(errno));
 		goto out_gen;
 	}
 	for (size_t i = 0; i < n; i++) {
-		char *p = xprintf("%s/%s", gen, files[i].name);
+		char *p = ep_xprintf("%s/%s", gen, files[i].name);
 
 		r = ep_file_write_atomic(p, files[i].data, files[i].len, files[i].mode, error_r);
 		free(p);
@@ -349,8 +367,8 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 	}
 	if ((r = ep_dir_sync(gen, error_r)) < 0)
 		goto out_gen;
-	tmp_link = xprintf("%s/..data_tmp", dir);
-	data_link = xprintf("%s/..data", dir);
+	tmp_link = ep_xprintf("%s/..data_tmp", dir);
+	data_link = ep_xprintf("%s/..data", dir);
 	unlink(tmp_link);
 	if (symlink(gen_name, tmp_link) < 0 || rename(tmp_link, data_link) < 0) {
 		r = fail(error_r, -errno, "%s: %s", data_link, strerror(errno));
@@ -373,7 +391,7 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 		if (strncmp(e->d_name, "..", 2) != 0 || strcmp(e->d_name, "..") == 0 ||
 		    strcmp(e->d_name, gen_name) == 0 || strncmp(e->d_name, "..data", 6) == 0)
 			continue;
-		char *old = xprintf("%s/%s", dir, e->d_name), *err = NULL;
+		char *old = ep_xprintf("%s/%s", dir, e->d_name), *err = NULL;
 
 		ep_dir_remove_tree(old, &err);
 		free(err);
@@ -386,13 +404,13 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 
 links:
 	for (size_t i = 0; i < n; i++) {
-		char *p = xprintf("%s/%s", dir, files[i].name);
-		char *target = xprintf("..data/%s", files[i].name);
+		char *p = ep_xprintf("%s/%s", dir, files[i].name);
+		char *target = ep_xprintf("..data/%s", files[i].name);
 		char buf[256];
 		ssize_t len = readlink(p, buf, sizeof(buf) - 1);
 
 		if (len < 0 || (size_t)len != strlen(target) || memcmp(buf, target, (size_t)len) != 0) {
-			char *tmp = xprintf("%s/.%s.tmp", dir, files[i].name);
+			char *tmp = ep_xprintf("%s/.%s.tmp", dir, files[i].name);
 
 			unlink(tmp);
 			if (symlink(target, tmp) < 0 || rename(tmp, p) < 0) {

@@ -18,6 +18,12 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+/* ---- allocation: abort() when memory runs out, like the rest of etcdproxy ---------------- */
+
+void *ep_xmalloc0(size_t n);
+char *ep_xstrdup(const char *s);
+char *ep_xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* ---- durations -------------------------------------------------------------------------- */
 
 /*
