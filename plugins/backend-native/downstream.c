@@ -115,18 +115,18 @@ static void down_flush_now(struct down_conn *dc)
 	if (dc->ping.pending && nghttp2_session_want_write(dc->session))
 		ping_ack_release(dc->session, &dc->ping); /* along with what goes out anyway */
 	while (dc->write_pending < NATIVE_HIGH_WATER) {
-		struct native_write *w;
+		const uint8_t *data;
 		size_t len;
 		int err;
 
-		w = native_gather(dc->session, NATIVE_WRITE_HEAD, &len, &err);
+		data = native_gather(dc->n, dc->session, &len, &err);
 		if (err < 0) {
 			down_conn_close(dc);
 			return;
 		}
-		if (w == NULL)
+		if (data == NULL)
 			break;
-		if (native_send(&dc->h.stream, &dc->tls, w, len, &dc->write_pending,
+		if (native_send(&dc->h.stream, &dc->tls, data, len, &dc->write_pending,
 				down_write_done, &why) < 0) {
 			dc->n->host->log(dc->n->host, EP_LOG_DEBUG,
 					 "closing a client connection: %s", why);
@@ -160,18 +160,40 @@ void native_flush_marked(struct native *n)
 			up_flush_now(&n->ups[i]);
 		}
 	}
+	native_gather_trim(n);
+}
+
+static void flush_scheduled(struct native *n)
+{
+	uv_idle_stop(&n->flush_idle);
+	uv_check_stop(&n->flush_check);
+	native_flush_marked(n);
 }
 
 static void on_flush_idle(uv_idle_t *h)
 {
-	uv_idle_stop(h);
-	native_flush_marked(h->data);
+	flush_scheduled(h->data);
 }
 
+static void on_flush_check(uv_check_t *h)
+{
+	flush_scheduled(h->data);
+}
+
+/*
+ * Both handles, and whichever runs first sends: from an I/O callback the check
+ * handle, right after this iteration's I/O, so that every read of the
+ * iteration shares one write per connection; from a timer, the idle handle,
+ * before the loop would block in poll.
+ */
 void native_schedule_flush(struct native *n)
 {
-	if (!uv_is_active((uv_handle_t *)&n->flush_idle) && !uv_is_closing((uv_handle_t *)&n->flush_idle))
+	if (uv_is_closing((uv_handle_t *)&n->flush_idle))
+		return;
+	if (!uv_is_active((uv_handle_t *)&n->flush_idle))
 		uv_idle_start(&n->flush_idle, on_flush_idle);
+	if (!uv_is_active((uv_handle_t *)&n->flush_check))
+		uv_check_start(&n->flush_check, on_flush_check);
 }
 
 void down_flush(struct down_conn *dc)
@@ -184,10 +206,8 @@ void down_flush(struct down_conn *dc)
 
 static struct call *call_new(struct down_conn *dc, int32_t id)
 {
-	struct call *c = calloc(1, sizeof(*c));
+	struct call *c = pool_calloc(sizeof(*c));
 
-	if (c == NULL)
-		abort();
 	c->dc = dc;
 	c->n = dc->n;
 	c->down_id = id;
@@ -203,21 +223,21 @@ static struct call *call_new(struct down_conn *dc, int32_t id)
 static void call_free(struct call *c)
 {
 	for (size_t i = 0; i < c->n_hdrs; i++) {
-		free(c->hdrs[i].name);
-		free(c->hdrs[i].value);
+		pool_free(c->hdrs[i].name);
+		pool_free(c->hdrs[i].value);
 	}
-	free(c->path);
+	pool_free(c->path);
 	bq_free(&c->req_in.buf);
 	bq_free(&c->up_out);
 	bq_free(&c->resp_in.buf);
 	bq_free(&c->down_out);
 	bq_free(&c->held);
 	bq_free(&c->held_resp);
-	free(c->grpc_status);
-	free(c->grpc_message);
+	pool_free(c->grpc_status);
+	pool_free(c->grpc_message);
 	free(c->local_message);
 	free(c->unknown_leases);
-	free(c);
+	pool_free(c);
 }
 
 static void record_latency(struct native *n, struct call *c);
@@ -943,8 +963,8 @@ static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uin
 	if (namelen == 12 && memcmp(name, "grpc-timeout", 12) == 0 && !grpc_timeout_valid(value, valuelen))
 		c->bad_metadata = "etcdproxy: malformed grpc-timeout";
 	if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
-		free(c->path);
-		c->path = strndup((const char *)value, valuelen);
+		pool_free(c->path);
+		c->path = pool_strndup(value, valuelen);
 	} else if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
 		c->method_ok = valuelen == 4 && memcmp(value, "POST", 4) == 0;
 	} else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
@@ -955,9 +975,9 @@ static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uin
 	} else if (!header_dropped(name, namelen) && c->n_hdrs < NATIVE_MAX_HEADERS &&
 		   c->header_bytes <= NATIVE_MAX_HEADER_LIST) {
 		/* past the limit the call is refused (call_start): keep no more copies */
-		c->hdrs[c->n_hdrs].name = strndup((const char *)name, namelen);
+		c->hdrs[c->n_hdrs].name = pool_strndup(name, namelen);
 		c->hdrs[c->n_hdrs].namelen = namelen;
-		c->hdrs[c->n_hdrs].value = strndup((const char *)value, valuelen);
+		c->hdrs[c->n_hdrs].value = pool_strndup(value, valuelen);
 		c->hdrs[c->n_hdrs].valuelen = valuelen;
 		c->n_hdrs++;
 	}
@@ -1244,8 +1264,7 @@ static void down_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	} else if (down_recv_plain(dc, (const uint8_t *)buf->base, (size_t)nread) < 0) {
 		return;
 	}
-	dc->flush_pending = 1;
-	native_flush_marked(dc->n);
+	down_flush(dc); /* with every other read of this loop iteration */
 }
 
 static void on_drain_goaway(uv_timer_t *t)
@@ -1290,6 +1309,8 @@ static int make_server_session(struct down_conn *dc)
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, n->max_streams },
 		{ NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 },
 		{ NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, NATIVE_MAX_HEADER_LIST },
+		/* gRPC has no use for stream priorities: no tree to keep per stream (RFC 9218) */
+		{ NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1 },
 	};
 	int r;
 
@@ -1309,7 +1330,7 @@ static int make_server_session(struct down_conn *dc)
 	 * what it relies on (:method, :path, content-type) itself.
 	 */
 	nghttp2_option_set_no_http_messaging(opt, 1);
-	r = nghttp2_session_server_new2(&dc->session, cbs, dc, opt);
+	r = nghttp2_session_server_new3(&dc->session, cbs, dc, opt, &native_nghttp2_mem);
 	nghttp2_option_del(opt);
 	nghttp2_session_callbacks_del(cbs);
 	if (r != 0)
@@ -1493,13 +1514,11 @@ void down_close_all(struct native *n, int graceful)
 int native_internal_call(struct native *n, const char *path, const uint8_t *msg, size_t len,
 			 internal_cb *cb, void *ctx)
 {
-	struct call *c = calloc(1, sizeof(*c));
+	struct call *c = pool_calloc(sizeof(*c));
 	int r;
 
-	if (c == NULL)
-		abort();
 	c->n = n;
-	c->path = strdup(path);
+	c->path = pool_strndup(path, strlen(path));
 	c->m = rw_method_lookup(path, strlen(path));
 	c->icb = cb;
 	c->ictx = ctx;

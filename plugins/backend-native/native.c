@@ -62,9 +62,7 @@ void bq_append(struct bq *q, const void *p, size_t n)
 
 			while (cap < q->len + n)
 				cap *= 2;
-			q->data = realloc(q->data, cap);
-			if (q->data == NULL)
-				abort();
+			q->data = pool_realloc(q->data, cap);
 			q->cap = cap;
 		}
 	}
@@ -84,7 +82,7 @@ void bq_consume(struct bq *q, size_t n)
 		q->off = q->len = 0;
 		/* a large burst must not pin its memory */
 		if (q->cap > 65536) {
-			free(q->data);
+			pool_free(q->data);
 			q->data = NULL;
 			q->cap = 0;
 		}
@@ -93,7 +91,7 @@ void bq_consume(struct bq *q, size_t n)
 
 void bq_free(struct bq *q)
 {
-	free(q->data);
+	pool_free(q->data);
 	memset(q, 0, sizeof(*q));
 }
 
@@ -367,70 +365,78 @@ size_t native_member_list(struct native *n, uint8_t *buf, size_t size)
 
 /* ---- sending ---------------------------------------------------------------------------------------- */
 
-void *native_gather(nghttp2_session *s, size_t head, size_t *len_r, int *error_r)
+const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r, int *error_r)
 {
-	uint8_t *block = NULL;
-	size_t len = 0, cap = 0;
+	size_t len = 0;
 
 	*error_r = 0;
 	for (;;) {
 		const uint8_t *data;
-		ssize_t n = nghttp2_session_mem_send(s, &data);
+		ssize_t got = nghttp2_session_mem_send(s, &data);
 
-		if (n < 0) {
-			free(block);
-			*error_r = (int)n;
+		if (got < 0) {
+			*error_r = (int)got;
 			*len_r = 0;
 			return NULL;
 		}
-		if (n == 0)
+		if (got == 0)
 			break;
-		if (len + (size_t)n > cap) {
-			cap = cap ? cap * 2 : 16384;
-			while (cap < len + (size_t)n)
+		if (len + (size_t)got > n->gather_cap) {
+			size_t cap = n->gather_cap ? n->gather_cap * 2 : NATIVE_GATHER_KEEP;
+
+			while (cap < len + (size_t)got)
 				cap *= 2;
-			block = realloc(block, head + cap);
-			if (block == NULL)
+			n->gather = realloc(n->gather, cap);
+			if (n->gather == NULL)
 				abort();
+			n->gather_cap = cap;
 		}
-		memcpy(block + head + len, data, (size_t)n);
-		len += (size_t)n;
+		memcpy(n->gather + len, data, (size_t)got);
+		len += (size_t)got;
 		if (len >= NATIVE_HIGH_WATER)
 			break;
 	}
 	*len_r = len;
-	if (len == 0) {
-		free(block);
-		return NULL;
-	}
-	return block;
+	return len > 0 ? n->gather : NULL;
 }
 
-int native_write(uv_stream_t *stream, struct native_write *w, size_t len, size_t *pending,
+void native_gather_trim(struct native *n)
+{
+	if (n->gather_cap > NATIVE_GATHER_KEEP) {
+		free(n->gather);
+		n->gather = NULL;
+		n->gather_cap = 0;
+	}
+}
+
+int native_write(uv_stream_t *stream, const uint8_t *data, size_t len, size_t *pending,
 		 uv_write_cb done)
 {
-	uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
+	struct native_write *w;
+	uv_buf_t b;
 	int r;
 
 	if (*pending == 0) {
-		/* the usual case: the socket takes it all at once */
+		/* the usual case: the socket takes it all at once, and nothing is copied */
+		b = uv_buf_init((char *)data, (unsigned)len);
 		r = uv_try_write(stream, &b, 1);
-		if (r == (int)len) {
-			free(w);
+		if (r == (int)len)
 			return 0;
-		}
 		if (r > 0) {
-			memmove(w->data, w->data + r, len - (size_t)r);
+			data += r;
 			len -= (size_t)r;
-			b = uv_buf_init((char *)w->data, (unsigned)len);
 		} else if (r != UV_EAGAIN) {
-			free(w);
 			return r;
 		}
 	}
+	w = malloc(NATIVE_WRITE_HEAD + len);
+	if (w == NULL)
+		abort();
+	memcpy(w->data, data, len);
 	w->pending = pending;
 	w->len = len;
 	*pending += len;
+	b = uv_buf_init((char *)w->data, (unsigned)len);
 	r = uv_write(&w->req, stream, &b, 1, done);
 	if (r < 0) {
 		*pending -= len;
@@ -447,21 +453,19 @@ void native_write_done(uv_write_t *req)
 	free(w);
 }
 
-int native_send(uv_stream_t *stream, struct native_tls *t, struct native_write *w, size_t len,
+int native_send(uv_stream_t *stream, struct native_tls *t, const uint8_t *data, size_t len,
 		size_t *pending, uv_write_cb done, const char **why_r)
 {
 	int r;
 
 	if (t->ssl == NULL) {
-		r = native_write(stream, w, len, pending, done);
+		r = native_write(stream, data, len, pending, done);
 		if (r < 0)
 			*why_r = uv_strerror(r);
 		return r;
 	}
 	/* memory BIOs: SSL_write takes everything at once, the records wait in wbio */
-	r = len == 0 || SSL_write(t->ssl, w->data, (int)len) == (int)len;
-	free(w);
-	if (!r) {
+	if (len > 0 && SSL_write(t->ssl, data, (int)len) != (int)len) {
 		*why_r = native_tls_reason(t);
 		return -EPROTO;
 	}
@@ -587,24 +591,18 @@ int native_tls_read(struct native_tls *t, native_plain_cb *deliver, void *ctx, c
 int native_tls_flush(struct native_tls *t, uv_stream_t *stream, size_t *pending, uv_write_cb done,
 		     const char **why_r)
 {
-	size_t have;
+	char *data;
+	long have = BIO_get_mem_data(t->wbio, &data);
+	int r;
 
-	while ((have = BIO_ctrl_pending(t->wbio)) > 0) {
-		struct native_write *w = malloc(NATIVE_WRITE_HEAD + have);
-		int n, r;
-
-		if (w == NULL)
-			abort();
-		n = BIO_read(t->wbio, w->data, (int)have);
-		if (n <= 0) {
-			free(w);
-			break;
-		}
-		r = native_write(stream, w, (size_t)n, pending, done);
-		if (r < 0) {
-			*why_r = uv_strerror(r);
-			return r;
-		}
+	if (have <= 0)
+		return 0;
+	/* the records straight from wbio's buffer (native_write copies what waits), then emptied */
+	r = native_write(stream, (const uint8_t *)data, (size_t)have, pending, done);
+	(void)BIO_reset(t->wbio);
+	if (r < 0) {
+		*why_r = uv_strerror(r);
+		return r;
 	}
 	return 0;
 }
@@ -1204,6 +1202,7 @@ static void free_native(struct native *n)
 	SSL_CTX_free(n->down_ctx);
 	free(n->ups);
 	free(n->leases);
+	free(n->gather);
 	free(n->name);
 	free(n);
 }
@@ -1225,6 +1224,7 @@ void native_maybe_stopped(struct native *n)
 		up_shutdown(n);
 		uv_close((uv_handle_t *)&n->stop_timer, NULL);
 		uv_close((uv_handle_t *)&n->flush_idle, NULL);
+		uv_close((uv_handle_t *)&n->flush_check, NULL);
 		uv_close((uv_handle_t *)&n->ack_timer, NULL);
 		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
 		return;
@@ -1303,6 +1303,8 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 	}
 	uv_idle_init(n->loop, &n->flush_idle);
 	n->flush_idle.data = n;
+	uv_check_init(n->loop, &n->flush_check);
+	n->flush_check.data = n;
 	uv_timer_init(n->loop, &n->stop_timer);
 	n->stop_timer.data = n;
 	uv_timer_init(n->loop, &n->ack_timer);
@@ -1322,6 +1324,7 @@ static void native_fini(void *state)
 		cred_watch_stop(n);
 		uv_close((uv_handle_t *)&n->stop_timer, NULL);
 		uv_close((uv_handle_t *)&n->flush_idle, NULL);
+		uv_close((uv_handle_t *)&n->flush_check, NULL);
 		uv_close((uv_handle_t *)&n->ack_timer, NULL);
 		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
 		if (n->ups != NULL)

@@ -23,6 +23,7 @@
 #include "rewrite.h"
 
 #define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
+#define NATIVE_GATHER_KEEP (64 * 1024) /* a gather buffer up to this size is kept for the next */
 #define NATIVE_MAX_HEADERS 64
 #define NATIVE_LEASE_CACHE 4096 /* lease IDs a worker remembers as the tenant's */
 #define NATIVE_GOAWAY_GRACE_MS 200 /* between the two GOAWAYs of a graceful stop */
@@ -258,7 +259,10 @@ struct native {
 	int leases_loaded;
 
 	struct native_counters counters;
-	uv_idle_t flush_idle; /* sends what callbacks queued, outside nghttp2's callbacks */
+	uv_idle_t flush_idle;   /* sends what callbacks queued, outside nghttp2's callbacks: */
+	uv_check_t flush_check; /* whichever of the two runs first (native_schedule_flush) */
+	uint8_t *gather;        /* native_gather's buffer */
+	size_t gather_cap;
 	uv_timer_t ack_timer; /* sends PING acknowledgements no write took along */
 	uv_timer_t stop_timer;
 	int stopping;
@@ -267,6 +271,15 @@ struct native {
 	int ready_reported;
 	int open_handles;
 };
+
+/* pool.c: a cache of freed blocks by size class, for calls, their queues and nghttp2 */
+void *pool_alloc(size_t size);  /* never NULL (aborts) */
+void *pool_calloc(size_t size); /* zeroed */
+void *pool_realloc(void *p, size_t size);
+void pool_free(void *p);
+char *pool_strndup(const void *s, size_t len);
+void pool_trim(void); /* give every cached block back to malloc */
+extern nghttp2_mem native_nghttp2_mem;
 
 /* native.c */
 /* one of the handles counted in open_handles is closed */
@@ -277,11 +290,13 @@ void native_maybe_stopped(struct native *n);
 void native_schedule_flush(struct native *n);
 void native_flush_marked(struct native *n);
 /*
- * Everything nghttp2 has to send (up to the high water mark), gathered in one
- * malloc'ed block after `head` bytes left for the caller's write request.
- * Returns NULL when there is nothing (or on an nghttp2 error, in *error_r).
+ * Everything nghttp2 has to send (up to the high water mark), gathered in the
+ * native's buffer, which the next call reuses.  Returns NULL when there is
+ * nothing (or on an nghttp2 error, in *error_r).
  */
-void *native_gather(nghttp2_session *s, size_t head, size_t *len_r, int *error_r);
+const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r, int *error_r);
+/* After a flush: give back a gather buffer that a large write made grow. */
+void native_gather_trim(struct native *n);
 
 /* One block on its way to a socket; the stream's data is its owner (down_conn, up_conn). */
 struct native_write {
@@ -293,22 +308,22 @@ struct native_write {
 #define NATIVE_WRITE_HEAD offsetof(struct native_write, data)
 
 /*
- * Send len bytes of w->data, which this takes over: straight away when nothing
- * is queued on the stream (no request, no callback), the rest queued with
- * uv_write, counted in *pending until done() runs.  done() must call
- * native_write_done() first.  Returns 0 or a negative libuv error.
+ * Send len bytes of data: straight away when nothing is queued on the stream
+ * (no copy, no request, no callback); what the socket does not take is copied
+ * and queued with uv_write, counted in *pending until done() runs.  done()
+ * must call native_write_done() first.  Returns 0 or a negative libuv error.
  */
-int native_write(uv_stream_t *stream, struct native_write *w, size_t len, size_t *pending,
+int native_write(uv_stream_t *stream, const uint8_t *data, size_t len, size_t *pending,
 		 uv_write_cb done);
 /* In a done callback: uncount and free the block. */
 void native_write_done(uv_write_t *req);
 
 /*
- * The one write path of a connection: w (taken over) goes to the socket as it
- * is for plaintext, or encrypted when t->ssl is set.  Returns 0, or a negative
+ * The one write path of a connection: data goes to the socket as it is for
+ * plaintext, or encrypted when t->ssl is set.  Returns 0, or a negative
  * code with a static reason in *why_r (the connection cannot go on).
  */
-int native_send(uv_stream_t *stream, struct native_tls *t, struct native_write *w, size_t len,
+int native_send(uv_stream_t *stream, struct native_tls *t, const uint8_t *data, size_t len,
 		size_t *pending, uv_write_cb done, const char **why_r);
 
 /* ---- TLS (native.c) ---- */

@@ -87,18 +87,18 @@ void up_flush_now(struct up_conn *uc)
 	if (uc->ping.pending && nghttp2_session_want_write(uc->session))
 		ping_ack_release(uc->session, &uc->ping); /* along with what goes out anyway */
 	while (uc->write_pending < NATIVE_HIGH_WATER) {
-		struct native_write *w;
+		const uint8_t *data;
 		size_t len;
 		int err;
 
-		w = native_gather(uc->session, NATIVE_WRITE_HEAD, &len, &err);
+		data = native_gather(uc->n, uc->session, &len, &err);
 		if (err < 0) {
 			up_failed(uc, nghttp2_strerror(err));
 			return;
 		}
-		if (w == NULL)
+		if (data == NULL)
 			break;
-		if (native_send((uv_stream_t *)&uc->tcp, &uc->tls, w, len, &uc->write_pending,
+		if (native_send((uv_stream_t *)&uc->tcp, &uc->tls, data, len, &uc->write_pending,
 				up_write_done, &why) < 0) {
 			up_failed(uc, why);
 			return;
@@ -120,11 +120,11 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 	if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
 		c->up_status = atoi((const char *)value);
 	} else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0) {
-		free(c->grpc_status);
-		c->grpc_status = strndup((const char *)value, valuelen);
+		pool_free(c->grpc_status);
+		c->grpc_status = pool_strndup(value, valuelen);
 	} else if (namelen == 12 && memcmp(name, "grpc-message", 12) == 0) {
-		free(c->grpc_message);
-		c->grpc_message = strndup((const char *)value, valuelen);
+		pool_free(c->grpc_message);
+		c->grpc_message = pool_strndup(value, valuelen);
 	}
 	return 0;
 }
@@ -377,10 +377,8 @@ static void up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		up_recv_tls(uc, (const uint8_t *)buf->base, (size_t)nread);
 	else
 		up_recv_plain(uc, (const uint8_t *)buf->base, (size_t)nread);
-	if (uc->session != NULL) {
-		uc->flush_pending = 1;
-		native_flush_marked(uc->n);
-	}
+	if (uc->session != NULL)
+		up_flush(uc); /* with every other read of this loop iteration */
 }
 
 static int make_session(struct up_conn *uc)
@@ -390,6 +388,8 @@ static int make_session(struct up_conn *uc)
 	nghttp2_settings_entry iv[] = {
 		{ NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
 		{ NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 },
+		/* gRPC has no use for stream priorities: no tree to keep per stream (RFC 9218) */
+		{ NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1 },
 	};
 	int r;
 
@@ -404,7 +404,7 @@ static int make_session(struct up_conn *uc)
 	nghttp2_option_set_no_auto_ping_ack(opt, 1);
 	/* the clients' metadata is limited to NATIVE_MAX_HEADER_LIST; ours comes on top */
 	nghttp2_option_set_max_send_header_block_length(opt, 2 * NATIVE_MAX_HEADER_LIST);
-	r = nghttp2_session_client_new2(&uc->session, cbs, uc, opt);
+	r = nghttp2_session_client_new3(&uc->session, cbs, uc, opt, &native_nghttp2_mem);
 	nghttp2_option_del(opt);
 	nghttp2_session_callbacks_del(cbs);
 	if (r != 0)
