@@ -160,7 +160,6 @@ void native_flush_marked(struct native *n)
 			up_flush_now(&n->ups[i]);
 		}
 	}
-	native_gather_trim(n);
 }
 
 static void flush_scheduled(struct native *n)
@@ -215,6 +214,9 @@ static struct call *call_new(struct down_conn *dc, int32_t id)
 	c->local_status = -1;
 	c->started_us = now_us(dc->n);
 	c->next_in_down = dc->calls;
+	if (dc->calls != NULL)
+		dc->calls->pprev_in_down = &c->next_in_down;
+	c->pprev_in_down = &dc->calls;
 	dc->calls = c;
 	dc->n->counters.active_streams++;
 	return c;
@@ -1052,14 +1054,11 @@ static int d_on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id,
 
 static void unlink_from_down(struct call *c)
 {
-	struct call **pp;
-
-	for (pp = &c->dc->calls; *pp != NULL; pp = &(*pp)->next_in_down) {
-		if (*pp == c) {
-			*pp = c->next_in_down;
-			break;
-		}
-	}
+	*c->pprev_in_down = c->next_in_down;
+	if (c->next_in_down != NULL)
+		c->next_in_down->pprev_in_down = c->pprev_in_down;
+	c->next_in_down = NULL;
+	c->pprev_in_down = NULL;
 	c->dc->n->counters.active_streams--;
 	c->dc = NULL;
 	c->down_attached = 0;

@@ -382,7 +382,7 @@ const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r
 		if (got == 0)
 			break;
 		if (len + (size_t)got > n->gather_cap) {
-			size_t cap = n->gather_cap ? n->gather_cap * 2 : NATIVE_GATHER_KEEP;
+			size_t cap = n->gather_cap ? n->gather_cap * 2 : NATIVE_GATHER;
 
 			while (cap < len + (size_t)got)
 				cap *= 2;
@@ -393,20 +393,11 @@ const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r
 		}
 		memcpy(n->gather + len, data, (size_t)got);
 		len += (size_t)got;
-		if (len >= NATIVE_HIGH_WATER)
-			break;
+		if (len >= NATIVE_GATHER)
+			break; /* a frame is at most 16 KiB: the buffer stays under 2 * NATIVE_GATHER */
 	}
 	*len_r = len;
 	return len > 0 ? n->gather : NULL;
-}
-
-void native_gather_trim(struct native *n)
-{
-	if (n->gather_cap > NATIVE_GATHER_KEEP) {
-		free(n->gather);
-		n->gather = NULL;
-		n->gather_cap = 0;
-	}
 }
 
 int native_write(uv_stream_t *stream, const uint8_t *data, size_t len, size_t *pending,

@@ -23,7 +23,7 @@
 #include "rewrite.h"
 
 #define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
-#define NATIVE_GATHER_KEEP (64 * 1024) /* a gather buffer up to this size is kept for the next */
+#define NATIVE_GATHER (64 * 1024) /* bytes gathered for one write (native_gather) */
 #define NATIVE_MAX_HEADERS 64
 #define NATIVE_LEASE_CACHE 4096 /* lease IDs a worker remembers as the tenant's */
 #define NATIVE_GOAWAY_GRACE_MS 200 /* between the two GOAWAYs of a graceful stop */
@@ -94,7 +94,9 @@ struct native_counters {
 
 /* One gRPC call: a downstream stream and its upstream stream. */
 struct call {
+	/* in its connections' lists: unlinked in O(1) by the pointer that points at it */
 	struct call *next_in_down, *next_in_up;
+	struct call **pprev_in_down, **pprev_in_up;
 	struct native *n;
 	struct down_conn *dc;
 	int32_t down_id;
@@ -199,6 +201,7 @@ struct up_conn {
 	unsigned failures;
 	nghttp2_session *session;
 	struct call *calls;
+	size_t n_calls; /* in calls: how busy it is, for picking the least busy */
 	size_t write_pending;
 	int closing;
 	int flush_pending;
@@ -290,13 +293,11 @@ void native_maybe_stopped(struct native *n);
 void native_schedule_flush(struct native *n);
 void native_flush_marked(struct native *n);
 /*
- * Everything nghttp2 has to send (up to the high water mark), gathered in the
+ * What nghttp2 has to send, about NATIVE_GATHER bytes at most, gathered in the
  * native's buffer, which the next call reuses.  Returns NULL when there is
  * nothing (or on an nghttp2 error, in *error_r).
  */
 const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r, int *error_r);
-/* After a flush: give back a gather buffer that a large write made grow. */
-void native_gather_trim(struct native *n);
 
 /* One block on its way to a socket; the stream's data is its owner (down_conn, up_conn). */
 struct native_write {

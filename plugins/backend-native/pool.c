@@ -50,6 +50,8 @@ static struct {
 	size_t n[POOL_CLASSES];
 } pool;
 
+#ifndef POOL_PASSTHROUGH
+
 static size_t class_of(size_t total)
 {
 	size_t cls = 0;
@@ -68,6 +70,7 @@ static size_t class_keep(size_t cls)
 
 	return n < POOL_KEEP_MIN ? POOL_KEEP_MIN : n;
 }
+#endif
 
 void *pool_alloc(size_t size)
 {

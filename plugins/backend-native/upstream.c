@@ -174,20 +174,24 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
 	return 0;
 }
 
+static void unlink_from_up(struct up_conn *uc, struct call *c)
+{
+	*c->pprev_in_up = c->next_in_up;
+	if (c->next_in_up != NULL)
+		c->next_in_up->pprev_in_up = c->pprev_in_up;
+	c->next_in_up = NULL;
+	c->pprev_in_up = NULL;
+	uc->n_calls--;
+}
+
 static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, void *ud)
 {
 	struct up_conn *uc = ud;
 	struct call *c = nghttp2_session_get_stream_user_data(s, stream_id);
-	struct call **pp;
 
 	if (c == NULL)
 		return 0;
-	for (pp = &uc->calls; *pp != NULL; pp = &(*pp)->next_in_up) {
-		if (*pp == c) {
-			*pp = c->next_in_up;
-			break;
-		}
-	}
+	unlink_from_up(uc, c);
 	c->uc = NULL;
 	c->up_id = 0;
 	call_on_up_close(c, error_code);
@@ -227,7 +231,7 @@ static void fail_calls(struct up_conn *uc, const char *why)
 	while (uc->calls != NULL) {
 		struct call *c = uc->calls;
 
-		uc->calls = c->next_in_up;
+		unlink_from_up(uc, c);
 		c->uc = NULL;
 		c->up_id = 0;
 		call_on_up_close(c, UP_CONNECTION_LOST);
@@ -568,15 +572,12 @@ static struct up_conn *pick(struct native *n)
 
 	for (unsigned i = 0; i < n->n_upstreams; i++) {
 		struct up_conn *uc = &n->ups[i];
-		size_t load = 0;
 
 		if (uc->state != UP_READY)
 			continue;
-		for (struct call *c = uc->calls; c != NULL; c = c->next_in_up)
-			load++;
-		if (load < best_load) {
+		if (uc->n_calls < best_load) {
 			best = uc;
-			best_load = load;
+			best_load = uc->n_calls;
 		}
 	}
 	return best;
@@ -627,7 +628,11 @@ int up_submit(struct native *n, struct call *c)
 	c->up_attached = 1;
 	c->up_submitted = 1;
 	c->next_in_up = uc->calls;
+	if (uc->calls != NULL)
+		uc->calls->pprev_in_up = &c->next_in_up;
+	c->pprev_in_up = &uc->calls;
 	uc->calls = c;
+	uc->n_calls++;
 	up_flush(uc);
 	return 0;
 }
