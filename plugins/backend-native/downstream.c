@@ -228,6 +228,7 @@ static void call_free(struct call *c)
 		pool_free(c->hdrs[i].name);
 		pool_free(c->hdrs[i].value);
 	}
+	pool_free(c->hdrs);
 	pool_free(c->path);
 	bq_free(&c->req_in.buf);
 	bq_free(&c->up_out);
@@ -300,18 +301,19 @@ static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf
 			c->down_data_deferred = 1;
 			return NGHTTP2_ERR_DEFERRED;
 		}
-		char status[16];
-		const char *msg = "";
+		char local[16];
+		const char *status, *msg;
 		nghttp2_nv trailers[2];
 
 		if (c->local_status >= 0) {
-			snprintf(status, sizeof(status), "%d", c->local_status);
+			snprintf(local, sizeof(local), "%d", c->local_status);
+			status = local;
 			msg = c->local_message ? c->local_message : "";
 		} else if (c->grpc_status != NULL) {
-			snprintf(status, sizeof(status), "%s", c->grpc_status);
+			status = c->grpc_status; /* the usual case: etcd's own, as it is */
 			msg = c->grpc_message ? c->grpc_message : "";
 		} else {
-			snprintf(status, sizeof(status), "13");
+			status = "13";
 			msg = "etcdproxy: the core etcd ended the call without a status";
 		}
 		trailers[0] = (nghttp2_nv){ (uint8_t *)"grpc-status", (uint8_t *)status, 11,
@@ -977,6 +979,10 @@ static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uin
 	} else if (!header_dropped(name, namelen) && c->n_hdrs < NATIVE_MAX_HEADERS &&
 		   c->header_bytes <= NATIVE_MAX_HEADER_LIST) {
 		/* past the limit the call is refused (call_start): keep no more copies */
+		if (c->n_hdrs == c->cap_hdrs) {
+			c->cap_hdrs = c->cap_hdrs ? 2 * c->cap_hdrs : 8;
+			c->hdrs = pool_realloc(c->hdrs, c->cap_hdrs * sizeof(*c->hdrs));
+		}
 		c->hdrs[c->n_hdrs].name = pool_strndup(name, namelen);
 		c->hdrs[c->n_hdrs].namelen = namelen;
 		c->hdrs[c->n_hdrs].value = pool_strndup(value, valuelen);

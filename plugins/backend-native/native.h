@@ -105,8 +105,8 @@ struct call {
 	const struct rw_method *m;
 	uint64_t started_us;
 
-	struct hdr hdrs[NATIVE_MAX_HEADERS]; /* request metadata to forward */
-	size_t n_hdrs;
+	struct hdr *hdrs;  /* request metadata to forward (pool), at most NATIVE_MAX_HEADERS */
+	size_t n_hdrs, cap_hdrs;
 	char *path;
 	int content_type_ok;
 	size_t header_bytes;

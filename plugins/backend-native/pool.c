@@ -54,14 +54,12 @@ static struct {
 
 static size_t class_of(size_t total)
 {
-	size_t cls = 0;
+	size_t bits; /* of the smallest power of two >= total */
 
-	while (((size_t)1 << (POOL_MIN_SHIFT + cls)) < total) {
-		cls++;
-		if (cls == POOL_CLASSES)
-			return POOL_BIG;
-	}
-	return cls;
+	if (total <= (size_t)1 << POOL_MIN_SHIFT)
+		return 0;
+	bits = (size_t)(8 * sizeof(unsigned long)) - (size_t)__builtin_clzl((unsigned long)total - 1);
+	return bits - POOL_MIN_SHIFT < POOL_CLASSES ? bits - POOL_MIN_SHIFT : POOL_BIG;
 }
 
 static size_t class_keep(size_t cls)
