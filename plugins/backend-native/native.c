@@ -35,11 +35,9 @@
 #include <time.h>
 
 #include <cjson/cJSON.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
+#include <dlfcn.h>
 
-#include "ep-tls.h"
+#include "ep-util.h"
 #include "native.h"
 
 #define RECORD_PREFIX "/__etcdproxy/leases/"
@@ -455,354 +453,94 @@ int native_send(uv_stream_t *stream, struct native_tls *t, const uint8_t *data, 
 			*why_r = uv_strerror(r);
 		return r;
 	}
-	/* memory BIOs: SSL_write takes everything at once, the records wait in wbio */
-	if (len > 0 && SSL_write(t->ssl, data, (int)len) != (int)len) {
-		*why_r = native_tls_reason(t);
+	if (len > 0 && native_tls->encrypt(t, data, len, why_r) < 0)
 		return -EPROTO;
-	}
 	return native_tls_flush(t, stream, pending, done, why_r);
 }
 
-/* ---- TLS through memory BIOs ------------------------------------------------------------ */
+/* ---- TLS: the OpenSSL part is a module of its own (tls.c), loaded when a side uses TLS ---- */
 
-/* OpenSSL's first queued reason (static), the queue cleared. */
-static const char *openssl_reason(void)
+const struct native_tls_ops *native_tls;
+
+int native_tls_load(char **error_r)
 {
-	static char buf[300];
-	unsigned long e = ERR_get_error();
-	const char *reason;
+	Dl_info self;
+	const char *slash;
+	char *path;
+	void *handle;
+	const struct native_tls_ops *ops;
 
-	ERR_clear_error();
-	if (e == 0)
-		return "TLS error";
-	reason = ERR_reason_error_string(e);
-	if (reason != NULL)
-		return reason;
-	ERR_error_string_n(e, buf, sizeof(buf));
-	return buf;
-}
-
-const char *native_tls_reason(const struct native_tls *t)
-{
-	static char buf[300];
-	long v = t->ssl != NULL ? SSL_get_verify_result(t->ssl) : X509_V_OK;
-
-	if (t->refusal != NULL) {
-		ERR_clear_error();
-		return t->refusal;
+	if (native_tls != NULL)
+		return 0;
+	/* next to this plugin: PLUGIN_DIR/native-tls.so */
+	if (dladdr((void *)native_tls_load, &self) == 0 || self.dli_fname == NULL) {
+		*error_r = ep_xstrdup("cannot find the native backend's own file to load its TLS "
+				      "module from");
+		return -ENOENT;
 	}
-	if (v != X509_V_OK) {
-		ERR_clear_error();
-		snprintf(buf, sizeof(buf), "certificate verify failed: %s",
-			 X509_verify_cert_error_string(v));
-		return buf;
+	slash = strrchr(self.dli_fname, '/');
+	path = slash != NULL ? ep_xprintf("%.*s/" NATIVE_TLS_MODULE, (int)(slash - self.dli_fname),
+					  self.dli_fname)
+			     : ep_xstrdup(NATIVE_TLS_MODULE);
+	handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (handle == NULL) {
+		*error_r = ep_xprintf("cannot load the TLS module %s: %s", path, dlerror());
+		free(path);
+		return -ENOENT;
 	}
-	return openssl_reason();
-}
-
-int native_tls_start(struct native_tls *t, SSL_CTX *ctx, int server)
-{
-	memset(t, 0, sizeof(*t));
-	t->ssl = SSL_new(ctx);
-	if (t->ssl == NULL)
-		return -1;
-	t->rbio = BIO_new(BIO_s_mem());
-	t->wbio = BIO_new(BIO_s_mem());
-	if (t->rbio == NULL || t->wbio == NULL) {
-		BIO_free(t->rbio);
-		BIO_free(t->wbio);
-		native_tls_free(t);
-		return -1;
+	ops = dlsym(handle, "ep_native_tls_ops");
+	if (ops == NULL || ops->abi != NATIVE_TLS_ABI) {
+		*error_r = ep_xprintf("%s: %s", path, ops == NULL ? "no ep_native_tls_ops in it"
+							     : "built for another native backend");
+		dlclose(handle);
+		free(path);
+		return -EINVAL;
 	}
-	SSL_set_bio(t->ssl, t->rbio, t->wbio); /* the SSL owns both BIOs now */
-	SSL_set_app_data(t->ssl, t);          /* for the handshake callbacks */
-	if (server)
-		SSL_set_accept_state(t->ssl);
-	else
-		SSL_set_connect_state(t->ssl);
+	free(path);
+	native_tls = ops; /* stays loaded: SSL_CTXs and SSLs live on in connections */
 	return 0;
+}
+
+SSL_CTX *native_server_ctx(const struct ep_tls_material *m, char **error_r)
+{
+	return native_tls_load(error_r) < 0 ? NULL : native_tls->server_ctx(m, error_r);
+}
+
+SSL_CTX *native_client_ctx(const struct ep_core_etcd *core, char **error_r)
+{
+	return native_tls_load(error_r) < 0 ? NULL : native_tls->client_ctx(core, error_r);
+}
+
+void native_ctx_free(SSL_CTX *ctx)
+{
+	if (ctx != NULL)
+		native_tls->ctx_free(ctx); /* a context exists only when the module is loaded */
 }
 
 void native_tls_free(struct native_tls *t)
 {
-	SSL_free(t->ssl); /* and its BIOs; the context loses a reference */
+	if (t->ssl != NULL)
+		native_tls->free(t);
 	memset(t, 0, sizeof(*t));
-}
-
-void native_tls_feed(struct native_tls *t, const uint8_t *data, size_t len)
-{
-	BIO_write(t->rbio, data, (int)len); /* a memory BIO takes everything */
-}
-
-int native_tls_handshake(struct native_tls *t, const char **why_r)
-{
-	int r = SSL_do_handshake(t->ssl);
-
-	if (r == 1) {
-		t->handshake_done = 1;
-		return 1;
-	}
-	r = SSL_get_error(t->ssl, r);
-	if (r == SSL_ERROR_WANT_READ || r == SSL_ERROR_WANT_WRITE)
-		return 0;
-	*why_r = native_tls_reason(t);
-	return -1;
-}
-
-int native_tls_alpn_h2(const struct native_tls *t)
-{
-	const unsigned char *alpn = NULL;
-	unsigned len = 0;
-
-	SSL_get0_alpn_selected(t->ssl, &alpn, &len);
-	return len == 2 && memcmp(alpn, "h2", 2) == 0;
-}
-
-int native_tls_read(struct native_tls *t, native_plain_cb *deliver, void *ctx, const char **why_r)
-{
-	uint8_t plain[16384];
-
-	for (;;) {
-		int n = SSL_read(t->ssl, plain, sizeof(plain));
-
-		if (n > 0) {
-			if (deliver(ctx, plain, (size_t)n) < 0)
-				return 1;
-			continue;
-		}
-		n = SSL_get_error(t->ssl, n);
-		if (n == SSL_ERROR_WANT_READ || n == SSL_ERROR_WANT_WRITE)
-			return 0;
-		*why_r = n == SSL_ERROR_ZERO_RETURN ? "the peer closed the TLS session"
-						    : native_tls_reason(t);
-		return -1;
-	}
 }
 
 int native_tls_flush(struct native_tls *t, uv_stream_t *stream, size_t *pending, uv_write_cb done,
 		     const char **why_r)
 {
-	char *data;
-	long have = BIO_get_mem_data(t->wbio, &data);
+	const uint8_t *data;
+	size_t have = native_tls->output(t, &data);
 	int r;
 
-	if (have <= 0)
+	if (have == 0)
 		return 0;
-	/* the records straight from wbio's buffer (native_write copies what waits), then emptied */
-	r = native_write(stream, (const uint8_t *)data, (size_t)have, pending, done);
-	(void)BIO_reset(t->wbio);
+	/* the records straight from OpenSSL's buffer (native_write copies what waits), then emptied */
+	r = native_write(stream, data, have, pending, done);
+	native_tls->output_done(t);
 	if (r < 0) {
 		*why_r = uv_strerror(r);
 		return r;
 	}
 	return 0;
-}
-
-/* ---- TLS contexts ------------------------------------------------------------------------ */
-
-/* "what: reason" of a common-code failure, which is replaced (both malloc'ed). */
-static char *prefixed(const char *what, char *reason)
-{
-	char *s = ep_xprintf("%s: %s", what, reason);
-
-	free(reason);
-	return s;
-}
-
-/* Trust every certificate of a PEM bundle (instead of the system's CAs). */
-static int trust_bundle(SSL_CTX *ctx, const char *what, const char *path, int client_ca_list,
-			char **error_r)
-{
-	STACK_OF(X509) *cas = NULL;
-	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-	int r = ep_pem_load_certs(path, &cas, error_r);
-
-	if (r < 0) {
-		*error_r = prefixed(what, *error_r);
-		return r;
-	}
-	for (int i = 0; i < sk_X509_num(cas); i++) {
-		X509 *x = sk_X509_value(cas, i);
-
-		X509_STORE_add_cert(store, x); /* a duplicate is fine */
-		/* the CA names a client is told to choose its certificate by */
-		if (client_ca_list)
-			SSL_CTX_add_client_CA(ctx, x);
-	}
-	ERR_clear_error();
-	sk_X509_pop_free(cas, X509_free);
-	return 0;
-}
-
-/*
- * The certificate chain (leaf first) and its key: both readable PEM, the key
- * the leaf's, the leaf valid now.  Read once and used as read, so what is
- * checked is what is served.
- */
-static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
-		    const char *key_what, const char *key_file, char **error_r)
-{
-	STACK_OF(X509) *chain = NULL, *rest = NULL;
-	EVP_PKEY *key = NULL;
-	X509 *leaf;
-	char *cw = ep_xprintf("%s %s", cert_what, cert_file);
-	char *kw = ep_xprintf("%s %s", key_what, key_file);
-	int r;
-
-	r = ep_pem_load_certs(cert_file, &chain, error_r);
-	if (r < 0) {
-		*error_r = prefixed(cert_what, *error_r);
-		goto out;
-	}
-	r = ep_pem_load_key(key_file, &key, error_r);
-	if (r < 0) {
-		*error_r = prefixed(key_what, *error_r);
-		goto out;
-	}
-	leaf = sk_X509_value(chain, 0);
-	r = ep_tls_check_pair(leaf, key, cw, kw, error_r);
-	if (r < 0)
-		goto out;
-	/* X509_cmp_current_time: -1 before now, 1 after now, 0 unreadable */
-	if (X509_cmp_current_time(X509_get0_notBefore(leaf)) >= 0) {
-		char when[32];
-
-		ep_time_format(ep_x509_not_before(leaf), when, sizeof(when));
-		*error_r = ep_xprintf("%s: the certificate is not valid yet (not before %s)", cw,
-				   when);
-		r = -EINVAL;
-		goto out;
-	}
-	if (X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0) {
-		char when[32];
-
-		ep_time_format(ep_x509_not_after(leaf), when, sizeof(when));
-		*error_r = ep_xprintf("%s: the certificate expired on %s", cw, when);
-		r = -EINVAL;
-		goto out;
-	}
-	rest = sk_X509_new_null();
-	for (int i = 1; i < sk_X509_num(chain); i++)
-		sk_X509_push(rest, sk_X509_value(chain, i));
-	if (SSL_CTX_use_cert_and_key(ctx, leaf, key, rest, 1) != 1) {
-		*error_r = ep_xprintf("%s: OpenSSL refuses it: %s", cw, openssl_reason());
-		r = -EINVAL;
-	}
-out:
-	ERR_clear_error();
-	sk_X509_free(rest); /* the certificates belong to chain */
-	sk_X509_pop_free(chain, X509_free);
-	EVP_PKEY_free(key);
-	free(cw);
-	free(kw);
-	return r;
-}
-
-/* ALPN list of the client's hello: 1 when "h2" is in it. */
-static int alpn_list_has_h2(const unsigned char *p, size_t len)
-{
-	while (len > 0) {
-		size_t l = p[0];
-
-		if (l + 1 > len)
-			return 0;
-		if (l == 2 && memcmp(p + 1, "h2", 2) == 0)
-			return 1;
-		p += l + 1;
-		len -= l + 1;
-	}
-	return 0;
-}
-
-/* A client without ALPN h2 is refused before any work on certificates, with the reason. */
-static int on_client_hello(SSL *ssl, int *alert, void *arg)
-{
-	struct native_tls *t = SSL_get_app_data(ssl);
-	const unsigned char *ext;
-	size_t len;
-
-	if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &ext,
-				      &len) != 1) {
-		t->refusal = "the client did not offer ALPN h2 (no ALPN at all): gRPC needs HTTP/2";
-	} else if (len < 2 || (size_t)(ext[0] << 8 | ext[1]) != len - 2 ||
-		   !alpn_list_has_h2(ext + 2, len - 2)) {
-		t->refusal = "the client did not offer ALPN h2 (only other protocols): gRPC needs "
-			     "HTTP/2";
-	} else {
-		return SSL_CLIENT_HELLO_SUCCESS;
-	}
-	*alert = SSL_AD_NO_APPLICATION_PROTOCOL;
-	return SSL_CLIENT_HELLO_ERROR;
-}
-
-static int on_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
-			  const unsigned char *in, unsigned inlen, void *arg)
-{
-	static const unsigned char h2[] = { 'h', '2' };
-
-	if (!alpn_list_has_h2(in, inlen))
-		return SSL_TLSEXT_ERR_ALERT_FATAL;
-	*out = h2;
-	*outlen = 2;
-	return SSL_TLSEXT_ERR_OK;
-}
-
-SSL_CTX *native_server_ctx(const struct ep_tls_material *m, char **error_r)
-{
-	static const unsigned char sid_ctx[] = "etcdproxy-native";
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-
-	if (ctx == NULL) {
-		*error_r = ep_xprintf("cannot create a TLS context: %s",
-				   openssl_reason());
-		return NULL;
-	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-	/* resumed sessions are verified sessions; a new context has new ticket keys */
-	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
-	SSL_CTX_set_client_hello_cb(ctx, on_client_hello, NULL);
-	SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, NULL);
-	if (use_pair(ctx, "certFile", m->cert_file, "keyFile", m->key_file, error_r) < 0 ||
-	    trust_bundle(ctx, "clientCAFile", m->client_ca_file, 1, error_r) < 0) {
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
-	return ctx;
-}
-
-SSL_CTX *native_client_ctx(const struct ep_core_etcd *core, char **error_r)
-{
-	static const unsigned char alpn[] = { 2, 'h', '2' };
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-
-	if (ctx == NULL) {
-		*error_r = ep_xprintf("cannot create a TLS context: %s",
-				   openssl_reason());
-		return NULL;
-	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn));
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	if (core->ca_file != NULL) {
-		if (trust_bundle(ctx, "core_etcd.ca_file", core->ca_file, 0, error_r) < 0)
-			goto fail;
-	} else {
-		SSL_CTX_set_default_verify_paths(ctx);
-	}
-	if ((core->cert_file != NULL) != (core->key_file != NULL)) {
-		*error_r = ep_xprintf("core_etcd: cert_file and key_file go together (%s is missing)",
-				   core->cert_file == NULL ? "cert_file" : "key_file");
-		goto fail;
-	}
-	if (core->cert_file != NULL && use_pair(ctx, "core_etcd.cert_file", core->cert_file,
-						"core_etcd.key_file", core->key_file, error_r) < 0)
-		goto fail;
-	return ctx;
-fail:
-	SSL_CTX_free(ctx);
-	return NULL;
 }
 
 /* ---- PING acknowledgements ---------------------------------------------------------------------- */
@@ -1101,7 +839,7 @@ static void native_tls_changed(void *state)
 		free(err);
 		return;
 	}
-	SSL_CTX_free(n->down_ctx); /* the open connections' SSLs keep it alive */
+	native_ctx_free(n->down_ctx); /* the open connections' SSLs keep it alive */
 	n->down_ctx = ctx;
 	n->tls_generation = m->generation;
 	n->host->log(n->host, EP_LOG_INFO, "TLS material generation %" PRIu64 " in use%s",
@@ -1125,7 +863,7 @@ static void on_cred_quiet(uv_timer_t *t)
 		free(err);
 		return;
 	}
-	SSL_CTX_free(n->up_ctx); /* open upstream connections keep theirs */
+	native_ctx_free(n->up_ctx); /* open upstream connections keep theirs */
 	n->up_ctx = ctx;
 	n->host->log(n->host, EP_LOG_INFO, "the core etcd credentials were reloaded: new "
 		     "connections to the core etcd use them");
@@ -1189,8 +927,8 @@ static void free_native(struct native *n)
 	free(n->ep_host);
 	free(n->ep_port);
 	rw_ns_free(&n->ns);
-	SSL_CTX_free(n->up_ctx);
-	SSL_CTX_free(n->down_ctx);
+	native_ctx_free(n->up_ctx);
+	native_ctx_free(n->down_ctx);
 	free(n->ups);
 	free(n->leases);
 	free(n->gather);

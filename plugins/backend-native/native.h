@@ -327,41 +327,97 @@ void native_write_done(uv_write_t *req);
 int native_send(uv_stream_t *stream, struct native_tls *t, const uint8_t *data, size_t len,
 		size_t *pending, uv_write_cb done, const char **why_r);
 
-/* ---- TLS (native.c) ---- */
-/*
- * A TLS context for the clients from the material of a certificate source:
- * TLS 1.2+, ALPN h2 required, a client certificate required and verified
- * against client_ca_file.  NULL with a malloc'ed reason in *error_r.
- */
-SSL_CTX *native_server_ctx(const struct ep_tls_material *m, char **error_r);
-/* The TLS context towards the core etcd from core_etcd's ca/cert/key files (same contract). */
-SSL_CTX *native_client_ctx(const struct ep_core_etcd *core, char **error_r);
-/* A new SSL of ctx with memory BIOs, accepting (server) or connecting.  0 or -1. */
-int native_tls_start(struct native_tls *t, SSL_CTX *ctx, int server);
-void native_tls_free(struct native_tls *t);
-/* Ciphertext from the socket. */
-void native_tls_feed(struct native_tls *t, const uint8_t *data, size_t len);
-/*
- * Advance the handshake with what was fed: 1 when it completed now, 0 when it
- * needs more from the peer, -1 when it failed (reason in *why_r).  The caller
- * sends what it produced (native_tls_flush) in every case: records, or the
- * alert that tells the peer why.
- */
-int native_tls_handshake(struct native_tls *t, const char **why_r);
-/* 1 when the handshake selected ALPN "h2". */
-int native_tls_alpn_h2(const struct native_tls *t);
-/*
- * Decrypt what was fed and hand it to deliver, which returns -1 when the
- * connection went away meanwhile (t must not be touched again).  Returns 0
- * (wants more), 1 (deliver stopped), -1 (closed or broken; reason in *why_r).
- */
+/* ---- TLS: the OpenSSL part is tls.c, a module of its own (native-tls.so) ---- */
 typedef int native_plain_cb(void *ctx, const uint8_t *data, size_t len);
-int native_tls_read(struct native_tls *t, native_plain_cb *deliver, void *ctx, const char **why_r);
+
+#define NATIVE_TLS_MODULE "native-tls.so"
+#define NATIVE_TLS_ABI 1 /* bumped with any change of struct native_tls_ops or native_tls */
+
+struct native_tls_ops {
+	int abi;
+	/*
+	 * A TLS context for the clients from the material of a certificate
+	 * source: TLS 1.2+, ALPN h2 required, a client certificate required and
+	 * verified against client_ca_file.  NULL with a malloc'ed reason.
+	 */
+	SSL_CTX *(*server_ctx)(const struct ep_tls_material *m, char **error_r);
+	/* The context towards the core etcd from core_etcd's ca/cert/key files (same contract). */
+	SSL_CTX *(*client_ctx)(const struct ep_core_etcd *core, char **error_r);
+	void (*ctx_free)(SSL_CTX *ctx);
+	/* A new SSL of ctx with memory BIOs, accepting (server) or connecting.  0 or -1. */
+	int (*start)(struct native_tls *t, SSL_CTX *ctx, int server);
+	/* Connecting: the name (SNI, verified) or IP (verified) the peer must have. */
+	void (*set_peer)(struct native_tls *t, const char *host);
+	void (*free)(struct native_tls *t);
+	/* Ciphertext from the socket. */
+	void (*feed)(struct native_tls *t, const uint8_t *data, size_t len);
+	/*
+	 * Advance the handshake with what was fed: 1 when it completed now, 0
+	 * when it needs more from the peer, -1 when it failed (reason in
+	 * *why_r).  The caller sends what it produced (native_tls_flush) in
+	 * every case: records, or the alert that tells the peer why.
+	 */
+	int (*handshake)(struct native_tls *t, const char **why_r);
+	/* 1 when the handshake selected ALPN "h2". */
+	int (*alpn_h2)(const struct native_tls *t);
+	/*
+	 * Decrypt what was fed and hand it to deliver, which returns -1 when the
+	 * connection went away meanwhile (t must not be touched again).  Returns
+	 * 0 (wants more), 1 (deliver stopped), -1 (closed or broken; *why_r).
+	 */
+	int (*read)(struct native_tls *t, native_plain_cb *deliver, void *ctx, const char **why_r);
+	/* Plaintext to records, which wait for output().  0, or -EPROTO with *why_r. */
+	int (*encrypt)(struct native_tls *t, const uint8_t *data, size_t len, const char **why_r);
+	/* The records waiting to be sent (*data_r valid until output_done). */
+	size_t (*output)(struct native_tls *t, const uint8_t **data_r);
+	void (*output_done)(struct native_tls *t);
+	/* OpenSSL's reason for the last failure on t (static; the error queue is cleared). */
+	const char *(*reason)(const struct native_tls *t);
+};
+
+/* The loaded module, or NULL: only loaded once a context is asked for. */
+extern const struct native_tls_ops *native_tls;
+/* Load native-tls.so from this plugin's directory.  0, or <0 with a malloc'ed reason. */
+int native_tls_load(char **error_r);
+
+/* These load the module when needed; same contract as the ops. */
+SSL_CTX *native_server_ctx(const struct ep_tls_material *m, char **error_r);
+SSL_CTX *native_client_ctx(const struct ep_core_etcd *core, char **error_r);
+void native_ctx_free(SSL_CTX *ctx); /* NULL is fine */
+/* Also for a plaintext connection (t->ssl NULL): then nothing to free. */
+void native_tls_free(struct native_tls *t);
 /* Send what OpenSSL wrote (handshake records, alerts, data).  0, or <0 with *why_r. */
 int native_tls_flush(struct native_tls *t, uv_stream_t *stream, size_t *pending, uv_write_cb done,
 		     const char **why_r);
-/* OpenSSL's reason for the last failure on t (static; the error queue is cleared). */
-const char *native_tls_reason(const struct native_tls *t);
+
+/* The rest only runs on a TLS connection, so with the module loaded. */
+static inline int native_tls_start(struct native_tls *t, SSL_CTX *ctx, int server)
+{
+	return native_tls->start(t, ctx, server);
+}
+static inline void native_tls_feed(struct native_tls *t, const uint8_t *data, size_t len)
+{
+	native_tls->feed(t, data, len);
+}
+static inline int native_tls_handshake(struct native_tls *t, const char **why_r)
+{
+	return native_tls->handshake(t, why_r);
+}
+static inline int native_tls_alpn_h2(const struct native_tls *t)
+{
+	return native_tls->alpn_h2(t);
+}
+static inline int native_tls_read(struct native_tls *t, native_plain_cb *deliver, void *ctx,
+				  const char **why_r)
+{
+	return native_tls->read(t, deliver, ctx, why_r);
+}
+static inline const char *native_tls_reason(const struct native_tls *t)
+{
+	return native_tls->reason(t);
+}
+
+/* ---- native.c ---- */
 void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
 		   const uint8_t opaque[8]);
 void ping_ack_release(nghttp2_session *s, struct ping_ack *p);

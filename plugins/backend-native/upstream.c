@@ -11,8 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 
 #include "native.h"
 
@@ -442,19 +440,12 @@ static int tls_start(struct up_conn *uc)
 	struct native *n = uc->n;
 	const char *host = n->ep_host[uc->endpoint];
 	const char *why = NULL;
-	unsigned char tmp[16];
 
 	if (native_tls_start(&uc->tls, n->up_ctx, 0) < 0) {
 		up_failed(uc, native_tls_reason(&uc->tls));
 		return -1;
 	}
-	/* an IP in its SANs, or the host name */
-	if (inet_pton(AF_INET, host, tmp) == 1 || inet_pton(AF_INET6, host, tmp) == 1) {
-		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(uc->tls.ssl), host);
-	} else {
-		SSL_set_tlsext_host_name(uc->tls.ssl, host);
-		SSL_set1_host(uc->tls.ssl, host);
-	}
+	native_tls->set_peer(&uc->tls, host); /* an IP in its SANs, or the host name */
 	uc->state = UP_HANDSHAKE;
 	if (native_tls_handshake(&uc->tls, &why) < 0) {
 		up_failed(uc, why);

@@ -1,7 +1,6 @@
 /*
- * What the plugins share about certificates and files: loading and checking
- * PEM material with precise messages, and writing files so that a crash at
- * any moment leaves either the old or the new content, never a mix.
+ * What the plugins share about certificates: loading and checking PEM
+ * material with precise messages (and, through ep-util.h, the rest).
  *
  * Linked into the plugins as a convenience library (plugins/libepcommon.la);
  * nothing here is part of the public plugin SDK.  Every function that can
@@ -18,62 +17,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
-/* ---- allocation: abort() when memory runs out, like the rest of etcdproxy ---------------- */
-
-void *ep_xmalloc0(size_t n);
-char *ep_xstrdup(const char *s);
-char *ep_xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* ---- durations -------------------------------------------------------------------------- */
-
-/*
- * A Go duration as the configuration writes them: "8760h", "1h30m", "2s",
- * "500ms" (units h, m, s, ms; fractions allowed).  0 or -EINVAL.
- */
-int ep_duration_parse(const char *s, uint64_t *ms_r);
-
-/* ---- files ------------------------------------------------------------------------------ */
-
-/*
- * Write path atomically: a temporary file in the same directory, written,
- * fsync'ed and given mode, then renamed over path, then the directory
- * fsync'ed.
- */
-int ep_file_write_atomic(const char *path, const void *data, size_t len, mode_t mode,
-			 char **error_r);
-
-/* Read a whole file (at most max bytes) into a NUL-terminated malloc'ed buffer. */
-int ep_file_read(const char *path, size_t max, char **data_r, size_t *len_r, char **error_r);
-
-/* fsync a directory, so that renames and creations in it are durable. */
-int ep_dir_sync(const char *dir, char **error_r);
-
-/* mkdir -p with mode for the directories it creates. */
-int ep_dir_make(const char *dir, mode_t mode, char **error_r);
-
-/* Remove a directory tree (the files of a certificate generation); missing is fine. */
-int ep_dir_remove_tree(const char *dir, char **error_r);
-
-/* One file of a set published together. */
-struct ep_pub_file {
-	const char *name; /* "tls.crt" */
-	const void *data;
-	size_t len;
-	mode_t mode;
-};
-
-/*
- * Publish a set of files into dir the way the kubelet updates a Secret
- * volume, so that a reader never sees a mix of old and new files: the files
- * go into a fresh hidden directory "..<time>.<n>", a symlink "..data" is
- * swapped to it with one rename, and each name is a symlink
- * "NAME -> ..data/NAME".  Older hidden directories are removed afterwards.
- * dir is created (mode 0755) when missing.  *changed_r (may be NULL): 1 when
- * the content differed from what was published before, 0 when nothing was
- * written.
- */
-int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
-		     int *changed_r, char **error_r);
+#include "ep-util.h"
 
 /* ---- PEM material ------------------------------------------------------------------------ */
 

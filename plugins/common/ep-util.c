@@ -1,0 +1,420 @@
+/*
+ * The part of the plugins' common code that needs no OpenSSL (ep-util.h).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* vasprintf */
+#endif
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ep-util.h"
+
+#define fail ep_fail
+
+void *ep_xmalloc0(size_t n)
+{
+	void *p = calloc(1, n ? n : 1);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+char *ep_xstrdup(const char *s)
+{
+	char *p = strdup(s);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+char *ep_xprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		abort();
+	return s;
+}
+int ep_fail(char **error_r, int code, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	*error_r = s;
+	return code;
+}
+/* ---- durations -------------------------------------------------------------------------- */
+
+int ep_duration_parse(const char *s, uint64_t *ms_r)
+{
+	double total = 0;
+	const char *p = s;
+
+	if (*p == '\0')
+		return -EINVAL;
+	while (*p != '\0') {
+		char *end;
+		double v;
+		double unit;
+
+		/* digits and one point only: no sign, exponent, hex, "inf" or "nan" */
+		size_t digits = strspn(p, "0123456789.");
+		if (digits == 0 || memchr(p, '.', digits) != memrchr(p, '.', digits))
+			return -EINVAL;
+		v = strtod(p, &end);
+		if (end != p + digits)
+			return -EINVAL;
+		if (strncmp(end, "ms", 2) == 0) {
+			unit = 1;
+			end += 2;
+		} else if (*end == 'h') {
+			unit = 3600000;
+			end++;
+		} else if (*end == 'm') {
+			unit = 60000;
+			end++;
+		} else if (*end == 's') {
+			unit = 1000;
+			end++;
+		} else {
+			return -EINVAL;
+		}
+		total += v * unit;
+		p = end;
+	}
+	if (total > 1e15)
+		return -EINVAL;
+	*ms_r = (uint64_t)total;
+	return 0;
+}
+
+/* ---- files ------------------------------------------------------------------------------ */
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	const char *p = data;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int ep_dir_sync(const char *dir, char **error_r)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int r = 0;
+
+	if (fd < 0)
+		return fail(error_r, -errno, "%s: %s", dir, strerror(errno));
+	if (fsync(fd) < 0)
+		r = fail(error_r, -errno, "%s: fsync: %s", dir, strerror(errno));
+	close(fd);
+	return r;
+}
+
+static char *dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	if (slash == NULL)
+		return strdup(".");
+	if (slash == path)
+		return strdup("/");
+	return strndup(path, (size_t)(slash - path));
+}
+
+int ep_file_write_atomic(const char *path, const void *data, size_t len, mode_t mode,
+			 char **error_r)
+{
+	char *tmp = ep_xprintf("%s.tmp.%ld", path, (long)getpid());
+	char *dir;
+	int fd, r;
+
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+	if (fd < 0) {
+		r = fail(error_r, -errno, "%s: %s", tmp, strerror(errno));
+		free(tmp);
+		return r;
+	}
+	/* the umask must not widen or narrow what the caller asked for */
+	if (fchmod(fd, mode) < 0 || (r = write_all(fd, data, len)) < 0 || fsync(fd) < 0) {
+		r = fail(error_r, -errno, "%s: %s", tmp, strerror(errno));
+		close(fd);
+		unlink(tmp);
+		free(tmp);
+		return r;
+	}
+	if (close(fd) < 0 || rename(tmp, path) < 0) {
+		r = fail(error_r, -errno, "%s: %s", path, strerror(errno));
+		unlink(tmp);
+		free(tmp);
+		return r;
+	}
+	free(tmp);
+	dir = dir_of(path);
+	r = ep_dir_sync(dir, error_r);
+	free(dir);
+	return r;
+}
+
+int ep_file_read(const char *path, size_t max, char **data_r, size_t *len_r, char **error_r)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	char *buf;
+	size_t len = 0;
+	int r;
+
+	if (fd < 0)
+		return fail(error_r, -errno, "%s: %s", path, strerror(errno));
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		r = fail(error_r, S_ISREG(st.st_mode) ? -errno : -EINVAL, "%s: %s", path,
+			 S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
+		close(fd);
+		return r;
+	}
+	buf = malloc(max + 1);
+	if (buf == NULL)
+		abort();
+	for (;;) {
+		ssize_t n = read(fd, buf + len, max + 1 - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			r = fail(error_r, -errno, "%s: %s", path, strerror(errno));
+			free(buf);
+			close(fd);
+			return r;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > max) {
+			free(buf);
+			close(fd);
+			return fail(error_r, -EFBIG, "%s: larger than %zu bytes", path, max);
+		}
+	}
+	close(fd);
+	buf[len] = '\0';
+	*data_r = buf;
+	if (len_r != NULL)
+		*len_r = len;
+	return 0;
+}
+
+int ep_dir_make(const char *dir, mode_t mode, char **error_r)
+{
+	char *p = strdup(dir);
+
+	if (p == NULL)
+		abort();
+	for (char *s = p + 1;; s++) {
+		if (*s != '/' && *s != '\0')
+			continue;
+		char c = *s;
+
+		*s = '\0';
+		if (mkdir(p, mode) < 0 && errno != EEXIST) {
+			int r = fail(error_r, -errno, "%s: %s", p, strerror(errno));
+
+			free(p);
+			return r;
+		}
+		*s = c;
+		if (c == '\0')
+			break;
+	}
+	free(p);
+	return 0;
+}
+
+int ep_dir_remove_tree(const char *dir, char **error_r)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int r = 0;
+
+	if (d == NULL) {
+		if (errno == ENOENT)
+			return 0;
+		return fail(error_r, -errno, "%s: %s", dir, strerror(errno));
+	}
+	while (r == 0 && (e = readdir(d)) != NULL) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		char *p = ep_xprintf("%s/%s", dir, e->d_name);
+		struct stat st;
+
+		if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
+			r = ep_dir_remove_tree(p, error_r);
+		else if (unlink(p) < 0 && errno != ENOENT)
+			r = fail(error_r, -errno, "%s: %s", p, strerror(errno));
+		free(p);
+	}
+	closedir(d);
+	if (r == 0 && rmdir(dir) < 0 && errno != ENOENT)
+		r = fail(error_r, -errno, "%s: %s", dir, strerror(errno));
+	return r;
+}
+
+/* 1 when dir/..data/NAME holds exactly these bytes for every file. */
+static int published_same(const char *dir, const struct ep_pub_file *files, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char *p = ep_xprintf("%s/..data/%s", dir, files[i].name);
+		char *data, *err = NULL;
+		size_t len;
+		int same;
+
+		if (ep_file_read(p, files[i].len + 1, &data, &len, &err) < 0) {
+			free(err);
+			free(p);
+			return 0;
+		}
+		same = len == files[i].len && memcmp(data, files[i].data, len) == 0;
+		free(data);
+		free(p);
+		if (!same)
+			return 0;
+	}
+	return 1;
+}
+
+int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n, int *changed_r,
+		     char **error_r)
+{
+	static unsigned seq;
+	struct timespec ts;
+	char *gen, *gen_name, *tmp_link, *data_link;
+	DIR *d;
+	struct dirent *e;
+	int r;
+
+	if (changed_r != NULL)
+		*changed_r = 0;
+	if ((r = ep_dir_make(dir, 0755, error_r)) < 0)
+		return r;
+	if (published_same(dir, files, n))
+		goto links; /* content unchanged: only make sure the name links exist */
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gen_name = ep_xprintf("..%lld.%09ld.%ld.%u", (long long)ts.tv_sec, ts.tv_nsec, (long)getpid(),
+			   seq++);
+	gen = ep_xprintf("%s/%s", dir, gen_name);
+	if (mkdir(gen, 0755) < 0) {
+		r = fail(error_r, -errno, "%s: %s", gen, strerror(errno));
+		goto out_gen;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char *p = ep_xprintf("%s/%s", gen, files[i].name);
+
+		r = ep_file_write_atomic(p, files[i].data, files[i].len, files[i].mode, error_r);
+		free(p);
+		if (r < 0)
+			goto out_gen;
+	}
+	if ((r = ep_dir_sync(gen, error_r)) < 0)
+		goto out_gen;
+	tmp_link = ep_xprintf("%s/..data_tmp", dir);
+	data_link = ep_xprintf("%s/..data", dir);
+	unlink(tmp_link);
+	if (symlink(gen_name, tmp_link) < 0 || rename(tmp_link, data_link) < 0) {
+		r = fail(error_r, -errno, "%s: %s", data_link, strerror(errno));
+		unlink(tmp_link);
+		free(tmp_link);
+		free(data_link);
+		goto out_gen;
+	}
+	free(tmp_link);
+	free(data_link);
+	if (changed_r != NULL)
+		*changed_r = 1;
+	r = ep_dir_sync(dir, error_r);
+	if (r < 0)
+		goto out_gen;
+
+	/* older generations nobody can reach any more */
+	d = opendir(dir);
+	while (d != NULL && (e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, "..", 2) != 0 || strcmp(e->d_name, "..") == 0 ||
+		    strcmp(e->d_name, gen_name) == 0 || strncmp(e->d_name, "..data", 6) == 0)
+			continue;
+		char *old = ep_xprintf("%s/%s", dir, e->d_name), *err = NULL;
+
+		ep_dir_remove_tree(old, &err);
+		free(err);
+		free(old);
+	}
+	if (d != NULL)
+		closedir(d);
+	free(gen);
+	free(gen_name);
+
+links:
+	for (size_t i = 0; i < n; i++) {
+		char *p = ep_xprintf("%s/%s", dir, files[i].name);
+		char *target = ep_xprintf("..data/%s", files[i].name);
+		char buf[256];
+		ssize_t len = readlink(p, buf, sizeof(buf) - 1);
+
+		if (len < 0 || (size_t)len != strlen(target) || memcmp(buf, target, (size_t)len) != 0) {
+			char *tmp = ep_xprintf("%s/.%s.tmp", dir, files[i].name);
+
+			unlink(tmp);
+			if (symlink(target, tmp) < 0 || rename(tmp, p) < 0) {
+				r = fail(error_r, -errno, "%s: %s", p, strerror(errno));
+				unlink(tmp);
+				free(tmp);
+				free(p);
+				free(target);
+				return r;
+			}
+			free(tmp);
+			if (changed_r != NULL)
+				*changed_r = 1;
+		}
+		free(p);
+		free(target);
+	}
+	return ep_dir_sync(dir, error_r);
+
+out_gen: {
+	char *ignored = NULL;
+
+	ep_dir_remove_tree(gen, &ignored);
+	free(ignored);
+}
+	free(gen);
+	free(gen_name);
+	return r;
+}
