@@ -234,6 +234,56 @@ def setup_clients(s, w):
     w.sv.wait_ready('a')
 
 
+def mapped_files(pid):
+    """The basenames of the files a process maps."""
+    names = set()
+    with open('/proc/%d/maps' % pid) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6:
+                names.add(os.path.basename(parts[5]))
+    return names
+
+
+def test_openssl_only_with_tls(s, w):
+    """OpenSSL is a module of its own (native-tls.so): a plaintext worker does not map it."""
+    maps = mapped_files(int(w.sv.tenant('a')['pid']))
+    s.check('native-tls.so' in maps and 'libssl.so.3' in maps,
+            'a TLS tenant\'s worker has loaded native-tls.so (and libssl)',
+            sorted(m for m in maps if m.endswith('.so') or '.so.' in m))
+    sv = eptest.Supervisor(s, w.core, name='plain')
+    port = sv.add_tenant('p', backend='native')  # tls None: {"enabled": false}
+    sv.start()
+    try:
+        sv.wait_ready('p')
+        s.check(eptest.serves(port), 'a plaintext native tenant serves')
+        maps = mapped_files(int(sv.tenant('p')['pid']))
+        s.check(not any(m.startswith(('libssl', 'libcrypto', 'native-tls')) for m in maps),
+                'its worker maps neither native-tls.so nor libssl nor libcrypto',
+                sorted(m for m in maps if '.so' in m))
+    finally:
+        sv.stop()
+    # a plugin directory without the module: a TLS tenant fails and says what is missing
+    d = os.path.join(s.tmp, 'plugins-without-tls')
+    os.makedirs(d)
+    for f in os.listdir(eptest.PLUGIN_DIR):
+        if f.endswith('.so') and f != 'native-tls.so':
+            os.symlink(os.path.join(eptest.PLUGIN_DIR, f), os.path.join(d, f))
+    sv = eptest.Supervisor(s, w.core, name='notls', plugin_dir=d)
+    sv.add_tenant('t', backend='native', tls={
+        'source': 'files', 'files': {'certFile': w.set_crt, 'keyFile': w.set_key,
+                                     'clientCAFile': w.set_client_ca}})
+    sv.start()
+    try:
+        t = sv.wait_state('t', 'failed', timeout=20)
+        err = t.get('last_error') or ''
+        s.check('cannot load the TLS module' in err and
+                os.path.join(d, 'native-tls.so') in err,
+                'without native-tls.so a TLS tenant fails, naming the module\'s path', err)
+    finally:
+        sv.stop()
+
+
 # ---- TLS towards the core etcd --------------------------------------------------------------
 
 class TlsEtcd:
@@ -408,6 +458,7 @@ def main(s):
     s.run(test_refused, s, w)
     s.run(test_python_etcd3, s, w)
     s.run(test_reload_keeps_connections, s, w)
+    s.run(test_openssl_only_with_tls, s, w)
     setup_upstream(s, w)
     s.run(test_upstream_tls, s, w)
     s.run(test_upstream_reload, s, w)
