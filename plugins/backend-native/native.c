@@ -520,8 +520,7 @@ void native_ctx_free(SSL_CTX *ctx)
 void native_tls_free(struct native_tls *t)
 {
 	if (t->ssl != NULL)
-		native_tls->free(t);
-	memset(t, 0, sizeof(*t));
+		native_tls->free(t); /* and zeroes t */
 }
 
 int native_tls_flush(struct native_tls *t, uv_stream_t *stream, size_t *pending, uv_write_cb done,

@@ -281,7 +281,6 @@ void *pool_calloc(size_t size); /* zeroed */
 void *pool_realloc(void *p, size_t size);
 void pool_free(void *p);
 char *pool_strndup(const void *s, size_t len);
-void pool_trim(void); /* give every cached block back to malloc */
 extern nghttp2_mem native_nghttp2_mem;
 
 /* native.c */

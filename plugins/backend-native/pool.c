@@ -170,19 +170,6 @@ char *pool_strndup(const void *s, size_t len)
 	return p;
 }
 
-void pool_trim(void)
-{
-	for (size_t cls = 0; cls < POOL_CLASSES; cls++) {
-		while (pool.free[cls] != NULL) {
-			struct pool_head *h = pool.free[cls];
-
-			pool.free[cls] = h->u.next;
-			free(h);
-		}
-		pool.n[cls] = 0;
-	}
-}
-
 /* ---- nghttp2's allocator ---- */
 
 static void *ng_malloc(size_t size, void *ud)

@@ -4,7 +4,6 @@
  * backoff.  A call that finds no connection ready fails with UNAVAILABLE at
  * once: it never hangs.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
