@@ -45,12 +45,12 @@ struct pool_head {
 	size_t size;                    /* what was asked (POOL_BIG: for realloc) */
 };
 
+#ifndef POOL_PASSTHROUGH
 static struct {
 	struct pool_head *free[POOL_CLASSES];
 	size_t n[POOL_CLASSES];
 } pool;
 
-#ifndef POOL_PASSTHROUGH
 
 static size_t class_of(size_t total)
 {
