@@ -65,6 +65,7 @@ FULL = {
     'payload_total': {256: 5000, 65536: 1000, 1048576: 100},
     'payload_clients': 10,
     'tenants': [10, 100, 500], 'kills': 3,
+    'cost_rounds': 50000,
 }
 SMOKE = {
     'rounds': 2,
@@ -75,6 +76,7 @@ SMOKE = {
     'payload_total': {256: 100, 65536: 20},
     'payload_clients': 10,
     'tenants': [10], 'kills': 1,
+    'cost_rounds': 2000,
 }
 
 MIB = 1024 * 1024
@@ -198,6 +200,31 @@ def cpu_seconds(pids):
         if f is not None:
             ticks += int(f[11]) + int(f[12])
     return ticks / CLK_TCK
+
+
+def proc_counts(pids):
+    """(sleeps, reads, writes) of these processes, counted by the kernel: voluntary context
+    switches of every thread (/proc/PID/task/*/status; threads gone are not counted), read- and
+    write-type system calls (syscr and syscw of /proc/PID/io).  None when /proc has no such
+    numbers."""
+    sleeps = reads = writes = 0
+    try:
+        for p in pids:
+            for tid in os.listdir('/proc/%d/task' % p):
+                with open('/proc/%d/task/%s/status' % (p, tid)) as f:
+                    for line in f:
+                        if line.startswith('voluntary_ctxt_switches:'):
+                            sleeps += int(line.split()[1])
+            with open('/proc/%d/io' % p) as f:
+                for line in f:
+                    k, _, v = line.partition(':')
+                    if k == 'syscr':
+                        reads += int(v)
+                    elif k == 'syscw':
+                        writes += int(v)
+    except (OSError, ValueError):
+        return None
+    return sleeps, reads, writes
 
 
 PF_KTHREAD = 0x00200000
@@ -851,6 +878,7 @@ class Bench:
         pids = self.proxy_pids(target)
         epids = [self.core.proc.pid]
         c0, e0 = cpu_seconds(pids), cpu_seconds(epids)
+        n0 = proc_counts(pids) if pids else None
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         other = OtherLoad()
         mem_pids = pids or epids
@@ -862,6 +890,10 @@ class Bench:
         out['other_cpu_share'] = other.share()
         out['wall_s'] = wall
         out['proxy_cpu_s'] = cpu_seconds(pids) - c0 if pids else None
+        n1 = proc_counts(pids) if n0 else None
+        if n1:
+            out['proxy_sleeps'], out['proxy_reads'], out['proxy_writes'] = (
+                b - a for a, b in zip(n0, n1))
         out['etcd_cpu_s'] = cpu_seconds(epids) - e0
         out['client_cpu_s'] = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
         if sample_memory:
@@ -947,6 +979,28 @@ class Bench:
                     snap[t].append(dict(m, pid=p, process=proc_name(p)))
         return snap
 
+    def machine_costs(self):
+        """What this machine's kernel charges for a wake-up and a loopback write and read
+        (costs.c, built here with the system's cc), measured while nothing else runs."""
+        exe = os.path.join(self.workdir, 'ep-bench-costs')
+        src = os.path.join(HERE, 'costs.c')
+        r = subprocess.run(['cc', '-O2', '-Wall', '-Wextra', '-Werror', '-o', exe, src],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BenchError('cannot build %s: %s' % (src, (r.stderr or r.stdout).strip()))
+        r = subprocess.run([exe, str(self.cfg['cost_rounds'])], capture_output=True, text=True,
+                           timeout=120)
+        try:
+            costs = json.loads(r.stdout)
+        except ValueError:
+            costs = None
+        if r.returncode != 0 or not isinstance(costs, dict):
+            raise BenchError('%s failed (exit %d): %s' % (exe, r.returncode,
+                                                          (r.stderr or r.stdout).strip()))
+        self.result['machine_costs'] = costs
+        log('machine: a wake-up from idle costs %.1f us of CPU, a 256 B loopback write %.1f us, '
+            'a read %.1f us' % (costs['wake_us'], costs['write_us'], costs['read_us']))
+
     def put_key(self, target, key, value):
         r = etcdctl(self.port[target], 'put', key, input=value, timeout=60)
         if r.returncode != 0:
@@ -992,6 +1046,9 @@ class Bench:
             v = out.get(k)
             out[k[:-len('_s')] + '_us_per_req'] = v * 1e6 / done if v is not None and done \
                 else None
+        for k in ('proxy_sleeps', 'proxy_reads', 'proxy_writes'):
+            v = out.get(k)
+            out[k + '_per_req'] = v / done if v is not None and done else None
 
     # -- watches
 
@@ -1154,6 +1211,7 @@ class Bench:
             self.setup()
             time.sleep(1)
             self.result['memory']['idle'] = self.snapshot_memory()
+            self.machine_costs()
             if not self.args.skip_kv:
                 self.kv_matrix()
             self.result['memory']['after_load'] = self.snapshot_memory()
@@ -1211,7 +1269,9 @@ class Bench:
                 rs = [r for r in runs if r['target'] == t]
                 row['targets'][t] = {k: median_min_max([r.get(k) for r in rs]) for k in
                                      ('rps', 'avg_ms', 'p99_ms', 'proxy_cpu_us_per_req',
-                                      'etcd_cpu_us_per_req', 'client_cpu_us_per_req')}
+                                      'etcd_cpu_us_per_req', 'client_cpu_us_per_req',
+                                      'proxy_sleeps_per_req', 'proxy_reads_per_req',
+                                      'proxy_writes_per_req')}
             # ratios per round (native and its reference ran next to each other), then medians
             for ref in ('direct', 'stock'):
                 ratios = {}
@@ -1314,6 +1374,12 @@ def render_markdown(res):
                  '; '.join('%s %.0f%%, %.0f%%' % ({'kv': 'requests'}.get(k, k),
                                                   100 * s['median'], 100 * s['max'])
                            for k, s in other.items() if s))
+    mc = res.get('machine_costs')
+    if mc:
+        L.append('- what this machine\'s kernel charges a process (`contrib/bench/costs.c`, '
+                 'measured with nothing else running): %.1f µs of CPU to sleep in epoll_wait and '
+                 'be woken from idle by a peer, %.1f µs to write 256 B to loopback TCP, %.1f µs '
+                 'to read them.' % (mc['wake_us'], mc['write_us'], mc['read_us']))
     if 'h2load' in v['load_generator']:
         L.append('')
         L.append('**Load generator: the h2load fallback** (%s). It repeats one raw gRPC request '
@@ -1361,6 +1427,23 @@ def render_markdown(res):
         L.append('')
         L.append('The stock proxy caches serializable ranges; the linearizable range is the one '
                  'that measures the hop.')
+        L.append('')
+        L.append('### What the proxies ask of the kernel, per request')
+        L.append('')
+        L.append('Counted by the kernel for the proxy process tree: sleeps are voluntary context '
+                 'switches of all its threads, reads and writes its read- and write-type system '
+                 'calls (/proc/PID/io).')
+        L.append('')
+        L.append('| workload | target | proxy CPU µs/req | sleeps/req | reads/req | writes/req |')
+        L.append('|---|---|---:|---:|---:|---:|')
+        for row in res['kv_summary']:
+            for t in ('stock', 'native'):
+                s = row['targets'][t]
+                L.append('| %s | %s | %s | %s | %s | %s |' % (
+                    workload_label(row['op'], row['clients'], row['conns']), t,
+                    fmm(s['proxy_cpu_us_per_req'], 1, False),
+                    fmm(s.get('proxy_sleeps_per_req'), 2), fmm(s.get('proxy_reads_per_req'), 2),
+                    fmm(s.get('proxy_writes_per_req'), 2)))
         L.append('')
 
     mem = res.get('memory') or {}

@@ -97,6 +97,14 @@ kv = res.get('kv', [])
 check(all(r.get('etcd_cpu_us_per_req') is not None for r in kv) and
       all(r.get('proxy_cpu_us_per_req') is not None for r in kv if r['target'] != 'direct'),
       'CPU per request of etcd and of the proxy trees')
+proxied = [r for r in kv if r['target'] != 'direct']
+check(proxied and all(r.get('proxy_reads_per_req', 0) > 0 and r.get('proxy_writes_per_req', 0) > 0
+                      and r.get('proxy_sleeps_per_req') is not None for r in proxied),
+      'sleeps, reads and writes per request of the proxy trees')
+mc = res.get('machine_costs') or {}
+check(all(isinstance(mc.get(k), (int, float)) for k in ('wake_us', 'write_us', 'read_us')) and
+      mc['write_us'] > 0 and mc['read_us'] > 0,
+      'machine costs: wake-up, loopback write and read (%s)' % mc)
 mem = res.get('memory', {})
 for phase in ('idle', 'after_load'):
     check(all(mem.get(phase, {}).get(t) and all(p.get('pss_kib') for p in mem[phase][t])
@@ -123,7 +131,8 @@ if ten:
         check(isinstance(t.get(k), (int, float)) and t[k] > 0, 'tenants: %s = %s' % (k, t.get(k)))
     check(t.get('reload_others_restarted') == 0, 'reload restarted only the changed tenant')
 md = open(os.path.join(d, 'results.md')).read()
-for head in ('## Requests', '### Ratios', '## Memory', '## Payload', '## How cost grows'):
+for head in ('## Requests', '### Ratios', '### What the proxies ask of the kernel', '## Memory',
+             '## Payload', '## How cost grows'):
     check(head in md, 'results.md has "%s"' % head)
 for png in ('throughput.png', 'latency.png', 'memory-tenants.png'):
     p = os.path.join(d, png)
