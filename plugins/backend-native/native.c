@@ -552,23 +552,44 @@ void ping_ack_release(nghttp2_session *s, struct ping_ack *p)
 	}
 }
 
+/*
+ * An acknowledgement held for NATIVE_PING_ACK_DELAY_MS is sent on its own;
+ * *wait_r is lowered to the time until the next one is due.
+ */
+static int ping_ack_due(struct ping_ack *p, uint64_t now, uint64_t *wait_r)
+{
+	uint64_t due = p->since + NATIVE_PING_ACK_DELAY_MS;
+
+	if (!p->pending)
+		return 0;
+	if (now >= due)
+		return 1;
+	if (due - now < *wait_r)
+		*wait_r = due - now;
+	return 0;
+}
+
+/* Acknowledgements younger than the delay stay held: a write will likely take them along. */
 static void on_ack_timer(uv_timer_t *t)
 {
 	struct native *n = t->data;
+	uint64_t now = uv_now(n->loop), wait = UINT64_MAX;
 
 	for (struct down_conn *dc = n->conns; dc != NULL; dc = dc->next) {
-		if (dc->ping.pending) {
+		if (ping_ack_due(&dc->ping, now, &wait)) {
 			ping_ack_release(dc->session, &dc->ping);
 			dc->flush_pending = 1;
 		}
 	}
 	for (unsigned i = 0; i < n->n_upstreams; i++) {
-		if (n->ups[i].ping.pending) {
+		if (ping_ack_due(&n->ups[i].ping, now, &wait)) {
 			ping_ack_release(n->ups[i].session, &n->ups[i].ping);
 			n->ups[i].flush_pending = 1;
 		}
 	}
 	native_flush_marked(n);
+	if (wait != UINT64_MAX && !n->upstreams_closed)
+		uv_timer_start(&n->ack_timer, on_ack_timer, wait, 0);
 }
 
 void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
@@ -577,6 +598,7 @@ void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
 	ping_ack_release(s, p); /* an older one goes with the next write */
 	memcpy(p->opaque, opaque, 8);
 	p->pending = 1;
+	p->since = uv_now(n->loop);
 	if (!uv_is_active((uv_handle_t *)&n->ack_timer) && !n->upstreams_closed)
 		uv_timer_start(&n->ack_timer, on_ack_timer, NATIVE_PING_ACK_DELAY_MS, 0);
 }

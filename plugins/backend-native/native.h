@@ -61,6 +61,7 @@ struct grpc_reader {
 struct ping_ack {
 	int pending;
 	uint8_t opaque[8];
+	uint64_t since; /* uv_now() when it was held */
 };
 #define NATIVE_PING_ACK_DELAY_MS 20 /* at most this late when nothing else is written */
 

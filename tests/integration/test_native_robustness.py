@@ -429,6 +429,19 @@ def test_sanity(s, t):
                 (st.blocks, st.data[:80], st.rst))
         c.send(frame(PING, 0, 0, b'12345678'))
         s.check(c.wait(lambda: b'12345678' in c.pings, 5), 'a PING is answered (PING ACK)')
+        # acknowledgements held back on two quiet connections, the second one later than the
+        # first: the timer that sends the first must come back for the second
+        c2 = H2(t.pa)
+        try:
+            c.send(frame(PING, 0, 0, b'first..1'))
+            time.sleep(0.01)
+            c2.send(frame(PING, 0, 0, b'second.2'))
+            s.check(c.wait(lambda: b'first..1' in c.pings, 5) and
+                    c2.wait(lambda: b'second.2' in c2.pings, 5),
+                    'PINGs on two quiet connections, 10 ms apart: both answered',
+                    (c.pings, c2.pings))
+        finally:
+            c2.close()
         sid = c.request(RANGE, grpc_msg(range_req(b'k')), authority='/tmp/some/unix.sock')
         st = c.wait_stream(sid)
         s.check(st.grpc_status == 0, 'a request whose :authority is a socket path (what '
