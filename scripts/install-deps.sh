@@ -7,7 +7,7 @@ PACKAGES="
 build-essential autoconf automake libtool pkg-config
 libuv1-dev libssl-dev libcjson-dev libcurl4-openssl-dev libltdl-dev libcmocka-dev libnghttp2-dev
 etcd-server etcd-client python3 python3-etcd3
-valgrind procps clang libclang-rt-dev
+valgrind procps iproute2 clang libclang-rt-dev
 nghttp2-client gnuplot-nox golang-go golang-etcd-server-dev dpkg-dev
 "
 

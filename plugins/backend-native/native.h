@@ -63,6 +63,7 @@ struct ping_ack {
 	uint8_t opaque[8];
 	uint64_t since; /* uv_now() when it was held */
 };
+#define NATIVE_UP_FILL 100 /* calls on one upstream connection before the next one gets any */
 #define NATIVE_PING_ACK_DELAY_MS 20 /* at most this late when nothing else is written */
 
 struct hdr {
@@ -202,7 +203,7 @@ struct up_conn {
 	unsigned failures;
 	nghttp2_session *session;
 	struct call *calls;
-	size_t n_calls; /* in calls: how busy it is, for picking the least busy */
+	size_t n_calls; /* in calls: how busy it is (pick() in upstream.c) */
 	size_t write_pending;
 	int closing;
 	int flush_pending;

@@ -555,6 +555,12 @@ void up_shutdown(struct native *n)
 
 /* ---- calls ---------------------------------------------------------------------------- */
 
+/*
+ * The first ready connection that carries fewer than NATIVE_UP_FILL calls,
+ * else the least busy: calls that arrive together then leave in one write on
+ * one connection (and wake etcd's reader once), while the other connections
+ * stay open and ready for a failover or for more load.
+ */
 static struct up_conn *pick(struct native *n)
 {
 	struct up_conn *best = NULL;
@@ -565,6 +571,8 @@ static struct up_conn *pick(struct native *n)
 
 		if (uc->state != UP_READY)
 			continue;
+		if (uc->n_calls < NATIVE_UP_FILL)
+			return uc;
 		if (uc->n_calls < best_load) {
 			best = uc;
 			best_load = uc->n_calls;

@@ -11,8 +11,11 @@ still arrives once the client reads again."""
 
 import os
 import random
+import re
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -748,6 +751,57 @@ def watch_events(data):
     return keys
 
 
+SS = shutil.which('ss') or '/usr/bin/ss'
+
+
+def upstream_bytes(t):
+    """{local port: bytes_sent} of the worker's TCP connections to the core etcd (ss -i)."""
+    r = subprocess.run([SS, '-tnpiH', 'state', 'established',
+                        '( dport = :%d )' % t.core.port], capture_output=True, text=True)
+    out, port = {}, None
+    for line in r.stdout.splitlines():
+        if not line[:1].isspace():
+            port = None
+            if 'pid=%d,' % t.pid in line:
+                port = int(line.split()[2].rsplit(':', 1)[1])
+        elif port is not None:
+            m = re.search(r'\bbytes_sent:(\d+)', line)
+            out[port] = int(m.group(1)) if m else 0
+    return out
+
+
+def test_upstream_packing(s, t):
+    """Calls fill the first upstream connection up to 100 before the second gets any, so
+    that calls arriving together leave in one write; the second stays open for more."""
+    w = H2(t.pa)
+    create = b'\x0a\x06\x0a\x04pack'  # WatchRequest{create{key pack}}
+
+    def watches(n):
+        ids = [w.request('/etcdserverpb.Watch/Watch', grpc_msg(create), end=False)
+               for _ in range(n)]
+        return w.wait(lambda: all(len(w.stream(i).data) > 0 for i in ids), 10)
+    try:
+        s.require_check(watches(1), 'a watch before the count')
+        b0 = upstream_bytes(t)
+        s.require_check(len(b0) == 2, 'the worker holds 2 connections to the core etcd '
+                        '(upstreams: 2)', b0)
+        created = watches(49)
+        b1 = upstream_bytes(t)
+        sent = sorted(b1[p] - b0.get(p, 0) for p in b1)
+        s.check(created and len(sent) == 2 and sent[1] > 49 * 20 and sent[0] < 200,
+                '50 open watches all ride one upstream connection (bytes sent on each: %s)'
+                % sent)
+        created = watches(100)
+        b2 = upstream_bytes(t)
+        sent = sorted(b2[p] - b1.get(p, 0) for p in b2)
+        s.check(created and len(sent) == 2 and sent[0] > 40 * 20,
+                '150 open watches: the second upstream connection carries those beyond 100 '
+                '(bytes sent on each: %s)' % sent)
+    finally:
+        w.close()
+    still_serves(s, t, 'after 150 watches were dropped with their connection')
+
+
 def test_slow_watcher(s, t):
     """Two watches whose clients stop reading: one with a huge HTTP/2 window (the socket
     fills up), one with the default 64 KiB window (HTTP/2 flow control stops the proxy).
@@ -819,12 +873,13 @@ def body(s):
     t.pid = t.sv.status()['a']['pid']
     for fn in (test_sanity, test_http1_garbage, test_bad_frames, test_grpc_abuse,
                test_token_header, test_big_metadata, test_bad_metadata, test_lease_races,
-               test_slow_watcher):
+               test_upstream_packing, test_slow_watcher):
         s.run(fn, s, t)
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 
 
 if __name__ == '__main__':
     s = eptest.Suite('native_robustness')
-    s.require(eptest.ETCD, eptest.ETCDCTL, eptest.ETCDPROXYD, eptest.ETCDPROXYCTL, eptest.WORKER)
+    s.require(eptest.ETCD, eptest.ETCDCTL, eptest.ETCDPROXYD, eptest.ETCDPROXYCTL, eptest.WORKER,
+              SS)
     s.main(body)
