@@ -776,7 +776,8 @@ static int parse_endpoints(struct native *n, const char **error_r)
 
 	n->ep_host = calloc(core->n_endpoints, sizeof(char *));
 	n->ep_port = calloc(core->n_endpoints, sizeof(char *));
-	if (n->ep_host == NULL || n->ep_port == NULL)
+	n->ep_authority = calloc(core->n_endpoints, sizeof(char *));
+	if (n->ep_host == NULL || n->ep_port == NULL || n->ep_authority == NULL)
 		abort();
 	for (size_t i = 0; i < core->n_endpoints; i++) {
 		const char *url = core->endpoints[i], *hp, *colon;
@@ -802,6 +803,7 @@ static int parse_endpoints(struct native *n, const char **error_r)
 		else
 			n->ep_host[i] = strndup(hp, (size_t)(colon - hp));
 		n->ep_port[i] = strndup(colon + 1, strcspn(colon + 1, "/"));
+		n->ep_authority[i] = strndup(hp, strcspn(hp, "/"));
 		n->n_endpoints = i + 1;
 	}
 	return tls == 1 ? make_up_ctx(n, error_r) : 0;
@@ -944,9 +946,11 @@ static void free_native(struct native *n)
 	for (size_t i = 0; i < n->n_endpoints; i++) {
 		free(n->ep_host[i]);
 		free(n->ep_port[i]);
+		free(n->ep_authority[i]);
 	}
 	free(n->ep_host);
 	free(n->ep_port);
+	free(n->ep_authority);
 	rw_ns_free(&n->ns);
 	native_ctx_free(n->up_ctx);
 	native_ctx_free(n->down_ctx);

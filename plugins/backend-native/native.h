@@ -241,9 +241,10 @@ struct native {
 	int n_cred_poll;
 	uv_timer_t cred_quiet; /* the quiet period before a reload */
 
-	/* endpoints: host, port */
+	/* endpoints: host, port, and host:port as the URL has it (the :authority, [v6] included) */
 	char **ep_host;
 	char **ep_port;
+	char **ep_authority;
 	size_t n_endpoints;
 
 	union {

@@ -599,18 +599,15 @@ int up_submit(struct native *n, struct call *c)
 	struct up_conn *uc = pick(n);
 	nghttp2_nv nv[NATIVE_MAX_HEADERS + 8];
 	nghttp2_data_provider dp;
-	char authority[300];
 	size_t k = 0;
 	int32_t id;
 
 	if (uc == NULL)
 		return -EAGAIN;
-	snprintf(authority, sizeof(authority), "%s:%s", n->ep_host[uc->endpoint],
-		 n->ep_port[uc->endpoint]);
 	ADD_LIT(nv, &k, ":method", "POST");
 	ADD_LIT(nv, &k, ":scheme", n->up_ctx != NULL ? "https" : "http");
 	add_nv(nv, &k, ":path", 5, c->path, strlen(c->path));
-	ADD_LIT(nv, &k, ":authority", authority);
+	ADD_LIT(nv, &k, ":authority", n->ep_authority[uc->endpoint]);
 	ADD_LIT(nv, &k, "content-type", "application/grpc");
 	ADD_LIT(nv, &k, "te", "trailers");
 	for (size_t i = 0; i < c->n_hdrs; i++)

@@ -450,11 +450,13 @@ class Suite:
 # ---- a real etcd -------------------------------------------------------------------------
 
 class CoreEtcd:
-    """A single-member etcd on free 127.0.0.1 ports with its data in the test's TMP."""
+    """A single-member etcd on free 127.0.0.1 ports with its data in the test's TMP; with
+    ipv6, its client port also listens on [::1] (url6)."""
 
-    def __init__(self, suite, name='core'):
+    def __init__(self, suite, name='core', ipv6=False):
         self.suite = suite
         self.name = name
+        self.ipv6 = ipv6
         self.dir = os.path.join(suite.tmp, name)
         self.log = os.path.join(suite.tmp, '%s.log' % name)
         self.proc = None
@@ -463,6 +465,10 @@ class CoreEtcd:
     @property
     def url(self):
         return 'http://127.0.0.1:%d' % self.port
+
+    @property
+    def url6(self):
+        return 'http://[::1]:%d' % self.port
 
     def healthy(self):
         try:
@@ -478,7 +484,8 @@ class CoreEtcd:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.proc = self.suite.popen(
                 [ETCD, '--name', self.name, '--data-dir', self.dir,
-                 '--listen-client-urls', self.url, '--advertise-client-urls', self.url,
+                 '--listen-client-urls', self.url + (',' + self.url6 if self.ipv6 else ''),
+                 '--advertise-client-urls', self.url,
                  '--listen-peer-urls', purl, '--initial-advertise-peer-urls', purl,
                  '--initial-cluster', '%s=%s' % (self.name, purl),
                  '--logger', 'zap', '--log-outputs', 'stderr'],

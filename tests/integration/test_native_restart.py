@@ -4,7 +4,8 @@
 The supervisor binds a native tenant's listening socket and passes it to each
 worker, and a worker accepts clients only once it reaches the core etcd: so
 a kill -9 of the worker costs the requests inside it, never a refused
-connection, and a graceful restart (GOAWAY, drain) costs nothing at all."""
+connection, and a graceful restart (GOAWAY, drain) costs nothing at all.
+Last, a worker whose core etcd is named by an IPv6 URL."""
 import json
 import os
 import signal
@@ -106,6 +107,23 @@ def test_removed_closes_socket(s, sv, port):
             'a removed tenant\'s port refuses connections')
 
 
+def test_ipv6_core(s):
+    """The core etcd named by an IPv6 URL ([::1]): the worker connects and serves."""
+    core = eptest.CoreEtcd(s, 'core6', ipv6=True).start()
+    sv = eptest.Supervisor(s, core, name='sv6')
+    sv.config['core_etcd']['endpoints'] = [core.url6]
+    port = sv.add_tenant('v6', backend='native')
+    sv.start()
+    sv.wait_ready('v6')
+    s.check(eptest.etcd_put(port, 'k6', 'over-ipv6'), 'a put through a worker whose core etcd '
+            'is %s' % core.url6)
+    s.eq(core.get('/v6/k6'), 'over-ipv6', 'the core etcd holds it under /v6/')
+    s.eq(eptest.etcdctl(port, 'get', '--print-value-only', 'k6').stdout.strip(), 'over-ipv6',
+         'and the tenant reads it back')
+    s.eq(sv.stop(), 0, 'that etcdproxyd exits 0 on SIGTERM')
+    core.stop()
+
+
 def body(s):
     core = eptest.CoreEtcd(s).start()
     sv = eptest.Supervisor(s, core)
@@ -117,6 +135,7 @@ def body(s):
     s.run(test_changed_keeps_socket, s, sv, port)
     s.run(test_removed_closes_socket, s, sv, port)
     s.eq(sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+    s.run(test_ipv6_core, s)
 
 
 if __name__ == '__main__':
