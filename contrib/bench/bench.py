@@ -57,8 +57,8 @@ WORKLOADS = [('put', 1, 1), ('put', 100, 10),
 
 # Sizes of a full run and of a smoke run (--smoke).  Totals are requests per run.
 FULL = {
-    'rounds': 3,
-    'total': {1: 3000, 100: 20000},
+    'rounds': 5,
+    'total': {1: 3000, 100: 40000},
     'value_size': 256,
     'watches': [1000, 10000], 'watch_events': 100000,
     'payloads': [256, 65536, 1048576],
@@ -1665,7 +1665,7 @@ def main():
                     help='parent of the <timestamp> directory (default contrib/bench/results)')
     ap.add_argument('--latest', help='copy results.md here after a complete full run '
                     '(no --smoke, --skip-*, --rounds or --tenants, no failure)')
-    ap.add_argument('--rounds', type=int, help='rounds (default 3, smoke 2)')
+    ap.add_argument('--rounds', type=int, help='rounds (default 5, smoke 2)')
     ap.add_argument('--tenants', help='tenant counts, comma-separated (default 10,100,500)')
     ap.add_argument('--skip-kv', action='store_true')
     ap.add_argument('--skip-watches', action='store_true')
