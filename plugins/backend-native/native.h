@@ -63,7 +63,6 @@ struct ping_ack {
 	uint8_t opaque[8];
 	uint64_t since; /* uv_now() when it was held */
 };
-#define NATIVE_UP_FILL 100 /* calls on one upstream connection before the next one gets any */
 #define NATIVE_PING_ACK_DELAY_MS 20 /* at most this late when nothing else is written */
 
 struct hdr {
@@ -189,6 +188,8 @@ struct down_conn {
 };
 
 enum up_state { UP_IDLE, UP_RESOLVING, UP_CONNECTING, UP_HANDSHAKE, UP_READY, UP_DRAINING, UP_CLOSED };
+
+#define NATIVE_UP_FILL 100 /* calls on one upstream connection before the next one gets any */
 
 struct up_conn {
 	struct native *n;
