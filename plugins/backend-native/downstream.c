@@ -60,6 +60,38 @@ static void frame_message(struct bq *q, const uint8_t *msg, size_t len)
 }
 
 /*
+ * Rewrite one message into the native's scratch buffer, behind room for its
+ * 5-byte gRPC prefix: no allocation per message.  scratch_take() then frames
+ * it into a queue.  0, or <0 with err (and nothing to take).
+ */
+static int rewrite_framed(struct native *n, int response, enum rw_kind kind,
+			  const struct rw_hooks *hooks, const uint8_t *msg, size_t len,
+			  struct rw_error *err)
+{
+	n->scratch.len = 5; /* native_init made the buffer at least this large */
+	if (response)
+		return rw_response(kind, &n->ns, hooks, msg, len, &n->scratch, err);
+	return rw_request(kind, &n->ns, hooks, msg, len, &n->scratch, err);
+}
+
+static void scratch_take(struct native *n, struct bq *q)
+{
+	struct rw_buf *b = &n->scratch;
+	size_t len = b->len - 5;
+
+	b->data[0] = 0;
+	b->data[1] = (uint8_t)(len >> 24);
+	b->data[2] = (uint8_t)(len >> 16);
+	b->data[3] = (uint8_t)(len >> 8);
+	b->data[4] = (uint8_t)len;
+	bq_append(q, b->data, b->len);
+	b->len = 0;
+	/* one huge message must not pin its memory */
+	if (b->cap > NATIVE_SCRATCH_KEEP)
+		native_scratch_shrink(n);
+}
+
+/*
  * The next complete message in a reader: returns 1 and sets flag/msg/len
  * (valid until grpc_reader_drop), 0 when incomplete.  *declared gets the
  * length from the header as soon as 5 bytes are there (for early limits).
@@ -245,6 +277,14 @@ static void call_free(struct call *c)
 
 static void record_latency(struct native *n, struct call *c);
 
+/* A grpc-status value as a number; "0" is by far the most common. */
+static int status_number(const char *status)
+{
+	if (status[0] == '0' && status[1] == '\0')
+		return 0;
+	return atoi(status);
+}
+
 /* A call ended with this gRPC status: the counters by method and status, and the latency. */
 static void count_finish(struct call *c, int status)
 {
@@ -301,13 +341,12 @@ static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf
 			c->down_data_deferred = 1;
 			return NGHTTP2_ERR_DEFERRED;
 		}
-		char local[16];
 		const char *status, *msg;
 		nghttp2_nv trailers[2];
 
 		if (c->local_status >= 0) {
-			snprintf(local, sizeof(local), "%d", c->local_status);
-			status = local;
+			snprintf(c->status_text, sizeof(c->status_text), "%d", c->local_status);
+			status = c->status_text;
 			msg = c->local_message ? c->local_message : "";
 		} else if (c->grpc_status != NULL) {
 			status = c->grpc_status; /* the usual case: etcd's own, as it is */
@@ -316,14 +355,15 @@ static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf
 			status = "13";
 			msg = "etcdproxy: the core etcd ended the call without a status";
 		}
+		/* every string lives as long as the call, which outlives its stream */
 		trailers[0] = (nghttp2_nv){ (uint8_t *)"grpc-status", (uint8_t *)status, 11,
-					    strlen(status), NGHTTP2_NV_FLAG_NONE };
+					    strlen(status), NATIVE_NV_NO_COPY };
 		trailers[1] = (nghttp2_nv){ (uint8_t *)"grpc-message", (uint8_t *)msg, 12, strlen(msg),
-					    NGHTTP2_NV_FLAG_NONE };
+					    NATIVE_NV_NO_COPY };
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
 		nghttp2_submit_trailer(s, stream_id, trailers, 2);
 		c->finished = 1;
-		count_finish(c, atoi(status));
+		count_finish(c, status_number(status));
 		return 0;
 	}
 	if (have > length)
@@ -341,9 +381,9 @@ static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf
 static void submit_response_headers(struct call *c)
 {
 	nghttp2_nv nv[2] = {
-		{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE },
+		{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NATIVE_NV_NO_COPY },
 		{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
-		  NGHTTP2_NV_FLAG_NONE },
+		  NATIVE_NV_NO_COPY },
 	};
 	nghttp2_data_provider dp = { .source.ptr = c, .read_callback = read_response };
 
@@ -352,23 +392,26 @@ static void submit_response_headers(struct call *c)
 	down_flush(c->dc);
 }
 
-/* The whole response in one HEADERS frame with END_STREAM (gRPC "Trailers-Only"). */
+/*
+ * The whole response in one HEADERS frame with END_STREAM (gRPC "Trailers-Only").
+ * status and message must live as long as the call (nghttp2 does not copy them).
+ */
 static void submit_trailers_only(struct call *c, const char *status, const char *message)
 {
 	nghttp2_nv nv[4] = {
-		{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE },
+		{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NATIVE_NV_NO_COPY },
 		{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
-		  NGHTTP2_NV_FLAG_NONE },
+		  NATIVE_NV_NO_COPY },
 		{ (uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status),
-		  NGHTTP2_NV_FLAG_NONE },
+		  NATIVE_NV_NO_COPY },
 		{ (uint8_t *)"grpc-message", (uint8_t *)message, 12, strlen(message),
-		  NGHTTP2_NV_FLAG_NONE },
+		  NATIVE_NV_NO_COPY },
 	};
 
 	c->resp_headers_sent = 1;
 	c->finished = 1;
 	nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
-	count_finish(c, atoi(status));
+	count_finish(c, status_number(status));
 	down_flush(c->dc);
 }
 
@@ -396,10 +439,8 @@ void call_finish(struct call *c, int grpc_status, const char *message)
 		}
 	}
 	if (!c->resp_headers_sent && bq_pending(&c->down_out) == 0) {
-		char status[16];
-
-		snprintf(status, sizeof(status), "%d", grpc_status);
-		submit_trailers_only(c, status, c->local_message);
+		snprintf(c->status_text, sizeof(c->status_text), "%d", grpc_status);
+		submit_trailers_only(c, c->status_text, c->local_message);
 		return;
 	}
 	if (!c->resp_headers_sent)
@@ -656,26 +697,22 @@ static void call_process(struct call *c)
 			return;
 		}
 
-		struct rw_buf out = { 0 };
 		struct rw_error err = { 0 };
 		struct rw_hooks hooks = call_hooks(c);
-		int r = rw_request(c->m->kind, &n->ns, &hooks, msg, len, &out, &err);
+		int r = rewrite_framed(n, 0, c->m->kind, &hooks, msg, len, &err);
 
 		grpc_reader_drop(&c->req_in, len);
 		if (r < 0) {
-			rw_buf_free(&out);
 			call_finish(c, err.grpc_status ? err.grpc_status : 13,
 				    err.message ? err.message : "etcdproxy: cannot rewrite the request");
 			return;
 		}
 		if (c->n_unknown_leases > 0) {
-			frame_message(&c->held, out.data, out.len);
-			rw_buf_free(&out);
+			scratch_take(n, &c->held);
 			start_lookups(c);
 			return;
 		}
-		frame_message(&c->up_out, out.data, out.len);
-		rw_buf_free(&out);
+		scratch_take(n, &c->up_out);
 		if (!call_submit(c))
 			return;
 	}
@@ -792,7 +829,12 @@ void call_on_up_headers_done(struct call *c)
 	if (c->icb != NULL || c->dc == NULL || c->finished || c->local_status >= 0)
 		return;
 	if (!c->resp_headers_sent) {
-		if (c->up_status != 200 && c->up_status != 0) {
+		if (c->up_status == 0) {
+			/* nghttp2's HTTP checks are off upstream (make_session): this is ours */
+			call_finish(c, 13, "etcdproxy: the core etcd answered without an HTTP :status");
+			return;
+		}
+		if (c->up_status != 200) {
 			char why[120];
 
 			snprintf(why, sizeof(why), "etcdproxy: the core etcd answered HTTP %d",
@@ -831,7 +873,6 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 	n->counters.bytes_out += len;
 	bq_append(&c->resp_in.buf, data, len);
 	while (grpc_reader_next(&c->resp_in, &flag, &msg, &mlen, &declared)) {
-		struct rw_buf out = { 0 };
 		struct rw_error err = { 0 };
 		struct rw_hooks hooks = call_hooks(c);
 		int r;
@@ -841,10 +882,9 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 			return;
 		}
 		c->granted_lease = 0;
-		r = rw_response(c->m->kind, &n->ns, &hooks, msg, mlen, &out, &err);
+		r = rewrite_framed(n, 1, c->m->kind, &hooks, msg, mlen, &err);
 		grpc_reader_drop(&c->resp_in, mlen);
 		if (r < 0) {
-			rw_buf_free(&out);
 			n->host->log(n->host, EP_LOG_ERR, "%s: %s", c->path,
 				     err.message ? err.message : "cannot rewrite a response");
 			call_finish(c, err.grpc_status ? err.grpc_status : 13,
@@ -854,8 +894,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 		if (c->granted_lease != 0) {
 			/* answer only once the ownership record exists: a worker restart must not lose it */
 			native_lease_add(n, c->granted_lease);
-			frame_message(&c->held_resp, out.data, out.len);
-			rw_buf_free(&out);
+			scratch_take(n, &c->held_resp);
 			c->pending_internal++;
 			if (native_lease_record(n, c->granted_lease, on_grant_recorded, c) < 0) {
 				c->pending_internal--;
@@ -865,8 +904,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 			}
 			continue;
 		}
-		frame_message(&c->down_out, out.data, out.len);
-		rw_buf_free(&out);
+		scratch_take(n, &c->down_out);
 	}
 	if (bq_pending(&c->down_out) < NATIVE_HIGH_WATER)
 		up_consume(c, len);
@@ -921,20 +959,34 @@ static int d_on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, vo
 	 * that; after the final one nghttp2 refuses higher stream IDs itself, and
 	 * clients retry those safely.
 	 */
-	nghttp2_session_set_stream_user_data(s, frame->hd.stream_id,
-					     call_new(dc, frame->hd.stream_id));
+	dc->hdr_call = call_new(dc, frame->hd.stream_id);
+	nghttp2_session_set_stream_user_data(s, frame->hd.stream_id, dc->hdr_call);
 	return 0;
 }
 
-/* Metadata never forwarded: hop-by-hop, replaced by the proxy, or credentials (ETCD-WIRE 2.7.5). */
+/*
+ * Metadata never forwarded: hop-by-hop, replaced by the proxy, or credentials
+ * (ETCD-WIRE 2.7.5).  By length first: this runs for every field of every call.
+ */
 static int header_dropped(const uint8_t *name, size_t len)
 {
-	static const char *const drop[] = { "te", "content-type", "content-length", "connection",
-					    "host", "token", "authorization", "keep-alive",
-					    "transfer-encoding", "upgrade", "proxy-connection" };
+	static const char *const by_len[][3] = {
+		[2] = { "te" },
+		[4] = { "host" },
+		[5] = { "token" },
+		[7] = { "upgrade" },
+		[10] = { "connection", "keep-alive" },
+		[12] = { "content-type" },
+		[13] = { "authorization" },
+		[14] = { "content-length" },
+		[16] = { "proxy-connection" },
+		[17] = { "transfer-encoding" },
+	};
 
-	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
-		if (strlen(drop[i]) == len && memcmp(drop[i], name, len) == 0)
+	if (len >= sizeof(by_len) / sizeof(by_len[0]))
+		return 0;
+	for (size_t i = 0; i < 3 && by_len[len][i] != NULL; i++)
+		if (memcmp(by_len[len][i], name, len) == 0)
 			return 1;
 	return 0;
 }
@@ -950,35 +1002,57 @@ static int grpc_timeout_valid(const uint8_t *v, size_t len)
 	return 1;
 }
 
-static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
-		       size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
+/* A pseudo-header: the proxy reads :method and :path, the upstream request has its own rest. */
+static void on_pseudo_header(struct call *c, const uint8_t *name, size_t namelen,
+			     const uint8_t *value, size_t valuelen)
 {
-	struct call *c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
-
-	if (c == NULL || frame->hd.type != NGHTTP2_HEADERS ||
-	    frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-		return 0;
-	/* HTTP messaging checks are off (see make_server_session): check fields here */
-	c->header_bytes += namelen + valuelen + 32; /* RFC 7540 6.5.2 accounting */
-	if (!nghttp2_check_header_value(value, valuelen) ||
-	    (name[0] != ':' && !nghttp2_check_header_name(name, namelen)))
-		c->bad_metadata = "etcdproxy: invalid request metadata (a name or value with "
-				  "characters HTTP/2 does not allow)";
-	if (namelen == 12 && memcmp(name, "grpc-timeout", 12) == 0 && !grpc_timeout_valid(value, valuelen))
-		c->bad_metadata = "etcdproxy: malformed grpc-timeout";
+	/* no character check: :path is only forwarded when it is one of the method table's */
 	if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
 		pool_free(c->path);
 		c->path = pool_strndup(value, valuelen);
 	} else if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
 		c->method_ok = valuelen == 4 && memcmp(value, "POST", 4) == 0;
-	} else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
+	}
+}
+
+static int d_on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
+		       size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
+{
+	struct down_conn *dc = ud;
+	struct call *c;
+
+	if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+		return 0;
+	/* the call d_on_begin_headers made: no stream lookup per field */
+	c = dc->hdr_call;
+	if (c == NULL || c->down_id != frame->hd.stream_id)
+		c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+	if (c == NULL)
+		return 0;
+	c->header_bytes += namelen + valuelen + 32; /* RFC 7540 6.5.2 accounting */
+	if (namelen > 0 && name[0] == ':') {
+		on_pseudo_header(c, name, namelen, value, valuelen);
+		return 0;
+	}
+	if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
 		c->content_type_ok = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
 				     (valuelen == 16 || value[16] == '+' || value[16] == ';');
-	} else if (namelen > 0 && name[0] == ':') {
-		/* :method, :scheme, :authority: the upstream request has its own */
-	} else if (!header_dropped(name, namelen) && c->n_hdrs < NATIVE_MAX_HEADERS &&
-		   c->header_bytes <= NATIVE_MAX_HEADER_LIST) {
-		/* past the limit the call is refused (call_start): keep no more copies */
+		return 0;
+	}
+	if (header_dropped(name, namelen))
+		return 0;
+	/*
+	 * Forwarded: HTTP messaging checks are off (see make_server_session), so
+	 * the characters are checked here, before the field can reach etcd.
+	 */
+	if (!nghttp2_check_header_name(name, namelen) || !nghttp2_check_header_value(value, valuelen))
+		c->bad_metadata = "etcdproxy: invalid request metadata (a name or value with "
+				  "characters HTTP/2 does not allow)";
+	if (namelen == 12 && memcmp(name, "grpc-timeout", 12) == 0 &&
+	    !grpc_timeout_valid(value, valuelen))
+		c->bad_metadata = "etcdproxy: malformed grpc-timeout";
+	/* past the limit the call is refused (call_start): keep no more copies */
+	if (c->n_hdrs < NATIVE_MAX_HEADERS && c->header_bytes <= NATIVE_MAX_HEADER_LIST) {
 		if (c->n_hdrs == c->cap_hdrs) {
 			c->cap_hdrs = c->cap_hdrs ? 2 * c->cap_hdrs : 8;
 			c->hdrs = pool_realloc(c->hdrs, c->cap_hdrs * sizeof(*c->hdrs));
@@ -1060,6 +1134,8 @@ static int d_on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id,
 
 static void unlink_from_down(struct call *c)
 {
+	if (c->dc->hdr_call == c)
+		c->dc->hdr_call = NULL;
 	*c->pprev_in_down = c->next_in_down;
 	if (c->next_in_down != NULL)
 		c->next_in_down->pprev_in_down = c->pprev_in_down;

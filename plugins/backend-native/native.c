@@ -56,10 +56,15 @@ void bq_append(struct bq *q, const void *p, size_t n)
 			q->off = 0;
 		}
 		if (q->len + n > q->cap) {
-			size_t cap = q->cap ? q->cap : 1024;
+			/*
+			 * Sizes that fill pool.c's blocks (a power of two, less its
+			 * 16-byte header): most messages are a few hundred bytes, and
+			 * a call's small queues keep the cache's classes dense.
+			 */
+			size_t cap = q->cap ? q->cap : 48;
 
 			while (cap < q->len + n)
-				cap *= 2;
+				cap = 2 * cap + 16;
 			q->data = pool_realloc(q->data, cap);
 			q->cap = cap;
 		}
@@ -957,8 +962,20 @@ static void free_native(struct native *n)
 	free(n->ups);
 	free(n->leases);
 	free(n->gather);
+	rw_buf_free(&n->scratch);
 	free(n->name);
 	free(n);
+}
+
+void native_scratch_shrink(struct native *n)
+{
+	uint8_t *data = malloc(NATIVE_SCRATCH);
+
+	if (data == NULL)
+		abort();
+	rw_buf_free(&n->scratch);
+	n->scratch.data = data;
+	n->scratch.cap = NATIVE_SCRATCH;
 }
 
 void native_release(struct native *n)
@@ -1055,6 +1072,7 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 		free_native(n);
 		return r;
 	}
+	native_scratch_shrink(n); /* its first NATIVE_SCRATCH bytes, kept for the worker's life */
 	uv_idle_init(n->loop, &n->flush_idle);
 	n->flush_idle.data = n;
 	uv_check_init(n->loop, &n->flush_check);

@@ -24,6 +24,8 @@
 
 #define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
 #define NATIVE_GATHER (64 * 1024) /* bytes gathered for one write (native_gather) */
+#define NATIVE_SCRATCH (4 * 1024) /* the rewrite buffer's size, and what it shrinks back to */
+#define NATIVE_SCRATCH_KEEP (256 * 1024) /* beyond this, a large message's buffer is given back */
 #define NATIVE_MAX_HEADERS 64
 #define NATIVE_LEASE_CACHE 4096 /* lease IDs a worker remembers as the tenant's */
 #define NATIVE_GOAWAY_GRACE_MS 200 /* between the two GOAWAYs of a graceful stop */
@@ -64,6 +66,14 @@ struct ping_ack {
 	uint64_t since; /* uv_now() when it was held */
 };
 #define NATIVE_PING_ACK_DELAY_MS 20 /* at most this late when nothing else is written */
+
+/*
+ * Header fields are handed to nghttp2 without a copy: every string submitted
+ * is a literal, or belongs to the call or the native, which outlive the frame
+ * (a call is freed only after its streams have closed, or after the session
+ * that queued its frames is gone).
+ */
+#define NATIVE_NV_NO_COPY (NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE)
 
 struct hdr {
 	char *name, *value;
@@ -135,6 +145,7 @@ struct call {
 	/* an answer the proxy makes itself */
 	int local_status;            /* gRPC status to send, -1: none */
 	char *local_message;
+	char status_text[12];        /* local_status as the grpc-status nghttp2 sends */
 
 	/* an internal call (dc == NULL): the proxy's own request */
 	internal_cb *icb;
@@ -176,6 +187,7 @@ struct down_conn {
 	} h;
 	nghttp2_session *session;
 	struct call *calls;
+	struct call *hdr_call; /* the call whose request header block is being read, or NULL */
 	size_t write_pending; /* bytes handed to uv_write and not yet written */
 	int closing;
 	int draining; /* graceful stop: 1 notice GOAWAY sent, 2 final GOAWAY sent */
@@ -204,6 +216,7 @@ struct up_conn {
 	unsigned failures;
 	nghttp2_session *session;
 	struct call *calls;
+	struct call *hdr_call; /* the call whose response header block is being read, or NULL */
 	size_t n_calls; /* in calls: how busy it is (pick() in upstream.c) */
 	size_t write_pending;
 	int closing;
@@ -270,6 +283,7 @@ struct native {
 	uv_check_t flush_check; /* whichever of the two runs first (native_schedule_flush) */
 	uint8_t *gather;        /* native_gather's buffer */
 	size_t gather_cap;
+	struct rw_buf scratch;  /* the message being rewritten, behind its 5-byte gRPC prefix */
 	uv_timer_t ack_timer; /* sends PING acknowledgements no write took along */
 	uv_timer_t stop_timer;
 	int stopping;
@@ -294,6 +308,8 @@ int native_lease_known(const struct native *n, int64_t id);
 void native_lease_add(struct native *n, int64_t id);
 void native_maybe_stopped(struct native *n);
 void native_schedule_flush(struct native *n);
+/* Give back a rewrite buffer that one large message grew: NATIVE_SCRATCH bytes again. */
+void native_scratch_shrink(struct native *n);
 void native_flush_marked(struct native *n);
 /*
  * What nghttp2 has to send, about NATIVE_GATHER bytes at most, gathered in the

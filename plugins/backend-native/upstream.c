@@ -107,12 +107,27 @@ void up_flush_now(struct up_conn *uc)
 
 /* ---- nghttp2 client callbacks ------------------------------------------------------- */
 
+/* Remember whose header block this is: on_header then needs no stream lookup per field. */
+static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *ud)
+{
+	struct up_conn *uc = ud;
+
+	if (frame->hd.type == NGHTTP2_HEADERS)
+		uc->hdr_call = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+	return 0;
+}
+
 static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
 		     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
 {
-	struct call *c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+	struct up_conn *uc = ud;
+	struct call *c = uc->hdr_call;
 
-	if (c == NULL || frame->hd.type != NGHTTP2_HEADERS)
+	if (frame->hd.type != NGHTTP2_HEADERS)
+		return 0;
+	if (c == NULL || c->up_id != frame->hd.stream_id)
+		c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+	if (c == NULL)
 		return 0;
 	if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
 		c->up_status = atoi((const char *)value);
@@ -173,6 +188,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
 
 static void unlink_from_up(struct up_conn *uc, struct call *c)
 {
+	if (uc->hdr_call == c)
+		uc->hdr_call = NULL;
 	*c->pprev_in_up = c->next_in_up;
 	if (c->next_in_up != NULL)
 		c->next_in_up->pprev_in_up = c->pprev_in_up;
@@ -395,6 +412,7 @@ static int make_session(struct up_conn *uc)
 	int r;
 
 	nghttp2_session_callbacks_new(&cbs);
+	nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
 	nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
 	nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
@@ -405,6 +423,13 @@ static int make_session(struct up_conn *uc)
 	nghttp2_option_set_no_auto_ping_ack(opt, 1);
 	/* the clients' metadata is limited to NATIVE_MAX_HEADER_LIST; ours comes on top */
 	nghttp2_option_set_max_send_header_block_length(opt, 2 * NATIVE_MAX_HEADER_LIST);
+	/*
+	 * No HTTP messaging checks of etcd's responses: the proxy reads the few
+	 * fields it needs itself (:status, grpc-status, grpc-message; on_header),
+	 * and a response without a :status is answered as an error
+	 * (call_on_up_headers_done).
+	 */
+	nghttp2_option_set_no_http_messaging(opt, 1);
 	r = nghttp2_session_client_new3(&uc->session, cbs, uc, opt, &native_nghttp2_mem);
 	nghttp2_option_del(opt);
 	nghttp2_session_callbacks_del(cbs);
@@ -588,7 +613,7 @@ static void add_nv(nghttp2_nv *nv, size_t *k, const char *name, size_t nl, const
 	nv[*k].namelen = nl;
 	nv[*k].value = (uint8_t *)value;
 	nv[*k].valuelen = vl;
-	nv[*k].flags = NGHTTP2_NV_FLAG_NONE;
+	nv[*k].flags = NATIVE_NV_NO_COPY; /* literals, the call's strings, the endpoint's */
 	(*k)++;
 }
 
