@@ -196,6 +196,7 @@ void native_flush_marked(struct native *n)
 
 static void flush_scheduled(struct native *n)
 {
+	n->flush_scheduled = 0;
 	uv_idle_stop(&n->flush_idle);
 	uv_check_stop(&n->flush_check);
 	native_flush_marked(n);
@@ -219,12 +220,12 @@ static void on_flush_check(uv_check_t *h)
  */
 void native_schedule_flush(struct native *n)
 {
-	if (uv_is_closing((uv_handle_t *)&n->flush_idle))
+	/* called a dozen times per call: once scheduled, nothing more to do */
+	if (n->flush_scheduled || uv_is_closing((uv_handle_t *)&n->flush_idle))
 		return;
-	if (!uv_is_active((uv_handle_t *)&n->flush_idle))
-		uv_idle_start(&n->flush_idle, on_flush_idle);
-	if (!uv_is_active((uv_handle_t *)&n->flush_check))
-		uv_check_start(&n->flush_check, on_flush_check);
+	n->flush_scheduled = 1;
+	uv_idle_start(&n->flush_idle, on_flush_idle);
+	uv_check_start(&n->flush_check, on_flush_check);
 }
 
 void down_flush(struct down_conn *dc)

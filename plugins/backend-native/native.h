@@ -281,6 +281,7 @@ struct native {
 	struct native_counters counters;
 	uv_idle_t flush_idle;   /* sends what callbacks queued, outside nghttp2's callbacks: */
 	uv_check_t flush_check; /* whichever of the two runs first (native_schedule_flush) */
+	int flush_scheduled;    /* both are started */
 	uint8_t *gather;        /* native_gather's buffer */
 	size_t gather_cap;
 	struct rw_buf scratch;  /* the message being rewritten, behind its 5-byte gRPC prefix */

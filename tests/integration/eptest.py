@@ -409,6 +409,27 @@ class Suite:
                 pass
         return killed
 
+    SANITIZER_MARKS = ('ERROR: AddressSanitizer', 'ERROR: LeakSanitizer', 'runtime error: ')
+
+    def sanitizer_reports(self):
+        """Lines of AddressSanitizer, LeakSanitizer or UBSan reports in the logs of this test
+        (every daemon's stderr goes to a log under self.tmp; workers share the supervisor's):
+        a worker that ran into one may have been restarted without any test noticing."""
+        found = []
+        for root, _, files in os.walk(self.tmp):
+            for f in files:
+                if not f.endswith(('.log', '.out')):
+                    continue
+                path = os.path.join(root, f)
+                try:
+                    with open(path, errors='replace') as fh:
+                        for i, line in enumerate(fh):
+                            if any(m in line for m in self.SANITIZER_MARKS):
+                                found.append('%s:%d: %s' % (path, i + 1, line.rstrip()[:300]))
+                except OSError:
+                    pass
+        return found[:20]
+
     def finish(self):
         signal.alarm(0)
         self.finished = True
@@ -421,6 +442,9 @@ class Suite:
             left = self.leftovers()
             self.check(not left, 'no process of this test is left',
                        '\n'.join('%d: %s' % x for x in left))
+            reports = self.sanitizer_reports()
+            self.check(not reports, 'no process of this test logged a sanitizer report',
+                       '\n'.join(reports))
             for pid, _ in left:
                 try:
                     os.kill(pid, signal.SIGKILL)
