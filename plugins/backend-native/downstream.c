@@ -68,10 +68,17 @@ static int rewrite_framed(struct native *n, int response, enum rw_kind kind,
 			  const struct rw_hooks *hooks, const uint8_t *msg, size_t len,
 			  struct rw_error *err)
 {
+	int r;
+
 	n->scratch.len = 5; /* native_init made the buffer at least this large */
 	if (response)
-		return rw_response(kind, &n->ns, hooks, msg, len, &n->scratch, err);
-	return rw_request(kind, &n->ns, hooks, msg, len, &n->scratch, err);
+		r = rw_response(kind, &n->ns, hooks, msg, len, &n->scratch, err);
+	else
+		r = rw_request(kind, &n->ns, hooks, msg, len, &n->scratch, err);
+	/* a large message that failed half way must not pin its memory either */
+	if (r < 0 && n->scratch.cap > NATIVE_SCRATCH_KEEP)
+		native_scratch_shrink(n);
+	return r;
 }
 
 static void scratch_take(struct native *n, struct bq *q)
@@ -1007,8 +1014,15 @@ static int grpc_timeout_valid(const uint8_t *v, size_t len)
 static void on_pseudo_header(struct call *c, const uint8_t *name, size_t namelen,
 			     const uint8_t *value, size_t valuelen)
 {
-	/* no character check: :path is only forwarded when it is one of the method table's */
+	/*
+	 * Only :path is forwarded, and only when it is one of the method table's;
+	 * its characters are checked so that a NUL cannot cut it down to one.
+	 */
 	if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
+		if (!nghttp2_check_header_value(value, valuelen) ||
+		    memchr(value, '\0', valuelen) != NULL)
+			c->bad_metadata = "etcdproxy: invalid request metadata (a name or value with "
+					  "characters HTTP/2 does not allow)";
 		pool_free(c->path);
 		c->path = pool_strndup(value, valuelen);
 	} else if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
@@ -1621,7 +1635,8 @@ void native_internal_done(struct call *c, uint32_t error_code)
 	uint8_t flag = 0;
 	const uint8_t *msg = NULL;
 	size_t len = 0, declared;
-	int ok = error_code == 0 && c->grpc_status != NULL && strcmp(c->grpc_status, "0") == 0;
+	int ok = error_code == 0 && c->up_status == 200 && c->grpc_status != NULL &&
+		 strcmp(c->grpc_status, "0") == 0;
 
 	if (ok && !grpc_reader_next(&c->resp_in, &flag, &msg, &len, &declared))
 		ok = 0;

@@ -140,6 +140,7 @@ struct call {
 	int down_data_deferred;
 	int up_eos;                  /* upstream stream ended */
 	char *grpc_status, *grpc_message; /* upstream trailers */
+	int up_bad_status;           /* etcd sent one of them malformed: replaced by our error */
 	int finished;                /* final trailers (or RST) submitted downstream */
 
 	/* an answer the proxy makes itself */

@@ -131,10 +131,34 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 		return 0;
 	if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
 		c->up_status = atoi((const char *)value);
-	} else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0) {
+		return 0;
+	}
+	if (!(namelen == 11 && memcmp(name, "grpc-status", 11) == 0) &&
+	    !(namelen == 12 && memcmp(name, "grpc-message", 12) == 0))
+		return 0;
+	/*
+	 * These two go to the client as they are, and nghttp2's HTTP checks are
+	 * off here (make_session): a value HTTP/2 does not allow becomes an
+	 * error of ours instead of a broken trailer.
+	 */
+	if (!nghttp2_check_header_value(value, valuelen) || memchr(value, '\0', valuelen) != NULL ||
+	    (namelen == 11 && (valuelen == 0 || strspn((const char *)value, "0123456789") != valuelen))) {
+		static const char bad[] = "etcdproxy: the core etcd sent a malformed grpc-status or "
+					  "grpc-message";
+
+		pool_free(c->grpc_status);
+		c->grpc_status = pool_strndup("13", 2);
+		pool_free(c->grpc_message);
+		c->grpc_message = pool_strndup(bad, sizeof(bad) - 1);
+		c->up_bad_status = 1;
+		return 0;
+	}
+	if (c->up_bad_status)
+		return 0; /* the error above stays */
+	if (namelen == 11) {
 		pool_free(c->grpc_status);
 		c->grpc_status = pool_strndup(value, valuelen);
-	} else if (namelen == 12 && memcmp(name, "grpc-message", 12) == 0) {
+	} else {
 		pool_free(c->grpc_message);
 		c->grpc_message = pool_strndup(value, valuelen);
 	}

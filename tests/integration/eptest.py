@@ -443,7 +443,8 @@ class Suite:
             self.check(not left, 'no process of this test is left',
                        '\n'.join('%d: %s' % x for x in left))
             reports = self.sanitizer_reports()
-            self.check(not reports, 'no process of this test logged a sanitizer report',
+            self.check(not reports, 'no log of this test holds a sanitizer report (or a Go '
+                       'runtime error)',
                        '\n'.join(reports))
             for pid, _ in left:
                 try:

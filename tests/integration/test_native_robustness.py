@@ -697,6 +697,16 @@ def test_bad_metadata(s, t):
                         c.goaway is None, 'the watch on that connection is not disturbed')
             finally:
                 c.close()
+    # a NUL inside :path must not cut it down to a method the proxy forwards
+    c = H2(t.pa)
+    try:
+        st = c.wait_stream(c.request(RANGE + '\x00/../Snapshot', grpc_msg(range_req(b'k'))))
+        s.check(st.grpc_status == 13 and 'invalid request metadata' in
+                (st.header('grpc-message') or ''),
+                'a :path with a NUL after a method name: refused, not served as that method',
+                (st.blocks, st.rst))
+    finally:
+        c.close()
     still_serves(s, t, 'bad metadata')
 
 
