@@ -1019,8 +1019,7 @@ static void on_pseudo_header(struct call *c, const uint8_t *name, size_t namelen
 	 * its characters are checked so that a NUL cannot cut it down to one.
 	 */
 	if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
-		if (!nghttp2_check_header_value(value, valuelen) ||
-		    memchr(value, '\0', valuelen) != NULL)
+		if (!nghttp2_check_header_value(value, valuelen)) /* NUL, CR, LF, ... */
 			c->bad_metadata = "etcdproxy: invalid request metadata (a name or value with "
 					  "characters HTTP/2 does not allow)";
 		pool_free(c->path);

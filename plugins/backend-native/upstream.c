@@ -141,7 +141,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 	 * off here (make_session): a value HTTP/2 does not allow becomes an
 	 * error of ours instead of a broken trailer.
 	 */
-	if (!nghttp2_check_header_value(value, valuelen) || memchr(value, '\0', valuelen) != NULL ||
+	if (!nghttp2_check_header_value(value, valuelen) || /* NUL, CR, LF, ... */
 	    (namelen == 11 && (valuelen == 0 || strspn((const char *)value, "0123456789") != valuelen))) {
 		static const char bad[] = "etcdproxy: the core etcd sent a malformed grpc-status or "
 					  "grpc-message";
