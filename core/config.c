@@ -250,6 +250,52 @@ static int parse_supervisor(struct pctx *c, const cJSON *obj, struct ep_global_c
 	return 0;
 }
 
+static void reserved_add(struct ep_global_config *g, const char *prefix, char *origin)
+{
+	g->reserved = ep_realloc(g->reserved, (g->n_reserved + 1) * sizeof(*g->reserved));
+	g->reserved[g->n_reserved].prefix = ep_strdup(prefix);
+	g->reserved[g->n_reserved].origin = origin;
+	g->n_reserved++;
+}
+
+/* Drop everything but EP_OWN_PREFIX, which stays first. */
+static void reserved_clear(struct ep_global_config *g)
+{
+	while (g->n_reserved > 1) {
+		g->n_reserved--;
+		free(g->reserved[g->n_reserved].prefix);
+		free(g->reserved[g->n_reserved].origin);
+	}
+}
+
+static int parse_reserved_prefixes(struct pctx *c, const cJSON *m, struct ep_global_config *g)
+{
+	const cJSON *e;
+	int i = 0;
+
+	if (!cJSON_IsArray(m))
+		return fail_at(c, m, "reserved_prefixes: expected an array of key prefixes such as "
+			       "[\"/registry/\"], got %s", json_type_name(m));
+	reserved_clear(g);
+	cJSON_ArrayForEach(e, m)
+	{
+		unsigned line = 0, col = 0;
+
+		if (!cJSON_IsString(e) || e->valuestring[0] != '/')
+			return fail_at(c, e,
+				       "reserved_prefixes[%d]: expected a key prefix starting with "
+				       "\"/\" (every tenant's prefix does), got %s%s%s",
+				       i, cJSON_IsString(e) ? "\"" : json_type_name(e),
+				       cJSON_IsString(e) ? e->valuestring : "",
+				       cJSON_IsString(e) ? "\"" : "");
+		ep_json_position(c->doc, e, &line, &col);
+		reserved_add(g, e->valuestring,
+			     ep_strdup_printf("reserved_prefixes in %s:%u:%u", c->file, line, col));
+		i++;
+	}
+	return 0;
+}
+
 /* "backends" or "certs": an object of option objects by plugin name, checked by the plugins */
 static int parse_plugin_options(struct pctx *c, const cJSON *obj, const char *section,
 				const char *what, cJSON **out)
@@ -285,6 +331,13 @@ static void global_defaults(struct ep_global_config *g)
 	g->core.ca_file = ep_strdup("/etc/kubernetes/pki/etcd/ca.crt");
 	g->core.cert_file = ep_strdup("/etc/kubernetes/pki/apiserver-etcd-client.crt");
 	g->core.key_file = ep_strdup("/etc/kubernetes/pki/apiserver-etcd-client.key");
+	reserved_add(g, EP_OWN_PREFIX,
+		     ep_strdup("always reserved: etcdproxy's own records, whatever "
+			       "reserved_prefixes says"));
+	/* the kube-apiserver's default --etcd-prefix, and OpenShift's two */
+	reserved_add(g, "/registry/", ep_strdup("the default of reserved_prefixes"));
+	reserved_add(g, "/kubernetes.io/", ep_strdup("the default of reserved_prefixes"));
+	reserved_add(g, "/openshift.io/", ep_strdup("the default of reserved_prefixes"));
 	g->default_backend = ep_strdup("etcd");
 	g->default_signing_validity_ms = DEFAULT_VALIDITY_MS;
 	g->default_serving_validity_ms = DEFAULT_VALIDITY_MS;
@@ -329,6 +382,8 @@ static int parse_global(struct pctx *c, const cJSON *root, struct ep_global_conf
 					    "\"notice\", \"info\", \"debug\"");
 		} else if (strcmp(k, "core_etcd") == 0)
 			r = parse_core_etcd(c, m, &g->core);
+		else if (strcmp(k, "reserved_prefixes") == 0)
+			r = parse_reserved_prefixes(c, m, g);
 		else if (strcmp(k, "defaults") == 0)
 			r = parse_defaults(c, m, g);
 		else if (strcmp(k, "supervisor") == 0)
@@ -340,7 +395,8 @@ static int parse_global(struct pctx *c, const cJSON *root, struct ep_global_conf
 		else
 			r = unknown_key(c, m, "",
 					"storages_dir, state_dir, runtime_dir, plugin_dir, worker, "
-					"control_socket, log_level, core_etcd, defaults, supervisor, "
+					"control_socket, log_level, core_etcd, reserved_prefixes, "
+					"defaults, supervisor, "
 					"backends, certs");
 		if (r < 0)
 			return r;
@@ -398,6 +454,11 @@ void ep_global_config_free(struct ep_global_config *g)
 	free(g->core.ca_file);
 	free(g->core.cert_file);
 	free(g->core.key_file);
+	for (size_t i = 0; i < g->n_reserved; i++) {
+		free(g->reserved[i].prefix);
+		free(g->reserved[i].origin);
+	}
+	free(g->reserved);
 	free(g->default_backend);
 	cJSON_Delete(g->backends);
 	cJSON_Delete(g->certs);
@@ -409,6 +470,31 @@ void ep_global_config_free(struct ep_global_config *g)
 int ep_backend_takes_socket(const char *backend)
 {
 	return backend != NULL && strcmp(backend, "native") == 0;
+}
+
+int ep_prefix_overlaps(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+
+	return memcmp(a, b, la < lb ? la : lb) == 0;
+}
+
+int ep_tenant_prefix_check(const struct ep_global_config *g, const char *name,
+			   const char *prefix, char **why_r)
+{
+	*why_r = NULL;
+	for (size_t i = 0; i < g->n_reserved; i++) {
+		const struct ep_reserved_prefix *rp = &g->reserved[i];
+
+		if (ep_prefix_overlaps(prefix, rp->prefix)) {
+			*why_r = ep_strdup_printf("tenant \"%s\" would have the key prefix \"%s\", "
+						  "which overlaps the reserved prefix \"%s\" (%s); "
+						  "no worker is started for it",
+						  name, prefix, rp->prefix, rp->origin);
+			return -EPERM;
+		}
+	}
+	return 0;
 }
 
 int ep_tenant_name_valid(const char *name)
@@ -873,6 +959,7 @@ static int parse_tenant(struct pctx *c, const cJSON *root, const struct ep_globa
 			struct ep_tenant_config *t, char **name_r)
 {
 	const cJSON *m, *api = NULL, *kind = NULL, *meta = NULL, *spec = NULL, *name = NULL;
+	char *why;
 	int r;
 
 	if (!cJSON_IsObject(root))
@@ -919,6 +1006,11 @@ static int parse_tenant(struct pctx *c, const cJSON *root, const struct ep_globa
 			       EP_TENANT_NAME_MAX);
 	t->name = ep_strdup(name->valuestring);
 	t->prefix = ep_strdup_printf("/%s/", t->name);
+	if (ep_tenant_prefix_check(g, t->name, t->prefix, &why) < 0) {
+		r = fail_at(c, name, "metadata.name: %s", why);
+		free(why);
+		return r;
+	}
 	t->backend = ep_strdup(g->default_backend);
 	t->signing_validity_ms = g->default_signing_validity_ms;
 	t->serving_validity_ms = g->default_serving_validity_ms;

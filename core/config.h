@@ -21,6 +21,13 @@
 #endif
 #define EP_DEFAULT_CONFIG SYSCONFDIR "/etcdproxy/etcdproxyd.json"
 
+/* A key prefix of the core etcd that no tenant's prefix may overlap. */
+struct ep_reserved_prefix {
+	char *prefix;
+	/* what reserves it, for error messages: "reserved_prefixes (FILE:LINE:COL)", ... */
+	char *origin;
+};
+
 struct ep_core_etcd_config {
 	char **endpoints; /* URLs: "https://127.0.0.1:2379" */
 	size_t n_endpoints;
@@ -39,6 +46,10 @@ struct ep_global_config {
 	char *control_socket;
 	enum ep_log_level log_level;
 	struct ep_core_etcd_config core;
+
+	/* EP_OWN_PREFIX (etcdproxy/plugin.h) first, then reserved_prefixes or its default */
+	struct ep_reserved_prefix *reserved;
+	size_t n_reserved;
 
 	/* defaults for tenants */
 	char *default_backend;
@@ -121,6 +132,21 @@ void ep_tenant_config_free(struct ep_tenant_config *tenant);
  * stock grpc-proxy takes only an address).
  */
 int ep_backend_takes_socket(const char *backend);
+
+/*
+ * 1 when one of the byte strings a and b is a prefix of the other (so a key
+ * range under one can hold keys under the other), else 0.  An empty string
+ * overlaps everything.
+ */
+int ep_prefix_overlaps(const char *a, const char *b);
+
+/*
+ * The one check every tenant source makes before a tenant may run: 0 when
+ * prefix overlaps no reserved prefix of g, else -EPERM and *why_r (malloc'ed):
+ * the tenant, its prefix, the reserved prefix it hits and what reserves it.
+ */
+int ep_tenant_prefix_check(const struct ep_global_config *g, const char *name,
+			   const char *prefix, char **why_r);
 
 /* 1 when name is a valid tenant name (lower-case DNS-1123 subdomain, <= 59). */
 int ep_tenant_name_valid(const char *name);

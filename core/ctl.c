@@ -58,9 +58,10 @@ static double num(const cJSON *o, const char *key, double dflt)
 	return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
-static void fmt_uptime(const cJSON *t, char *buf, size_t size)
+/* A number of seconds in the tenant object, as "2d3h", "1h5m", "3m20s" or "42s"; "-" if none. */
+static void fmt_seconds(const cJSON *t, const char *key, char *buf, size_t size)
 {
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, "uptime_s");
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, key);
 	unsigned long s;
 
 	if (!cJSON_IsNumber(v)) {
@@ -112,7 +113,7 @@ static int print_status(const cJSON *reply, int full)
 	}
 	cJSON_ArrayForEach(t, tenants)
 	{
-		char pid[24], up[24];
+		char pid[24], up[24], age[24];
 		const char *state = str(t, "state", "?");
 
 		if (strcmp(state, "ready") != 0)
@@ -122,10 +123,14 @@ static int print_status(const cJSON *reply, int full)
 			continue;
 		}
 		fmt_pid(t, pid, sizeof(pid));
-		fmt_uptime(t, up, sizeof(up));
-		printf("%-24s %-8s %-22s %-24s %-8s %-10s %-8d %-8s %s\n", str(t, "name", "?"),
+		fmt_seconds(t, "uptime_s", up, sizeof(up));
+		fmt_seconds(t, "last_error_age_s", age, sizeof(age));
+		/* when it happened: an error from before a tenant became ready reads as history */
+		printf("%-24s %-8s %-22s %-24s %-8s %-10s %-8d %-8s %s%s%s\n", str(t, "name", "?"),
 		       str(t, "backend", "-"), str(t, "listen", "-"), str(t, "prefix", "-"), pid,
-		       state, (int)num(t, "restarts", 0), up, str(t, "last_error", "-"));
+		       state, (int)num(t, "restarts", 0), up,
+		       str(t, "last_error", NULL) != NULL ? age : "",
+		       str(t, "last_error", NULL) != NULL ? " ago: " : "", str(t, "last_error", "-"));
 	}
 	return not_ready ? EXIT_NOT_READY : EXIT_DONE;
 }
@@ -137,7 +142,7 @@ static void print_show(const cJSON *reply)
 	char pid[24], up[24];
 
 	fmt_pid(t, pid, sizeof(pid));
-	fmt_uptime(t, up, sizeof(up));
+	fmt_seconds(t, "uptime_s", up, sizeof(up));
 	printf("name:        %s\n", str(t, "name", "?"));
 	printf("file:        %s\n", str(t, "file", "-"));
 	printf("state:       %s%s\n", str(t, "state", "?"),
@@ -150,7 +155,15 @@ static void print_show(const cJSON *reply)
 	printf("uptime:      %s\n", up);
 	printf("restarts:    %d (consecutive failures: %d)\n", (int)num(t, "restarts", 0),
 	       (int)num(t, "consecutive_failures", 0));
-	printf("last error:  %s\n", str(t, "last_error", "-"));
+	if (str(t, "last_error", NULL) != NULL) {
+		char age[24];
+
+		fmt_seconds(t, "last_error_age_s", age, sizeof(age));
+		printf("last error:  %s (at %s, %s ago)\n", str(t, "last_error", "-"),
+		       str(t, "last_error_at", "?"), age);
+	} else {
+		printf("last error:  -\n");
+	}
 	const cJSON *certs = cJSON_GetObjectItemCaseSensitive(t, "certificates");
 	const cJSON *c;
 	if (cJSON_GetArraySize(certs) > 0)

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EP_LOG_SUBSYS "supervisor"
@@ -48,6 +49,14 @@ static void set_str(char **dst, const char *src)
 {
 	free(*dst);
 	*dst = ep_strdup(src);
+}
+
+/* Record why the tenant is not (or was not) serving, and when: msg is taken over. */
+static void tenant_error(struct tenant *t, char *msg)
+{
+	free(t->last_error);
+	t->last_error = msg;
+	t->last_error_time = time(NULL);
 }
 
 static void tenant_close_socket(struct tenant *t);
@@ -103,7 +112,7 @@ static struct tenant *tenant_new(struct supervisor *sv, const struct ep_tenant_e
 		t->payload = ep_strdup(e->fingerprint);
 	} else {
 		t->config_error = ep_strdup(e->error);
-		t->last_error = ep_strdup(e->error);
+		tenant_error(t, ep_strdup(e->error));
 	}
 	t->listen_fd = -1;
 	ep_frame_reader_init(&t->reader);
@@ -237,10 +246,10 @@ static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 			tenant_set_state(t, TENANT_READY);
 		} else if (!t->healthy && t->state == TENANT_READY) {
 			ep_warn("tenant %s unhealthy: %s", t->name, s ? s : "no reason given");
-			set_str(&t->last_error, s);
+			tenant_error(t, ep_strdup(s));
 			tenant_set_state(t, TENANT_UNHEALTHY);
 		} else if (!t->healthy && s != NULL) {
-			set_str(&t->last_error, s);
+			tenant_error(t, ep_strdup(s));
 		}
 		break;
 	}
@@ -310,7 +319,7 @@ static void on_ipc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		/* on_worker_exit() makes last_error "killed by signal 9 (Killed): " + this */
 		free(t->fatal_reason);
 		t->fatal_reason = ep_strdup_printf("IPC protocol error: %s", why);
-		set_str(&t->last_error, t->fatal_reason);
+		tenant_error(t, ep_strdup(t->fatal_reason));
 		ipc_close(t);
 		if (t->process_alive)
 			uv_process_kill(&t->process, SIGKILL);
@@ -429,11 +438,10 @@ static void on_worker_exit(uv_process_t *p, int64_t exit_status, int term_signal
 	}
 
 	/* an exit nobody asked for */
-	free(t->last_error);
 	if (t->fatal_reason != NULL)
-		t->last_error = ep_strdup_printf("%s: %s", how, t->fatal_reason);
+		tenant_error(t, ep_strdup_printf("%s: %s", how, t->fatal_reason));
 	else
-		t->last_error = ep_strdup(how);
+		tenant_error(t, ep_strdup(how));
 	ep_warn("tenant %s: worker pid %ld %s", t->name, (long)t->pid, t->last_error);
 	t->pid = 0;
 
@@ -452,8 +460,7 @@ static void on_worker_exit(uv_process_t *p, int64_t exit_status, int term_signal
 		char *msg = ep_strdup_printf("gave up after %u consecutive failures; last: %s",
 					     t->backoff.failures, t->last_error);
 
-		free(t->last_error);
-		t->last_error = msg;
+		tenant_error(t, msg);
 		ep_err("tenant %s failed: %s (etcdproxyctl restart %s tries again)", t->name, msg,
 		       t->name);
 		tenant_set_state(t, TENANT_FAILED);
@@ -471,8 +478,7 @@ static void spawn_failed(struct tenant *t, char *msg)
 	int64_t delay;
 
 	ep_err("tenant %s: %s", t->name, msg);
-	free(t->last_error);
-	t->last_error = msg;
+	tenant_error(t, msg);
 	delay = ep_backoff_fail(&t->backoff);
 	if (delay < 0) {
 		tenant_set_state(t, TENANT_FAILED);
@@ -685,6 +691,18 @@ cJSON *tenant_to_json(const struct tenant *t, int detailed)
 		cJSON_AddNullToObject(o, "pid");
 	cJSON_AddNumberToObject(o, "restarts", t->restarts);
 	add_opt_string(o, "last_error", t->last_error);
+	if (t->last_error != NULL) {
+		char when[32];
+		time_t wall = time(NULL);
+
+		ep_time_format((int64_t)t->last_error_time, when, sizeof(when));
+		cJSON_AddStringToObject(o, "last_error_at", when);
+		cJSON_AddNumberToObject(o, "last_error_age_s",
+					wall > t->last_error_time ? (double)(wall - t->last_error_time) : 0);
+	} else {
+		cJSON_AddNullToObject(o, "last_error_at");
+		cJSON_AddNullToObject(o, "last_error_age_s");
+	}
 	if (t->ready_ms != 0 && t->pid > 0)
 		cJSON_AddNumberToObject(o, "uptime_s", (double)((now - t->ready_ms) / 1000));
 	else
@@ -771,7 +789,10 @@ static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenan
 		}
 		break;
 	case EP_DIFF_CHANGE:
-		ep_info("reload: tenant %s changed (%s)", n->name, n->file);
+		if (n->error != NULL && o->error == NULL) /* a reserved prefix, or a broken file */
+			ep_warn("reload: tenant %s is stopped: %s", n->name, n->error);
+		else
+			ep_info("reload: tenant %s changed (%s)", n->name, n->file);
 		cJSON_AddItemToArray(rc->changed, cJSON_CreateString(n->name));
 		t = supervisor_find(sv, o->name);
 		if (t == NULL) {

@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 #include <cjson/cJSON.h>
 #include <uv.h>
 
@@ -51,6 +52,7 @@ struct tenant {
 	unsigned spawns;   /* workers started for this configuration */
 	unsigned restarts; /* spawns after the first, carried over to a successor */
 	char *last_error;
+	time_t last_error_time; /* wall clock: when last_error happened */
 	char *fatal_reason; /* what the worker said in FATAL before exiting */
 	int fatal_config;
 	uint64_t started_ms; /* spawn time (monotonic) */

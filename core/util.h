@@ -36,4 +36,7 @@ int ep_listen_bind(const char *listen, int *fd_r, char **error_r);
 /* Monotonic milliseconds. */
 uint64_t ep_now_ms(void);
 
+/* t (seconds since the epoch) as RFC 3339 UTC, "2026-12-04T03:10:37Z"; size >= 21. */
+void ep_time_format(int64_t t, char *buf, size_t size);
+
 #endif /* EP_UTIL_H */

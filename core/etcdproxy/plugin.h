@@ -53,6 +53,13 @@ enum ep_log_level {
 	EP_LOG_DEBUG = 7,
 };
 
+/**
+ * etcdproxy's own key prefix in the core etcd.  A plugin that keeps records
+ * there (the native backend's lease owners) keeps them under this prefix,
+ * which no tenant's prefix may overlap, whatever reserved_prefixes says.
+ */
+#define EP_OWN_PREFIX "/__etcdproxy/"
+
 /** The core etcd a backend forwards to (from the global configuration). */
 struct ep_core_etcd {
 	const char *const *endpoints; /* URLs, "https://127.0.0.1:2379" */

@@ -40,7 +40,7 @@
 #include "ep-util.h"
 #include "native.h"
 
-#define RECORD_PREFIX "/__etcdproxy/leases/"
+#define RECORD_PREFIX EP_OWN_PREFIX "leases/"
 
 /* ---- byte queues -------------------------------------------------------------------------- */
 

@@ -26,7 +26,8 @@
 /* Messages that many cases share. */
 #define TOP_KEYS \
 	"(expected one of: storages_dir, state_dir, runtime_dir, plugin_dir, worker, " \
-	"control_socket, log_level, core_etcd, defaults, supervisor, backends, certs)"
+	"control_socket, log_level, core_etcd, reserved_prefixes, defaults, supervisor, backends, " \
+	"certs)"
 #define MSG_LOG_LEVEL \
 	"log_level: expected one of \"err\", \"warning\", \"notice\", \"info\", \"debug\""
 #define MSG_DURATION(what, got) \
@@ -363,6 +364,16 @@ static void test_global_defaults(void **state)
 	assert_non_null(g->backends);
 	assert_true(cJSON_IsObject(g->backends));
 	assert_null(g->backends->child);
+	/* etcdproxy's own prefix first, then the default of reserved_prefixes */
+	assert_int_equal(g->n_reserved, 4);
+	assert_string_equal(g->reserved[0].prefix, "/__etcdproxy/");
+	assert_string_equal(g->reserved[0].origin,
+			    "always reserved: etcdproxy's own records, whatever reserved_prefixes says");
+	assert_string_equal(g->reserved[1].prefix, "/registry/");
+	assert_string_equal(g->reserved[2].prefix, "/kubernetes.io/");
+	assert_string_equal(g->reserved[3].prefix, "/openshift.io/");
+	for (size_t i = 1; i < 4; i++)
+		assert_string_equal(g->reserved[i].origin, "the default of reserved_prefixes");
 	ep_global_config_free(g);
 
 	/* empty sections keep their defaults too */
@@ -760,6 +771,162 @@ static void test_global_endpoints(void **state)
 }
 
 /* ---- tenant names and listen addresses ------------------------------------------------ */
+
+/* ---- reserved prefixes -------------------------------------------------------------- */
+
+static void test_prefix_overlaps(void **state UNUSED)
+{
+	static const struct {
+		const char *a, *b;
+		int overlaps;
+	} cases[] = {
+		{ "/registry/", "/registry/", 1 },          /* equal */
+		{ "/registry/", "/registry/secrets/", 1 },  /* longer */
+		{ "/registry/secrets/", "/registry/", 1 },  /* shorter */
+		{ "/a/", "/b/", 0 },                        /* unrelated */
+		{ "/a/", "/ab/", 0 },
+		{ "/registry/", "/registry-x/", 0 },
+		{ "/registry", "/registry/", 1 },           /* without the trailing slash: a byte prefix */
+		{ "/registry", "/registry-x/", 1 },         /* ... of every name that starts so */
+		{ "/registry", "/regis/", 0 },
+		{ "", "/a/", 1 },                           /* empty: a prefix of everything */
+		{ "/a/", "", 1 },
+		{ "", "", 1 },
+		{ "/caf\xc3\xa9/", "/caf\xc3\xa9/x", 1 }, /* non-ASCII: bytes, not characters */
+		{ "/caf\xc3\xa9/", "/cafe/", 0 },
+		{ "/caf\xc3", "/caf\xc3\xa9/", 1 },        /* half a UTF-8 sequence is a byte prefix */
+		{ "/\xff/", "/\x7f/", 0 },
+	};
+
+	for (size_t i = 0; i < N_ELEMENTS(cases); i++) {
+		int got = ep_prefix_overlaps(cases[i].a, cases[i].b);
+
+		if (got != cases[i].overlaps)
+			fail_msg("ep_prefix_overlaps(\"%s\", \"%s\") = %d, expected %d", cases[i].a,
+				 cases[i].b, got, cases[i].overlaps);
+		/* symmetric */
+		assert_int_equal(ep_prefix_overlaps(cases[i].b, cases[i].a), cases[i].overlaps);
+	}
+}
+
+static void test_global_reserved_prefixes(void **state)
+{
+	struct fixture *f = *state;
+	struct ep_global_config *g;
+	char *why = NULL, *origin;
+
+	/* a list of the operator's replaces the default; etcdproxy's own prefix stays */
+	g = global_ok(f, "{\n  \"reserved_prefixes\": [\"/registry/\",\n    \"/team\"]\n}\n");
+	assert_int_equal(g->n_reserved, 3);
+	assert_string_equal(g->reserved[0].prefix, "/__etcdproxy/");
+	assert_string_equal(g->reserved[1].prefix, "/registry/");
+	assert_string_equal(g->reserved[2].prefix, "/team");
+	origin = ep_strdup_printf("reserved_prefixes in %s:3:5", f->global_file);
+	assert_string_equal(g->reserved[2].origin, origin);
+	free(origin);
+	assert_int_equal(ep_tenant_prefix_check(g, "team-a", "/team-a/", &why), -EPERM);
+	origin = ep_strdup_printf("tenant \"team-a\" would have the key prefix \"/team-a/\", which "
+				  "overlaps the reserved prefix \"/team\" (reserved_prefixes in "
+				  "%s:3:5); no worker is started for it",
+				  f->global_file);
+	assert_string_equal(why, origin);
+	free(origin);
+	free(why);
+	assert_int_equal(ep_tenant_prefix_check(g, "kubernetes.io", "/kubernetes.io/", &why), 0);
+	assert_null(why);
+	assert_int_equal(ep_tenant_prefix_check(g, "tea", "/tea/", &why), 0);
+	assert_null(why);
+	ep_global_config_free(g);
+
+	/* an empty list reserves etcdproxy's own prefix only */
+	g = global_ok(f, "{\"reserved_prefixes\": []}");
+	assert_int_equal(g->n_reserved, 1);
+	assert_int_equal(ep_tenant_prefix_check(g, "registry", "/registry/", &why), 0);
+	assert_null(why);
+	static const char *const own[] = { "/__etcdproxy/", "/__etcdproxy/leases/a/", "/__e", "/" };
+	for (size_t i = 0; i < N_ELEMENTS(own); i++) {
+		assert_int_equal(ep_tenant_prefix_check(g, "x", own[i], &why), -EPERM);
+		assert_contains(why, "overlaps the reserved prefix \"/__etcdproxy/\" (always "
+			       "reserved: etcdproxy's own records, whatever reserved_prefixes says)");
+		free(why);
+	}
+	ep_global_config_free(g);
+
+	static const struct {
+		const char *text;
+		unsigned line, col;
+		const char *message;
+	} bad[] = {
+		{ "{\"reserved_prefixes\": \"/registry/\"}", 1, 2,
+		  "reserved_prefixes: expected an array of key prefixes such as [\"/registry/\"], got "
+		  "a string" },
+		{ "{\"reserved_prefixes\": null}", 1, 2,
+		  "reserved_prefixes: expected an array of key prefixes such as [\"/registry/\"], got "
+		  "null" },
+		{ "{\"reserved_prefixes\": [\"/a/\", \"\"]}", 1, 31,
+		  "reserved_prefixes[1]: expected a key prefix starting with \"/\" (every tenant's "
+		  "prefix does), got \"\"" },
+		{ "{\"reserved_prefixes\": [\"registry/\"]}", 1, 24,
+		  "reserved_prefixes[0]: expected a key prefix starting with \"/\" (every tenant's "
+		  "prefix does), got \"registry/\"" },
+		{ "{\"reserved_prefixes\": [\"/a/\", 5]}", 1, 31,
+		  "reserved_prefixes[1]: expected a key prefix starting with \"/\" (every tenant's "
+		  "prefix does), got a number" },
+	};
+	for (size_t i = 0; i < N_ELEMENTS(bad); i++)
+		global_fails(f, bad[i].text, bad[i].line, bad[i].col, bad[i].message);
+}
+
+static void test_tenant_reserved(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const refused[] = { "registry", "kubernetes.io", "openshift.io" };
+
+	/* the default list, also with the fixture's own global file (no reserved_prefixes) */
+	for (size_t i = 0; i < N_ELEMENTS(refused); i++) {
+		char *meta = ep_strdup_printf("{\"name\": \"%s\"}", refused[i]);
+		char *msg = ep_strdup_printf(
+			"metadata.name: tenant \"%s\" would have the key prefix \"/%s/\", which "
+			"overlaps the reserved prefix \"/%s/\" (the default of reserved_prefixes); "
+			"no worker is started for it",
+			refused[i], refused[i], refused[i]);
+		struct tdoc d = { .metadata = meta };
+
+		tenant_fails(f, &d, 4, 16, msg, refused[i]);
+		/* whatever the backend, and before anything in the spec is judged */
+		d.spec = "{\"backend\": \"other\", \"listen\": \"nowhere\"}";
+		tenant_fails(f, &d, 4, 16, msg, refused[i]);
+		free(msg);
+		free(meta);
+	}
+	/* names that only look alike */
+	static const char *const allowed[] = { "registry-x", "registry.example", "xregistry",
+					       "kubernetes", "openshift.io.example", "io" };
+	for (size_t i = 0; i < N_ELEMENTS(allowed); i++) {
+		char *meta = ep_strdup_printf("{\"name\": \"%s\"}", allowed[i]);
+		struct ep_tenant_config *t = tenant_ok(f, &(struct tdoc){ .metadata = meta });
+
+		ep_tenant_config_free(t);
+		free(meta);
+	}
+
+	/* an operator's list: "/team" without its slash takes every name that starts so */
+	struct ep_global_config *g = global_ok(
+		f, "{\"plugin_dir\": \"@P@\", \"state_dir\": \"@D@/state\",\n"
+		   "  \"reserved_prefixes\": [\"/team\"]}");
+	char *text = tenant_doc(&(struct tdoc){ .metadata = "{\"name\": \"team-a\"}" });
+	char *msg = ep_strdup_printf("metadata.name: tenant \"team-a\" would have the key prefix "
+				     "\"/team-a/\", which overlaps the reserved prefix \"/team\" "
+				     "(reserved_prefixes in %s:2:25); no worker is started for it",
+				     f->global_file);
+	tenant_fails_text(f, g, text, 4, 16, msg, "team-a");
+	free(msg);
+	free(text);
+	text = tenant_doc(&(struct tdoc){ .metadata = "{\"name\": \"registry\"}" });
+	ep_tenant_config_free(tenant_ok_text(f, g, text));
+	free(text);
+	ep_global_config_free(g);
+}
 
 static void test_tenant_name_valid(void **state UNUSED)
 {
@@ -1525,8 +1692,10 @@ int main(void)
 		T(test_global_backoff_order),
 		T(test_global_cert_without_key),
 		T(test_global_endpoints),
+		T(test_global_reserved_prefixes),
 	};
 	const struct CMUnitTest tenant_tests[] = {
+		cmocka_unit_test(test_prefix_overlaps),
 		cmocka_unit_test(test_tenant_name_valid),
 		cmocka_unit_test(test_listen_validate),
 		T(test_tenant_minimal),
@@ -1536,6 +1705,7 @@ int main(void)
 		T(test_tenant_header_errors),
 		T(test_tenant_file_errors),
 		T(test_tenant_names),
+		T(test_tenant_reserved),
 		T(test_tenant_listen),
 		T(test_tenant_backend),
 		T(test_tenant_spec_errors),
