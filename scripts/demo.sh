@@ -25,7 +25,7 @@ cat >"$d/etcdproxyd.json" <<JSON
   "state_dir": "$d/state",
   "runtime_dir": "$d/run",
   "plugin_dir": "$b/plugins/.libs",
-  "worker": "$b/core/etcdproxy-worker",
+  "worker": "$b/worker/etcdproxy-worker",
   "core_etcd": {
     // the local etcd this script starts; a real node uses kubeadm's https endpoint and certificates
     "endpoints": ["http://127.0.0.1:$ETCD_PORT"],
@@ -78,9 +78,9 @@ until ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health >
 	sleep 0.1
 done
 
-"$b/core/etcdproxyd" -f -c "$d/etcdproxyd.json" 2>"$d/etcdproxyd.log" &
+"$b/supervisor/etcdproxyd" -f -c "$d/etcdproxyd.json" 2>"$d/etcdproxyd.log" &
 sv_pid=$!
-ctl="$b/core/etcdproxyctl -s $d/run/etcdproxyd.sock"
+ctl="$b/ctl/etcdproxyctl -s $d/run/etcdproxyd.sock"
 i=0
 until $ctl status >/dev/null 2>&1; do
 	i=$((i + 1))

@@ -559,7 +559,7 @@ class Supervisor:
             'state_dir': os.path.join(self.dir, 'state'),
             'runtime_dir': self.runtime,
             'plugin_dir': os.path.join(build, 'plugins', '.libs'),
-            'worker': os.path.join(build, 'core', 'etcdproxy-worker'),
+            'worker': os.path.join(build, 'worker', 'etcdproxy-worker'),
             'log_level': 'info',
             'core_etcd': {'endpoints': [core_url], 'ca_file': None, 'cert_file': None,
                           'key_file': None},
@@ -580,7 +580,7 @@ class Supervisor:
     def start(self):
         with open(self.log, 'ab') as lf:
             self.proc = subprocess.Popen(
-                [os.path.join(self.build, 'core', 'etcdproxyd'), '-c', self.conf, '-f'],
+                [os.path.join(self.build, 'supervisor', 'etcdproxyd'), '-c', self.conf, '-f'],
                 stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
         PROCS.track(self.proc.pid)
         if not wait_until(lambda: self.proc.poll() is not None or
@@ -590,7 +590,7 @@ class Supervisor:
         return self
 
     def ctl(self, *args, timeout=60):
-        cmd = [os.path.join(self.build, 'core', 'etcdproxyctl'), '-s', self.sock, '-o', 'json']
+        cmd = [os.path.join(self.build, 'ctl', 'etcdproxyctl'), '-s', self.sock, '-o', 'json']
         try:
             return subprocess.run(cmd + list(args), capture_output=True, text=True,
                                   timeout=timeout, stdin=subprocess.DEVNULL)
@@ -937,12 +937,12 @@ class Bench:
     def versions(self):
         return {
             'etcd': first_line([ETCD, '--version']),
-            'etcdproxy': first_line([os.path.join(self.build, 'core', 'etcdproxyd'),
+            'etcdproxy': first_line([os.path.join(self.build, 'supervisor', 'etcdproxyd'),
                                      '--version']),
             'source': first_line(['git', '-C', SRCDIR, 'describe', '--always', '--dirty']),
             'etcdproxy_built': datetime.datetime.fromtimestamp(max(
                 os.path.getmtime(os.path.join(self.build, f)) for f in (
-                    'core/etcdproxyd', 'core/etcdproxy-worker', 'plugins/.libs/backend-etcd.so',
+                    'supervisor/etcdproxyd', 'worker/etcdproxy-worker', 'plugins/.libs/backend-etcd.so',
                     'plugins/.libs/backend-native.so')),
                 datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
             'load_generator': self.tool.describe(),

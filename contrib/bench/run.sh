@@ -74,7 +74,7 @@ else
 	build=$top/build/bench
 	"$top/scripts/build.sh" "$build" >&2
 fi
-for f in core/etcdproxyd core/etcdproxyctl core/etcdproxy-worker plugins/.libs/backend-native.so \
+for f in supervisor/etcdproxyd ctl/etcdproxyctl worker/etcdproxy-worker plugins/.libs/backend-native.so \
 	plugins/.libs/backend-etcd.so; do
 	[ -e "$build/$f" ] || { say "no $build/$f: build the project first"; exit 1; }
 done

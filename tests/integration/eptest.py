@@ -28,9 +28,9 @@ SRCDIR = os.environ.get('EP_SRCDIR') or os.path.abspath(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 BUILDDIR = os.environ.get('EP_BUILDDIR') or '/work/build'
 
-ETCDPROXYD = os.path.join(BUILDDIR, 'core', 'etcdproxyd')
-ETCDPROXYCTL = os.path.join(BUILDDIR, 'core', 'etcdproxyctl')
-WORKER = os.path.join(BUILDDIR, 'core', 'etcdproxy-worker')
+ETCDPROXYD = os.path.join(BUILDDIR, 'supervisor', 'etcdproxyd')
+ETCDPROXYCTL = os.path.join(BUILDDIR, 'ctl', 'etcdproxyctl')
+WORKER = os.path.join(BUILDDIR, 'worker', 'etcdproxy-worker')
 PLUGIN_DIR = os.path.join(BUILDDIR, 'plugins', '.libs')
 ETCD = '/usr/bin/etcd'
 ETCDCTL = '/usr/bin/etcdctl'

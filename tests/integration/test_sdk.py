@@ -21,7 +21,7 @@ LAYOUT = ['sbin/etcdproxyd', 'bin/etcdproxyctl', 'libexec/etcdproxy/etcdproxy-wo
           'lib/pkgconfig/etcdproxy-plugin.pc', 'etc/etcdproxy/etcdproxyd.json',
           'share/man/man8/etcdproxyd.8']
 EXECUTABLES = ['sbin/etcdproxyd', 'bin/etcdproxyctl', 'libexec/etcdproxy/etcdproxy-worker']
-PROGRAMS = ['core/etcdproxyd', 'core/etcdproxyctl', 'core/etcdproxy-worker',
+PROGRAMS = ['supervisor/etcdproxyd', 'ctl/etcdproxyctl', 'worker/etcdproxy-worker',
             'plugins/backend-etcd.la', 'etcdproxy-plugin.pc']
 # what the install without the data files (man pages, etc/) consists of
 PARTIAL_INSTALL = ['install-binPROGRAMS', 'install-sbinPROGRAMS', 'install-pkglibexecPROGRAMS',

@@ -642,7 +642,7 @@ static void test_load_file_size_limit(void **state UNUSED)
 	free(data);
 }
 
-/* ---- durations (core/util.c) ------------------------------------------------------------- */
+/* ---- durations (lib/util.c) ------------------------------------------------------------- */
 
 static void test_duration_parse(void **state UNUSED)
 {
