@@ -171,7 +171,8 @@ int ep_parse_duration_ms(const char *text, uint64_t *ms_r)
 			return -EINVAL;
 		total += v;
 	}
-	*ms_r = total / 1000000;
+	/* a duration above zero never becomes 0, which often means "never" or "off" */
+	*ms_r = total > 0 && total < 1000000 ? 1 : total / 1000000;
 	return 0;
 }
 

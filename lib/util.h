@@ -15,7 +15,8 @@ void *ep_realloc(void *p, size_t size);
 
 /*
  * Parse a Go duration ("730h", "1h30m", "250ms", "10s", "1.5h") into
- * milliseconds.  Units: ns us µs ms s m h; a sign is refused, "0" is allowed.
+ * milliseconds, rounded down, except that a duration above zero is at
+ * least 1 ms.  Units: ns us µs ms s m h; a sign is refused, "0" is allowed.
  * Returns 0 or -EINVAL (also on overflow).
  */
 int ep_parse_duration_ms(const char *text, uint64_t *ms_r);

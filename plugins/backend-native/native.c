@@ -37,7 +37,8 @@
 #include <cjson/cJSON.h>
 #include <dlfcn.h>
 
-#include "ep-util.h"
+#include "files.h"
+#include "util.h"
 #include "native.h"
 
 #define RECORD_PREFIX EP_OWN_PREFIX "leases/"
@@ -479,23 +480,23 @@ int native_tls_load(char **error_r)
 		return 0;
 	/* next to this plugin: PLUGIN_DIR/native-tls.so */
 	if (dladdr((void *)native_tls_load, &self) == 0 || self.dli_fname == NULL) {
-		*error_r = ep_xstrdup("cannot find the native backend's own file to load its TLS "
+		*error_r = ep_strdup("cannot find the native backend's own file to load its TLS "
 				      "module from");
 		return -ENOENT;
 	}
 	slash = strrchr(self.dli_fname, '/');
-	path = slash != NULL ? ep_xprintf("%.*s/" NATIVE_TLS_MODULE, (int)(slash - self.dli_fname),
+	path = slash != NULL ? ep_strdup_printf("%.*s/" NATIVE_TLS_MODULE, (int)(slash - self.dli_fname),
 					  self.dli_fname)
-			     : ep_xstrdup(NATIVE_TLS_MODULE);
+			     : ep_strdup(NATIVE_TLS_MODULE);
 	handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	if (handle == NULL) {
-		*error_r = ep_xprintf("cannot load the TLS module %s: %s", path, dlerror());
+		*error_r = ep_strdup_printf("cannot load the TLS module %s: %s", path, dlerror());
 		free(path);
 		return -ENOENT;
 	}
 	ops = dlsym(handle, "ep_native_tls_ops");
 	if (ops == NULL || ops->abi != NATIVE_TLS_ABI) {
-		*error_r = ep_xprintf("%s: %s", path, ops == NULL ? "no ep_native_tls_ops in it"
+		*error_r = ep_strdup_printf("%s: %s", path, ops == NULL ? "no ep_native_tls_ops in it"
 							     : "built for another native backend");
 		dlclose(handle);
 		free(path);
@@ -716,16 +717,16 @@ static int parse_options(struct native *n, const char **error_r)
 			 m->valuedouble <= 64)
 			n->n_upstreams = (unsigned)m->valuedouble;
 		else if (strcmp(k, "idle_timeout") == 0 && cJSON_IsString(m) &&
-			 ep_duration_parse(m->valuestring, &n->idle_timeout_ms) == 0)
+			 ep_parse_duration_ms(m->valuestring, &n->idle_timeout_ms) == 0)
 			;
 		else if (strcmp(k, "drain_timeout") == 0 && cJSON_IsString(m) &&
-			 ep_duration_parse(m->valuestring, &n->drain_timeout_ms) == 0)
+			 ep_parse_duration_ms(m->valuestring, &n->drain_timeout_ms) == 0)
 			;
 		else if (strcmp(k, "compaction") == 0 && cJSON_IsString(m) &&
 			 parse_compaction(m->valuestring, &n->compaction) == 0)
 			;
 		else if (strcmp(k, "credentials_poll_interval") == 0 && cJSON_IsString(m) &&
-			 ep_duration_parse(m->valuestring, &n->cred_poll_ms) == 0 &&
+			 ep_parse_duration_ms(m->valuestring, &n->cred_poll_ms) == 0 &&
 			 n->cred_poll_ms <= UINT32_MAX)
 			;
 		else {

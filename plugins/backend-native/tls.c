@@ -148,7 +148,7 @@ static int t_tls_read(struct native_tls *t, native_plain_cb *deliver, void *ctx,
 /* "what: reason" of a common-code failure, which is replaced (both malloc'ed). */
 static char *prefixed(const char *what, char *reason)
 {
-	char *s = ep_xprintf("%s: %s", what, reason);
+	char *s = ep_strdup_printf("%s: %s", what, reason);
 
 	free(reason);
 	return s;
@@ -190,8 +190,8 @@ static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
 	STACK_OF(X509) *chain = NULL, *rest = NULL;
 	EVP_PKEY *key = NULL;
 	X509 *leaf;
-	char *cw = ep_xprintf("%s %s", cert_what, cert_file);
-	char *kw = ep_xprintf("%s %s", key_what, key_file);
+	char *cw = ep_strdup_printf("%s %s", cert_what, cert_file);
+	char *kw = ep_strdup_printf("%s %s", key_what, key_file);
 	int r;
 
 	r = ep_pem_load_certs(cert_file, &chain, error_r);
@@ -213,7 +213,7 @@ static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
 		char when[32];
 
 		ep_time_format(ep_x509_not_before(leaf), when, sizeof(when));
-		*error_r = ep_xprintf("%s: the certificate is not valid yet (not before %s)", cw,
+		*error_r = ep_strdup_printf("%s: the certificate is not valid yet (not before %s)", cw,
 				   when);
 		r = -EINVAL;
 		goto out;
@@ -222,7 +222,7 @@ static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
 		char when[32];
 
 		ep_time_format(ep_x509_not_after(leaf), when, sizeof(when));
-		*error_r = ep_xprintf("%s: the certificate expired on %s", cw, when);
+		*error_r = ep_strdup_printf("%s: the certificate expired on %s", cw, when);
 		r = -EINVAL;
 		goto out;
 	}
@@ -230,7 +230,7 @@ static int use_pair(SSL_CTX *ctx, const char *cert_what, const char *cert_file,
 	for (int i = 1; i < sk_X509_num(chain); i++)
 		sk_X509_push(rest, sk_X509_value(chain, i));
 	if (SSL_CTX_use_cert_and_key(ctx, leaf, key, rest, 1) != 1) {
-		*error_r = ep_xprintf("%s: OpenSSL refuses it: %s", cw, openssl_reason());
+		*error_r = ep_strdup_printf("%s: OpenSSL refuses it: %s", cw, openssl_reason());
 		r = -EINVAL;
 	}
 out:
@@ -298,7 +298,7 @@ static SSL_CTX *t_server_ctx(const struct ep_tls_material *m, char **error_r)
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 
 	if (ctx == NULL) {
-		*error_r = ep_xprintf("cannot create a TLS context: %s",
+		*error_r = ep_strdup_printf("cannot create a TLS context: %s",
 				   openssl_reason());
 		return NULL;
 	}
@@ -323,7 +323,7 @@ static SSL_CTX *t_client_ctx(const struct ep_core_etcd *core, char **error_r)
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 
 	if (ctx == NULL) {
-		*error_r = ep_xprintf("cannot create a TLS context: %s",
+		*error_r = ep_strdup_printf("cannot create a TLS context: %s",
 				   openssl_reason());
 		return NULL;
 	}
@@ -337,7 +337,7 @@ static SSL_CTX *t_client_ctx(const struct ep_core_etcd *core, char **error_r)
 		SSL_CTX_set_default_verify_paths(ctx);
 	}
 	if ((core->cert_file != NULL) != (core->key_file != NULL)) {
-		*error_r = ep_xprintf("core_etcd: cert_file and key_file go together (%s is missing)",
+		*error_r = ep_strdup_printf("core_etcd: cert_file and key_file go together (%s is missing)",
 				   core->cert_file == NULL ? "cert_file" : "key_file");
 		goto fail;
 	}

@@ -227,9 +227,9 @@ static void add_record(struct ca_state *st, const char *serial, const char *sign
 	if (st->records == NULL)
 		abort();
 	r = &st->records[st->n_records++];
-	r->serial = ep_xstrdup(serial);
-	r->signer = ep_xstrdup(signer);
-	r->cn = ep_xstrdup(cn);
+	r->serial = ep_strdup(serial);
+	r->signer = ep_strdup(signer);
+	r->cn = ep_strdup(cn);
 	r->until_ms = until;
 }
 
@@ -370,10 +370,10 @@ static char *wanted_sans(const struct ca_state *st)
 	struct in_addr a4;
 	struct in6_addr a6;
 
-	out = ep_xmalloc0(cap);
+	out = ep_malloc0(cap);
 #define ADD(...)                                                                             \
 	do {                                                                                 \
-		char *item_ = ep_xprintf(__VA_ARGS__);                                          \
+		char *item_ = ep_strdup_printf(__VA_ARGS__);                                          \
 		if (!san_listed(out, item_)) {                                               \
 			while (len + strlen(item_) + 2 > cap)                                \
 				out = realloc(out, cap *= 2);                                \
@@ -432,7 +432,7 @@ static char *wanted_sans(const struct ca_state *st)
 static char *bundle_text(const struct ca_state *st, enum kind k)
 {
 	size_t total = 0, len;
-	char *out = ep_xmalloc0(1);
+	char *out = ep_malloc0(1);
 
 	for (size_t i = 0; i < st->n_cas[k]; i++) {
 		char *pem = ep_pem_cert(st->cas[k][i].c.x, &len);
@@ -451,14 +451,14 @@ static int write_pem_pair(const char *dir, const char *base, const struct cert *
 	char *pem = ep_pem_cert(c->x, &len), *p;
 	int r;
 
-	p = ep_xprintf("%s/%s.crt", dir, base);
+	p = ep_strdup_printf("%s/%s.crt", dir, base);
 	r = ep_file_write_atomic(p, pem, len, 0644, error_r);
 	free(p);
 	free(pem);
 	if (r < 0 || c->key == NULL)
 		return r;
 	pem = ep_pem_key(c->key, &len);
-	p = ep_xprintf("%s/%s.key", dir, base);
+	p = ep_strdup_printf("%s/%s.key", dir, base);
 	r = ep_file_write_atomic(p, pem, len, 0600, error_r);
 	OPENSSL_cleanse(pem, len);
 	free(pem);
@@ -468,7 +468,7 @@ static int write_pem_pair(const char *dir, const char *base, const struct cert *
 
 static int write_text(const char *dir, const char *name, const char *text, char **error_r)
 {
-	char *p = ep_xprintf("%s/%s", dir, name);
+	char *p = ep_strdup_printf("%s/%s", dir, name);
 	int r = ep_file_write_atomic(p, text, strlen(text), 0644, error_r);
 
 	free(p);
@@ -547,7 +547,7 @@ static void remove_old_generations(struct ca_state *st, const char *keep1, const
 		if (strncmp(e->d_name, "gen-", 4) != 0 || (keep1 && strcmp(e->d_name, keep1) == 0) ||
 		    (keep2 && strcmp(e->d_name, keep2) == 0))
 			continue;
-		char *p = ep_xprintf("%s/%s", st->dir, e->d_name), *err = NULL;
+		char *p = ep_strdup_printf("%s/%s", st->dir, e->d_name), *err = NULL;
 
 		if (ep_dir_remove_tree(p, &err) < 0) {
 			st->host->log(st->host, EP_LOG_WARNING, "cannot remove %s", err);
@@ -561,14 +561,14 @@ static void remove_old_generations(struct ca_state *st, const char *keep1, const
 
 static char *current_target(const struct ca_state *st)
 {
-	char *link = ep_xprintf("%s/current", st->dir), buf[64];
+	char *link = ep_strdup_printf("%s/current", st->dir), buf[64];
 	ssize_t n = readlink(link, buf, sizeof(buf) - 1);
 
 	free(link);
 	if (n <= 0)
 		return NULL;
 	buf[n] = '\0';
-	return ep_xstrdup(buf);
+	return ep_strdup(buf);
 }
 
 /* Write the whole state as a new generation and switch current to it. */
@@ -579,8 +579,8 @@ static int write_generation(struct ca_state *st, char **error_r)
 	int r;
 
 	st->generation++;
-	name = ep_xprintf("gen-%06llu", (unsigned long long)st->generation);
-	gen = ep_xprintf("%s/%s", st->dir, name);
+	name = ep_strdup_printf("gen-%06llu", (unsigned long long)st->generation);
+	gen = ep_strdup_printf("%s/%s", st->dir, name);
 	{
 		char *ignored = NULL;
 
@@ -591,7 +591,7 @@ static int write_generation(struct ca_state *st, char **error_r)
 		goto out;
 	for (int k = 0; k < 2; k++) {
 		for (size_t i = 0; i < st->n_cas[k]; i++) {
-			char *base = ep_xprintf("%s-ca.%s", kind_name[k], st->cas[k][i].c.serial);
+			char *base = ep_strdup_printf("%s-ca.%s", kind_name[k], st->cas[k][i].c.serial);
 
 			r = write_pem_pair(gen, base, &st->cas[k][i].c, error_r);
 			free(base);
@@ -599,7 +599,7 @@ static int write_generation(struct ca_state *st, char **error_r)
 				goto out;
 		}
 		text = bundle_text(st, (enum kind)k);
-		sub = ep_xprintf("%s-ca-bundle.crt", kind_name[k]);
+		sub = ep_strdup_printf("%s-ca-bundle.crt", kind_name[k]);
 		r = write_text(gen, sub, text, error_r);
 		free(sub);
 		free(text);
@@ -608,7 +608,7 @@ static int write_generation(struct ca_state *st, char **error_r)
 	}
 	if ((r = write_pem_pair(gen, "serving", &st->serving, error_r)) < 0)
 		goto out;
-	sub = ep_xprintf("%s/clients", gen);
+	sub = ep_strdup_printf("%s/clients", gen);
 	r = ep_dir_make(sub, 0700, error_r);
 	for (size_t i = 0; r == 0 && i < st->n_clients; i++)
 		r = write_pem_pair(sub, st->clients[i].name, &st->clients[i].c, error_r);
@@ -624,11 +624,11 @@ static int write_generation(struct ca_state *st, char **error_r)
 		goto out;
 
 	test_pause(st, "before-switch");
-	tmp = ep_xprintf("%s/current.tmp", st->dir);
-	link = ep_xprintf("%s/current", st->dir);
+	tmp = ep_strdup_printf("%s/current.tmp", st->dir);
+	link = ep_strdup_printf("%s/current", st->dir);
 	unlink(tmp);
 	if (symlink(name, tmp) < 0 || rename(tmp, link) < 0) {
-		*error_r = ep_xprintf("%s: %s", link, strerror(errno));
+		*error_r = ep_strdup_printf("%s: %s", link, strerror(errno));
 		r = -errno;
 	}
 	free(tmp);
@@ -656,7 +656,7 @@ done:
 static int load_pair(const char *dir, const char *base, int with_key, struct cert *c,
 		     char **error_r)
 {
-	char *crt = ep_xprintf("%s/%s.crt", dir, base), *key = ep_xprintf("%s/%s.key", dir, base);
+	char *crt = ep_strdup_printf("%s/%s.crt", dir, base), *key = ep_strdup_printf("%s/%s.key", dir, base);
 	STACK_OF(X509) *certs = NULL;
 	int r;
 
@@ -683,13 +683,13 @@ static int load_state(struct ca_state *st, char **error_r)
 	int r = 0;
 
 	if (target == NULL) {
-		char *link = ep_xprintf("%s/current", st->dir);
+		char *link = ep_strdup_printf("%s/current", st->dir);
 		struct stat lst;
 		int exists = lstat(link, &lst) == 0;
 
 		free(link);
 		if (exists) {
-			*error_r = ep_xprintf("%s/current: expected a symbolic link to a generation "
+			*error_r = ep_strdup_printf("%s/current: expected a symbolic link to a generation "
 					   "(gen-N); move %s away to start over with new CAs, which "
 					   "clients must then be given", st->dir, st->dir);
 			return -EINVAL;
@@ -697,9 +697,9 @@ static int load_state(struct ca_state *st, char **error_r)
 		remove_old_generations(st, NULL, NULL); /* a first generation that never switched */
 		return 0;
 	}
-	gen = ep_xprintf("%s/%s", st->dir, target);
+	gen = ep_strdup_printf("%s/%s", st->dir, target);
 	{
-		char *p = ep_xprintf("%s/state.json", gen);
+		char *p = ep_strdup_printf("%s/state.json", gen);
 
 		r = ep_file_read(p, 1u << 20, &text, NULL, error_r);
 		free(p);
@@ -710,14 +710,14 @@ static int load_state(struct ca_state *st, char **error_r)
 	if (!cJSON_IsObject(o) || !cJSON_IsNumber(cJSON_GetObjectItem(o, "version")) ||
 	    cJSON_GetObjectItem(o, "version")->valueint != STATE_VERSION ||
 	    !cJSON_IsNumber(cJSON_GetObjectItem(o, "generation"))) {
-		*error_r = ep_xprintf("%s/state.json: not a state file of version %d", gen,
+		*error_r = ep_strdup_printf("%s/state.json: not a state file of version %d", gen,
 				   STATE_VERSION);
 		r = -EINVAL;
 		goto damaged;
 	}
 	st->generation = (uint64_t)cJSON_GetObjectItem(o, "generation")->valuedouble;
 	const cJSON *sans = cJSON_GetObjectItem(o, "serving_sans");
-	st->serving_sans = ep_xstrdup(cJSON_IsString(sans) ? sans->valuestring : "");
+	st->serving_sans = ep_strdup(cJSON_IsString(sans) ? sans->valuestring : "");
 	const cJSON *pub = cJSON_GetObjectItem(o, "published_ms");
 	const cJSON *rec;
 	cJSON_ArrayForEach(rec, cJSON_GetObjectItem(o, "records"))
@@ -736,7 +736,7 @@ static int load_state(struct ca_state *st, char **error_r)
 		size_t len = strlen(e->d_name);
 
 		for (int k = 0; k < 2; k++) {
-			char *prefix = ep_xprintf("%s-ca.", kind_name[k]);
+			char *prefix = ep_strdup_printf("%s-ca.", kind_name[k]);
 
 			if (strncmp(e->d_name, prefix, strlen(prefix)) == 0 && len > 4 &&
 			    strcmp(e->d_name + len - 4, ".crt") == 0 && st->n_cas[k] < CA_MAX) {
@@ -774,14 +774,14 @@ static int load_state(struct ca_state *st, char **error_r)
 			}
 	}
 	if (r == 0 && access(gen, F_OK) == 0) {
-		char *p = ep_xprintf("%s/serving.crt", gen);
+		char *p = ep_strdup_printf("%s/serving.crt", gen);
 
 		if (access(p, F_OK) == 0)
 			r = load_pair(gen, "serving", 1, &st->serving, error_r);
 		free(p);
 	}
 	for (size_t i = 0; r == 0 && i < st->n_clients; i++) {
-		char *sub = ep_xprintf("%s/clients", gen), *p = ep_xprintf("%s/%s.crt", sub, st->clients[i].name);
+		char *sub = ep_strdup_printf("%s/clients", gen), *p = ep_strdup_printf("%s/%s.crt", sub, st->clients[i].name);
 
 		if (access(p, F_OK) == 0)
 			r = load_pair(sub, st->clients[i].name, 1, &st->clients[i].c, error_r);
@@ -789,12 +789,12 @@ static int load_state(struct ca_state *st, char **error_r)
 		free(sub);
 	}
 	if (r == 0 && (st->n_cas[SERVING] == 0 || st->n_cas[CLIENT] == 0 || st->serving.x == NULL)) {
-		*error_r = ep_xprintf("%s: a CA or the serving certificate is missing", gen);
+		*error_r = ep_strdup_printf("%s: a CA or the serving certificate is missing", gen);
 		r = -EINVAL;
 	}
 damaged:
 	if (r < 0) {
-		char *e2 = ep_xprintf("%s (the state in %s is damaged; move %s away to start over with "
+		char *e2 = ep_strdup_printf("%s (the state in %s is damaged; move %s away to start over with "
 				   "new CAs, which clients must then be given)", *error_r, gen, st->dir);
 		free(*error_r);
 		*error_r = e2;
@@ -852,7 +852,7 @@ static void new_ca(struct ca_state *st, enum kind k, int64_t now, int first)
 		return;
 	}
 	ca = &st->cas[k][st->n_cas[k]++];
-	cn = ep_xprintf("etcdproxy %s %s CA %lld", st->tenant, kind_name[k], (long long)(now / 1000));
+	cn = ep_strdup_printf("etcdproxy %s %s CA %lld", st->tenant, kind_name[k], (long long)(now / 1000));
 	cert_make(st, &ca->c, NULL, cn, ROLE_CA, now, st->validity_ms[0], NULL);
 	free(cn);
 	/*
@@ -905,13 +905,13 @@ static int reconcile(struct ca_state *st, int64_t now)
 	if (leaf_due(st, &st->serving, ssig, now) || st->serving_sans == NULL ||
 	    strcmp(st->serving_sans, sans) != 0) {
 		struct cert old = st->serving;
-		char *cn = ep_xprintf("%s.etcdproxy", st->tenant);
+		char *cn = ep_strdup_printf("%s.etcdproxy", st->tenant);
 
 		memset(&st->serving, 0, sizeof(st->serving));
 		cert_make(st, &st->serving, &ssig->c, cn, ROLE_SERVER, now, st->validity_ms[1], sans);
 		free(cn);
 		free(st->serving_sans);
-		st->serving_sans = ep_xstrdup(sans);
+		st->serving_sans = ep_strdup(sans);
 		log_cert(st, "serving certificate issued", &st->serving, &ssig->c);
 		/* the old one is gone from the handshakes as soon as the backend reloads */
 		cert_free(&old);
@@ -935,7 +935,7 @@ static int reconcile(struct ca_state *st, int64_t now)
 		}
 		cert_make(st, &cl->c, &csig->c, cl->name, ROLE_CLIENT, now, st->validity_ms[2], NULL);
 		{
-			char *what = ep_xprintf("client certificate \"%s\" issued", cl->name);
+			char *what = ep_strdup_printf("client certificate \"%s\" issued", cl->name);
 
 			log_cert(st, what, &cl->c, &csig->c);
 			free(what);
@@ -1068,10 +1068,10 @@ static int publish_outputs(struct ca_state *st, char **error_r)
 
 static void publish_material(struct ca_state *st)
 {
-	char *cert = ep_xprintf("%s/current/serving.crt", st->dir);
-	char *key = ep_xprintf("%s/current/serving.key", st->dir);
-	char *client_ca = ep_xprintf("%s/current/client-ca-bundle.crt", st->dir);
-	char *ca = ep_xprintf("%s/current/serving-ca-bundle.crt", st->dir);
+	char *cert = ep_strdup_printf("%s/current/serving.crt", st->dir);
+	char *key = ep_strdup_printf("%s/current/serving.key", st->dir);
+	char *client_ca = ep_strdup_printf("%s/current/client-ca-bundle.crt", st->dir);
+	char *ca = ep_strdup_printf("%s/current/serving-ca-bundle.crt", st->dir);
 	char *bundle = bundle_text(st, CLIENT);
 	struct ep_tls_material m = {
 		.cert_file = cert,
@@ -1095,7 +1095,7 @@ static void publish_material(struct ca_state *st)
 static void set_error(struct ca_state *st, const char *error)
 {
 	free(st->last_error);
-	st->last_error = error != NULL ? ep_xstrdup(error) : NULL;
+	st->last_error = error != NULL ? ep_strdup(error) : NULL;
 }
 
 static void schedule(struct ca_state *st);
@@ -1209,7 +1209,7 @@ static int parse_options(struct ca_state *st, const char **error_r)
 				st->ca_renew_fraction = m->valuedouble;
 			}
 		} else if (strcmp(m->string, "grace") == 0) {
-			if (!cJSON_IsString(m) || ep_duration_parse(m->valuestring, &st->grace_ms) < 0) {
+			if (!cJSON_IsString(m) || ep_parse_duration_ms(m->valuestring, &st->grace_ms) < 0) {
 				*error_r = "certs.ca.grace: expected a duration such as \"10m\" or \"2s\"";
 				r = -EINVAL;
 			}
@@ -1267,18 +1267,18 @@ static int parse_tls(struct ca_state *st, const char **error_r)
 		}
 	}
 	m = cJSON_GetObjectItem(o, "serverNames");
-	st->server_names = ep_xmalloc0(sizeof(char *) * ((size_t)cJSON_GetArraySize(m) + 1));
+	st->server_names = ep_malloc0(sizeof(char *) * ((size_t)cJSON_GetArraySize(m) + 1));
 	cJSON_ArrayForEach(e, m)
 		if (cJSON_IsString(e))
-			st->server_names[st->n_server_names++] = ep_xstrdup(e->valuestring);
+			st->server_names[st->n_server_names++] = ep_strdup(e->valuestring);
 	m = cJSON_GetObjectItem(o, "clientCertificates");
-	st->clients = ep_xmalloc0(sizeof(*st->clients) * ((size_t)cJSON_GetArraySize(m) + 1));
+	st->clients = ep_malloc0(sizeof(*st->clients) * ((size_t)cJSON_GetArraySize(m) + 1));
 	cJSON_ArrayForEach(e, m)
 	{
 		const cJSON *n = cJSON_GetObjectItem(e, "name"), *d = cJSON_GetObjectItem(e, "outputDir");
 
 		if (cJSON_IsString(n) && cJSON_IsString(d)) {
-			st->clients[st->n_clients].name = ep_xstrdup(n->valuestring);
+			st->clients[st->n_clients].name = ep_strdup(n->valuestring);
 			output_directory(&st->clients[st->n_clients].out, d->valuestring);
 			st->n_clients++;
 		}
@@ -1291,13 +1291,13 @@ static void ca_fini(void *state);
 
 static int ca_init(struct ep_host *host, void **state_r, const char **error_r)
 {
-	struct ca_state *st = ep_xmalloc0(sizeof(*st));
+	struct ca_state *st = ep_malloc0(sizeof(*st));
 	int r;
 
 	st->host = host;
-	st->tenant = ep_xstrdup(host->tenant->name);
-	st->listen = ep_xstrdup(host->tenant->listen);
-	st->dir = ep_xprintf("%s/ca", host->tenant->state_dir);
+	st->tenant = ep_strdup(host->tenant->name);
+	st->listen = ep_strdup(host->tenant->listen);
+	st->dir = ep_strdup_printf("%s/ca", host->tenant->state_dir);
 	if ((r = parse_tls(st, error_r)) < 0 || (r = parse_options(st, error_r)) < 0) {
 		ca_fini(st);
 		return r;
@@ -1385,14 +1385,14 @@ static char *ca_describe(void *state)
 			char when[32], *what;
 
 			if (ca == sig) {
-				what = ep_xstrdup("signing");
+				what = ep_strdup("signing");
 			} else if (ca->unpublished) {
-				what = ep_xstrdup("being published to the bundles and outputs");
+				what = ep_strdup("being published to the bundles and outputs");
 			} else if (ca->published_ms > sig->published_ms) {
 				fmt_time_ms(ca->published_ms + (int64_t)st->grace_ms, when, sizeof(when));
-				what = ep_xprintf("published, signs from %s", when);
+				what = ep_strdup_printf("published, signs from %s", when);
 			} else {
-				what = ep_xstrdup("retiring: still trusted for certificates it signed");
+				what = ep_strdup("retiring: still trusted for certificates it signed");
 			}
 			cJSON_AddItemToArray(a, cert_json(k == SERVING ? "serving-ca" : "client-ca",
 							  &ca->c, what));
@@ -1404,7 +1404,7 @@ static char *ca_describe(void *state)
 	for (size_t i = 0; i < st->n_clients; i++) {
 		if (st->clients[i].c.x == NULL)
 			continue;
-		char *what = ep_xprintf("published in %s %s", st->clients[i].out.kind,
+		char *what = ep_strdup_printf("published in %s %s", st->clients[i].out.kind,
 				     st->clients[i].out.where);
 
 		cJSON_AddItemToArray(a, cert_json("client", &st->clients[i].c, what));
@@ -1483,7 +1483,7 @@ static int ca_issue_client(void *state, const char *cn, const char *out_dir, cha
 
 	if (cn[0] == '\0' || strlen(cn) > 64) {
 		free(ca_bundle);
-		*error_r = ep_xstrdup("the common name must have 1 to 64 characters");
+		*error_r = ep_strdup("the common name must have 1 to 64 characters");
 		return -EINVAL;
 	}
 	cert_make(st, &c, &sig->c, cn, ROLE_CLIENT, now, st->validity_ms[2], NULL);

@@ -101,7 +101,7 @@ static void append_note(char **list, char *what)
 		*list = what;
 		return;
 	}
-	joined = ep_xprintf("%s; %s", *list, what);
+	joined = ep_strdup_printf("%s; %s", *list, what);
 	free(*list);
 	free(what);
 	*list = joined;
@@ -146,9 +146,9 @@ static char *cert_what(const char *path, STACK_OF(X509) *certs, int i)
 	char *what;
 
 	if (sk_X509_num(certs) == 1)
-		what = ep_xprintf("%s (%s)", path, subject ? subject : "?");
+		what = ep_strdup_printf("%s (%s)", path, subject ? subject : "?");
 	else
-		what = ep_xprintf("%s, certificate %d of %d (%s)", path, i + 1, sk_X509_num(certs),
+		what = ep_strdup_printf("%s, certificate %d of %d (%s)", path, i + 1, sk_X509_num(certs),
 			       subject ? subject : "?");
 	free(subject);
 	return what;
@@ -184,7 +184,7 @@ static int check_serving_chain(const struct files_set *set, char *const paths[F_
 	}
 	if (set->cas != NULL) {
 		if (ep_tls_verify(set->chain, set->cas, "ssl_server", paths[F_CERT], &e) < 0) {
-			*error_r = ep_xprintf("%s; the CA bundle is caFile %s", e, paths[F_CA]);
+			*error_r = ep_strdup_printf("%s; the CA bundle is caFile %s", e, paths[F_CA]);
 			free(e);
 			return -EINVAL;
 		}
@@ -199,7 +199,7 @@ static int check_serving_chain(const struct files_set *set, char *const paths[F_
 			char *a = cert_what(paths[F_CERT], set->chain, i);
 			char *b = ep_x509_subject(issuer);
 
-			*error_r = ep_xprintf("%s is not issued by the certificate that follows "
+			*error_r = ep_strdup_printf("%s is not issued by the certificate that follows "
 					   "it (%s): certFile must hold the serving certificate "
 					   "first, then each issuer in turn", a, b ? b : "?");
 			free(a);
@@ -208,7 +208,7 @@ static int check_serving_chain(const struct files_set *set, char *const paths[F_
 		}
 	}
 	if (X509_check_purpose(leaf, X509_PURPOSE_SSL_SERVER, 0) != 1) {
-		*error_r = ep_xprintf("%s: the certificate is not for TLS servers (its "
+		*error_r = ep_strdup_printf("%s: the certificate is not for TLS servers (its "
 				   "extendedKeyUsage or keyUsage exclude serverAuth)",
 				   paths[F_CERT]);
 		return -EINVAL;
@@ -234,7 +234,7 @@ static int check_client_cas(struct files_set *set, char *const paths[F_COUNT], i
 		char *e = NULL;
 
 		if (!(X509_get_extension_flags(ca) & EXFLAG_CA)) {
-			*error_r = ep_xprintf("%s is not a CA certificate (no basicConstraints "
+			*error_r = ep_strdup_printf("%s is not a CA certificate (no basicConstraints "
 					   "CA:TRUE): clientCAFile holds the CAs that issue "
 					   "client certificates", what);
 			free(what);
@@ -248,13 +248,13 @@ static int check_client_cas(struct files_set *set, char *const paths[F_COUNT], i
 		free(what);
 	}
 	if (valid == 0) {
-		*error_r = ep_xprintf("%s: no CA certificate in it is valid now: %s",
+		*error_r = ep_strdup_printf("%s: no CA certificate in it is valid now: %s",
 				   paths[F_CLIENT_CA], expired);
 		free(expired);
 		return -EINVAL;
 	}
 	if (expired != NULL)
-		append_note(&set->warnings, ep_xprintf("%s (client certificates issued by it are "
+		append_note(&set->warnings, ep_strdup_printf("%s (client certificates issued by it are "
 						    "refused)", expired));
 	free(expired);
 	return 0;
@@ -278,7 +278,7 @@ static void check_server_names(struct files_set *set, char *const paths[F_COUNT]
 			ok = X509_check_host(leaf, names[i], 0, 0, NULL) == 1;
 		if (!ok)
 			append_note(&set->warnings,
-				    ep_xprintf("%s does not cover spec.tls.serverNames entry \"%s\"",
+				    ep_strdup_printf("%s does not cover spec.tls.serverNames entry \"%s\"",
 					    paths[F_CERT], names[i]));
 	}
 }
@@ -382,7 +382,7 @@ static void remember_stats(struct files_source *s)
 
 static char *generation_dir(const struct files_source *s, uint64_t gen)
 {
-	return ep_xprintf("%s/" GEN_PREFIX "%llu", s->dir, (unsigned long long)gen);
+	return ep_strdup_printf("%s/" GEN_PREFIX "%llu", s->dir, (unsigned long long)gen);
 }
 
 /* Remove every generation directory but keep's (leftovers of earlier workers included). */
@@ -401,7 +401,7 @@ static void remove_other_generations(struct files_source *s, uint64_t keep)
 		if (strncmp(de->d_name, GEN_PREFIX, strlen(GEN_PREFIX)) != 0 ||
 		    strcmp(de->d_name, keep_name) == 0)
 			continue;
-		path = ep_xprintf("%s/%s", s->dir, de->d_name);
+		path = ep_strdup_printf("%s/%s", s->dir, de->d_name);
 		if (ep_dir_remove_tree(path, &e) < 0) {
 			s->host->log(s->host, EP_LOG_WARNING, "cannot remove an old generation: %s",
 				     e ? e : path);
@@ -427,27 +427,27 @@ static char *describe_change(const struct files_set *old, const struct files_set
 		if (old != NULL) {
 			char *old_serial = ep_x509_serial_hex(sk_X509_value(old->chain, 0));
 
-			was = ep_xprintf(" (was %s)", old_serial ? old_serial : "?");
+			was = ep_strdup_printf(" (was %s)", old_serial ? old_serial : "?");
 			free(old_serial);
 		}
 		ep_time_format(ep_x509_not_after(leaf), after, sizeof(after));
-		append_note(&text, ep_xprintf("serving certificate %s, serial %s%s, not after %s",
+		append_note(&text, ep_strdup_printf("serving certificate %s, serial %s%s, not after %s",
 					   subject ? subject : "?", serial ? serial : "?",
 					   was ? was : "", after));
 		free(was);
 		free(serial);
 		free(subject);
 	} else if (!same_bytes(old, set, F_CERT)) {
-		append_note(&text, ep_xstrdup("serving chain (intermediates) changed"));
+		append_note(&text, ep_strdup("serving chain (intermediates) changed"));
 	}
 	if (same_leaf && !same_bytes(old, set, F_KEY))
-		append_note(&text, ep_xstrdup("key file rewritten (the same key)"));
+		append_note(&text, ep_strdup("key file rewritten (the same key)"));
 	if (old == NULL || !same_bytes(old, set, F_CLIENT_CA))
-		append_note(&text, ep_xprintf("client CA bundle %sof %d certificate(s)",
+		append_note(&text, ep_strdup_printf("client CA bundle %sof %d certificate(s)",
 					   old != NULL ? "changed, now " : "",
 					   sk_X509_num(set->client_cas)));
 	if (old != NULL && !same_bytes(old, set, F_CA))
-		append_note(&text, ep_xstrdup("caFile changed"));
+		append_note(&text, ep_strdup("caFile changed"));
 	return text;
 }
 
@@ -475,7 +475,7 @@ static int publish(struct files_source *s, struct files_set *set, char **error_r
 	for (int i = 0; r == 0 && i < F_COUNT; i++) {
 		if (set->data[i] == NULL)
 			continue;
-		paths[i] = ep_xprintf("%s/%s", dir, published_names[i]);
+		paths[i] = ep_strdup_printf("%s/%s", dir, published_names[i]);
 		r = ep_file_write_atomic(paths[i], set->data[i], set->len[i],
 					 i == F_KEY ? 0600 : 0644, error_r);
 	}
@@ -557,7 +557,7 @@ static int reload(struct files_source *s, const char *why)
 	if (r < 0) {
 		s->host->log(s->host, EP_LOG_ERR, "%s: keeping the previous certificate: cannot "
 			     "copy the new files: %s", why, e);
-		set_error(s, ep_xprintf("cannot copy the new files: %s", e));
+		set_error(s, ep_strdup_printf("cannot copy the new files: %s", e));
 		free(e);
 		files_set_free(set);
 	} else {
@@ -652,7 +652,7 @@ static int parse_options(struct files_source *s, const char **error_r)
 	{
 		if (strcmp(m->string, "poll_interval") == 0) {
 			if (!cJSON_IsString(m) ||
-			    ep_duration_parse(m->valuestring, &s->poll_ms) < 0 ||
+			    ep_parse_duration_ms(m->valuestring, &s->poll_ms) < 0 ||
 			    s->poll_ms < MIN_POLL_MS) {
 				*error_r = "certs.files.poll_interval: expected a duration of at "
 					   "least 100ms, such as \"2s\", \"500ms\" or \"1m\"";
@@ -692,7 +692,7 @@ static int parse_tls(struct files_source *s, const char **error_r)
 		const cJSON *v = cJSON_GetObjectItemCaseSensitive(files, spec_names[i]);
 
 		if (cJSON_IsString(v) && v->valuestring[0] == '/') {
-			s->paths[i] = ep_xstrdup(v->valuestring);
+			s->paths[i] = ep_strdup(v->valuestring);
 		} else if (i != F_CA || (v != NULL && !cJSON_IsNull(v))) {
 			snprintf(msg, sizeof(msg), "spec.tls.files.%s: expected an absolute path%s",
 				 spec_names[i], i == F_CA ? " or null" : "");
@@ -708,7 +708,7 @@ static int parse_tls(struct files_source *s, const char **error_r)
 		cJSON_ArrayForEach(e, names)
 		{
 			if (cJSON_IsString(e))
-				s->server_names[s->n_server_names++] = ep_xstrdup(e->valuestring);
+				s->server_names[s->n_server_names++] = ep_strdup(e->valuestring);
 		}
 	}
 out:
@@ -750,7 +750,7 @@ static int files_init(struct ep_host *host, void **state_r, const char **error_r
 		free_source(s);
 		return r;
 	}
-	s->dir = ep_xprintf("%s/files", host->tenant->state_dir);
+	s->dir = ep_strdup_printf("%s/files", host->tenant->state_dir);
 	*state_r = s;
 	return 0;
 }
@@ -784,7 +784,7 @@ static int files_refresh(void *state, const char **error_r)
 		r = publish(s, set, &e);
 	if (r < 0) {
 		files_set_free(set);
-		set_error(s, ep_xprintf("cannot copy the files into %s: %s", s->dir, e));
+		set_error(s, ep_strdup_printf("cannot copy the files into %s: %s", s->dir, e));
 		free(e);
 		free(change);
 		*error_r = s->error;

@@ -202,15 +202,6 @@ int64_t ep_x509_not_after(X509 *cert)
 	return (int64_t)timegm(&tm);
 }
 
-void ep_time_format(int64_t t, char *buf, size_t size)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-
-	gmtime_r(&tt, &tm);
-	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 int ep_tls_check_time(X509 *cert, int64_t now, const char *what, char **error_r)
 {
 	char when[32];

@@ -17,7 +17,8 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
-#include "ep-util.h"
+#include "files.h"
+#include "util.h"
 
 /* ---- PEM material ------------------------------------------------------------------------ */
 
@@ -69,8 +70,6 @@ int ep_tls_verify(STACK_OF(X509) *chain, STACK_OF(X509) *roots, const char *purp
 /* notBefore / notAfter in seconds since the epoch. */
 int64_t ep_x509_not_before(X509 *cert);
 int64_t ep_x509_not_after(X509 *cert);
-/* "2026-11-23T10:00:00Z" into buf (at least 21 bytes). */
-void ep_time_format(int64_t t, char *buf, size_t size);
 /* The subject or issuer as one line, "CN=a,O=etcdproxy" (malloc'ed). */
 char *ep_x509_subject(X509 *cert);
 char *ep_x509_issuer(X509 *cert);

@@ -95,7 +95,7 @@ static int setup(void **state)
 	snprintf(f->state_dir, sizeof(f->state_dir), "%s/state", f->dir);
 	snprintf(f->out_dir, sizeof(f->out_dir), "%s/out/api", f->dir);
 	mkdir(f->state_dir, 0700);
-	f->tls_json = ep_xprintf("{\"source\":\"ca\",\"serverNames\":[\"etcd.example.com\",\"10.1.2.3\"],"
+	f->tls_json = ep_strdup_printf("{\"source\":\"ca\",\"serverNames\":[\"etcd.example.com\",\"10.1.2.3\"],"
 			      "\"clientCertificates\":[{\"name\":\"apiserver\",\"outputDir\":\"%s\"}],"
 			      "\"signing_validity_ms\":30000,\"serving_validity_ms\":9000,"
 			      "\"client_validity_ms\":9000}", f->out_dir);
@@ -151,7 +151,7 @@ static int verify_at(const char *leaf_file, const char *bundle_file, const char 
 								   : X509_PURPOSE_SSL_CLIENT);
 	ok = X509_verify_cert(ctx) == 1;
 	if (!ok && why != NULL)
-		*why = ep_xstrdup(X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+		*why = ep_strdup(X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
 	X509_STORE_CTX_free(ctx);
 	X509_STORE_free(store);
 	sk_X509_pop_free(leaf, X509_free);
@@ -463,7 +463,7 @@ static void test_rotate_and_issue(void **state)
 	char *old_ca;
 
 	start_plugin(f);
-	old_ca = ep_xstrdup(f->st->cas[SERVING][0].c.serial);
+	old_ca = ep_strdup(f->st->cas[SERVING][0].c.serial);
 	fake_now += 3000;
 	assert_int_equal(ca_rotate(f->st, &e), 0);
 	assert_int_equal(f->st->n_cas[SERVING], 2);
@@ -540,22 +540,22 @@ static void test_duration_parse(void **state UNUSED)
 {
 	uint64_t ms;
 
-	assert_int_equal(ep_duration_parse("8760h", &ms), 0);
+	assert_int_equal(ep_parse_duration_ms("8760h", &ms), 0);
 	assert_int_equal(ms, 8760ull * 3600 * 1000);
-	assert_int_equal(ep_duration_parse("1h30m", &ms), 0);
+	assert_int_equal(ep_parse_duration_ms("1h30m", &ms), 0);
 	assert_int_equal(ms, 5400000);
-	assert_int_equal(ep_duration_parse("2s", &ms), 0);
+	assert_int_equal(ep_parse_duration_ms("2s", &ms), 0);
 	assert_int_equal(ms, 2000);
-	assert_int_equal(ep_duration_parse("500ms", &ms), 0);
+	assert_int_equal(ep_parse_duration_ms("500ms", &ms), 0);
 	assert_int_equal(ms, 500);
-	assert_int_equal(ep_duration_parse("1.5s", &ms), 0);
+	assert_int_equal(ep_parse_duration_ms("1.5s", &ms), 0);
 	assert_int_equal(ms, 1500);
-	assert_int_equal(ep_duration_parse("1m30s", &ms), 0);
+	assert_int_equal(ep_parse_duration_ms("1m30s", &ms), 0);
 	assert_int_equal(ms, 90000);
 	static const char *const bad[] = { "", "5", "s", "-1s", "1d", "1 s", "1s ", "+1s", "1x",
 					   "nans", "infs", "1e3s", "0x10s", "1..5s", ".s" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		if (ep_duration_parse(bad[i], &ms) != -EINVAL)
+		if (ep_parse_duration_ms(bad[i], &ms) != -EINVAL)
 			fail_msg("\"%s\" accepted", bad[i]);
 }
 

@@ -666,7 +666,10 @@ static void test_duration_parse(void **state UNUSED)
 		{ "1500us", 1 },
 		{ "1999\xc2\xb5s", 1 }, /* micro sign */
 		{ "1000\xce\xbcs", 1 }, /* Greek mu */
-		{ "999999ns", 0 },      /* rounds down */
+		{ "999999ns", 1 },      /* above zero: at least 1 ms, never 0 ("off" for some keys) */
+		{ "500us", 1 },
+		{ "0ns", 0 },
+		{ "1999999ns", 1 },     /* rounds down above 1 ms */
 		{ "1000000ns", 1 },
 		{ "1.0000000000000000000000001s", 1000 },
 		{ "9223372036854775807ns", 9223372036854ull },

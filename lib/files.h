@@ -1,31 +1,16 @@
 /*
- * What the plugins share that needs no OpenSSL: allocation, durations, and
- * writing files so that a crash at any moment leaves either the old or the
- * new content, never a mix.  A convenience library of its own
- * (plugins/libeputil.la), so that a plugin can have it without mapping
- * OpenSSL; ep-tls.h includes it.  Every function that can fail returns 0 or
+ * Writing files so that a crash at any moment leaves either the old or the
+ * new content, never a mix, and publishing sets of them the way the kubelet
+ * updates a Secret volume.  Part of lib/libeputil.la with util.h, which the
+ * programs and the plugins share.  Every function that can fail returns 0 or
  * a negative errno code and puts a malloc'ed, one-line reason into *error_r.
  */
-#ifndef EP_PLUGIN_COMMON_UTIL_H
-#define EP_PLUGIN_COMMON_UTIL_H
+#ifndef EP_FILES_H
+#define EP_FILES_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-
-/* ---- allocation: abort() when memory runs out, like the rest of etcdproxy ---------------- */
-
-void *ep_xmalloc0(size_t n);
-char *ep_xstrdup(const char *s);
-char *ep_xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* ---- durations -------------------------------------------------------------------------- */
-
-/*
- * A Go duration as the configuration writes them: "8760h", "1h30m", "2s",
- * "500ms" (units h, m, s, ms; fractions allowed).  0 or -EINVAL.
- */
-int ep_duration_parse(const char *s, uint64_t *ms_r);
 
 /* ---- files ------------------------------------------------------------------------------ */
 
@@ -73,4 +58,4 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 /* *error_r = the formatted reason (malloc'ed); returns code. */
 int ep_fail(char **error_r, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-#endif /* EP_PLUGIN_COMMON_UTIL_H */
+#endif /* EP_FILES_H */

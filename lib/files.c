@@ -1,5 +1,5 @@
 /*
- * The part of the plugins' common code that needs no OpenSSL (ep-util.h).
+ * Files that a crash at any moment leaves whole (files.h).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* vasprintf */
@@ -15,41 +15,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ep-util.h"
+#include "files.h"
+#include "util.h"
 
 #define fail ep_fail
 
-void *ep_xmalloc0(size_t n)
-{
-	void *p = calloc(1, n ? n : 1);
-
-	if (p == NULL)
-		abort();
-	return p;
-}
-
-char *ep_xstrdup(const char *s)
-{
-	char *p = strdup(s);
-
-	if (p == NULL)
-		abort();
-	return p;
-}
-
-char *ep_xprintf(const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-	int n;
-
-	va_start(ap, fmt);
-	n = vasprintf(&s, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		abort();
-	return s;
-}
 int ep_fail(char **error_r, int code, const char *fmt, ...)
 {
 	va_list ap;
@@ -62,51 +32,6 @@ int ep_fail(char **error_r, int code, const char *fmt, ...)
 	*error_r = s;
 	return code;
 }
-/* ---- durations -------------------------------------------------------------------------- */
-
-int ep_duration_parse(const char *s, uint64_t *ms_r)
-{
-	double total = 0;
-	const char *p = s;
-
-	if (*p == '\0')
-		return -EINVAL;
-	while (*p != '\0') {
-		char *end;
-		double v;
-		double unit;
-
-		/* digits and one point only: no sign, exponent, hex, "inf" or "nan" */
-		size_t digits = strspn(p, "0123456789.");
-		if (digits == 0 || memchr(p, '.', digits) != memrchr(p, '.', digits))
-			return -EINVAL;
-		v = strtod(p, &end);
-		if (end != p + digits)
-			return -EINVAL;
-		if (strncmp(end, "ms", 2) == 0) {
-			unit = 1;
-			end += 2;
-		} else if (*end == 'h') {
-			unit = 3600000;
-			end++;
-		} else if (*end == 'm') {
-			unit = 60000;
-			end++;
-		} else if (*end == 's') {
-			unit = 1000;
-			end++;
-		} else {
-			return -EINVAL;
-		}
-		total += v * unit;
-		p = end;
-	}
-	if (total > 1e15)
-		return -EINVAL;
-	*ms_r = (uint64_t)total;
-	return 0;
-}
-
 /* ---- files ------------------------------------------------------------------------------ */
 
 static int write_all(int fd, const void *data, size_t len)
@@ -154,7 +79,7 @@ static char *dir_of(const char *path)
 int ep_file_write_atomic(const char *path, const void *data, size_t len, mode_t mode,
 			 char **error_r)
 {
-	char *tmp = ep_xprintf("%s.tmp.%ld", path, (long)getpid());
+	char *tmp = ep_strdup_printf("%s.tmp.%ld", path, (long)getpid());
 	char *dir;
 	int fd, r;
 
@@ -234,28 +159,9 @@ int ep_file_read(const char *path, size_t max, char **data_r, size_t *len_r, cha
 
 int ep_dir_make(const char *dir, mode_t mode, char **error_r)
 {
-	char *p = strdup(dir);
+	int r = ep_mkdir_p(dir, mode);
 
-	if (p == NULL)
-		abort();
-	for (char *s = p + 1;; s++) {
-		if (*s != '/' && *s != '\0')
-			continue;
-		char c = *s;
-
-		*s = '\0';
-		if (mkdir(p, mode) < 0 && errno != EEXIST) {
-			int r = fail(error_r, -errno, "%s: %s", p, strerror(errno));
-
-			free(p);
-			return r;
-		}
-		*s = c;
-		if (c == '\0')
-			break;
-	}
-	free(p);
-	return 0;
+	return r < 0 ? fail(error_r, r, "%s: cannot create the directory: %s", dir, strerror(-r)) : 0;
 }
 
 int ep_dir_remove_tree(const char *dir, char **error_r)
@@ -272,7 +178,7 @@ int ep_dir_remove_tree(const char *dir, char **error_r)
 	while (r == 0 && (e = readdir(d)) != NULL) {
 		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
 			continue;
-		char *p = ep_xprintf("%s/%s", dir, e->d_name);
+		char *p = ep_strdup_printf("%s/%s", dir, e->d_name);
 		struct stat st;
 
 		if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
@@ -291,7 +197,7 @@ int ep_dir_remove_tree(const char *dir, char **error_r)
 static int published_same(const char *dir, const struct ep_pub_file *files, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		char *p = ep_xprintf("%s/..data/%s", dir, files[i].name);
+		char *p = ep_strdup_printf("%s/..data/%s", dir, files[i].name);
 		char *data, *err = NULL;
 		size_t len;
 		int same;
@@ -328,15 +234,15 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 		goto links; /* content unchanged: only make sure the name links exist */
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	gen_name = ep_xprintf("..%lld.%09ld.%ld.%u", (long long)ts.tv_sec, ts.tv_nsec, (long)getpid(),
+	gen_name = ep_strdup_printf("..%lld.%09ld.%ld.%u", (long long)ts.tv_sec, ts.tv_nsec, (long)getpid(),
 			   seq++);
-	gen = ep_xprintf("%s/%s", dir, gen_name);
+	gen = ep_strdup_printf("%s/%s", dir, gen_name);
 	if (mkdir(gen, 0755) < 0) {
 		r = fail(error_r, -errno, "%s: %s", gen, strerror(errno));
 		goto out_gen;
 	}
 	for (size_t i = 0; i < n; i++) {
-		char *p = ep_xprintf("%s/%s", gen, files[i].name);
+		char *p = ep_strdup_printf("%s/%s", gen, files[i].name);
 
 		r = ep_file_write_atomic(p, files[i].data, files[i].len, files[i].mode, error_r);
 		free(p);
@@ -345,8 +251,8 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 	}
 	if ((r = ep_dir_sync(gen, error_r)) < 0)
 		goto out_gen;
-	tmp_link = ep_xprintf("%s/..data_tmp", dir);
-	data_link = ep_xprintf("%s/..data", dir);
+	tmp_link = ep_strdup_printf("%s/..data_tmp", dir);
+	data_link = ep_strdup_printf("%s/..data", dir);
 	unlink(tmp_link);
 	if (symlink(gen_name, tmp_link) < 0 || rename(tmp_link, data_link) < 0) {
 		r = fail(error_r, -errno, "%s: %s", data_link, strerror(errno));
@@ -369,7 +275,7 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 		if (strncmp(e->d_name, "..", 2) != 0 || strcmp(e->d_name, "..") == 0 ||
 		    strcmp(e->d_name, gen_name) == 0 || strncmp(e->d_name, "..data", 6) == 0)
 			continue;
-		char *old = ep_xprintf("%s/%s", dir, e->d_name), *err = NULL;
+		char *old = ep_strdup_printf("%s/%s", dir, e->d_name), *err = NULL;
 
 		ep_dir_remove_tree(old, &err);
 		free(err);
@@ -382,13 +288,13 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 
 links:
 	for (size_t i = 0; i < n; i++) {
-		char *p = ep_xprintf("%s/%s", dir, files[i].name);
-		char *target = ep_xprintf("..data/%s", files[i].name);
+		char *p = ep_strdup_printf("%s/%s", dir, files[i].name);
+		char *target = ep_strdup_printf("..data/%s", files[i].name);
 		char buf[256];
 		ssize_t len = readlink(p, buf, sizeof(buf) - 1);
 
 		if (len < 0 || (size_t)len != strlen(target) || memcmp(buf, target, (size_t)len) != 0) {
-			char *tmp = ep_xprintf("%s/.%s.tmp", dir, files[i].name);
+			char *tmp = ep_strdup_printf("%s/.%s.tmp", dir, files[i].name);
 
 			unlink(tmp);
 			if (symlink(target, tmp) < 0 || rename(tmp, p) < 0) {
