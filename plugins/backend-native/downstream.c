@@ -974,7 +974,7 @@ static int d_on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, vo
 
 /*
  * Metadata never forwarded: hop-by-hop, replaced by the proxy, or credentials
- * (ETCD-WIRE 2.7.5).  By length first: this runs for every field of every call.
+ * (doc/wire.md section 6, Metadata).  By length first: it runs for every field of every call.
  */
 static int header_dropped(const uint8_t *name, size_t len)
 {

@@ -1,5 +1,5 @@
 /*
- * The native backend's message rewriter (see rewrite.h and ETCD-WIRE.md).
+ * The native backend's message rewriter (see rewrite.h and doc/wire.md).
  *
  * One table-driven walker serves every message: a schema lists the few
  * fields of a message that matter (key fields, embedded messages on the way
@@ -13,7 +13,7 @@
  * shrank (127 <-> 128 and so on).  No allocation happens per field; the
  * output buffer grows geometrically.
  *
- * Decisions where ETCD-WIRE.md leaves room:
+ * Decisions behind the rules of doc/wire.md (its section 7 compares them with etcd's):
  *  - A field the schema knows, sent with another wire type, is malformed.
  *    etcd's gogo-generated decoder refuses such a message too ("wrong
  *    wireType"), so nothing is lost, and no parser can read it as a key.

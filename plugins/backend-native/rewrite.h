@@ -1,6 +1,6 @@
 /*
  * The native backend's message rewriter: etcd v3 gRPC messages are rewritten
- * on the wire, without a full protobuf decode (ETCD-WIRE.md sections 0, 2, 6).
+ * on the wire, without a full protobuf decode (doc/wire.md sections 1, 3 to 5).
  * Keys and range ends gain the tenant prefix on the way in and lose it on the
  * way out; every other byte, unknown fields and oneof zero values included,
  * passes unchanged; lengths are re-encoded bottom-up.

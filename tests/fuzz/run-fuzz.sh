@@ -42,7 +42,7 @@ fi
 	-o "$work/fuzz-rewrite" \
 	"$here/fuzz-rewrite.c" "$top/plugins/backend-native/rewrite.c"
 
-# Seeds: ETCD-WIRE.md section 5, prefix "/t/" (selector bits 5-6 = 0).
+# Seeds: doc/wire.md section 8 (examples A to G), prefix "/t/" (selector bits 5-6 = 0).
 # Selector = kind | 0x10 for responses | 0x80 for lease hooks.
 # Kinds: 1 Range 2 Put 3 DeleteRange 4 Txn 5 Compact 6 Watch 7 LeaseGrant
 #        8 LeaseRevoke 9 LeaseKeepAlive 10 LeaseTimeToLive 11 LeaseLeases 12 Status 13 Alarm

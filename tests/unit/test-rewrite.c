@@ -1,6 +1,6 @@
 /*
  * Unit tests for the native backend's message rewriter (rewrite.h), driven by
- * the byte-level examples and rules of ETCD-WIRE.md.
+ * the byte-level examples and rules of doc/wire.md.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,7 +24,7 @@
 #define MSG_NO_LEASE     "etcdserver: requested lease not found"
 #define MSG_ALARM        "etcdproxy: only Alarm GET is allowed; alarms are managed for the whole cluster"
 
-static struct rw_ns ns_t; /* "/t/", as in ETCD-WIRE.md section 5 */
+static struct rw_ns ns_t; /* "/t/", as in doc/wire.md section 8 */
 
 /* ---- helpers ------------------------------------------------------------------ */
 
@@ -393,7 +393,7 @@ static void test_method_unknown(void **state UNUSED)
 	assert_int_equal(rw_method_lookup("/etcdserverpb.KV/PutXYZ", 20)->kind, RW_PUT);
 }
 
-/* ---- ETCD-WIRE.md section 5 ------------------------------------------------------------ */
+/* ---- doc/wire.md section 8, examples A to G ---------------------------------------------- */
 
 /* A: with the 5-byte gRPC prefix checked as well. */
 static void test_example_a(void **state UNUSED)
