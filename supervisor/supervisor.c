@@ -7,17 +7,22 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define EP_LOG_SUBSYS "supervisor"
+#include "json.h"
 #include "log.h"
+#include "options.h"
 #include "sdnotify.h"
 #include "supervisor.h"
 #include "util.h"
@@ -977,6 +982,129 @@ static int check_files(const struct ep_global_config *g)
 	return bad;
 }
 
+/* Run argv and collect its standard output (at most 1 MiB); returns its exit status or -1. */
+static int run_capture(char *const argv[], char **out_r)
+{
+	posix_spawn_file_actions_t fa;
+	size_t len = 0, cap = 4096;
+	char *out = ep_malloc0(cap);
+	int fds[2], status;
+	pid_t pid;
+	ssize_t n;
+
+	*out_r = NULL;
+	if (pipe2(fds, O_CLOEXEC) < 0) {
+		free(out);
+		return -1;
+	}
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+	status = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(fds[1]);
+	if (status != 0) {
+		close(fds[0]);
+		free(out);
+		return -1;
+	}
+	while ((n = read(fds[0], out + len, cap - len - 1)) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		len += (size_t)n;
+		if (len + 1 == cap && cap < (1u << 20)) {
+			cap *= 2;
+			out = ep_realloc(out, cap);
+		} else if (len + 1 == cap) {
+			break;
+		}
+	}
+	out[len] = '\0';
+	close(fds[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	*out_r = out;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/*
+ * Judge every plugin section of the global file ("backends": {"native":
+ * {...}}, "certs": {...}) by the plugin's own option table, which the worker
+ * reads out of the plugin (etcdproxy-worker --describe-options): the
+ * supervisor loads no plugin itself.  The same checker runs in the worker
+ * when a tenant starts, so what passes here cannot fail there.  Prints one
+ * "FILE:LINE:COL: ..." line per problem; returns how many there are.
+ */
+static int check_plugin_options(const struct ep_global_config *g)
+{
+	static const struct {
+		const char *section, *kind, *what;
+	} kinds[] = { { "backends", "backend", "backend" }, { "certs", "certs", "certificate source" } };
+	struct ep_json_doc *doc;
+	char *error = NULL;
+	int bad = 0;
+
+	doc = ep_json_load_file(g->path, &error);
+	if (doc == NULL) {
+		fprintf(stderr, "%s\n", error);
+		free(error);
+		return 1;
+	}
+	for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		const cJSON *sec = cJSON_GetObjectItemCaseSensitive(ep_json_root(doc), kinds[k].section);
+		const cJSON *m;
+
+		cJSON_ArrayForEach(m, sec)
+		{
+			char *file = ep_strdup_printf("%s/%s-%s.so", g->plugin_dir, kinds[k].kind,
+						      m->string);
+			char *section = ep_strdup_printf("%s.%s", kinds[k].section, m->string);
+			char *argv[] = { g->worker_path, (char *)"--describe-options", g->plugin_dir,
+					 (char *)kinds[k].kind, m->string, NULL };
+			const cJSON *node = m;
+			char *out = NULL, *msg = NULL;
+			unsigned line = 0, col = 0;
+			cJSON *desc = NULL;
+			int status;
+
+			if (access(file, F_OK) < 0) {
+				msg = ep_strdup_printf("%s: no %s named \"%s\" (%s: %s)", section,
+						       kinds[k].what, m->string, file, strerror(errno));
+			} else if ((status = run_capture(argv, &out)) != 0 ||
+				   (desc = cJSON_Parse(out)) == NULL) {
+				/* the worker said why on standard error */
+				msg = ep_strdup_printf("%s: %s --describe-options could not read the "
+						       "options of %s (exit status %d)",
+						       section, g->worker_path, file, status);
+			} else if (!cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(desc, "options"))) {
+				struct ep_option *table = ep_options_from_json(
+					cJSON_GetObjectItemCaseSensitive(desc, "options"), &msg);
+
+				if (table != NULL &&
+				    ep_options_apply(table, section, m, NULL, &node, &msg) == 0)
+					msg = NULL;
+				ep_options_free(table);
+			}
+			if (msg != NULL) {
+				if (node == NULL || ep_json_position(doc, node, &line, &col) < 0)
+					fprintf(stderr, "%s: %s\n", g->path, msg);
+				else
+					fprintf(stderr, "%s:%u:%u: %s\n", g->path, line, col, msg);
+				bad++;
+			}
+			free(msg);
+			cJSON_Delete(desc);
+			free(out);
+			free(section);
+			free(file);
+		}
+	}
+	ep_json_doc_free(doc);
+	return bad;
+}
+
 static int check_config(const char *path)
 {
 	struct ep_global_config *g;
@@ -997,6 +1125,9 @@ static int check_config(const char *path)
 		return 1;
 	}
 	int global_bad = check_files(g);
+
+	if (global_bad == 0) /* the worker must be there to read the plugins' options */
+		global_bad = check_plugin_options(g);
 	for (size_t i = 0; i < set.n; i++) {
 		if (set.entries[i].error != NULL) {
 			fprintf(stderr, "%s\n", set.entries[i].error);
@@ -1005,7 +1136,7 @@ static int check_config(const char *path)
 	}
 	printf("%s: %s; %zu tenant%s, %d with errors%s\n", path, bad || global_bad ? "errors" : "OK",
 	       set.n, set.n == 1 ? "" : "s", bad,
-	       global_bad ? "; the global file names missing files" : "");
+	       global_bad ? "; the global file has errors (above)" : "");
 	bad += global_bad;
 	ep_tenant_set_free(&set);
 	ep_global_config_free(g);

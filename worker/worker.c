@@ -7,6 +7,8 @@
  *       without a supervisor, for tests and debugging; stops on SIGTERM/SIGINT
  *   etcdproxy-worker --exec-child PARENT_PID FILE -- ARGV0 ARGS...
  *       internal trampoline for ep_host.spawn: PR_SET_PDEATHSIG, then exec
+ *   etcdproxy-worker --describe-options PLUGIN_DIR backend|certs NAME
+ *       a plugin's option table as JSON, for etcdproxyd --check-config
  */
 #include "build-config.h"
 
@@ -26,6 +28,7 @@
 #include "config.h"
 #include "ipc.h"
 #include "log.h"
+#include "options.h"
 #include "plugin-loader.h"
 #include "util.h"
 
@@ -433,6 +436,62 @@ static int start_certs(char **error_r)
 	return 0;
 }
 
+/* ep_host.options_parse: the plugin's options by its table, with the one checker of lib/options.c. */
+static int host_options_parse(struct ep_host *host, void *out, char **error_r)
+{
+	int certs = host == &W.certs_host;
+	const struct ep_plugin *p = certs ? W.certs.plugin : W.plugin.plugin;
+	char *section = ep_strdup_printf("%s.%s", certs ? "certs" : "backends",
+					 certs ? W.certs_source : W.backend);
+	cJSON *o = cJSON_Parse(host->tenant->options_json);
+	const cJSON *node;
+	int r;
+
+	if (p->options == NULL) {
+		*error_r = ep_strdup_printf("%s: the plugin calls options_parse() but describes no "
+					    "options (ep_plugin.options is NULL)", section);
+		r = -EINVAL;
+	} else {
+		r = ep_options_apply(p->options, section, o, out, &node, error_r);
+	}
+	cJSON_Delete(o);
+	free(section);
+	return r;
+}
+
+/*
+ * etcdproxy-worker --describe-options PLUGIN_DIR KIND NAME: the plugin's
+ * option table as JSON on standard output, for etcdproxyd --check-config.
+ */
+static int describe_options(const char *dir, const char *kind, const char *name)
+{
+	struct ep_loaded_plugin lp = { 0 };
+	char *error = NULL, *text;
+	cJSON *o;
+
+	if (strcmp(kind, "backend") != 0 && strcmp(kind, "certs") != 0) {
+		fprintf(stderr, "etcdproxy-worker: --describe-options: the kind is \"backend\" or "
+				"\"certs\", not \"%s\"\n", kind);
+		return EP_EXIT_USAGE;
+	}
+	if (ep_plugin_load(dir, strcmp(kind, "backend") == 0 ? EP_PLUGIN_BACKEND : EP_PLUGIN_CERTS,
+			   name, &lp, &error) < 0) {
+		fprintf(stderr, "%s\n", error);
+		free(error);
+		return EP_EXIT_CONFIG;
+	}
+	o = cJSON_CreateObject();
+	cJSON_AddItemToObject(o, "options", lp.plugin->options != NULL
+						    ? ep_options_describe(lp.plugin->options)
+						    : cJSON_CreateNull());
+	text = cJSON_PrintUnformatted(o);
+	printf("%s\n", text);
+	cJSON_free(text);
+	cJSON_Delete(o);
+	ep_plugin_unload(&lp);
+	return 0;
+}
+
 /* Load the plugin and start serving; on error the worker exits with the right code. */
 static void apply_configure(const cJSON *p)
 {
@@ -487,6 +546,7 @@ static void apply_configure(const cJSON *p)
 	W.host.stopped = host_stopped;
 	W.host.spawn = host_spawn;
 	W.host.tls_material = host_tls_material;
+	W.host.options_parse = host_options_parse;
 
 	if (W.certs_source != NULL) {
 		r = start_certs(&error);
@@ -745,7 +805,8 @@ static int exec_child(int argc, char **argv)
 static void usage(FILE *out)
 {
 	fprintf(out, "Usage: etcdproxy-worker --tenant NAME   (started by etcdproxyd)\n"
-		     "       etcdproxy-worker --standalone [-c GLOBAL.json] TENANT.json\n");
+		     "       etcdproxy-worker --standalone [-c GLOBAL.json] TENANT.json\n"
+		     "       etcdproxy-worker --describe-options PLUGIN_DIR backend|certs NAME\n");
 }
 
 int main(int argc, char **argv)
@@ -765,6 +826,8 @@ int main(int argc, char **argv)
 
 	if (argc >= 2 && strcmp(argv[1], "--exec-child") == 0)
 		return exec_child(argc, argv);
+	if (argc == 5 && strcmp(argv[1], "--describe-options") == 0)
+		return describe_options(argv[2], argv[3], argv[4]);
 
 	while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
 		switch (opt) {

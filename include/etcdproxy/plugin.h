@@ -135,6 +135,51 @@ struct ep_tls_material {
 	void *reserved[4];
 };
 
+/**
+ * The options of a plugin (its "backends" or "certs" section of the global
+ * configuration) described as a table, so that the host parses and checks
+ * them for the plugin and `etcdproxyd --check-config` judges them without
+ * starting a tenant, with the same code.  See ep_plugin.options and
+ * ep_host.options_parse.
+ */
+enum ep_option_type {
+	EP_OPT_END = 0,  /* ends the table */
+	EP_OPT_UINT,     /* a whole JSON number in [min, max]; stored as uint64_t */
+	EP_OPT_NUMBER,   /* a JSON number in [min, max]; stored as double */
+	EP_OPT_DURATION, /* a Go duration ("5s", "1h30m", "500us"); stored as uint64_t
+			    milliseconds, in [min, max] ms */
+	EP_OPT_ENUM,     /* one of values[]; stored as int, the index in values */
+	EP_OPT_STRING,   /* a non-empty string; stored as char * */
+	EP_OPT_PATH,     /* an absolute path; stored as char * */
+	EP_OPT_STRINGS,  /* an array of strings; stored as struct ep_option_strings */
+};
+
+/** EP_OPT_PATH: the file must exist and be executable. */
+#define EP_OPT_EXECUTABLE 0x1u
+
+/** The value of an EP_OPT_STRINGS option. */
+struct ep_option_strings {
+	char **v; /* n strings, then NULL */
+	size_t n;
+};
+
+/**
+ * One option.  Where a key is left out, the value in the plugin's struct
+ * stays as the plugin set it before calling options_parse (its default).
+ * Strings are malloc'ed, owned by the plugin's struct: free() them, and an
+ * EP_OPT_STRINGS value's v[] and v; a value already there is freed and
+ * replaced.
+ */
+struct ep_option {
+	const char *name;           /* the key, "idle_timeout" */
+	uint32_t type;              /* enum ep_option_type */
+	uint32_t flags;             /* EP_OPT_EXECUTABLE */
+	size_t offset;              /* offsetof() the value in the plugin's options struct */
+	double min, max;            /* UINT, NUMBER; DURATION in milliseconds */
+	const char *const *values;  /* ENUM: the names, NULL-terminated */
+	const char *help;           /* what the value is, for messages ("bytes"); may be NULL */
+};
+
 struct ep_host;
 
 /**
@@ -206,7 +251,18 @@ struct ep_host {
 	 */
 	void (*certs_changed)(struct ep_host *host);
 
-	void *reserved[5];
+	/**
+	 * Parse tenant->options_json by the plugin's table (ep_plugin.options)
+	 * into out, the plugin's options struct, which holds the defaults.
+	 * Unknown keys and values of the wrong type or out of range are errors.
+	 * Returns 0, or -EINVAL and *error_r (malloc'ed, the plugin frees it):
+	 * one line that names the key and the value, "backends.native.
+	 * idle_timeout: expected a duration ..., got \"x\"".  NULL in hosts
+	 * older than the options table (never in this ABI's workers).
+	 */
+	int (*options_parse)(struct ep_host *host, void *out, char **error_r);
+
+	void *reserved[4];
 };
 
 /** Operations of a backend plugin (ep_plugin.kind == EP_PLUGIN_BACKEND). */
@@ -313,7 +369,16 @@ struct ep_plugin {
 	/** struct ep_backend_ops or struct ep_certs_ops, by kind. */
 	const void *ops;
 
-	void *reserved[8];
+	/**
+	 * The plugin's options, ended by an EP_OPT_END entry (only that entry:
+	 * the plugin takes none).  With it the host parses them for the plugin
+	 * (ep_host.options_parse) and `etcdproxyd --check-config` judges them
+	 * with the same checker.  NULL: init() checks options_json itself, and
+	 * --check-config cannot judge it.
+	 */
+	const struct ep_option *options;
+
+	void *reserved[7];
 };
 
 #ifdef __cplusplus

@@ -46,6 +46,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,8 +77,7 @@ struct etcd_backend {
 	struct ep_host *host;
 	char *binary;
 	uint64_t health_interval_ms;
-	char **extra_args;
-	size_t n_extra_args;
+	struct ep_option_strings extra_args;
 	char *metrics_path;
 
 	uv_process_t child;
@@ -130,77 +130,41 @@ static char *xstrdup(const char *s)
 	return d;
 }
 
-/* Go durations as the global config uses them: "5s", "500ms", "1m". */
-static int parse_interval(const char *s, uint64_t *ms)
-{
-	char *end;
-	double v = strtod(s, &end);
-
-	if (end == s || v <= 0)
-		return -EINVAL;
-	if (strcmp(end, "ms") == 0)
-		*ms = (uint64_t)v;
-	else if (strcmp(end, "s") == 0)
-		*ms = (uint64_t)(v * 1000);
-	else if (strcmp(end, "m") == 0)
-		*ms = (uint64_t)(v * 60000);
-	else
-		return -EINVAL;
-	return *ms > 0 ? 0 : -EINVAL;
-}
+/* backends.etcd, parsed by the host from this table (options_parse) */
+#define OPT(name, type, flags, field, lo, hi, help)                                            \
+	{ name, type, flags, offsetof(struct etcd_backend, field), lo, hi, NULL, help }
+static const struct ep_option etcd_options[] = {
+	OPT("binary", EP_OPT_PATH, EP_OPT_EXECUTABLE, binary, 0, 0,
+	    "the etcd program: install the etcd-server package, or set the path"),
+	OPT("health_interval", EP_OPT_DURATION, 0, health_interval_ms, 1, 1e15,
+	    "between health checks of the grpc-proxy"),
+	OPT("extra_args", EP_OPT_STRINGS, 0, extra_args, 0, 0,
+	    "more arguments for etcd grpc-proxy start"),
+	{ NULL, EP_OPT_END, 0, 0, 0, 0, NULL, NULL },
+};
+#undef OPT
 
 static int parse_options(struct etcd_backend *b, const char **error_r)
 {
-	cJSON *o = cJSON_Parse(b->host->tenant->options_json);
-	const cJSON *m;
-	int r = 0;
+	static char msg[1024];
+	char *err = NULL;
 
 	b->binary = xstrdup("/usr/bin/etcd");
 	b->health_interval_ms = 5000;
-	if (!cJSON_IsObject(o)) {
-		*error_r = "backends.etcd: expected an object";
-		r = -EINVAL;
-		goto out;
+	if (b->host->options_parse(b->host, b, &err) < 0) {
+		snprintf(msg, sizeof(msg), "%s", err);
+		free(err);
+		*error_r = msg;
+		return -EINVAL;
 	}
-	cJSON_ArrayForEach(m, o)
-	{
-		if (strcmp(m->string, "binary") == 0 && cJSON_IsString(m) &&
-		    m->valuestring[0] == '/') {
-			free(b->binary);
-			b->binary = xstrdup(m->valuestring);
-		} else if (strcmp(m->string, "health_interval") == 0 && cJSON_IsString(m) &&
-			   parse_interval(m->valuestring, &b->health_interval_ms) == 0) {
-		} else if (strcmp(m->string, "extra_args") == 0 && cJSON_IsArray(m)) {
-			const cJSON *e;
-
-			b->extra_args = calloc((size_t)cJSON_GetArraySize(m) + 1, sizeof(char *));
-			cJSON_ArrayForEach(e, m)
-			{
-				if (!cJSON_IsString(e)) {
-					*error_r = "backends.etcd.extra_args: expected strings";
-					r = -EINVAL;
-					goto out;
-				}
-				b->extra_args[b->n_extra_args++] = xstrdup(e->valuestring);
-			}
-		} else {
-			*error_r = "backends.etcd: expected \"binary\" (absolute path), "
-				   "\"health_interval\" (\"5s\") or \"extra_args\" (array of strings)";
-			r = -EINVAL;
-			goto out;
-		}
-	}
+	/* the default path, when the file leaves it out, is checked here */
 	if (access(b->binary, X_OK) < 0) {
-		static char msg[512];
-
 		snprintf(msg, sizeof(msg), "backends.etcd.binary %s: %s (install the etcd-server "
 			 "package, or set the path)", b->binary, strerror(errno));
 		*error_r = msg;
-		r = -EINVAL;
+		return -EINVAL;
 	}
-out:
-	cJSON_Delete(o);
-	return r;
+	return 0;
 }
 
 /* ---- health checks (on the thread pool) ------------------------------------------------------------ */
@@ -496,8 +460,8 @@ static void spawn_child(struct etcd_backend *b)
 		args[n++] = tls_key;
 		args[n++] = tls_ca;
 	}
-	for (size_t i = 0; i < b->n_extra_args && n < 64; i++)
-		args[n++] = b->extra_args[i];
+	for (size_t i = 0; i < b->extra_args.n && n < 64; i++)
+		args[n++] = b->extra_args.v[i];
 	args[n] = NULL;
 
 	memset(&opts, 0, sizeof(opts));
@@ -992,9 +956,9 @@ static int backend_start(void *state, const char **error_r)
 static void free_backend(struct etcd_backend *b)
 {
 	free(b->binary);
-	for (size_t i = 0; i < b->n_extra_args; i++)
-		free(b->extra_args[i]);
-	free(b->extra_args);
+	for (size_t i = 0; i < b->extra_args.n; i++)
+		free(b->extra_args.v[i]);
+	free(b->extra_args.v);
 	free(b->metrics_path);
 	free(b->tls_cert);
 	free(b->tls_key);
@@ -1032,4 +996,5 @@ EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
 	.init = backend_init,
 	.fini = backend_fini,
 	.ops = &backend_ops,
+	.options = etcd_options,
 };

@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -672,85 +673,6 @@ static char *native_counters(void *state)
 
 /* ---- options ------------------------------------------------------------------------------------ */
 
-static int parse_compaction(const char *s, enum compaction_policy *p)
-{
-	if (strcmp(s, "ignore") == 0)
-		*p = COMPACT_IGNORE;
-	else if (strcmp(s, "allow") == 0)
-		*p = COMPACT_ALLOW;
-	else if (strcmp(s, "deny") == 0)
-		*p = COMPACT_DENY;
-	else
-		return -EINVAL;
-	return 0;
-}
-
-static int parse_options(struct native *n, const char **error_r)
-{
-	cJSON *o = cJSON_Parse(n->host->tenant->options_json);
-	const cJSON *m;
-	int r = 0;
-
-	n->max_message = 2u << 20;
-	n->max_streams = 1000;
-	n->idle_timeout_ms = 300000;
-	n->n_upstreams = 2;
-	n->drain_timeout_ms = 4000; /* below half the default stop_timeout, when SIGTERM comes */
-	n->compaction = COMPACT_IGNORE;
-	n->cred_poll_ms = NATIVE_CRED_POLL_MS;
-	if (!cJSON_IsObject(o)) {
-		*error_r = "backends.native: expected an object";
-		r = -EINVAL;
-		goto out;
-	}
-	cJSON_ArrayForEach(m, o)
-	{
-		const char *k = m->string;
-
-		if (strcmp(k, "max_message") == 0 && cJSON_IsNumber(m) && m->valuedouble >= 1024 &&
-		    m->valuedouble <= 64.0 * 1024 * 1024)
-			n->max_message = (size_t)m->valuedouble;
-		else if (strcmp(k, "max_streams") == 0 && cJSON_IsNumber(m) && m->valuedouble >= 1 &&
-			 m->valuedouble <= 1e6)
-			n->max_streams = (uint32_t)m->valuedouble;
-		else if (strcmp(k, "upstreams") == 0 && cJSON_IsNumber(m) && m->valuedouble >= 1 &&
-			 m->valuedouble <= 64)
-			n->n_upstreams = (unsigned)m->valuedouble;
-		else if (strcmp(k, "idle_timeout") == 0 && cJSON_IsString(m) &&
-			 ep_parse_duration_ms(m->valuestring, &n->idle_timeout_ms) == 0)
-			;
-		else if (strcmp(k, "drain_timeout") == 0 && cJSON_IsString(m) &&
-			 ep_parse_duration_ms(m->valuestring, &n->drain_timeout_ms) == 0)
-			;
-		else if (strcmp(k, "compaction") == 0 && cJSON_IsString(m) &&
-			 parse_compaction(m->valuestring, &n->compaction) == 0)
-			;
-		else if (strcmp(k, "credentials_poll_interval") == 0 && cJSON_IsString(m) &&
-			 ep_parse_duration_ms(m->valuestring, &n->cred_poll_ms) == 0 &&
-			 n->cred_poll_ms <= UINT32_MAX)
-			;
-		else {
-			*error_r = "backends.native: expected max_message (bytes, 1024..64 MiB), "
-				   "max_streams (1..1000000), upstreams (1..64), idle_timeout, "
-				   "drain_timeout and credentials_poll_interval (\"5m\", \"0s\"), "
-				   "compaction (\"ignore\", \"allow\", \"deny\")";
-			r = -EINVAL;
-			goto out;
-		}
-	}
-	/* the tenant's own spec.policy wins over the backend-wide default */
-	cJSON_Delete(o);
-	o = cJSON_Parse(n->host->tenant->policy_json ? n->host->tenant->policy_json : "{}");
-	m = cJSON_GetObjectItemCaseSensitive(o, "compaction");
-	if (cJSON_IsString(m) && parse_compaction(m->valuestring, &n->compaction) < 0) {
-		*error_r = "spec.policy.compaction: expected \"ignore\", \"allow\" or \"deny\"";
-		r = -EINVAL;
-	}
-out:
-	cJSON_Delete(o);
-	return r;
-}
-
 /* The error text of init() (which frees n on failure): one at a time, loop thread only. */
 static const char *init_error(char *reason)
 {
@@ -759,6 +681,72 @@ static const char *init_error(char *reason)
 	snprintf(buf, sizeof(buf), "%s", reason);
 	free(reason);
 	return buf;
+}
+
+/* backends.native, as etcdproxyd.json(5) describes it; parsed by the host (options_parse) */
+struct native_options {
+	uint64_t max_message, max_streams, upstreams;
+	uint64_t idle_timeout_ms, drain_timeout_ms, cred_poll_ms;
+	int compaction; /* enum compaction_policy: the order of compaction_names */
+};
+
+static const char *const compaction_names[] = { "ignore", "allow", "deny", NULL };
+
+#define OPT(name, type, field, lo, hi, values, help)                                            \
+	{ name, type, 0, offsetof(struct native_options, field), lo, hi, values, help }
+static const struct ep_option native_options[] = {
+	OPT("max_message", EP_OPT_UINT, max_message, 1024, 64 << 20, NULL,
+	    "bytes: the largest request message"),
+	OPT("max_streams", EP_OPT_UINT, max_streams, 1, 1000000, NULL,
+	    "concurrent streams per client connection"),
+	OPT("upstreams", EP_OPT_UINT, upstreams, 1, 64, NULL,
+	    "HTTP/2 connections to the core etcd"),
+	OPT("idle_timeout", EP_OPT_DURATION, idle_timeout_ms, 0, 1e15, NULL,
+	    "\"0s\": never close an idle connection"),
+	OPT("drain_timeout", EP_OPT_DURATION, drain_timeout_ms, 0, 1e15, NULL,
+	    "how long a graceful stop waits for calls"),
+	OPT("credentials_poll_interval", EP_OPT_DURATION, cred_poll_ms, 0, UINT32_MAX, NULL,
+	    "\"0s\": never check the core etcd credential files"),
+	OPT("compaction", EP_OPT_ENUM, compaction, 0, 0, compaction_names,
+	    "for tenants without spec.policy.compaction"),
+	{ NULL, EP_OPT_END, 0, 0, 0, 0, NULL, NULL },
+};
+#undef OPT
+
+static int parse_options(struct native *n, const char **error_r)
+{
+	struct native_options o = {
+		.max_message = 2u << 20,
+		.max_streams = 1000,
+		.upstreams = 2,
+		.idle_timeout_ms = 300000,
+		.drain_timeout_ms = 4000, /* below half the default stop_timeout, when SIGTERM comes */
+		.cred_poll_ms = NATIVE_CRED_POLL_MS,
+		.compaction = COMPACT_IGNORE,
+	};
+	char *err = NULL;
+	cJSON *policy;
+	const cJSON *m;
+
+	if (n->host->options_parse(n->host, &o, &err) < 0) {
+		*error_r = init_error(err);
+		return -EINVAL;
+	}
+	n->max_message = (size_t)o.max_message;
+	n->max_streams = (uint32_t)o.max_streams;
+	n->n_upstreams = (unsigned)o.upstreams;
+	n->idle_timeout_ms = o.idle_timeout_ms;
+	n->drain_timeout_ms = o.drain_timeout_ms;
+	n->cred_poll_ms = o.cred_poll_ms;
+	n->compaction = (enum compaction_policy)o.compaction;
+	/* the tenant's own spec.policy (checked by the supervisor) wins over the backend-wide default */
+	policy = cJSON_Parse(n->host->tenant->policy_json ? n->host->tenant->policy_json : "{}");
+	m = cJSON_GetObjectItemCaseSensitive(policy, "compaction");
+	for (int i = 0; cJSON_IsString(m) && compaction_names[i] != NULL; i++)
+		if (strcmp(m->valuestring, compaction_names[i]) == 0)
+			n->compaction = (enum compaction_policy)i;
+	cJSON_Delete(policy);
+	return 0;
 }
 
 /* TLS towards the core etcd: verify it with ca_file, present the core client certificate, ALPN h2. */
@@ -1122,4 +1110,5 @@ EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
 	.init = native_init,
 	.fini = native_fini,
 	.ops = &native_ops,
+	.options = native_options,
 };

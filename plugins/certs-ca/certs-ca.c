@@ -47,6 +47,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1171,58 +1172,38 @@ static void schedule(struct ca_state *st)
 
 /* ---- the plugin interface ------------------------------------------------------------------- */
 
+/* certs.ca, parsed by the host from this table (options_parse) */
+static const char *const key_types[] = { "ecdsa-p256", "rsa-2048", NULL }; /* index = st->rsa */
+
+#define OPT(name, type, field, lo, hi, values, help)                                            \
+	{ name, type, 0, offsetof(struct ca_state, field), lo, hi, values, help }
+static const struct ep_option ca_options[] = {
+	OPT("key_type", EP_OPT_ENUM, rsa, 0, 0, key_types, "of every key the CA makes"),
+	OPT("renew_fraction", EP_OPT_NUMBER, renew_fraction, 0.1, 0.95, NULL,
+	    "the part of a certificate's validity after which it is renewed"),
+	OPT("ca_renew_fraction", EP_OPT_NUMBER, ca_renew_fraction, 0.1, 0.95, NULL,
+	    "the part of a CA's validity after which it is rotated"),
+	OPT("grace", EP_OPT_DURATION, grace_ms, 0, 1e15, NULL,
+	    "between a new CA's publication and its first use"),
+	{ NULL, EP_OPT_END, 0, 0, 0, 0, NULL, NULL },
+};
+#undef OPT
+
 static int parse_options(struct ca_state *st, const char **error_r)
 {
-	cJSON *o = cJSON_Parse(st->host->tenant->options_json);
-	const cJSON *m;
-	static char msg[256];
+	static char msg[512];
+	char *err = NULL;
 	int r = 0;
 
 	st->renew_fraction = 2.0 / 3.0;
 	st->ca_renew_fraction = 2.0 / 3.0;
 	st->grace_ms = 600000;
-	if (!cJSON_IsObject(o)) {
-		*error_r = "certs.ca: expected an object";
-		cJSON_Delete(o);
+	if (st->host->options_parse(st->host, st, &err) < 0) {
+		snprintf(msg, sizeof(msg), "%s", err);
+		free(err);
+		*error_r = msg;
 		return -EINVAL;
 	}
-	cJSON_ArrayForEach(m, o)
-	{
-		if (strcmp(m->string, "key_type") == 0 && cJSON_IsString(m) &&
-		    (strcmp(m->valuestring, "ecdsa-p256") == 0 ||
-		     strcmp(m->valuestring, "rsa-2048") == 0)) {
-			st->rsa = strcmp(m->valuestring, "rsa-2048") == 0;
-		} else if (strcmp(m->string, "key_type") == 0) {
-			*error_r = "certs.ca.key_type: expected \"ecdsa-p256\" or \"rsa-2048\"";
-			r = -EINVAL;
-		} else if ((strcmp(m->string, "renew_fraction") == 0 ||
-			    strcmp(m->string, "ca_renew_fraction") == 0)) {
-			if (!cJSON_IsNumber(m) || m->valuedouble < 0.1 || m->valuedouble > 0.95) {
-				snprintf(msg, sizeof(msg), "certs.ca.%s: expected a number from 0.1 "
-					 "to 0.95 (the part of a validity after which it is renewed)",
-					 m->string);
-				*error_r = msg;
-				r = -EINVAL;
-			} else if (strcmp(m->string, "renew_fraction") == 0) {
-				st->renew_fraction = m->valuedouble;
-			} else {
-				st->ca_renew_fraction = m->valuedouble;
-			}
-		} else if (strcmp(m->string, "grace") == 0) {
-			if (!cJSON_IsString(m) || ep_parse_duration_ms(m->valuestring, &st->grace_ms) < 0) {
-				*error_r = "certs.ca.grace: expected a duration such as \"10m\" or \"2s\"";
-				r = -EINVAL;
-			}
-		} else {
-			snprintf(msg, sizeof(msg), "certs.ca: unknown key \"%.64s\" (expected one of: "
-				 "key_type, renew_fraction, ca_renew_fraction, grace)", m->string);
-			*error_r = msg;
-			r = -EINVAL;
-		}
-		if (r < 0)
-			break;
-	}
-	cJSON_Delete(o);
 	if (r == 0 && (double)st->grace_ms >
 			      (double)st->validity_ms[0] * (1.0 - st->ca_renew_fraction) / 2) {
 		snprintf(msg, sizeof(msg), "certs.ca.grace (%llu ms) is too long for a "
@@ -1577,4 +1558,5 @@ EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
 	.init = ca_init,
 	.fini = ca_fini,
 	.ops = &ops,
+	.options = ca_options,
 };

@@ -635,42 +635,26 @@ static void on_handle_closed(uv_handle_t *h)
 
 /* ---- plugin entry points --------------------------------------------------------------------- */
 
+/* certs.files, parsed by the host from this table (options_parse) */
+static const struct ep_option files_options[] = {
+	{ "poll_interval", EP_OPT_DURATION, 0, offsetof(struct files_source, poll_ms), MIN_POLL_MS,
+	  1e15, NULL, "between checks of the files for changes" },
+	{ NULL, EP_OPT_END, 0, 0, 0, 0, NULL, NULL },
+};
+
 static int parse_options(struct files_source *s, const char **error_r)
 {
-	static char msg[300];
-	cJSON *o = cJSON_Parse(s->host->tenant->options_json);
-	const cJSON *m;
-	int r = 0;
+	static char msg[512];
+	char *err = NULL;
 
 	s->poll_ms = DEFAULT_POLL_MS;
-	if (!cJSON_IsObject(o)) {
-		*error_r = "certs.files: expected an object of options";
-		r = -EINVAL;
-		goto out;
+	if (s->host->options_parse(s->host, s, &err) < 0) {
+		snprintf(msg, sizeof(msg), "%s", err);
+		free(err);
+		*error_r = msg;
+		return -EINVAL;
 	}
-	cJSON_ArrayForEach(m, o)
-	{
-		if (strcmp(m->string, "poll_interval") == 0) {
-			if (!cJSON_IsString(m) ||
-			    ep_parse_duration_ms(m->valuestring, &s->poll_ms) < 0 ||
-			    s->poll_ms < MIN_POLL_MS) {
-				*error_r = "certs.files.poll_interval: expected a duration of at "
-					   "least 100ms, such as \"2s\", \"500ms\" or \"1m\"";
-				r = -EINVAL;
-				goto out;
-			}
-		} else {
-			snprintf(msg, sizeof(msg), "certs.files: unknown option \"%.100s\"; the "
-				 "files source knows \"poll_interval\" (a duration such as "
-				 "\"2s\")", m->string);
-			*error_r = msg;
-			r = -EINVAL;
-			goto out;
-		}
-	}
-out:
-	cJSON_Delete(o);
-	return r;
+	return 0;
 }
 
 static int parse_tls(struct files_source *s, const char **error_r)
@@ -923,4 +907,5 @@ EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
 	.init = files_init,
 	.fini = files_fini,
 	.ops = &files_ops,
+	.options = files_options,
 };
