@@ -525,79 +525,16 @@ int ep_tenant_name_valid(const char *name)
 
 int ep_listen_validate(const char *listen, int tls, const char **why_r)
 {
-	const char *colon;
-	char host[64];
-	size_t hlen;
-	char *end;
-	long port;
-	int bracketed = 0;
+	struct ep_listen_addr a;
 
-	if (strncmp(listen, "unix:", 5) == 0) {
-		const char *path = listen + 5;
-
-		if (path[0] != '/') {
-			*why_r = "a Unix socket needs an absolute path: \"unix:/run/etcdproxy/a.sock\"";
-			return -EINVAL;
-		}
-		if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-			*why_r = "the Unix socket path is longer than 107 bytes";
-			return -EINVAL;
-		}
-		return 0;
-	}
-	colon = strrchr(listen, ':');
-	if (colon == NULL || colon == listen) {
-		*why_r = "expected HOST:PORT (\"127.0.0.1:23790\", \"[::1]:23790\") or unix:PATH";
+	if (ep_listen_parse(listen, &a, why_r) < 0)
+		return -EINVAL;
+	if (!tls && !ep_listen_is_local(&a)) {
+		*why_r = "plaintext (spec.tls.enabled false) is only allowed on a loopback address "
+			 "(127.0.0.0/8, ::1) or a Unix socket";
 		return -EINVAL;
 	}
-	errno = 0;
-	port = strtol(colon + 1, &end, 10);
-	if (colon[1] == '\0' || *end != '\0' || errno != 0 || port < 1 || port > 65535) {
-		*why_r = "the port must be a number from 1 to 65535";
-		return -EINVAL;
-	}
-	hlen = (size_t)(colon - listen);
-	if (listen[0] == '[') {
-		if (hlen < 3 || listen[hlen - 1] != ']') {
-			*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
-			return -EINVAL;
-		}
-		listen++;
-		hlen -= 2;
-		bracketed = 1;
-	}
-	if (hlen >= sizeof(host)) {
-		*why_r = "the host is too long";
-		return -EINVAL;
-	}
-	memcpy(host, listen, hlen);
-	host[hlen] = '\0';
-
-	struct in_addr a4;
-	struct in6_addr a6;
-	if (inet_pton(AF_INET, host, &a4) == 1) {
-		if ((ntohl(a4.s_addr) >> 24) == 127 || tls)
-			return 0;
-	} else if (inet_pton(AF_INET6, host, &a6) == 1) {
-		/* "::1:2379" is itself an IPv6 address: without brackets the port is a guess */
-		if (!bracketed) {
-			*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
-			return -EINVAL;
-		}
-		if (IN6_IS_ADDR_LOOPBACK(&a6) || tls)
-			return 0;
-	} else if (strcmp(host, "localhost") == 0) {
-		return 0;
-	} else if (strchr(host, ':') != NULL) {
-		*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
-		return -EINVAL;
-	} else {
-		*why_r = "the host must be an IP address or \"localhost\"";
-		return -EINVAL;
-	}
-	*why_r = "plaintext (spec.tls.enabled false) is only allowed on a loopback address "
-		 "(127.0.0.0/8, ::1) or a Unix socket";
-	return -EINVAL;
+	return 0;
 }
 
 static int parse_k8s_refs(struct pctx *c, const cJSON *v, const char *what,

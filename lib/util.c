@@ -272,63 +272,139 @@ void ep_time_format(int64_t t, char *buf, size_t size)
 	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+int ep_listen_parse(const char *listen, struct ep_listen_addr *a, const char **why_r)
+{
+	const char *colon, *host = listen;
+	size_t hlen;
+	char *end;
+	long port;
+	int bracketed = 0;
+
+	memset(a, 0, sizeof(*a));
+	if (strncmp(listen, "unix:", 5) == 0) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)&a->sa;
+
+		a->path = listen + 5;
+		if (a->path[0] != '/') {
+			*why_r = "a Unix socket needs an absolute path: \"unix:/run/etcdproxy/a.sock\"";
+			return -EINVAL;
+		}
+		if (strlen(a->path) >= sizeof(sun->sun_path)) {
+			*why_r = "the Unix socket path is longer than 107 bytes";
+			return -EINVAL;
+		}
+		a->family = AF_UNIX;
+		sun->sun_family = AF_UNIX;
+		memcpy(sun->sun_path, a->path, strlen(a->path) + 1);
+		a->sa_len = sizeof(*sun);
+		return 0;
+	}
+	colon = strrchr(listen, ':');
+	if (colon == NULL || colon == listen) {
+		*why_r = "expected HOST:PORT (\"127.0.0.1:23790\", \"[::1]:23790\") or unix:PATH";
+		return -EINVAL;
+	}
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || errno != 0 || port < 1 ||
+	    port > 65535) {
+		*why_r = "the port must be a number from 1 to 65535";
+		return -EINVAL;
+	}
+	hlen = (size_t)(colon - listen);
+	if (listen[0] == '[') {
+		if (hlen < 3 || listen[hlen - 1] != ']') {
+			*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
+			return -EINVAL;
+		}
+		host++;
+		hlen -= 2;
+		bracketed = 1;
+	}
+	if (hlen >= sizeof(a->host)) {
+		*why_r = "the host is too long";
+		return -EINVAL;
+	}
+	memcpy(a->host, host, hlen);
+	a->host[hlen] = '\0';
+	a->port = (int)port;
+
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&a->sa;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a->sa;
+
+	if (!bracketed && (inet_pton(AF_INET, a->host, &s4->sin_addr) == 1 ||
+			   strcmp(a->host, "localhost") == 0)) {
+		if (strcmp(a->host, "localhost") == 0) /* one address, the one every client tries */
+			s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a->family = s4->sin_family = AF_INET;
+		s4->sin_port = htons((uint16_t)port);
+		a->sa_len = sizeof(*s4);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, a->host, &s6->sin6_addr) == 1) {
+		/* "::1:2379" is itself an IPv6 address: without brackets the port is a guess */
+		if (!bracketed) {
+			*why_r = "an IPv6 address goes in brackets: \"[::1]:23790\"";
+			return -EINVAL;
+		}
+		a->family = s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons((uint16_t)port);
+		a->sa_len = sizeof(*s6);
+		return 0;
+	}
+	memset(&a->sa, 0, sizeof(a->sa));
+	*why_r = bracketed		     ? "only an IPv6 address goes in brackets: \"[::1]:23790\""
+		 : strchr(a->host, ':') != NULL ? "an IPv6 address goes in brackets: \"[::1]:23790\""
+						: "the host must be an IP address or \"localhost\"";
+	return -EINVAL;
+}
+
+int ep_listen_is_local(const struct ep_listen_addr *a)
+{
+	const struct sockaddr_in *s4 = (const struct sockaddr_in *)&a->sa;
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->sa;
+
+	if (a->family == AF_UNIX)
+		return 1;
+	if (a->family == AF_INET)
+		return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
+	return a->family == AF_INET6 && IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
+}
+
+int ep_listen_unix_prepare(const char *path, char **error_r)
+{
+	struct stat st;
+
+	if (lstat(path, &st) < 0)
+		return 0;
+	/* a socket left by a killed daemon or worker; anything else at that path is not ours */
+	if (!S_ISSOCK(st.st_mode)) {
+		*error_r = ep_strdup_printf("cannot listen on unix:%s: the path exists and is not a "
+					    "socket; remove it or choose another", path);
+		return -EEXIST;
+	}
+	unlink(path);
+	return 0;
+}
+
 int ep_listen_bind(const char *addr, int *fd_r, char **error_r)
 {
-	const char *shown = addr;
-	struct sockaddr_storage ss;
-	socklen_t sslen;
-	int fd, one = 1, err;
+	struct ep_listen_addr a;
+	const char *why;
+	int fd = -1, one = 1, err;
 
-	memset(&ss, 0, sizeof(ss));
-	if (strncmp(addr, "unix:", 5) == 0) {
-		struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
-
-		sun->sun_family = AF_UNIX;
-		snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", addr + 5);
-		sslen = sizeof(*sun);
-		struct stat st;
-
-		/* a socket left by a killed daemon; anything else at that path is not ours */
-		if (lstat(addr + 5, &st) == 0 && S_ISSOCK(st.st_mode))
-			unlink(addr + 5);
-	} else {
-		const char *colon = strrchr(addr, ':');
-		char host[64];
-		size_t hlen = (size_t)(colon - addr);
-		int port = atoi(colon + 1);
-
-		if (addr[0] == '[') {
-			addr++;
-			hlen -= 2;
-		}
-		if (hlen >= sizeof(host))
-			hlen = sizeof(host) - 1;
-		memcpy(host, addr, hlen);
-		host[hlen] = '\0';
-		if (strcmp(host, "localhost") == 0)
-			snprintf(host, sizeof(host), "127.0.0.1");
-		if (strchr(host, ':') != NULL) {
-			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-
-			s6->sin6_family = AF_INET6;
-			s6->sin6_port = htons((uint16_t)port);
-			inet_pton(AF_INET6, host, &s6->sin6_addr);
-			sslen = sizeof(*s6);
-		} else {
-			struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-
-			s4->sin_family = AF_INET;
-			s4->sin_port = htons((uint16_t)port);
-			inet_pton(AF_INET, host, &s4->sin_addr);
-			sslen = sizeof(*s4);
-		}
+	if (ep_listen_parse(addr, &a, &why) < 0) {
+		*error_r = ep_strdup_printf("cannot listen on %s: %s", addr, why);
+		return -EINVAL;
 	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (a.family == AF_UNIX && (err = ep_listen_unix_prepare(a.path, error_r)) < 0)
+		return err;
+	fd = socket(a.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		goto fail;
-	if (ss.ss_family != AF_UNIX)
+	if (a.family != AF_UNIX)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, sslen) < 0 || listen(fd, 511) < 0)
+	if (bind(fd, (struct sockaddr *)&a.sa, a.sa_len) < 0 || listen(fd, 511) < 0)
 		goto fail;
 	*fd_r = fd;
 	return 0;
@@ -336,6 +412,6 @@ fail:
 	err = errno;
 	if (fd >= 0)
 		close(fd);
-	*error_r = ep_strdup_printf("cannot listen on %s: %s", shown, strerror(err));
+	*error_r = ep_strdup_printf("cannot listen on %s: %s", addr, strerror(err));
 	return -err;
 }

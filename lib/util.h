@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 /* malloc'ed printf; aborts on out-of-memory, like every allocation here. */
 char *ep_strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -28,9 +29,36 @@ void ep_format_duration_ms(uint64_t ms, char *buf, size_t size);
 int ep_mkdir_p(const char *path, unsigned mode);
 
 /*
- * Create a listening socket for a validated listen address ("HOST:PORT",
- * "[::1]:PORT", "unix:/path"; a stale Unix socket file is replaced).  The fd
- * is close-on-exec.  Returns 0 and *fd_r, or -errno and *error_r (malloc'ed).
+ * A listen address taken apart: "IPv4:PORT", "[IPv6]:PORT", "localhost:PORT"
+ * (127.0.0.1) or "unix:/absolute/path".  The one parser of listen addresses,
+ * for the programs and the plugins alike.
+ */
+struct ep_listen_addr {
+	int family;                 /* AF_INET, AF_INET6 or AF_UNIX */
+	char host[64];              /* as written, without brackets; "" for AF_UNIX */
+	int port;                   /* 0 for AF_UNIX */
+	const char *path;           /* AF_UNIX: points into the listen string */
+	struct sockaddr_storage sa; /* the address to bind or connect to */
+	socklen_t sa_len;
+};
+
+/* Returns 0, or -EINVAL with a static explanation in *why_r. */
+int ep_listen_parse(const char *listen, struct ep_listen_addr *a, const char **why_r);
+
+/* 1 for a loopback address (127.0.0.0/8, ::1, localhost) or a Unix socket. */
+int ep_listen_is_local(const struct ep_listen_addr *a);
+
+/*
+ * Before binding a Unix socket at path: a socket left there by a killed
+ * process is removed; anything else there is refused (-EEXIST and *error_r,
+ * malloc'ed), never removed.
+ */
+int ep_listen_unix_prepare(const char *path, char **error_r);
+
+/*
+ * Create a listening socket for a listen address (see ep_listen_parse and
+ * ep_listen_unix_prepare).  The fd is close-on-exec.  Returns 0 and *fd_r,
+ * or a negative errno code and *error_r (malloc'ed), "cannot listen on ...".
  */
 int ep_listen_bind(const char *listen, int *fd_r, char **error_r);
 

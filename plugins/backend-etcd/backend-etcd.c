@@ -58,6 +58,7 @@
 #include <curl/curl.h>
 
 #include "etcdproxy/plugin.h"
+#include "util.h"
 
 #define METRICS_SOCKET "metrics.sock"
 #define CHILD_BACKOFF_INITIAL_MS 200
@@ -181,32 +182,19 @@ static size_t collect_body(char *data, size_t size, size_t n, void *ctx)
 	return size * n;
 }
 
-/* Connect to HOST:PORT with a timeout; returns 0 or -errno. */
+/* Connect to the listen address with a timeout; returns 0 or -errno. */
 static int tcp_probe(const char *listen, int timeout_ms)
 {
-	char host[128];
-	const char *colon = strrchr(listen, ':');
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
-	size_t hlen = (size_t)(colon - listen);
+	struct ep_listen_addr a;
+	const char *why;
 	int fd, r;
 
-	if (listen[0] == '[') {
-		listen++;
-		hlen -= 2;
-	}
-	if (hlen >= sizeof(host))
+	if (ep_listen_parse(listen, &a, &why) < 0)
 		return -EINVAL;
-	memcpy(host, listen, hlen);
-	host[hlen] = '\0';
-	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0)
-		return -EHOSTUNREACH;
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		freeaddrinfo(ai);
+	fd = socket(a.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
 		return -errno;
-	}
-	r = connect(fd, ai->ai_addr, ai->ai_addrlen);
-	freeaddrinfo(ai);
+	r = connect(fd, (struct sockaddr *)&a.sa, a.sa_len);
 	if (r < 0 && errno == EINPROGRESS) {
 		struct pollfd p = { .fd = fd, .events = POLLOUT };
 		int err = 0;

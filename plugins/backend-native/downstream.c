@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "native.h"
+#include "util.h"
 
 static void down_conn_close(struct down_conn *dc);
 static void call_process(struct call *c);
@@ -1493,55 +1494,37 @@ static void start_idle_check(struct down_conn *dc)
 int down_listen(struct native *n, const char **error_r)
 {
 	const char *listen = n->host->tenant->listen;
+	int fd = n->host->tenant->listen_fd;
 	static char why[300];
+	char *err = NULL;
 	int r;
 
-	if (n->host->tenant->listen_fd >= 0) {
-		/* the supervisor's socket: it outlives this worker */
-		if (strncmp(listen, "unix:", 5) == 0) {
-			uv_pipe_init(n->loop, &n->listener.pipe, 0);
-			r = uv_pipe_open(&n->listener.pipe, n->host->tenant->listen_fd);
-		} else {
-			uv_tcp_init(n->loop, &n->listener.tcp);
-			r = uv_tcp_open(&n->listener.tcp, n->host->tenant->listen_fd);
-		}
-	} else if (strncmp(listen, "unix:", 5) == 0) {
-		const char *path = listen + 5;
-
+	/*
+	 * The supervisor's socket, which outlives this worker; or, standalone, one
+	 * bound here the way the supervisor binds it (lib/util.c, ep_listen_bind)
+	 */
+	if (fd < 0 && (r = ep_listen_bind(listen, &fd, &err)) < 0) {
+		snprintf(why, sizeof(why), "%s", err);
+		free(err);
+		*error_r = why;
+		return r == -EADDRINUSE || r == -EACCES || r == -EEXIST ? -EADDRINUSE : -EIO;
+	}
+	if (strncmp(listen, "unix:", 5) == 0) {
 		uv_pipe_init(n->loop, &n->listener.pipe, 0);
-		unlink(path); /* a socket left by a killed worker */
-		r = uv_pipe_bind(&n->listener.pipe, path);
+		r = uv_pipe_open(&n->listener.pipe, fd);
 	} else {
-		struct sockaddr_storage ss;
-		const char *colon = strrchr(listen, ':');
-		char host[64];
-		size_t hlen = (size_t)(colon - listen);
-		int port = atoi(colon + 1);
-
-		if (listen[0] == '[') {
-			memcpy(host, listen + 1, hlen - 2);
-			host[hlen - 2] = '\0';
-		} else {
-			memcpy(host, listen, hlen);
-			host[hlen] = '\0';
-		}
-		if (strcmp(host, "localhost") == 0)
-			strcpy(host, "127.0.0.1");
 		uv_tcp_init(n->loop, &n->listener.tcp);
-		if (strchr(host, ':') != NULL)
-			r = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
-		else
-			r = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
-		if (r == 0)
-			r = uv_tcp_bind(&n->listener.tcp, (struct sockaddr *)&ss, 0);
+		r = uv_tcp_open(&n->listener.tcp, fd);
 	}
 	n->listener.handle.data = n;
 	n->open_handles++;
 	if (r < 0) {
 		snprintf(why, sizeof(why), "cannot listen on %s: %s", listen, uv_strerror(r));
 		*error_r = why;
+		if (n->host->tenant->listen_fd < 0)
+			close(fd); /* ours, and not taken by the handle */
 		uv_close(&n->listener.handle, on_listener_closed);
-		return r == UV_EADDRINUSE || r == UV_EACCES ? -EADDRINUSE : -EIO;
+		return -EIO;
 	}
 	n->listening = 1;
 	return 0;

@@ -366,7 +366,9 @@ static int san_listed(const char *list, const char *item)
 /* The serving certificate's names: every listen address, plus spec.tls.serverNames. */
 static char *wanted_sans(const struct ca_state *st)
 {
-	char host[256] = "", *out;
+	struct ep_listen_addr la;
+	const char *why;
+	char *out;
 	size_t cap = 1024, len = 0;
 	struct in_addr a4;
 	struct in6_addr a6;
@@ -383,25 +385,20 @@ static char *wanted_sans(const struct ca_state *st)
 		free(item_);                                                                 \
 	} while (0)
 
-	if (strncmp(st->listen, "unix:", 5) == 0) {
+	if (ep_listen_parse(st->listen, &la, &why) < 0 || la.family == AF_UNIX) {
+		/* a Unix socket (the supervisor validated the address) */
 		ADD("DNS:localhost");
 	} else {
-		const char *colon = strrchr(st->listen, ':');
-		size_t n = colon != NULL ? (size_t)(colon - st->listen) : 0;
+		const char *host = la.host;
 
-		if (n > 0 && st->listen[0] == '[') {
-			memcpy(host, st->listen + 1, n - 2 < sizeof(host) ? n - 2 : 0);
-			host[n - 2] = '\0';
-		} else if (n < sizeof(host)) {
-			memcpy(host, st->listen, n);
-			host[n] = '\0';
-		}
 		if (strcmp(host, "localhost") == 0) {
 			ADD("DNS:localhost");
 			ADD("IP:127.0.0.1");
 			ADD("IP:::1");
-		} else if ((inet_pton(AF_INET, host, &a4) == 1 && a4.s_addr == INADDR_ANY) ||
-			   (inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_UNSPECIFIED(&a6))) {
+		} else if ((la.family == AF_INET &&
+			    ((struct sockaddr_in *)&la.sa)->sin_addr.s_addr == INADDR_ANY) ||
+			   (la.family == AF_INET6 &&
+			    IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&la.sa)->sin6_addr))) {
 			/* every address of the node: its name and the loopbacks */
 			char node[256];
 
@@ -412,8 +409,7 @@ static char *wanted_sans(const struct ca_state *st)
 			ADD("IP:::1");
 		} else {
 			ADD("IP:%s", host);
-			if ((inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127) ||
-			    (inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6)))
+			if (ep_listen_is_local(&la))
 				ADD("DNS:localhost");
 		}
 	}

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <stdarg.h>
@@ -1022,6 +1025,93 @@ static void test_listen_validate(void **state UNUSED)
 	assert_string_equal(why, "the host is too long");
 }
 
+/* The one parser every backend and the supervisor use (lib/util.c). */
+static void test_listen_parse(void **state UNUSED)
+{
+	struct ep_listen_addr a;
+	const char *why = NULL;
+	char addr[INET6_ADDRSTRLEN];
+
+	assert_int_equal(ep_listen_parse("127.0.0.1:23790", &a, &why), 0);
+	assert_int_equal(a.family, AF_INET);
+	assert_int_equal(a.port, 23790);
+	assert_int_equal(ntohs(((struct sockaddr_in *)&a.sa)->sin_port), 23790);
+	assert_int_equal(a.sa_len, sizeof(struct sockaddr_in));
+	assert_true(ep_listen_is_local(&a));
+
+	assert_int_equal(ep_listen_parse("localhost:80", &a, &why), 0);
+	assert_string_equal(a.host, "localhost");
+	assert_int_equal(a.family, AF_INET);
+	inet_ntop(AF_INET, &((struct sockaddr_in *)&a.sa)->sin_addr, addr, sizeof(addr));
+	assert_string_equal(addr, "127.0.0.1");
+
+	assert_int_equal(ep_listen_parse("[::1]:2379", &a, &why), 0);
+	assert_int_equal(a.family, AF_INET6);
+	assert_string_equal(a.host, "::1");
+	assert_int_equal(ntohs(((struct sockaddr_in6 *)&a.sa)->sin6_port), 2379);
+	assert_true(ep_listen_is_local(&a));
+
+	assert_int_equal(ep_listen_parse("[2001:db8::1]:443", &a, &why), 0);
+	assert_false(ep_listen_is_local(&a));
+	assert_int_equal(ep_listen_parse("0.0.0.0:443", &a, &why), 0);
+	assert_false(ep_listen_is_local(&a));
+
+	assert_int_equal(ep_listen_parse("unix:/run/x.sock", &a, &why), 0);
+	assert_int_equal(a.family, AF_UNIX);
+	assert_string_equal(a.path, "/run/x.sock");
+	assert_string_equal(((struct sockaddr_un *)&a.sa)->sun_path, "/run/x.sock");
+	assert_true(ep_listen_is_local(&a));
+
+	assert_int_equal(ep_listen_parse("[127.0.0.1]:80", &a, &why), -EINVAL);
+	assert_string_equal(why, "only an IPv6 address goes in brackets: \"[::1]:23790\"");
+	assert_int_equal(ep_listen_parse("127.0.0.1:+80", &a, &why), -EINVAL);
+	assert_string_equal(why, MSG_PORT);
+}
+
+/* A Unix socket path: a stale socket is replaced, anything else is left alone and refused. */
+static void test_listen_unix(void **state)
+{
+	struct fixture *f = *state;
+	char *path = ep_strdup_printf("%s/s.sock", f->dir);
+	char *listen = ep_strdup_printf("unix:%s", path);
+	char *error = NULL;
+	struct stat st;
+	int fd;
+
+	/* nothing there: bound */
+	assert_int_equal(ep_listen_bind(listen, &fd, &error), 0);
+	close(fd); /* the socket file stays, as after a kill -9 */
+	assert_int_equal(lstat(path, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	/* a stale socket: replaced */
+	assert_int_equal(ep_listen_bind(listen, &fd, &error), 0);
+	close(fd);
+	unlink(path);
+	/* a regular file: refused and kept */
+	write_file(path, "precious");
+	assert_int_equal(ep_listen_bind(listen, &fd, &error), -EEXIST);
+	char *want = ep_strdup_printf("cannot listen on %s: the path exists and is not a socket; "
+				      "remove it or choose another", listen);
+	assert_string_equal(error, want);
+	free(want);
+	free(error);
+	error = NULL;
+	assert_int_equal(lstat(path, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	/* a directory too */
+	unlink(path);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(ep_listen_bind(listen, &fd, &error), -EEXIST);
+	free(error);
+	rmdir(path);
+	/* an address that does not parse says why */
+	assert_int_equal(ep_listen_bind("127.0.0.1:0", &fd, &error), -EINVAL);
+	assert_string_equal(error, "cannot listen on 127.0.0.1:0: " MSG_PORT);
+	free(error);
+	free(listen);
+	free(path);
+}
+
 /* ---- tenants ------------------------------------------------------------------------ */
 
 static void test_tenant_minimal(void **state)
@@ -1698,6 +1788,8 @@ int main(void)
 		cmocka_unit_test(test_prefix_overlaps),
 		cmocka_unit_test(test_tenant_name_valid),
 		cmocka_unit_test(test_listen_validate),
+		cmocka_unit_test(test_listen_parse),
+		T(test_listen_unix),
 		T(test_tenant_minimal),
 		T(test_tenant_builtin_defaults),
 		T(test_tenant_full),
