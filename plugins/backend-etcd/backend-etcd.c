@@ -252,8 +252,13 @@ static void check_work(uv_work_t *req)
 			 "grpc-proxy metrics endpoint %s: %s", b->metrics_path, curl_easy_strerror(cc));
 		return;
 	}
-	/* {"health":"true"} when the proxy reaches the core etcd */
-	if (status == 200 && strstr(body, "\"health\":\"true\"") != NULL) {
+	/* {"health":"true","reason":""} when the proxy reaches the core etcd */
+	cJSON *doc = status == 200 ? cJSON_Parse(body) : NULL;
+	const cJSON *health = cJSON_GetObjectItemCaseSensitive(doc, "health");
+	int healthy = cJSON_IsString(health) && strcmp(health->valuestring, "true") == 0;
+
+	cJSON_Delete(doc);
+	if (healthy) {
 		b->check_healthy = 1;
 		return;
 	}

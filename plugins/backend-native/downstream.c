@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "native.h"
+#include "pb.h"
 #include "util.h"
 
 static void down_conn_close(struct down_conn *dc);
@@ -565,20 +566,12 @@ static void on_lease_lookup(struct native *n, void *ctx, int ok, int64_t id, int
 static void answer_missing_lease(struct call *c)
 {
 	uint8_t msg[32];
-	size_t len = 0;
-	uint64_t id = (uint64_t)c->denied_lease;
-
 	/* ID (field 2), then TTL (field 3): -1 from TimeToLive, 0 from KeepAlive */
-	msg[len++] = 0x10;
-	do {
-		msg[len++] = (uint8_t)((id & 0x7f) | (id > 0x7f ? 0x80 : 0));
-		id >>= 7;
-	} while (id != 0);
+	size_t len = (size_t)(ep_pb_put_uint(msg, 2, (uint64_t)c->denied_lease) - msg);
+
 	switch (c->m->kind) {
 	case RW_LEASE_TTL:
-		msg[len++] = 0x18;
-		memcpy(msg + len, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 10);
-		len += 10;
+		len = (size_t)(ep_pb_put_uint(msg + len, 3, (uint64_t)-1) - msg);
 		call_answer(c, msg, len);
 		return;
 	case RW_LEASE_KEEPALIVE:

@@ -41,6 +41,7 @@
 #include "files.h"
 #include "util.h"
 #include "native.h"
+#include "pb.h"
 
 #define RECORD_PREFIX EP_OWN_PREFIX "leases/"
 
@@ -100,85 +101,15 @@ void bq_free(struct bq *q)
 	memset(q, 0, sizeof(*q));
 }
 
-/* ---- small protobuf writer and reader for the proxy's own requests ------------------------- */
-
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-	size_t n = 0;
-
-	while (v >= 0x80) {
-		p[n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	p[n++] = (uint8_t)v;
-	return n;
-}
-
+/* The proxy's own requests are written and their answers read with lib/pb.h. */
 static size_t put_bytes(uint8_t *p, unsigned field, const void *data, size_t len)
 {
-	size_t n = put_varint(p, (uint64_t)field << 3 | 2);
-
-	n += put_varint(p + n, len);
-	memcpy(p + n, data, len);
-	return n + len;
+	return (size_t)(ep_pb_put_bytes(p, field, data, len) - p);
 }
 
 static size_t put_uint(uint8_t *p, unsigned field, uint64_t v)
 {
-	size_t n = put_varint(p, (uint64_t)field << 3);
-
-	return n + put_varint(p + n, v);
-}
-
-static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-	*v = 0;
-	for (unsigned shift = 0; shift < 64; shift += 7) {
-		if (*p >= end)
-			return -1;
-		uint8_t b = *(*p)++;
-
-		*v |= (uint64_t)(b & 0x7f) << shift;
-		if (!(b & 0x80))
-			return 0;
-	}
-	return -1;
-}
-
-/* Iterate fields: returns 1 with field/wire type and (for LEN) data, 0 at the end, -1 on garbage. */
-static int next_field(const uint8_t **p, const uint8_t *end, unsigned *field, uint64_t *value,
-		      const uint8_t **data, size_t *len)
-{
-	uint64_t tag;
-
-	if (*p >= end)
-		return 0;
-	if (get_varint(p, end, &tag) < 0)
-		return -1;
-	*field = (unsigned)(tag >> 3);
-	switch (tag & 7) {
-	case 0:
-		return get_varint(p, end, value) < 0 ? -1 : 1;
-	case 2:
-		if (get_varint(p, end, value) < 0 || *value > (uint64_t)(end - *p))
-			return -1;
-		*data = *p;
-		*len = (size_t)*value;
-		*p += *len;
-		return 2;
-	case 1:
-		if (end - *p < 8)
-			return -1;
-		*p += 8;
-		return 1;
-	case 5:
-		if (end - *p < 4)
-			return -1;
-		*p += 4;
-		return 1;
-	default:
-		return -1;
-	}
+	return (size_t)(ep_pb_put_uint(p, field, v) - p);
 }
 
 /* ---- lease ownership ------------------------------------------------------------------------- */
@@ -239,15 +170,13 @@ static struct lease_op *lease_op_new(lease_cb *cb, void *ctx, int64_t id)
 static void on_lookup(struct native *n, void *ctx, int ok, const uint8_t *resp, size_t len)
 {
 	struct lease_op *op = ctx;
-	const uint8_t *p = resp, *end = resp + len, *data;
-	unsigned field;
-	uint64_t v, count = 0;
-	size_t dlen;
-	int r;
+	const uint8_t *p = resp, *end = resp + len;
+	struct ep_pb_field f;
+	uint64_t count = 0;
 
-	while (ok && (r = next_field(&p, end, &field, &v, &data, &dlen)) > 0)
-		if (r == 1 && field == 4)
-			count = v;
+	while (ok && ep_pb_next_field(&p, end, &f) > 0)
+		if (f.wire == EP_PB_VARINT && f.number == 4) /* RangeResponse.count */
+			count = f.value;
 	op->cb(n, op->ctx, ok, op->id, count > 0);
 	free(op);
 }
@@ -271,26 +200,22 @@ int native_lease_lookup(struct native *n, int64_t id, lease_cb *cb, void *ctx)
 static void on_refresh(struct native *n, void *ctx, int ok, const uint8_t *resp, size_t len)
 {
 	struct lease_op *op = ctx;
-	const uint8_t *p = resp, *end = resp + len, *data;
-	unsigned field;
-	uint64_t v;
-	size_t dlen;
-	int r;
+	const uint8_t *p = resp, *end = resp + len;
+	struct ep_pb_field f, k;
 
-	while (ok && (r = next_field(&p, end, &field, &v, &data, &dlen)) > 0) {
-		const uint8_t *q, *qend, *key;
-		size_t klen;
+	while (ok && ep_pb_next_field(&p, end, &f) > 0) {
+		const uint8_t *q, *qend;
 
-		if (r != 2 || field != 2)
+		if (f.wire != EP_PB_LEN || f.number != 2) /* kvs */
 			continue;
-		q = data;
-		qend = data + dlen;
-		while ((r = next_field(&q, qend, &field, &v, &key, &klen)) > 0) {
+		q = f.data;
+		qend = f.data + f.len;
+		while (ep_pb_next_field(&q, qend, &k) > 0) {
 			char hex[17];
 
-			if (r != 2 || field != 1 || klen < 16)
+			if (k.wire != EP_PB_LEN || k.number != 1 || k.len < 16) /* key */
 				continue;
-			memcpy(hex, key + klen - 16, 16);
+			memcpy(hex, k.data + k.len - 16, 16);
 			hex[16] = '\0';
 			native_lease_add(n, (int64_t)strtoull(hex, NULL, 16));
 		}

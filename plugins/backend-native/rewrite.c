@@ -47,6 +47,7 @@
  *    -EINVAL with status 13.
  */
 #include "rewrite.h"
+#include "pb.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -225,7 +226,7 @@ enum {
 
 /* ---- schemas -------------------------------------------------------------- */
 
-enum wire { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+enum wire { WT_VARINT = EP_PB_VARINT, WT_I64 = EP_PB_I64, WT_LEN = EP_PB_LEN, WT_I32 = EP_PB_I32 };
 
 enum action {
 	ACT_KEY,          /* P: prefix; must not be empty */
@@ -394,27 +395,6 @@ static inline int reserve(struct ctx *c, size_t n)
 	return grow(c, n);
 }
 
-static inline unsigned varint_size(uint64_t v)
-{
-	unsigned n = 1;
-
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
-
-static inline uint8_t *put_varint(uint8_t *d, uint64_t v)
-{
-	while (v >= 0x80) {
-		*d++ = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	*d++ = (uint8_t)v;
-	return d;
-}
-
 /* Copy [from, to) of the input: a run of fields that stay as they are. */
 static inline int copy_run(struct ctx *c, const uint8_t *from, const uint8_t *to)
 {
@@ -443,7 +423,7 @@ static int put_len_field(struct ctx *c, const uint8_t *tag, size_t tag_len, cons
 		return -ENOMEM;
 	d = c->out->data + c->out->len;
 	memcpy(d, tag, tag_len);
-	d = put_varint(d + tag_len, n);
+	d = ep_pb_put_varint(d + tag_len, n);
 	if (a_len) {
 		memcpy(d, a, a_len);
 		d += a_len;
@@ -463,83 +443,6 @@ static inline int has_prefix(const struct rw_ns *ns, const uint8_t *key, size_t 
 
 /* ---- wire reading ----------------------------------------------------------- */
 
-/* Read a varint of at most 10 bytes that fits 64 bits; -1 when malformed. */
-static inline int get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
-{
-	const uint8_t *p = *pp;
-	uint64_t r = 0;
-
-	if (p < end && *p < 0x80) {
-		*v = *p;
-		*pp = p + 1;
-		return 0;
-	}
-	for (unsigned i = 0; i < 10; i++) {
-		uint8_t b;
-
-		if (p >= end)
-			return -1;
-		b = *p++;
-		if (i == 9 && b > 1)
-			return -1;
-		r |= (uint64_t)(b & 0x7f) << (7 * i);
-		if (!(b & 0x80)) {
-			*v = r;
-			*pp = p;
-			return 0;
-		}
-	}
-	return -1;
-}
-
-/* One field as read from the input. */
-struct field {
-	const uint8_t *start; /* the tag */
-	const uint8_t *tag_end;
-	const uint8_t *val; /* LEN: the payload */
-	size_t len;         /* LEN: its length */
-	uint64_t v;         /* VARINT: the value */
-	uint32_t num;
-	unsigned wire;
-};
-
-/* Read the field at *pp and step over it; -1 when malformed. */
-static inline int next_field(const uint8_t **pp, const uint8_t *end, struct field *f)
-{
-	uint64_t tag;
-
-	f->start = *pp;
-	f->val = NULL;
-	f->len = 0;
-	f->v = 0;
-	if (get_varint(pp, end, &tag) || tag > UINT32_MAX || (tag >> 3) == 0)
-		return -1;
-	f->tag_end = *pp;
-	f->num = (uint32_t)(tag >> 3);
-	f->wire = (unsigned)(tag & 7);
-	switch (f->wire) {
-	case WT_VARINT: return get_varint(pp, end, &f->v);
-	case WT_I64:
-		if (end - *pp < 8)
-			return -1;
-		*pp += 8;
-		return 0;
-	case WT_LEN:
-		if (get_varint(pp, end, &f->v) || f->v > (uint64_t)(end - *pp))
-			return -1;
-		f->val = *pp;
-		f->len = (size_t)f->v;
-		*pp += f->len;
-		return 0;
-	case WT_I32:
-		if (end - *pp < 4)
-			return -1;
-		*pp += 4;
-		return 0;
-	default: return -1; /* groups (3, 4) and the undefined 6, 7 */
-	}
-}
-
 static inline const struct rule *find_rule(const struct schema *s, uint32_t num)
 {
 	for (unsigned i = 0; i < s->nrules; i++) {
@@ -555,11 +458,11 @@ static int rewrite_msg(struct ctx *c, enum schema_id id, const uint8_t *in, size
                        unsigned depth);
 
 /* An embedded message: tag, new length, rewritten body, written in place. */
-static int rewrite_embedded(struct ctx *c, const struct field *f, enum schema_id sub,
+static int rewrite_embedded(struct ctx *c, const struct ep_pb_field *f, enum schema_id sub,
                             unsigned depth)
 {
 	size_t tag_len = (size_t)(f->tag_end - f->start);
-	unsigned guess = varint_size(f->len), need;
+	unsigned guess = ep_pb_varint_size(f->len), need;
 	size_t body, n;
 	int rc;
 
@@ -568,18 +471,18 @@ static int rewrite_embedded(struct ctx *c, const struct field *f, enum schema_id
 	memcpy(c->out->data + c->out->len, f->start, tag_len);
 	c->out->len += tag_len + guess;
 	body = c->out->len;
-	rc = rewrite_msg(c, sub, f->val, f->len, depth);
+	rc = rewrite_msg(c, sub, f->data, f->len, depth);
 	if (rc)
 		return rc;
 	n = c->out->len - body;
-	need = varint_size(n);
+	need = ep_pb_varint_size(n);
 	if (need != guess) {
 		if (need > guess && reserve(c, need - guess))
 			return -ENOMEM;
 		memmove(c->out->data + body - guess + need, c->out->data + body, n);
 		c->out->len = c->out->len - guess + need;
 	}
-	put_varint(c->out->data + body - guess, n);
+	ep_pb_put_varint(c->out->data + body - guess, n);
 	return 0;
 }
 
@@ -587,16 +490,16 @@ static int rewrite_embedded(struct ctx *c, const struct field *f, enum schema_id
 static int lease_status_id(struct ctx *c, const uint8_t *p, size_t len, int64_t *id)
 {
 	const uint8_t *end = p + len;
-	struct field f;
+	struct ep_pb_field f;
 
 	*id = 0;
 	while (p < end) {
-		if (next_field(&p, end, &f))
+		if (ep_pb_next_field(&p, end, &f) < 0)
 			return malformed(c);
-		if (f.num == 1) {
+		if (f.number == 1) {
 			if (f.wire != WT_VARINT)
 				return malformed(c);
-			*id = (int64_t)f.v;
+			*id = (int64_t)f.value;
 		}
 	}
 	return 0;
@@ -612,7 +515,7 @@ static int rewrite_msg(struct ctx *c, enum schema_id id, const uint8_t *in, size
 	int have_key = 0;
 	uint64_t grant_id = 0;
 	size_t grant_error_len = 0;
-	struct field f;
+	struct ep_pb_field f;
 	int rc;
 
 	if (s->flags & SF_TXN) {
@@ -624,9 +527,9 @@ static int rewrite_msg(struct ctx *c, enum schema_id id, const uint8_t *in, size
 	while (p < end) {
 		const struct rule *r;
 
-		if (next_field(&p, end, &f))
+		if (ep_pb_next_field(&p, end, &f) < 0)
 			return malformed(c);
-		r = find_rule(s, f.num);
+		r = find_rule(s, f.number);
 		if (r == NULL)
 			continue; /* unknown or uninteresting: stays in the run */
 		if (r->wire != f.wire)
@@ -634,20 +537,20 @@ static int rewrite_msg(struct ctx *c, enum schema_id id, const uint8_t *in, size
 
 		switch (r->act) {
 		case ACT_LEASE:
-			if (f.v != 0 && h && h->lease_check &&
-			    h->lease_check(h->ctx, (int64_t)f.v) != 0)
+			if (f.value != 0 && h && h->lease_check &&
+			    h->lease_check(h->ctx, (int64_t)f.value) != 0)
 				return fail(c, -ENOENT, ST_NOT_FOUND, MSG_NO_LEASE);
 			continue;
 		case ACT_ALARM_ACTION:
-			if (f.v != 0)
+			if (f.value != 0)
 				return fail(c, -EPERM, ST_PERMISSION_DENIED, MSG_ALARM);
 			continue;
-		case ACT_GRANT_ID: grant_id = f.v; continue;
+		case ACT_GRANT_ID: grant_id = f.value; continue;
 		case ACT_GRANT_ERROR: grant_error_len = f.len; continue;
 		case ACT_LEASE_STATUS: {
 			int64_t lease;
 
-			rc = lease_status_id(c, f.val, f.len, &lease);
+			rc = lease_status_id(c, f.data, f.len, &lease);
 			if (rc)
 				return rc;
 			if (!h || !h->lease_visible || h->lease_visible(h->ctx, lease))
@@ -671,7 +574,7 @@ static int rewrite_msg(struct ctx *c, enum schema_id id, const uint8_t *in, size
 				return fail(c, -EINVAL, ST_INVALID_ARGUMENT, MSG_NO_KEY);
 			have_key = 1;
 			rc = put_len_field(c, f.start, (size_t)(f.tag_end - f.start), ns->prefix,
-			                   ns->prefix_len, f.val, f.len);
+			                   ns->prefix_len, f.data, f.len);
 			break;
 		case ACT_WATCH_KEY:
 			have_key = 1;
@@ -681,31 +584,31 @@ static int rewrite_msg(struct ctx *c, enum schema_id id, const uint8_t *in, size
 				                   1);
 			else
 				rc = put_len_field(c, f.start, (size_t)(f.tag_end - f.start),
-				                   ns->prefix, ns->prefix_len, f.val, f.len);
+				                   ns->prefix, ns->prefix_len, f.data, f.len);
 			break;
 		case ACT_RANGE_END:
 			if (f.len == 0) /* explicit empty: still a single key */
 				rc = put_len_field(c, f.start, (size_t)(f.tag_end - f.start), NULL,
 				                   0, NULL, 0);
-			else if (f.len == 1 && f.val[0] == 0) /* "every key >= key" */
+			else if (f.len == 1 && f.data[0] == 0) /* "every key >= key" */
 				rc = put_len_field(c, f.start, (size_t)(f.tag_end - f.start),
 				                   ns->prefix_end, ns->prefix_end_len, NULL, 0);
 			else
 				rc = put_len_field(c, f.start, (size_t)(f.tag_end - f.start),
-				                   ns->prefix, ns->prefix_len, f.val, f.len);
+				                   ns->prefix, ns->prefix_len, f.data, f.len);
 			break;
 		case ACT_STRIP:
-			if (!has_prefix(ns, f.val, f.len))
+			if (!has_prefix(ns, f.data, f.len))
 				return fail(c, -EPROTO, ST_INTERNAL, MSG_FOREIGN_KEY);
 			have_key = 1;
 			rc = put_len_field(c, f.start, (size_t)(f.tag_end - f.start),
-			                   f.val + ns->prefix_len, f.len - ns->prefix_len, NULL, 0);
+			                   f.data + ns->prefix_len, f.len - ns->prefix_len, NULL, 0);
 			break;
 		case ACT_FILTER:
-			if (!has_prefix(ns, f.val, f.len))
+			if (!has_prefix(ns, f.data, f.len))
 				continue; /* another tenant's key: dropped */
 			rc = put_len_field(c, f.start, (size_t)(f.tag_end - f.start),
-			                   f.val + ns->prefix_len, f.len - ns->prefix_len, NULL, 0);
+			                   f.data + ns->prefix_len, f.len - ns->prefix_len, NULL, 0);
 			break;
 		case ACT_MSG: rc = rewrite_embedded(c, &f, (enum schema_id)r->sub, depth); break;
 		default:

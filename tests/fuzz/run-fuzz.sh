@@ -38,7 +38,7 @@ fi
 "$cc" -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	-Wall -Wextra -Werror \
-	-I"$top/plugins/backend-native" \
+	-I"$top/plugins/backend-native" -I"$top/lib" \
 	-o "$work/fuzz-rewrite" \
 	"$here/fuzz-rewrite.c" "$top/plugins/backend-native/rewrite.c"
 

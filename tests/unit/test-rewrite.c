@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "../../plugins/backend-native/rewrite.h"
+#include "pb.h"
 
 #define UNUSED __attribute__((unused))
 
@@ -1211,9 +1212,95 @@ static int teardown(void **state UNUSED)
 	return 0;
 }
 
+/* ---- lib/pb.h: the one protobuf codec ------------------------------------------------- */
+
+static void test_pb_varint(void **state)
+{
+	static const struct {
+		uint64_t v;
+		const char *bytes;
+		unsigned len;
+	} cases[] = {
+		{ 0, "\x00", 1 },
+		{ 127, "\x7f", 1 },
+		{ 128, "\x80\x01", 2 },
+		{ 300, "\xac\x02", 2 },
+		{ UINT64_MAX, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 10 },
+	};
+	uint8_t buf[16];
+	(void)state;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const uint8_t *p = buf;
+		uint64_t v;
+
+		assert_int_equal(ep_pb_varint_size(cases[i].v), cases[i].len);
+		assert_ptr_equal(ep_pb_put_varint(buf, cases[i].v), buf + cases[i].len);
+		assert_memory_equal(buf, cases[i].bytes, cases[i].len);
+		assert_int_equal(ep_pb_get_varint(&p, buf + cases[i].len, &v), 0);
+		assert_true(v == cases[i].v);
+		assert_ptr_equal(p, buf + cases[i].len);
+		/* cut short */
+		p = buf;
+		assert_int_equal(ep_pb_get_varint(&p, buf + cases[i].len - 1, &v), -1);
+	}
+	/* 11 bytes, or a tenth byte above 1: more than 64 bits */
+	static const uint8_t eleven[] = { 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01 };
+	static const uint8_t big10[] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02 };
+	const uint8_t *p = eleven;
+	uint64_t v;
+
+	assert_int_equal(ep_pb_get_varint(&p, eleven + sizeof(eleven), &v), -1);
+	p = big10;
+	assert_int_equal(ep_pb_get_varint(&p, big10 + sizeof(big10), &v), -1);
+}
+
+static void test_pb_fields(void **state)
+{
+	uint8_t buf[64], *e;
+	const uint8_t *p = buf;
+	struct ep_pb_field f;
+	(void)state;
+
+	e = ep_pb_put_bytes(buf, 1, "foo", 3);
+	e = ep_pb_put_uint(e, 9, 1);
+	e = ep_pb_put_bytes(e, 64, "", 0);
+	assert_memory_equal(buf, "\x0a\x03" "foo" "\x48\x01" "\x82\x04\x00", 10);
+	assert_int_equal(ep_pb_next_field(&p, e, &f), 1);
+	assert_true(f.number == 1 && f.wire == EP_PB_LEN && f.len == 3 && f.start == buf &&
+		    f.tag_end == buf + 1 && memcmp(f.data, "foo", 3) == 0);
+	assert_int_equal(ep_pb_next_field(&p, e, &f), 1);
+	assert_true(f.number == 9 && f.wire == EP_PB_VARINT && f.value == 1 && f.data == NULL);
+	assert_int_equal(ep_pb_next_field(&p, e, &f), 1);
+	assert_true(f.number == 64 && f.len == 0 && f.tag_end == f.start + 2);
+	assert_int_equal(ep_pb_next_field(&p, e, &f), 0);
+
+	static const struct {
+		const char *bytes;
+		size_t len;
+	} bad[] = {
+		{ "\x02\x00", 2 },                 /* field number 0 */
+		{ "\x0b", 1 },                      /* group start (3) */
+		{ "\x0c", 1 },                      /* group end (4) */
+		{ "\x0e\x00", 2 },                 /* wire type 6 */
+		{ "\x0a\x05" "abc", 5 },           /* LEN past the end */
+		{ "\x09" "1234567", 8 },            /* I64 cut short */
+		{ "\x0d" "123", 4 },                /* I32 cut short */
+		{ "\x80\x80\x80\x80\x80\x01", 6 }, /* a tag above 32 bits */
+		{ "\x08", 1 },                      /* VARINT without its value */
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		p = (const uint8_t *)bad[i].bytes;
+		if (ep_pb_next_field(&p, p + bad[i].len, &f) != -1)
+			fail_msg("bad case %zu accepted", i);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_pb_varint),
+	    cmocka_unit_test(test_pb_fields),
 	    cmocka_unit_test(test_ns_prefix_end),
 	    cmocka_unit_test(test_ns_refused),
 	    cmocka_unit_test(test_method_known),
