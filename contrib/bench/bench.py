@@ -32,7 +32,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRCDIR = os.path.abspath(os.path.join(HERE, '..', '..'))
+sys.path.insert(0, os.path.join(SRCDIR, 'tests', 'integration'))
+sys.dont_write_bytecode = True  # nothing written into the source tree
+from h2raw import H2, grpc_msg, pb_bytes, varint  # noqa: E402
 ETCD = '/usr/bin/etcd'
 ETCDCTL = '/usr/bin/etcdctl'
 CLK_TCK = os.sysconf('SC_CLK_TCK')
@@ -333,57 +335,8 @@ class PeakSampler:
 
 
 # ---- a tiny gRPC-over-h2c client: probes and the h2load request bodies -----------------------
-# Enough HTTP/2 to send one unary call and tell a reply message from an error: HPACK literals
-# without indexing, one HEADERS and one DATA frame.  A reply with a DATA frame is an answer; a
-# Trailers-Only reply, RST_STREAM, GOAWAY or a closed connection is not.
-
-H2_PREFACE = b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'
-
-
-def h2_frame(ftype, flags, stream, payload=b''):
-    return struct.pack('>I', len(payload))[1:] + bytes([ftype, flags]) + \
-        struct.pack('>I', stream) + payload
-
-
-def hpack_int(n):
-    if n < 127:
-        return bytes([n])
-    out = [127]
-    n -= 127
-    while n >= 128:
-        out.append((n & 127) | 128)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def hpack_literals(headers):
-    return b''.join(b'\x00' + hpack_int(len(k)) + k.encode() + hpack_int(len(v)) + v.encode()
-                    for k, v in headers)
-
-
-def pb_varint(n):
-    out = bytearray()
-    while True:
-        b = n & 127
-        n >>= 7
-        if n:
-            out.append(b | 128)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def pb_bytes(field, data):
-    return pb_varint(field << 3 | 2) + pb_varint(len(data)) + data
-
-
 def pb_true(field):
-    return pb_varint(field << 3) + b'\x01'
-
-
-def grpc_frame(msg):
-    return b'\x00' + struct.pack('>I', len(msg)) + msg
+    return varint(field << 3) + b'\x01'
 
 
 def kv_request(op, key, value=b''):
@@ -397,45 +350,20 @@ def kv_request(op, key, value=b''):
 
 
 def grpc_call(port, path, msg, timeout=2.0, host='127.0.0.1'):
-    """True when the unary call got a reply message (small messages only: one DATA frame)."""
+    """True when the unary call got a reply message; a Trailers-Only reply, RST_STREAM,
+    GOAWAY or a closed connection is no answer (the test suite's raw client, h2raw.py)."""
     try:
-        s = socket.create_connection((host, port), timeout=timeout)
+        c = H2(port, timeout=timeout, host=host)
     except OSError:
         return False
-    deadline = time.monotonic() + timeout
     try:
-        headers = hpack_literals([(':method', 'POST'), (':scheme', 'http'), (':path', path),
-                                  (':authority', '%s:%d' % (host, port)),
-                                  ('content-type', 'application/grpc'), ('te', 'trailers')])
-        s.sendall(H2_PREFACE + h2_frame(4, 0, 0) + h2_frame(1, 4, 1, headers) +
-                  h2_frame(0, 1, 1, grpc_frame(msg)))
-        buf, data = b'', 0
-        while True:
-            while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], 'big'):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                s.settimeout(left)
-                chunk = s.recv(65536)
-                if not chunk:
-                    return False
-                buf += chunk
-            n = int.from_bytes(buf[:3], 'big')
-            ftype, flags = buf[3], buf[4]
-            stream = int.from_bytes(buf[5:9], 'big') & 0x7fffffff
-            buf = buf[9 + n:]
-            if ftype == 4 and not flags & 1:        # SETTINGS: acknowledge
-                s.sendall(h2_frame(4, 1, 0))
-            elif ftype == 0 and stream == 1:        # DATA
-                data += n
-            elif ftype in (3, 7):                   # RST_STREAM, GOAWAY
-                return False
-            if stream == 1 and flags & 1:           # END_STREAM
-                return data >= 5
-    except OSError:
+        sid = c.request(path, grpc_msg(msg), authority='%s:%d' % (host, port))
+        st = c.wait_stream(sid, timeout)
+        return st.ended and st.rst is None and len(st.data) >= 5
+    except (OSError, ValueError):
         return False
     finally:
-        s.close()
+        c.close()
 
 
 def probe(port, timeout=2.0):
@@ -778,7 +706,7 @@ class H2loadTool:
         body = os.path.join(self.logdir, logname + '.body')
         reqlog = os.path.join(self.logdir, logname + '.requests')
         with open(body, 'wb') as f:
-            f.write(grpc_frame(msg))
+            f.write(grpc_msg(msg))
         # 100 clients over 10 connections: 10 connections of 10 concurrent streams each
         cmd = [self.path, '-n', str(total), '-c', str(conns), '-m', str(clients // conns),
                '-H', 'content-type: application/grpc', '-H', 'te: trailers',
