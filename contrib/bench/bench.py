@@ -43,8 +43,8 @@ SRCDIR = os.path.abspath(os.path.join(HERE, '..', '..'))
 sys.path.insert(0, os.path.join(SRCDIR, 'tests', 'integration'))
 sys.dont_write_bytecode = True  # nothing written into the source tree
 from h2raw import H2, grpc_msg, pb_bytes, varint  # noqa: E402
-ETCD = '/usr/bin/etcd'
-ETCDCTL = '/usr/bin/etcdctl'
+ETCD = os.environ.get('EP_ETCD') or '/usr/bin/etcd'
+ETCDCTL = os.environ.get('EP_ETCDCTL') or '/usr/bin/etcdctl'
 CLK_TCK = os.sysconf('SC_CLK_TCK')
 PAGE_KIB = os.sysconf('SC_PAGE_SIZE') // 1024
 

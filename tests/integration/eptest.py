@@ -6,8 +6,12 @@ which kills everything the test started (by PID), checks that no process of
 the test is left, prints "N passed, M failed" and exits 0 or 1.
 
 Environment: EP_SRCDIR and EP_BUILDDIR (absolute; set by `make check`);
-EP_BUILDDIR defaults to /work/build for runs by hand. EP_TEST_BACKEND (default "etcd")
-is the backend of the tenants a test adds without naming one.
+EP_BUILDDIR defaults to /work/build for runs by hand. EP_ETCD and EP_ETCDCTL: the etcd
+and etcdctl configure found (set by `make check`). EP_TEST_BACKEND (default "etcd")
+is the backend of the tenants a test adds without naming one. EP_ONLY: a comma-separated
+list of test function names; Suite.run() runs only those, so that one scenario of a file
+can be run alone:
+    EP_ONLY=test_ipv6 make check TESTS=tests/integration/test_listen.py
 """
 
 import base64
@@ -32,8 +36,9 @@ ETCDPROXYD = os.path.join(BUILDDIR, 'supervisor', 'etcdproxyd')
 ETCDPROXYCTL = os.path.join(BUILDDIR, 'ctl', 'etcdproxyctl')
 WORKER = os.path.join(BUILDDIR, 'worker', 'etcdproxy-worker')
 PLUGIN_DIR = os.path.join(BUILDDIR, 'plugins', '.libs')
-ETCD = '/usr/bin/etcd'
-ETCDCTL = '/usr/bin/etcdctl'
+# the etcd and etcdctl configure found (make check passes them), else Debian's
+ETCD = os.environ.get('EP_ETCD') or '/usr/bin/etcd'
+ETCDCTL = os.environ.get('EP_ETCDCTL') or '/usr/bin/etcdctl'
 
 SKIP = 77
 
@@ -333,6 +338,10 @@ class Suite:
 
     def run(self, fn, *args):
         """Run one test function; an exception counts as one failed check."""
+        only = os.environ.get('EP_ONLY')
+        if only and fn.__name__ not in only.split(','):
+            print('# %s: not run (EP_ONLY=%s)' % (fn.__name__, only))
+            return
         self.logs_shown = False
         self.log_marks = {path: len(read_text(path)) for _, path, _ in self.logs}
         print('# %s' % fn.__name__)
