@@ -15,6 +15,7 @@
 
 #define EP_LOG_SUBSYS "control"
 #include "log.h"
+#include "messages.h"
 #include "supervisor.h"
 #include "util.h"
 
@@ -126,6 +127,7 @@ static cJSON *relay_certs(struct ctl_conn *c, const cJSON *req, const char *cmd)
 	const cJSON *cn = cJSON_GetObjectItemCaseSensitive(req, "cn");
 	const cJSON *out = cJSON_GetObjectItemCaseSensitive(req, "out");
 	struct tenant *t;
+	struct ep_msg_certs_req m;
 	cJSON *msg;
 
 	if (!cJSON_IsString(name))
@@ -154,33 +156,34 @@ static cJSON *relay_certs(struct ctl_conn *c, const cJSON *req, const char *cmd)
 	    (t->state != TENANT_READY && t->state != TENANT_UNHEALTHY))
 		return error_reply("tenant \"%s\" has no worker serving it now (state %s): try "
 				   "again once it is ready", t->name, tenant_state_name(t->state));
-	msg = cJSON_CreateObject();
 	c->certs_id = next_id++;
 	c->certs_tenant = ep_strdup(t->name);
-	cJSON_AddNumberToObject(msg, "id", (double)c->certs_id);
-	if (strcmp(cmd, "rotate") == 0) {
-		cJSON_AddStringToObject(msg, "op", "rotate");
-	} else {
-		cJSON_AddStringToObject(msg, "op", "issue");
-		cJSON_AddStringToObject(msg, "cn", cn->valuestring);
-		cJSON_AddStringToObject(msg, "out", out->valuestring);
-	}
+	if (strcmp(cmd, "rotate") == 0)
+		m = (struct ep_msg_certs_req){ .id = (int64_t)c->certs_id, .op = "rotate" };
+	else
+		m = (struct ep_msg_certs_req){ .id = (int64_t)c->certs_id, .op = "issue",
+						 .cn = cn->valuestring, .out = out->valuestring };
+	msg = ep_msg_certs_req_encode(&m);
 	ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_CERTS_REQ, msg);
 	cJSON_Delete(msg);
 	return NULL;
 }
 
-void control_certs_reply(struct supervisor *sv, const char *tenant, const cJSON *payload)
+void control_certs_reply(struct supervisor *sv, const char *tenant,
+			 const struct ep_msg_certs_reply *m)
 {
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(payload, "id");
-
 	for (struct ctl_conn *c = sv->control_conns; c != NULL; c = c->next) {
-		if (c->answered || c->certs_tenant == NULL || !cJSON_IsNumber(id) ||
-		    (double)c->certs_id != id->valuedouble || strcmp(c->certs_tenant, tenant) != 0)
+		if (c->answered || c->certs_tenant == NULL || c->certs_id != (uint64_t)m->id ||
+		    strcmp(c->certs_tenant, tenant) != 0)
 			continue;
-		cJSON *o = cJSON_Duplicate(payload, 1);
+		/* the CTL_REPLY of rotate / issue-client-cert: ok, error, result */
+		cJSON *o = cJSON_CreateObject();
 
-		cJSON_DeleteItemFromObjectCaseSensitive(o, "id");
+		cJSON_AddBoolToObject(o, "ok", m->ok);
+		if (m->error != NULL)
+			cJSON_AddStringToObject(o, "error", m->error);
+		if (m->result != NULL)
+			cJSON_AddItemToObject(o, "result", cJSON_Duplicate(m->result, 1));
 		reply(c, o);
 		return;
 	}

@@ -22,6 +22,7 @@
 #define EP_LOG_SUBSYS "supervisor"
 #include "json.h"
 #include "log.h"
+#include "messages.h"
 #include "options.h"
 #include "sdnotify.h"
 #include "supervisor.h"
@@ -202,36 +203,49 @@ static void send_configure(struct tenant *t)
 	cJSON_Delete(payload);
 }
 
-static const char *json_str(const cJSON *o, const char *key)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-
-	return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
 static const char *sv_worker_path(const struct tenant *t)
 {
 	return t->sv->global->worker_path;
 }
 
+/* A message of the wrong shape from a worker: kill it, as for a framing error. */
+static int bad_message(struct tenant *t, uint8_t type)
+{
+	ep_err("tenant %s: worker pid %ld sent a malformed %s; killing it", t->name, (long)t->pid,
+	       ep_msg_type_name(type));
+	free(t->fatal_reason);
+	t->fatal_reason = ep_strdup_printf("IPC protocol error: a malformed %s",
+					   ep_msg_type_name(type));
+	tenant_error(t, ep_strdup(t->fatal_reason));
+	if (t->process_alive)
+		uv_process_kill(&t->process, SIGKILL);
+	return 0;
+}
+
 static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 {
 	struct tenant *t = ctx;
-	const char *s;
 
 	ep_debug("tenant %s: worker sent %s", t->name, ep_msg_type_name(type));
 	switch (type) {
-	case EP_MSG_HELLO:
-		s = json_str(payload, "version");
-		if (s == NULL || strcmp(s, PACKAGE_VERSION) != 0)
+	case EP_MSG_HELLO: {
+		struct ep_msg_hello m;
+
+		if (ep_msg_hello_parse(payload, &m) < 0)
+			return bad_message(t, type);
+		if (m.version == NULL || strcmp(m.version, PACKAGE_VERSION) != 0)
 			ep_warn("tenant %s: worker %s is version %s, the supervisor %s: restart etcdproxyd "
-				"after an upgrade", t->name, sv_worker_path(t), s ? s : "unknown",
-				PACKAGE_VERSION);
+				"after an upgrade", t->name, sv_worker_path(t),
+				m.version ? m.version : "unknown", PACKAGE_VERSION);
 		send_configure(t);
 		break;
-	case EP_MSG_READY:
-		s = json_str(payload, "endpoint");
-		set_str(&t->endpoint, s != NULL ? s : t->listen);
+	}
+	case EP_MSG_READY: {
+		struct ep_msg_ready m;
+
+		if (ep_msg_ready_parse(payload, &m) < 0)
+			return bad_message(t, type);
+		set_str(&t->endpoint, m.endpoint != NULL ? m.endpoint : t->listen);
 		t->healthy = 1;
 		if (t->ready_ms == 0)
 			t->ready_ms = ep_now_ms();
@@ -241,47 +255,58 @@ static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 			tenant_set_state(t, TENANT_READY);
 		}
 		break;
+	}
 	case EP_MSG_HEALTH: {
-		const cJSON *h = cJSON_GetObjectItemCaseSensitive(payload, "healthy");
+		struct ep_msg_health m;
 
-		t->healthy = cJSON_IsTrue(h);
-		s = json_str(payload, "reason");
+		if (ep_msg_health_parse(payload, &m) < 0)
+			return bad_message(t, type);
+		t->healthy = m.healthy;
 		if (t->healthy && t->state == TENANT_UNHEALTHY) {
 			ep_notice("tenant %s healthy again", t->name);
 			tenant_set_state(t, TENANT_READY);
 		} else if (!t->healthy && t->state == TENANT_READY) {
-			ep_warn("tenant %s unhealthy: %s", t->name, s ? s : "no reason given");
-			tenant_error(t, ep_strdup(s));
+			ep_warn("tenant %s unhealthy: %s", t->name, m.reason ? m.reason : "no reason given");
+			tenant_error(t, ep_strdup(m.reason));
 			tenant_set_state(t, TENANT_UNHEALTHY);
-		} else if (!t->healthy && s != NULL) {
-			tenant_error(t, ep_strdup(s));
+		} else if (!t->healthy && m.reason != NULL) {
+			tenant_error(t, ep_strdup(m.reason));
 		}
 		break;
 	}
-	case EP_MSG_FATAL:
-		s = json_str(payload, "reason");
-		set_str(&t->fatal_reason, s != NULL ? s : "no reason given");
-		t->fatal_config = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(payload, "config"));
+	case EP_MSG_FATAL: {
+		struct ep_msg_fatal m;
+
+		if (ep_msg_fatal_parse(payload, &m) < 0)
+			return bad_message(t, type);
+		set_str(&t->fatal_reason, m.reason != NULL ? m.reason : "no reason given");
+		t->fatal_config = m.config;
 		ep_err("tenant %s: worker: %s", t->name, t->fatal_reason);
 		break;
+	}
 	case EP_MSG_STATUS: {
-		const cJSON *counters = cJSON_GetObjectItemCaseSensitive(payload, "counters");
+		struct ep_msg_status m;
 
-		const cJSON *certs = cJSON_GetObjectItemCaseSensitive(payload, "certificates");
-
-		if (cJSON_IsObject(counters)) {
+		if (ep_msg_status_parse(payload, &m) < 0)
+			return bad_message(t, type);
+		if (m.counters != NULL) {
 			cJSON_Delete(t->counters);
-			t->counters = cJSON_Duplicate(counters, 1);
+			t->counters = cJSON_Duplicate(m.counters, 1);
 		}
-		if (cJSON_IsArray(certs)) {
+		if (m.certificates != NULL) {
 			cJSON_Delete(t->certificates);
-			t->certificates = cJSON_Duplicate(certs, 1);
+			t->certificates = cJSON_Duplicate(m.certificates, 1);
 		}
 		break;
 	}
-	case EP_MSG_CERTS_REPLY:
-		control_certs_reply(t->sv, t->name, payload);
+	case EP_MSG_CERTS_REPLY: {
+		struct ep_msg_certs_reply m;
+
+		if (ep_msg_certs_reply_parse(payload, &m) < 0)
+			return bad_message(t, type);
+		control_certs_reply(t->sv, t->name, &m);
 		break;
+	}
 	default:
 		ep_warn("tenant %s: worker sent unexpected message type %u", t->name, type);
 		break;
@@ -634,8 +659,7 @@ static void tenant_stop(struct tenant *t)
 	}
 	tenant_set_state(t, TENANT_STOPPING);
 	t->stop_phase = 1;
-	p = cJSON_CreateObject();
-	cJSON_AddBoolToObject(p, "graceful", 1);
+	p = ep_msg_stop_encode(&(struct ep_msg_stop){ .graceful = 1 });
 	if (!t->ipc_open || ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_STOP, p) < 0) {
 		uv_process_kill(&t->process, SIGTERM);
 		t->stop_phase = 2;

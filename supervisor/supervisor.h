@@ -105,7 +105,9 @@ void supervisor_counts(const struct supervisor *sv, unsigned *total, unsigned *r
 int control_start(struct supervisor *sv, char **error_r);
 void control_stop(struct supervisor *sv);
 /* A worker's CERTS_REPLY: answer the control connection that asked. */
-void control_certs_reply(struct supervisor *sv, const char *tenant, const cJSON *payload);
+struct ep_msg_certs_reply;
+void control_certs_reply(struct supervisor *sv, const char *tenant,
+			 const struct ep_msg_certs_reply *m);
 /* The tenant's worker exited: answer its pending rotate / issue-client-cert with an error. */
 void control_tenant_gone(struct supervisor *sv, const char *tenant);
 

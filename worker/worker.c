@@ -28,6 +28,7 @@
 #include "config.h"
 #include "ipc.h"
 #include "log.h"
+#include "messages.h"
 #include "options.h"
 #include "plugin-loader.h"
 #include "util.h"
@@ -100,40 +101,38 @@ static void send_msg(uint8_t type, cJSON *payload)
 
 static void send_fatal(int config, const char *reason)
 {
-	cJSON *p = cJSON_CreateObject();
+	struct ep_msg_fatal m = { .reason = reason, .config = config };
 
-	cJSON_AddStringToObject(p, "reason", reason);
-	cJSON_AddBoolToObject(p, "config", config);
-	send_msg(EP_MSG_FATAL, p);
+	send_msg(EP_MSG_FATAL, ep_msg_fatal_encode(&m));
 }
 
 /* STATUS: the state and, when the backend keeps them, its counters. */
 static void send_status(void)
 {
 	const struct ep_backend_ops *ops = W.plugin.plugin ? W.plugin.plugin->ops : NULL;
-	cJSON *p = cJSON_CreateObject();
+	struct ep_msg_status m = { .state = W.ready_sent ? "ready" : "starting",
+				   .healthy = W.healthy == 1 };
+	cJSON *counters = NULL, *certs = NULL;
 
-	cJSON_AddStringToObject(p, "state", W.ready_sent ? "ready" : "starting");
-	cJSON_AddBoolToObject(p, "healthy", W.healthy == 1);
 	if (W.plugin_started && ops != NULL && ops->counters != NULL) {
 		char *text = ops->counters(W.plugin_state);
-		cJSON *counters = text ? cJSON_Parse(text) : NULL;
 
+		counters = text ? cJSON_Parse(text) : NULL;
 		free(text);
-		if (counters != NULL)
-			cJSON_AddItemToObject(p, "counters", counters);
+		if (cJSON_IsObject(counters))
+			m.counters = counters;
 	}
 	if (certs_ops() != NULL && certs_ops()->describe != NULL && !W.certs_stopped) {
 		char *text = certs_ops()->describe(W.certs_state);
-		cJSON *certs = text ? cJSON_Parse(text) : NULL;
 
+		certs = text ? cJSON_Parse(text) : NULL;
 		free(text);
 		if (cJSON_IsArray(certs))
-			cJSON_AddItemToObject(p, "certificates", certs);
-		else
-			cJSON_Delete(certs);
+			m.certificates = certs;
 	}
-	send_msg(EP_MSG_STATUS, p);
+	send_msg(EP_MSG_STATUS, ep_msg_status_encode(&m));
+	cJSON_Delete(counters);
+	cJSON_Delete(certs);
 }
 
 static void on_report(uv_timer_t *t)
@@ -160,7 +159,6 @@ static void host_log(struct ep_host *host, enum ep_log_level level, const char *
 
 static void host_ready(struct ep_host *host, const char *endpoint)
 {
-	cJSON *p;
 
 	if (W.exiting)
 		return;
@@ -168,23 +166,19 @@ static void host_ready(struct ep_host *host, const char *endpoint)
 		W.ready_sent = 1;
 		W.healthy = 1;
 		ep_info("ready: serving %s on %s", W.prefix, endpoint);
-		p = cJSON_CreateObject();
-		cJSON_AddStringToObject(p, "endpoint", endpoint);
-		send_msg(EP_MSG_READY, p);
+		send_msg(EP_MSG_READY, ep_msg_ready_encode(&(struct ep_msg_ready){ .endpoint = endpoint }));
 		return;
 	}
 	if (W.healthy != 1) {
 		W.healthy = 1;
 		ep_notice("healthy again");
-		p = cJSON_CreateObject();
-		cJSON_AddBoolToObject(p, "healthy", 1);
-		send_msg(EP_MSG_HEALTH, p);
+		send_msg(EP_MSG_HEALTH, ep_msg_health_encode(&(struct ep_msg_health){ .healthy = 1 }));
 	}
 }
 
 static void host_health(struct ep_host *host, int healthy, const char *reason)
 {
-	cJSON *p;
+	struct ep_msg_health m = { .healthy = 0, .reason = reason ? reason : "unhealthy" };
 
 	if (healthy) {
 		if (W.ready_sent)
@@ -195,10 +189,7 @@ static void host_health(struct ep_host *host, int healthy, const char *reason)
 		return;
 	W.healthy = 0;
 	ep_warn("unhealthy: %s", reason ? reason : "no reason given");
-	p = cJSON_CreateObject();
-	cJSON_AddBoolToObject(p, "healthy", 0);
-	cJSON_AddStringToObject(p, "reason", reason ? reason : "unhealthy");
-	send_msg(EP_MSG_HEALTH, p);
+	send_msg(EP_MSG_HEALTH, ep_msg_health_encode(&m));
 }
 
 static void host_fail(struct ep_host *host, int fatal_config, const char *reason)
@@ -678,20 +669,22 @@ static void on_signal(uv_signal_t *h, int signum)
 /* etcdproxyctl rotate / issue-client-cert, relayed by the supervisor. */
 static void handle_certs_req(const cJSON *req)
 {
-	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
-	const cJSON *op = cJSON_GetObjectItemCaseSensitive(req, "op");
-	const cJSON *cn = cJSON_GetObjectItemCaseSensitive(req, "cn");
-	const cJSON *out = cJSON_GetObjectItemCaseSensitive(req, "out");
+	struct ep_msg_certs_req q;
+	struct ep_msg_certs_reply m = { .id = -1 };
 	const struct ep_certs_ops *ops = certs_ops();
-	cJSON *p = cJSON_CreateObject();
 	const char *cerr = NULL;
 	char *error = NULL, *result = NULL;
+	cJSON *result_json = NULL;
 	int r = -ENOTSUP;
 
-	cJSON_AddNumberToObject(p, "id", cJSON_IsNumber(id) ? id->valuedouble : -1);
-	if (ops == NULL || W.certs_stopped) {
+	int bad = ep_msg_certs_req_parse(req, &q) < 0;
+
+	m.id = bad ? -1 : q.id;
+	if (bad) {
+		error = ep_strdup("CERTS_REQ: a field has the wrong type");
+	} else if (ops == NULL || W.certs_stopped) {
 		error = ep_strdup("this tenant has no certificate source (spec.tls.enabled is false)");
-	} else if (cJSON_IsString(op) && strcmp(op->valuestring, "rotate") == 0) {
+	} else if (q.op != NULL && strcmp(q.op, "rotate") == 0) {
 		if (ops->rotate == NULL) {
 			error = ep_strdup_printf("the %s certificate source cannot rotate",
 						 W.certs_source);
@@ -700,35 +693,28 @@ static void handle_certs_req(const cJSON *req)
 		} else {
 			ep_notice("rotation started on request");
 		}
-	} else if (cJSON_IsString(op) && strcmp(op->valuestring, "issue") == 0 &&
-		   cJSON_IsString(cn) && cJSON_IsString(out)) {
+	} else if (q.op != NULL && strcmp(q.op, "issue") == 0 && q.cn != NULL && q.out != NULL) {
 		if (ops->issue_client == NULL) {
 			error = ep_strdup_printf("the %s certificate source does not issue client "
 						 "certificates; the operator's CA does",
 						 W.certs_source);
-		} else if ((r = ops->issue_client(W.certs_state, cn->valuestring, out->valuestring,
-						  &result, &error)) < 0) {
+		} else if ((r = ops->issue_client(W.certs_state, q.cn, q.out, &result, &error)) < 0) {
 			if (error == NULL)
 				error = ep_strdup(strerror(-r));
 		} else {
-			ep_notice("issued a client certificate for \"%s\" into %s", cn->valuestring,
-				  out->valuestring);
+			ep_notice("issued a client certificate for \"%s\" into %s", q.cn, q.out);
 		}
 	} else {
 		error = ep_strdup("CERTS_REQ: expected op \"rotate\", or \"issue\" with cn and out");
 	}
-	cJSON_AddBoolToObject(p, "ok", error == NULL);
-	if (error != NULL)
-		cJSON_AddStringToObject(p, "error", error);
-	if (result != NULL) {
-		cJSON *o = cJSON_Parse(result);
-
-		if (o != NULL)
-			cJSON_AddItemToObject(p, "result", o);
-	}
+	m.ok = error == NULL;
+	m.error = error;
+	if (result != NULL && (result_json = cJSON_Parse(result)) != NULL)
+		m.result = result_json;
+	send_msg(EP_MSG_CERTS_REPLY, ep_msg_certs_reply_encode(&m));
+	cJSON_Delete(result_json);
 	free(error);
 	free(result);
-	send_msg(EP_MSG_CERTS_REPLY, p);
 	if (r == 0)
 		send_status(); /* show reflects it at once */
 }
@@ -883,7 +869,7 @@ int main(int argc, char **argv)
 		cJSON_Delete(payload);
 	} else {
 		const char *sup = getenv(EP_ENV_SUPERVISOR_PID);
-		cJSON *hello;
+		struct ep_msg_hello hello;
 
 		/* the supervisor may die by SIGKILL: we want to hear of it at once */
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -904,11 +890,9 @@ int main(int argc, char **argv)
 		}
 		W.ipc_open = 1;
 		uv_read_start((uv_stream_t *)&W.ipc, ipc_alloc, on_ipc_read);
-		hello = cJSON_CreateObject();
-		cJSON_AddNumberToObject(hello, "pid", (double)getpid());
-		cJSON_AddStringToObject(hello, "version", PACKAGE_VERSION);
-		cJSON_AddNumberToObject(hello, "abi", EP_PLUGIN_ABI_VERSION);
-		send_msg(EP_MSG_HELLO, hello);
+		hello = (struct ep_msg_hello){ .pid = getpid(), .version = PACKAGE_VERSION,
+					       .abi = EP_PLUGIN_ABI_VERSION };
+		send_msg(EP_MSG_HELLO, ep_msg_hello_encode(&hello));
 	}
 
 	uv_run(W.loop, UV_RUN_DEFAULT);

@@ -65,14 +65,23 @@ class Failure(Exception):
 
 # ---- small utilities -----------------------------------------------------------------------
 
+_ports_given = set()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A TCP port on 127.0.0.1 that nobody listens on right now, and that this test has not
+    been given before (the kernel may hand out a port again once it is free, and two tenants
+    written before either listens would then collide)."""
+    while True:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def port_open(port, host='127.0.0.1', timeout=0.5):

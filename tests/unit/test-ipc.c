@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "ipc.h"
+#include "messages.h"
 #include "util.h"
 
 #define UNUSED __attribute__((unused))
@@ -848,10 +849,151 @@ static void test_uv_send_error(void **state UNUSED)
 	assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- typed messages (messages.c): both ends use one encoder and one parser ---------- */
+
+/* Encode, print, parse the text back: what the other end sees. */
+static cJSON *wire(cJSON *o)
+{
+	char *text = cJSON_PrintUnformatted(o);
+	cJSON *back = cJSON_Parse(text);
+
+	cJSON_free(text);
+	cJSON_Delete(o);
+	assert_non_null(back);
+	return back;
+}
+
+static void test_messages_round_trip(void **state)
+{
+	(void)state;
+	cJSON *p, *counters = cJSON_Parse("{\"calls\": 3}"), *certs = cJSON_Parse("[{\"role\": \"ca\"}]");
+
+	struct ep_msg_hello h = { .pid = 4242, .version = "0.1.0", .abi = 1 }, h2;
+	p = wire(ep_msg_hello_encode(&h));
+	assert_int_equal(ep_msg_hello_parse(p, &h2), 0);
+	assert_true(h2.pid == 4242 && h2.abi == 1);
+	assert_string_equal(h2.version, "0.1.0");
+	cJSON_Delete(p);
+
+	struct ep_msg_ready r = { .endpoint = "[::1]:2379" }, r2;
+	p = wire(ep_msg_ready_encode(&r));
+	assert_int_equal(ep_msg_ready_parse(p, &r2), 0);
+	assert_string_equal(r2.endpoint, "[::1]:2379");
+	cJSON_Delete(p);
+
+	struct ep_msg_health he = { .healthy = 0, .reason = "core etcd down" }, he2;
+	p = wire(ep_msg_health_encode(&he));
+	assert_int_equal(ep_msg_health_parse(p, &he2), 0);
+	assert_int_equal(he2.healthy, 0);
+	assert_string_equal(he2.reason, "core etcd down");
+	cJSON_Delete(p);
+
+	struct ep_msg_status st = { .state = "ready", .healthy = 1, .counters = counters,
+				    .certificates = certs }, st2;
+	p = wire(ep_msg_status_encode(&st));
+	assert_int_equal(ep_msg_status_parse(p, &st2), 0);
+	assert_string_equal(st2.state, "ready");
+	assert_int_equal(st2.healthy, 1);
+	assert_true(cJSON_Compare(st2.counters, counters, 1));
+	assert_true(cJSON_Compare(st2.certificates, certs, 1));
+	cJSON_Delete(p);
+
+	struct ep_msg_fatal f = { .reason = "backends.native.idle_timeout: ...", .config = 1 }, f2;
+	p = wire(ep_msg_fatal_encode(&f));
+	assert_int_equal(ep_msg_fatal_parse(p, &f2), 0);
+	assert_int_equal(f2.config, 1);
+	assert_string_equal(f2.reason, f.reason);
+	cJSON_Delete(p);
+
+	struct ep_msg_certs_req q = { .id = 7, .op = "issue", .cn = "api", .out = "/x" }, q2;
+	p = wire(ep_msg_certs_req_encode(&q));
+	assert_int_equal(ep_msg_certs_req_parse(p, &q2), 0);
+	assert_true(q2.id == 7);
+	assert_string_equal(q2.op, "issue");
+	assert_string_equal(q2.cn, "api");
+	assert_string_equal(q2.out, "/x");
+	cJSON_Delete(p);
+
+	struct ep_msg_certs_reply c = { .id = 7, .ok = 1, .result = counters }, c2;
+	p = wire(ep_msg_certs_reply_encode(&c));
+	assert_int_equal(ep_msg_certs_reply_parse(p, &c2), 0);
+	assert_true(c2.id == 7 && c2.ok == 1 && c2.error == NULL);
+	assert_true(cJSON_Compare(c2.result, counters, 1));
+	cJSON_Delete(p);
+
+	struct ep_msg_stop so = { .graceful = 1 }, so2;
+	p = wire(ep_msg_stop_encode(&so));
+	assert_int_equal(ep_msg_stop_parse(p, &so2), 0);
+	assert_int_equal(so2.graceful, 1);
+	cJSON_Delete(p);
+	cJSON_Delete(counters);
+	cJSON_Delete(certs);
+}
+
+/* Add fields, never repurpose: unknown fields are ignored, absent ones get defaults. */
+static void test_messages_compat(void **state)
+{
+	(void)state;
+	struct ep_msg_hello h;
+	struct ep_msg_health he;
+	struct ep_msg_status st;
+	cJSON *p = cJSON_Parse("{\"pid\": 1, \"a_newer_field\": [1, 2]}");
+
+	assert_int_equal(ep_msg_hello_parse(p, &h), 0);
+	assert_null(h.version);
+	assert_int_equal(h.abi, 0);
+	cJSON_Delete(p);
+	p = cJSON_Parse("{}");
+	assert_int_equal(ep_msg_health_parse(p, &he), 0);
+	assert_int_equal(he.healthy, 0);
+	assert_null(he.reason);
+	assert_int_equal(ep_msg_status_parse(p, &st), 0);
+	assert_null(st.counters);
+	cJSON_Delete(p);
+
+	enum { HELLO, READY, HEALTH, STATUS, FATAL, REQ, REPLY, STOP };
+	static const struct {
+		const char *json;
+		int kind;
+	} bad[] = {
+		{ "{\"pid\": \"1\"}", HELLO },       { "{\"pid\": 1.5}", HELLO },
+		{ "{\"abi\": -1}", HELLO },           { "{\"endpoint\": 5}", READY },
+		{ "{\"healthy\": \"yes\"}", HEALTH }, { "{\"counters\": []}", STATUS },
+		{ "{\"certificates\": {}}", STATUS }, { "{\"config\": 1}", FATAL },
+		{ "{\"op\": 1}", REQ },               { "{\"result\": \"x\"}", REPLY },
+		{ "[]", STOP },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct ep_msg_ready r;
+		struct ep_msg_fatal f;
+		struct ep_msg_certs_req q;
+		struct ep_msg_certs_reply c;
+		struct ep_msg_stop so;
+		int rc = 0;
+
+		p = cJSON_Parse(bad[i].json);
+		switch (bad[i].kind) {
+		case HELLO: rc = ep_msg_hello_parse(p, &h); break;
+		case READY: rc = ep_msg_ready_parse(p, &r); break;
+		case HEALTH: rc = ep_msg_health_parse(p, &he); break;
+		case STATUS: rc = ep_msg_status_parse(p, &st); break;
+		case FATAL: rc = ep_msg_fatal_parse(p, &f); break;
+		case REQ: rc = ep_msg_certs_req_parse(p, &q); break;
+		case REPLY: rc = ep_msg_certs_reply_parse(p, &c); break;
+		case STOP: rc = ep_msg_stop_parse(p, &so); break;
+		}
+		if (rc != -EPROTO)
+			fail_msg("%s accepted (case %zu)", bad[i].json, i);
+		cJSON_Delete(p);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest frame_tests[] = {
 		cmocka_unit_test(test_encode_layout),
+		cmocka_unit_test(test_messages_round_trip),
+		cmocka_unit_test(test_messages_compat),
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_one_byte_at_a_time),
 		cmocka_unit_test(test_several_frames_one_feed),
