@@ -16,6 +16,10 @@
  * A frame with a bad magic, version or length, or a payload that is not a
  * JSON object, is a protocol error: the reader drops the connection.
  *
+ * The messages of a fixed shape are C structs in messages.h, with one encoder
+ * and one parser each that both ends use; change them by adding fields,
+ * never by repurposing one.
+ *
  * Messages, worker -> supervisor:
  *   HELLO    {"pid":N, "version":"0.1.0", "abi":N}          first frame, unasked
  *   READY    {"endpoint":"127.0.0.1:2379"}                   endpoint answers
