@@ -130,9 +130,7 @@ static void grpc_reader_drop(struct grpc_reader *r, size_t len)
 	bq_consume(&r->buf, 5 + len);
 }
 
-/* ---- deferred flushing ----------------------------------------------------------------- */
-
-static void down_flush_now(struct down_conn *dc);
+/* ---- writing to a client (scheduled by conn.c) -------------------------------------------- */
 
 static void down_write_done(uv_write_t *req, int status)
 {
@@ -147,7 +145,7 @@ static void down_write_done(uv_write_t *req, int status)
 }
 
 /* Gather what nghttp2 has to send into one buffer: one write (one syscall) per flush. */
-static void down_flush_now(struct down_conn *dc)
+void down_flush_now(struct down_conn *dc)
 {
 	const char *why = NULL;
 
@@ -179,62 +177,6 @@ static void down_flush_now(struct down_conn *dc)
 	if (dc->write_pending == 0 && !nghttp2_session_want_read(dc->session) &&
 	    !nghttp2_session_want_write(dc->session) && dc->draining != 1)
 		down_conn_close(dc);
-}
-
-/*
- * Send what every connection has queued.  Called at the end of each read
- * (outside nghttp2's callbacks), and from the idle handle for everything
- * else, so that a request and its answer cost no extra loop iteration.
- */
-void native_flush_marked(struct native *n)
-{
-	for (struct down_conn *dc = n->conns, *next; dc != NULL; dc = next) {
-		next = dc->next;
-		if (dc->flush_pending) {
-			dc->flush_pending = 0;
-			down_flush_now(dc);
-		}
-	}
-	for (unsigned i = 0; i < n->n_upstreams; i++) {
-		if (n->ups[i].flush_pending) {
-			n->ups[i].flush_pending = 0;
-			up_flush_now(&n->ups[i]);
-		}
-	}
-}
-
-static void flush_scheduled(struct native *n)
-{
-	n->flush_scheduled = 0;
-	uv_idle_stop(&n->flush_idle);
-	uv_check_stop(&n->flush_check);
-	native_flush_marked(n);
-}
-
-static void on_flush_idle(uv_idle_t *h)
-{
-	flush_scheduled(h->data);
-}
-
-static void on_flush_check(uv_check_t *h)
-{
-	flush_scheduled(h->data);
-}
-
-/*
- * Both handles, and whichever runs first sends: from an I/O callback the check
- * handle, right after this iteration's I/O, so that every read of the
- * iteration shares one write per connection; from a timer, the idle handle,
- * before the loop would block in poll.
- */
-void native_schedule_flush(struct native *n)
-{
-	/* called a dozen times per call: once scheduled, nothing more to do */
-	if (n->flush_scheduled || uv_is_closing((uv_handle_t *)&n->flush_idle))
-		return;
-	n->flush_scheduled = 1;
-	uv_idle_start(&n->flush_idle, on_flush_idle);
-	uv_check_start(&n->flush_check, on_flush_check);
 }
 
 void down_flush(struct down_conn *dc)

@@ -9,6 +9,12 @@
  * control is end to end: bytes received on one side are only acknowledged
  * (nghttp2_session_consume) while the other side's queue is below a high
  * water mark, so a slow reader on either side stops its writer.
+ *
+ * Files: native.c (plugin entry, options, counters, TLS loading), conn.c (byte
+ * queues, the write path, flush scheduling, PING acknowledgements: what both
+ * sides share), downstream.c (client connections and the calls), upstream.c
+ * (the connections to the core etcd), leases.c (lease ownership records),
+ * rewrite.c (the messages), pool.c (memory), tls.c (the OpenSSL module).
  */
 #ifndef EP_NATIVE_H
 #define EP_NATIVE_H
@@ -306,13 +312,14 @@ extern nghttp2_mem native_nghttp2_mem;
 /* native.c */
 /* one of the handles counted in open_handles is closed */
 void native_release(struct native *n);
-int native_lease_known(const struct native *n, int64_t id);
-void native_lease_add(struct native *n, int64_t id);
 void native_maybe_stopped(struct native *n);
-void native_schedule_flush(struct native *n);
 /* Give back a rewrite buffer that one large message grew: NATIVE_SCRATCH bytes again. */
 void native_scratch_shrink(struct native *n);
+
+/* conn.c: what both sides' connections share */
+/* Send every connection's marked output now; later, once per loop iteration. */
 void native_flush_marked(struct native *n);
+void native_schedule_flush(struct native *n);
 /*
  * What nghttp2 has to send, about NATIVE_GATHER bytes at most, gathered in the
  * native's buffer, which the next call reuses.  Returns NULL when there is
@@ -438,12 +445,18 @@ static inline const char *native_tls_reason(const struct native_tls *t)
 	return native_tls->reason(t);
 }
 
-/* ---- native.c ---- */
+/* ---- conn.c ---- */
 void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
 		   const uint8_t opaque[8]);
 void ping_ack_release(nghttp2_session *s, struct ping_ack *p);
+
+/* ---- native.c ---- */
 size_t native_member_list(struct native *n, uint8_t *buf, size_t size);
 void native_count_method(struct native *n, const char *path, int status);
+
+/* ---- leases.c ---- */
+int native_lease_known(const struct native *n, int64_t id);
+void native_lease_add(struct native *n, int64_t id);
 /* lease ownership records in the core etcd; cb gets ok=0 when etcd could not answer */
 typedef void lease_cb(struct native *n, void *ctx, int ok, int64_t id, int owned);
 int native_lease_lookup(struct native *n, int64_t id, lease_cb *cb, void *ctx);
@@ -452,6 +465,7 @@ int native_lease_record(struct native *n, int64_t id, lease_cb *cb, void *ctx);
 
 /* downstream.c */
 int down_listen(struct native *n, const char **error_r);
+void down_flush_now(struct down_conn *dc); /* never from inside an nghttp2 callback */
 int down_accept_start(struct native *n);
 void down_close_all(struct native *n, int graceful);
 void down_flush(struct down_conn *dc);
