@@ -12,8 +12,9 @@
  *
  * Files: native.c (plugin entry, options, counters, TLS loading), conn.c (byte
  * queues, the write path, flush scheduling, PING acknowledgements: what both
- * sides share), downstream.c (client connections and the calls), upstream.c
- * (the connections to the core etcd), leases.c (lease ownership records),
+ * sides share), downstream.c (client connections: nghttp2's server side),
+ * call.c (one gRPC call, the only file that sees both sides), upstream.c (the
+ * connections to the core etcd), leases.c (lease ownership records),
  * rewrite.c (the messages), pool.c (memory), tls.c (the OpenSSL module).
  */
 #ifndef EP_NATIVE_H
@@ -463,12 +464,30 @@ int native_lease_lookup(struct native *n, int64_t id, lease_cb *cb, void *ctx);
 int native_leases_refresh(struct native *n, lease_cb *cb, void *ctx);
 int native_lease_record(struct native *n, int64_t id, lease_cb *cb, void *ctx);
 
-/* downstream.c */
+/* downstream.c: the client connections */
 int down_listen(struct native *n, const char **error_r);
 void down_flush_now(struct down_conn *dc); /* never from inside an nghttp2 callback */
 int down_accept_start(struct native *n);
 void down_close_all(struct native *n, int graceful);
 void down_flush(struct down_conn *dc);
+
+/* call.c: one gRPC call, the only part that sees both sides */
+struct call *call_new(struct down_conn *dc, int32_t id);
+/* the client's request HEADERS are complete: route, check, start */
+void call_headers_done(struct call *c);
+/* the client ended its side of the stream (END_STREAM) */
+void call_request_end(struct call *c);
+/* rewrite and forward what the client has sent so far */
+void call_process(struct call *c);
+void call_free(struct call *c);
+/* free the call once nothing refers to it any more */
+void call_maybe_free(struct call *c);
+/* append msg as one length-prefixed gRPC message */
+void frame_message(struct bq *q, const uint8_t *msg, size_t len);
+/* the next whole message of r: 1 and flag/msg/len, 0 when incomplete */
+int grpc_reader_next(struct grpc_reader *r, uint8_t *flag, const uint8_t **msg, size_t *len,
+		     size_t *declared);
+void grpc_reader_drop(struct grpc_reader *r, size_t len);
 void call_resume_down(struct call *c);
 void call_finish(struct call *c, int grpc_status, const char *message);
 void call_upstream_ready(struct call *c);

@@ -1,0 +1,897 @@
+/*
+ * The call: the life of one gRPC call from the client's HEADERS to its
+ * trailers, the only part of the proxy that sees both sides.  A call is
+ * created by the client connection (downstream.c), reassembles and rewrites
+ * the client's messages (rewrite.c), looks up and records lease owners
+ * (leases.c), goes out as one stream on an upstream connection (upstream.c),
+ * and relays the core etcd's answer back, rewritten.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "native.h"
+#include "pb.h"
+
+static int call_submit(struct call *c);
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static uint64_t now_us(struct native *n)
+{
+	return uv_hrtime() / 1000;
+}
+
+/* grpc-message is percent-encoded (gRPC PROTOCOL-HTTP2). */
+static char *percent_encode(const char *s)
+{
+	size_t len = strlen(s);
+	char *out = malloc(len * 3 + 1), *o = out;
+
+	if (out == NULL)
+		abort();
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p >= 0x20 && *p <= 0x7e && *p != '%') {
+			*o++ = (char)*p;
+		} else {
+			sprintf(o, "%%%02X", *p);
+			o += 3;
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+/* Append a gRPC length-prefixed message. */
+void frame_message(struct bq *q, const uint8_t *msg, size_t len)
+{
+	uint8_t h[5] = { 0, (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
+			 (uint8_t)len };
+
+	bq_append(q, h, 5);
+	if (len > 0)
+		bq_append(q, msg, len);
+}
+
+/*
+ * Rewrite one message into the native's scratch buffer, behind room for its
+ * 5-byte gRPC prefix: no allocation per message.  scratch_take() then frames
+ * it into a queue.  0, or <0 with err (and nothing to take).
+ */
+static int rewrite_framed(struct native *n, int response, enum rw_kind kind,
+			  const struct rw_hooks *hooks, const uint8_t *msg, size_t len,
+			  struct rw_error *err)
+{
+	int r;
+
+	n->scratch.len = 5; /* native_init made the buffer at least this large */
+	if (response)
+		r = rw_response(kind, &n->ns, hooks, msg, len, &n->scratch, err);
+	else
+		r = rw_request(kind, &n->ns, hooks, msg, len, &n->scratch, err);
+	/* a large message that failed half way must not pin its memory either */
+	if (r < 0 && n->scratch.cap > NATIVE_SCRATCH_KEEP)
+		native_scratch_shrink(n);
+	return r;
+}
+
+static void scratch_take(struct native *n, struct bq *q)
+{
+	struct rw_buf *b = &n->scratch;
+	size_t len = b->len - 5;
+
+	b->data[0] = 0;
+	b->data[1] = (uint8_t)(len >> 24);
+	b->data[2] = (uint8_t)(len >> 16);
+	b->data[3] = (uint8_t)(len >> 8);
+	b->data[4] = (uint8_t)len;
+	bq_append(q, b->data, b->len);
+	b->len = 0;
+	/* one huge message must not pin its memory */
+	if (b->cap > NATIVE_SCRATCH_KEEP)
+		native_scratch_shrink(n);
+}
+
+/*
+ * The next complete message in a reader: returns 1 and sets flag/msg/len
+ * (valid until grpc_reader_drop), 0 when incomplete.  *declared gets the
+ * length from the header as soon as 5 bytes are there (for early limits).
+ */
+int grpc_reader_next(struct grpc_reader *r, uint8_t *flag, const uint8_t **msg,
+			    size_t *len, size_t *declared)
+{
+	const uint8_t *p = r->buf.data + r->buf.off;
+	size_t have = bq_pending(&r->buf);
+	size_t l;
+
+	*declared = 0;
+	if (have < 5)
+		return 0;
+	l = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+	*declared = l;
+	if (have < 5 + l)
+		return 0;
+	*flag = p[0];
+	*msg = p + 5;
+	*len = l;
+	return 1;
+}
+
+void grpc_reader_drop(struct grpc_reader *r, size_t len)
+{
+	bq_consume(&r->buf, 5 + len);
+}
+
+/* ---- calls ------------------------------------------------------------------------------ */
+
+struct call *call_new(struct down_conn *dc, int32_t id)
+{
+	struct call *c = pool_calloc(sizeof(*c));
+
+	c->dc = dc;
+	c->n = dc->n;
+	c->down_id = id;
+	c->down_attached = 1;
+	c->local_status = -1;
+	c->started_us = now_us(dc->n);
+	c->next_in_down = dc->calls;
+	if (dc->calls != NULL)
+		dc->calls->pprev_in_down = &c->next_in_down;
+	c->pprev_in_down = &dc->calls;
+	dc->calls = c;
+	dc->n->counters.active_streams++;
+	return c;
+}
+
+void call_free(struct call *c)
+{
+	for (size_t i = 0; i < c->n_hdrs; i++) {
+		pool_free(c->hdrs[i].name);
+		pool_free(c->hdrs[i].value);
+	}
+	pool_free(c->hdrs);
+	pool_free(c->path);
+	bq_free(&c->req_in.buf);
+	bq_free(&c->up_out);
+	bq_free(&c->resp_in.buf);
+	bq_free(&c->down_out);
+	bq_free(&c->held);
+	bq_free(&c->held_resp);
+	pool_free(c->grpc_status);
+	pool_free(c->grpc_message);
+	free(c->local_message);
+	free(c->unknown_leases);
+	pool_free(c);
+}
+
+static void record_latency(struct native *n, struct call *c);
+
+/* A grpc-status value as a number; "0" is by far the most common. */
+static int status_number(const char *status)
+{
+	if (status[0] == '0' && status[1] == '\0')
+		return 0;
+	return atoi(status);
+}
+
+/* A call ended with this gRPC status: the counters by method and status, and the latency. */
+static void count_finish(struct call *c, int status)
+{
+	struct native *n = c->n;
+
+	if (status == 0)
+		n->counters.calls_ok++;
+	else
+		n->counters.calls_failed++;
+	native_count_method(n, c->m != NULL && c->m->path != NULL ? c->m->path : "unknown", status);
+	record_latency(n, c);
+}
+
+static void record_latency(struct native *n, struct call *c)
+{
+	static const uint64_t bounds[] = { 100, 250, 500, 1000, 2500, 5000, 10000, 25000,
+					   50000, 100000, 1000000 };
+	uint64_t us = now_us(n) - c->started_us;
+	size_t i = 0;
+
+	while (i < sizeof(bounds) / sizeof(bounds[0]) && us >= bounds[i])
+		i++;
+	n->counters.latency_us_buckets[i]++;
+}
+
+void call_maybe_free(struct call *c)
+{
+	if (c->down_attached || c->up_attached || c->pending_internal > 0)
+		return;
+	call_free(c);
+}
+
+static void resume_down_data(struct call *c)
+{
+	if (c->dc == NULL || c->dc->session == NULL)
+		return;
+	if (c->down_data_deferred) {
+		c->down_data_deferred = 0;
+		nghttp2_session_resume_data(c->dc->session, c->down_id);
+	}
+	down_flush(c->dc);
+}
+
+static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length,
+			     uint32_t *data_flags, nghttp2_data_source *source, void *ud)
+{
+	struct call *c = source->ptr;
+	size_t have = bq_pending(&c->down_out);
+
+	if (have == 0) {
+		int done = c->local_status >= 0 || (c->up_eos && c->pending_internal == 0);
+
+		if (!done) {
+			c->down_data_deferred = 1;
+			return NGHTTP2_ERR_DEFERRED;
+		}
+		const char *status, *msg;
+		nghttp2_nv trailers[2];
+
+		if (c->local_status >= 0) {
+			snprintf(c->status_text, sizeof(c->status_text), "%d", c->local_status);
+			status = c->status_text;
+			msg = c->local_message ? c->local_message : "";
+		} else if (c->grpc_status != NULL) {
+			status = c->grpc_status; /* the usual case: etcd's own, as it is */
+			msg = c->grpc_message ? c->grpc_message : "";
+		} else {
+			status = "13";
+			msg = "etcdproxy: the core etcd ended the call without a status";
+		}
+		/* every string lives as long as the call, which outlives its stream */
+		trailers[0] = (nghttp2_nv){ (uint8_t *)"grpc-status", (uint8_t *)status, 11,
+					    strlen(status), NATIVE_NV_NO_COPY };
+		trailers[1] = (nghttp2_nv){ (uint8_t *)"grpc-message", (uint8_t *)msg, 12, strlen(msg),
+					    NATIVE_NV_NO_COPY };
+		*data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+		nghttp2_submit_trailer(s, stream_id, trailers, 2);
+		c->finished = 1;
+		count_finish(c, status_number(status));
+		return 0;
+	}
+	if (have > length)
+		have = length;
+	memcpy(buf, c->down_out.data + c->down_out.off, have);
+	bq_consume(&c->down_out, have);
+	/* the client took some: let the core etcd send more */
+	if (c->up_unconsumed > 0 && bq_pending(&c->down_out) < NATIVE_HIGH_WATER) {
+		up_consume(c, c->up_unconsumed);
+		c->up_unconsumed = 0;
+	}
+	return (ssize_t)have;
+}
+
+static void submit_response_headers(struct call *c)
+{
+	nghttp2_nv nv[2] = {
+		{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NATIVE_NV_NO_COPY },
+		{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
+		  NATIVE_NV_NO_COPY },
+	};
+	nghttp2_data_provider dp = { .source.ptr = c, .read_callback = read_response };
+
+	c->resp_headers_sent = 1;
+	nghttp2_submit_response(c->dc->session, c->down_id, nv, 2, &dp);
+	down_flush(c->dc);
+}
+
+/*
+ * The whole response in one HEADERS frame with END_STREAM (gRPC "Trailers-Only").
+ * status and message must live as long as the call (nghttp2 does not copy them).
+ */
+static void submit_trailers_only(struct call *c, const char *status, const char *message)
+{
+	nghttp2_nv nv[4] = {
+		{ (uint8_t *)":status", (uint8_t *)"200", 7, 3, NATIVE_NV_NO_COPY },
+		{ (uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
+		  NATIVE_NV_NO_COPY },
+		{ (uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status),
+		  NATIVE_NV_NO_COPY },
+		{ (uint8_t *)"grpc-message", (uint8_t *)message, 12, strlen(message),
+		  NATIVE_NV_NO_COPY },
+	};
+
+	c->resp_headers_sent = 1;
+	c->finished = 1;
+	nghttp2_submit_response(c->dc->session, c->down_id, nv, 4, NULL);
+	count_finish(c, status_number(status));
+	down_flush(c->dc);
+}
+
+/*
+ * End the call with a status of the proxy's own (message in plain text).
+ * Before any response: Trailers-Only; after: trailers once the queued data is out.
+ */
+void call_finish(struct call *c, int grpc_status, const char *message)
+{
+	if (c->finished || c->local_status >= 0)
+		return;
+	c->local_status = grpc_status;
+	c->local_message = percent_encode(message ? message : "");
+	if (c->up_attached && !c->up_eos)
+		up_cancel(c);
+	if (c->dc == NULL)
+		return;
+	if (grpc_status != 0) {
+		/* nothing more of the request matters */
+		bq_consume(&c->req_in.buf, bq_pending(&c->req_in.buf));
+		/* bytes held back (backpressure, a lease lookup) still count in the connection window */
+		if (c->down_unconsumed > 0) {
+			nghttp2_session_consume(c->dc->session, c->down_id, c->down_unconsumed);
+			c->down_unconsumed = 0;
+		}
+	}
+	if (!c->resp_headers_sent && bq_pending(&c->down_out) == 0) {
+		snprintf(c->status_text, sizeof(c->status_text), "%d", grpc_status);
+		submit_trailers_only(c, c->status_text, c->local_message);
+		return;
+	}
+	if (!c->resp_headers_sent)
+		submit_response_headers(c);
+	resume_down_data(c);
+}
+
+/* Answer with one message of the proxy's own and status OK. */
+static void call_answer(struct call *c, const uint8_t *msg, size_t len)
+{
+	frame_message(&c->down_out, msg, len);
+	if (!c->resp_headers_sent)
+		submit_response_headers(c);
+	call_finish(c, 0, "");
+}
+
+/* ---- lease ownership --------------------------------------------------------------------- */
+
+static int hook_lease_check(void *ctx, int64_t id)
+{
+	struct call *c = ctx;
+	struct native *n = c->dc->n;
+
+	if (native_lease_known(n, id))
+		return 0;
+	/* unknown here: maybe another worker of this tenant granted it; ask the core etcd */
+	c->unknown_leases = realloc(c->unknown_leases, sizeof(int64_t) * (c->n_unknown_leases + 1));
+	if (c->unknown_leases == NULL)
+		abort();
+	c->unknown_leases[c->n_unknown_leases++] = id;
+	return 0;
+}
+
+static int hook_lease_visible(void *ctx, int64_t id)
+{
+	struct call *c = ctx;
+
+	return native_lease_known(c->dc->n, id);
+}
+
+static void hook_lease_granted(void *ctx, int64_t id)
+{
+	struct call *c = ctx;
+
+	c->granted_lease = id;
+}
+
+static struct rw_hooks call_hooks(struct call *c)
+{
+	struct rw_hooks h = {
+		.lease_check = hook_lease_check,
+		.lease_visible = hook_lease_visible,
+		.lease_granted = hook_lease_granted,
+		.ctx = c,
+	};
+	return h;
+}
+
+static void release_held(struct call *c)
+{
+	c->waiting_lookup = 0;
+	if (bq_pending(&c->held) > 0) {
+		bq_append(&c->up_out, c->held.data + c->held.off, bq_pending(&c->held));
+		bq_consume(&c->held, bq_pending(&c->held));
+	}
+	up_resume(c);
+	call_process(c); /* messages that arrived meanwhile */
+}
+
+static void answer_missing_lease(struct call *c);
+static void call_answer(struct call *c, const uint8_t *msg, size_t len);
+
+/*
+ * An internal call made for this call came back.  Returns 1 when the call
+ * still waits for the answer, 0 when it ended meanwhile (client reset,
+ * error): it is freed once nothing refers to it any more.
+ */
+static int internal_returned(struct call *c)
+{
+	c->pending_internal--;
+	if (c->dc == NULL || c->finished || c->local_status >= 0) {
+		call_maybe_free(c);
+		return 0;
+	}
+	return 1;
+}
+
+static void on_lease_lookup(struct native *n, void *ctx, int ok, int64_t id, int owned)
+{
+	struct call *c = ctx;
+
+	if (!internal_returned(c))
+		return;
+	if (!ok) {
+		c->lookup_failed = 1;
+	} else if (owned) {
+		native_lease_add(n, id);
+	} else {
+		c->lookup_denied = 1;
+		c->denied_lease = id;
+	}
+	if (c->pending_internal > 0)
+		return;
+	if (c->lookup_failed)
+		call_finish(c, 14, "etcdproxy: cannot check the lease's owner in the core etcd");
+	else if (c->lookup_denied)
+		answer_missing_lease(c);
+	else
+		release_held(c);
+}
+
+/* Answer as etcd answers for a lease that does not exist: a foreign lease is one. */
+static void answer_missing_lease(struct call *c)
+{
+	uint8_t msg[32];
+	/* ID (field 2), then TTL (field 3): -1 from TimeToLive, 0 from KeepAlive */
+	size_t len = (size_t)(ep_pb_put_uint(msg, 2, (uint64_t)c->denied_lease) - msg);
+
+	switch (c->m->kind) {
+	case RW_LEASE_TTL:
+		len = (size_t)(ep_pb_put_uint(msg + len, 3, (uint64_t)-1) - msg);
+		call_answer(c, msg, len);
+		return;
+	case RW_LEASE_KEEPALIVE:
+		/* the stream goes on: only this keep-alive is answered here */
+		bq_consume(&c->held, bq_pending(&c->held));
+		frame_message(&c->down_out, msg, len);
+		if (!c->resp_headers_sent)
+			submit_response_headers(c);
+		c->waiting_lookup = 0;
+		resume_down_data(c);
+		call_process(c);
+		return;
+	default:
+		call_finish(c, 5, "etcdserver: requested lease not found");
+		return;
+	}
+}
+
+static void start_lookups(struct call *c)
+{
+	struct native *n = c->dc->n;
+
+	c->waiting_lookup = 1;
+	c->lookup_failed = c->lookup_denied = 0;
+	for (size_t i = 0; i < c->n_unknown_leases; i++) {
+		c->pending_internal++;
+		if (native_lease_lookup(n, c->unknown_leases[i], on_lease_lookup, c) < 0) {
+			c->pending_internal--;
+			c->lookup_failed = 1;
+		}
+	}
+	c->n_unknown_leases = 0;
+	if (c->pending_internal == 0)
+		call_finish(c, 14, "etcdproxy: cannot check the lease's owner in the core etcd");
+}
+
+static void on_leases_refreshed(struct native *n, void *ctx, int ok, int64_t id, int owned)
+{
+	struct call *c = ctx;
+
+	if (!internal_returned(c))
+		return;
+	if (!ok) {
+		call_finish(c, 14, "etcdproxy: cannot list the tenant's leases in the core etcd");
+		return;
+	}
+	release_held(c);
+}
+
+static void on_grant_recorded(struct native *n, void *ctx, int ok, int64_t id, int owned)
+{
+	struct call *c = ctx;
+
+	if (!internal_returned(c))
+		return;
+	if (!ok) {
+		call_finish(c, 14, "etcdproxy: the lease was granted but its owner could not be "
+				   "recorded in the core etcd; try again");
+		return;
+	}
+	bq_append(&c->down_out, c->held_resp.data + c->held_resp.off, bq_pending(&c->held_resp));
+	bq_consume(&c->held_resp, bq_pending(&c->held_resp));
+	resume_down_data(c);
+}
+
+/* ---- requests -------------------------------------------------------------------------------- */
+
+static void local_answer(struct call *c)
+{
+	uint8_t buf[600];
+	size_t len = 0;
+
+	switch (c->m->kind) {
+	case RW_MEMBER_LIST:
+		len = native_member_list(c->dc->n, buf, sizeof(buf));
+		break;
+	case RW_HEALTH_CHECK:
+		buf[0] = 0x08; /* status = SERVING */
+		buf[1] = 0x01;
+		len = 2;
+		break;
+	default:
+		break;
+	}
+	call_answer(c, buf, len);
+}
+
+void call_process(struct call *c)
+{
+	struct native *n = c->dc->n;
+	uint8_t flag = 0;
+	const uint8_t *msg;
+	size_t len, declared;
+
+	while (!c->finished && c->local_status < 0 && !c->waiting_lookup) {
+		int complete = grpc_reader_next(&c->req_in, &flag, &msg, &len, &declared);
+
+		if (declared > n->max_message) {
+			char why[160];
+
+			snprintf(why, sizeof(why), "etcdproxy: request message of %zu bytes is above "
+				 "the limit of %zu bytes", declared, n->max_message);
+			call_finish(c, 8, why);
+			return;
+		}
+		if (!complete)
+			break;
+		if (flag != 0) {
+			call_finish(c, 12, "etcdproxy: compressed gRPC messages are not supported "
+					   "(etcd does not compress either)");
+			return;
+		}
+		if (c->m->policy == RW_LOCAL) {
+			grpc_reader_drop(&c->req_in, len);
+			local_answer(c);
+			return;
+		}
+		if (c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW) {
+			grpc_reader_drop(&c->req_in, len);
+			if (n->compaction == COMPACT_DENY)
+				call_finish(c, 7, "etcdproxy: refused Compact: compaction of the shared "
+						  "etcd is denied for this tenant (spec.policy.compaction)");
+			else /* the cluster's own kube-apiserver compacts the shared store */
+				call_answer(c, NULL, 0);
+			return;
+		}
+
+		struct rw_error err = { 0 };
+		struct rw_hooks hooks = call_hooks(c);
+		int r = rewrite_framed(n, 0, c->m->kind, &hooks, msg, len, &err);
+
+		grpc_reader_drop(&c->req_in, len);
+		if (r < 0) {
+			call_finish(c, err.grpc_status ? err.grpc_status : 13,
+				    err.message ? err.message : "etcdproxy: cannot rewrite the request");
+			return;
+		}
+		if (c->n_unknown_leases > 0) {
+			scratch_take(n, &c->held);
+			start_lookups(c);
+			return;
+		}
+		scratch_take(n, &c->up_out);
+		if (!call_submit(c))
+			return;
+	}
+	if (c->finished || c->local_status >= 0)
+		return;
+	/* a request that ended without a message still goes to etcd, which answers it */
+	if (c->down_eos && !c->up_submitted && !c->waiting_lookup && c->m->policy == RW_FORWARD &&
+	    !(c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW) && !call_submit(c))
+		return;
+	/* past the high water mark the client's bytes stay unacknowledged */
+	if (c->down_unconsumed > 0 && bq_pending(&c->up_out) < NATIVE_HIGH_WATER) {
+		nghttp2_session_consume(c->dc->session, c->down_id, c->down_unconsumed);
+		c->down_unconsumed = 0;
+		down_flush(c->dc);
+	}
+	up_resume(c);
+}
+
+void call_resume_down(struct call *c)
+{
+	if (c->dc == NULL || c->dc->session == NULL || c->down_unconsumed == 0)
+		return;
+	if (bq_pending(&c->up_out) < NATIVE_HIGH_WATER) {
+		nghttp2_session_consume(c->dc->session, c->down_id, c->down_unconsumed);
+		c->down_unconsumed = 0;
+		down_flush(c->dc);
+	}
+}
+
+/* Open the upstream stream; 0 (and the call finished) when no connection is ready. */
+static int call_submit(struct call *c)
+{
+	if (c->up_submitted)
+		return 1;
+	if (up_submit(c->n, c) < 0) {
+		call_finish(c, 14, "etcdproxy: no connection to the core etcd");
+		return 0;
+	}
+	return 1;
+}
+
+static void call_start(struct call *c)
+{
+	struct native *n = c->dc->n;
+	char why[300];
+
+	n->counters.calls++;
+	if (c->header_bytes > NATIVE_MAX_HEADER_LIST) {
+		snprintf(why, sizeof(why), "etcdproxy: request metadata of %zu bytes is above the "
+			 "limit of %d bytes", c->header_bytes, NATIVE_MAX_HEADER_LIST);
+		call_finish(c, 8, why);
+		return;
+	}
+	if (c->bad_metadata != NULL) {
+		call_finish(c, 13, c->bad_metadata);
+		return;
+	}
+	if (c->path == NULL || !c->method_ok || !c->content_type_ok) {
+		call_finish(c, 3, "etcdproxy: expected a gRPC request (POST, content-type "
+				  "application/grpc)");
+		return;
+	}
+	c->m = rw_method_lookup(c->path, strlen(c->path));
+	switch (c->m->policy) {
+	case RW_DENY:
+		n->counters.denied++;
+		snprintf(why, sizeof(why), "etcdproxy: refused %s: %s", c->path, c->m->deny_reason);
+		call_finish(c, 7, why);
+		return;
+	case RW_UNIMPLEMENTED: {
+		const char *slash = strrchr(c->path, '/');
+
+		if (c->m->path != NULL)
+			snprintf(why, sizeof(why), "etcdproxy: %s is not supported by this proxy",
+				 c->path);
+		else if (slash != NULL && slash != c->path)
+			snprintf(why, sizeof(why), "unknown method %s for service %.*s", slash + 1,
+				 (int)(slash - c->path - 1), c->path + 1);
+		else
+			snprintf(why, sizeof(why), "unknown method %s", c->path);
+		call_finish(c, 12, why);
+		return;
+	}
+	case RW_LOCAL:
+		return; /* answered when the request message is complete */
+	case RW_FORWARD:
+		break;
+	}
+	if (c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW)
+		return; /* answered locally */
+	/*
+	 * A unary call goes upstream with its message: HEADERS and DATA in one
+	 * write.  Streams (Watch, KeepAlive) and LeaseLeases open at once.
+	 */
+	if (!c->m->client_stream && c->m->kind != RW_LEASE_LEASES)
+		return;
+	if (!call_submit(c))
+		return;
+	if (c->m->kind == RW_LEASE_LEASES) {
+		/* leases granted through other workers of this tenant must be known before filtering */
+		c->waiting_lookup = 1;
+		c->pending_internal++;
+		if (native_leases_refresh(n, on_leases_refreshed, c) < 0) {
+			c->pending_internal--;
+			call_finish(c, 14, "etcdproxy: no connection to the core etcd");
+		}
+	}
+}
+
+void call_request_end(struct call *c)
+{
+	c->down_eos = 1;
+	if (c->finished || c->local_status >= 0)
+		return;
+	if (bq_pending(&c->req_in.buf) > 0 && c->m != NULL && c->m->policy == RW_FORWARD &&
+	    !c->waiting_lookup) {
+		call_finish(c, 13, "etcdproxy: the request ended inside a message");
+		return;
+	}
+	if (c->m != NULL && c->m->policy == RW_LOCAL && !c->resp_headers_sent)
+		local_answer(c); /* an empty request message is legal */
+	else if (c->m != NULL)
+		call_process(c);
+}
+
+void call_headers_done(struct call *c)
+{
+	c->headers_done = 1;
+	call_start(c);
+	if (c->down_eos && !c->finished && c->local_status < 0) {
+		if (c->m != NULL && c->m->policy == RW_LOCAL)
+			local_answer(c); /* no message at all: the defaults */
+		else
+			call_process(c);
+	}
+}
+
+/* ---- responses from the core etcd ---------------------------------------------------------------- */
+
+void call_on_up_headers_done(struct call *c)
+{
+	if (c->icb != NULL || c->dc == NULL || c->finished || c->local_status >= 0)
+		return;
+	if (!c->resp_headers_sent) {
+		if (c->up_status == 0) {
+			/* nghttp2's HTTP checks are off upstream (make_session): this is ours */
+			call_finish(c, 13, "etcdproxy: the core etcd answered without an HTTP :status");
+			return;
+		}
+		if (c->up_status != 200) {
+			char why[120];
+
+			snprintf(why, sizeof(why), "etcdproxy: the core etcd answered HTTP %d",
+				 c->up_status);
+			call_finish(c, c->up_status >= 502 && c->up_status <= 504 ? 14 : 2, why);
+			return;
+		}
+		if (c->up_eos && bq_pending(&c->down_out) == 0 && c->grpc_status != NULL) {
+			/* Trailers-Only from etcd: pass its status and message verbatim */
+			submit_trailers_only(c, c->grpc_status, c->grpc_message ? c->grpc_message : "");
+			return;
+		}
+		submit_response_headers(c);
+		return;
+	}
+	resume_down_data(c);
+}
+
+void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
+{
+	uint8_t flag = 0;
+	const uint8_t *msg;
+	size_t mlen, declared;
+	struct native *n;
+
+	if (c->icb != NULL) {
+		bq_append(&c->resp_in.buf, data, len);
+		up_consume(c, len);
+		return;
+	}
+	if (c->dc == NULL || c->finished || c->local_status >= 0) {
+		up_consume(c, len);
+		return;
+	}
+	n = c->dc->n;
+	n->counters.bytes_out += len;
+	bq_append(&c->resp_in.buf, data, len);
+	while (grpc_reader_next(&c->resp_in, &flag, &msg, &mlen, &declared)) {
+		struct rw_error err = { 0 };
+		struct rw_hooks hooks = call_hooks(c);
+		int r;
+
+		if (flag != 0) {
+			call_finish(c, 13, "etcdproxy: the core etcd sent a compressed message");
+			return;
+		}
+		c->granted_lease = 0;
+		r = rewrite_framed(n, 1, c->m->kind, &hooks, msg, mlen, &err);
+		grpc_reader_drop(&c->resp_in, mlen);
+		if (r < 0) {
+			n->host->log(n->host, EP_LOG_ERR, "%s: %s", c->path,
+				     err.message ? err.message : "cannot rewrite a response");
+			call_finish(c, err.grpc_status ? err.grpc_status : 13,
+				    err.message ? err.message : "etcdproxy: cannot rewrite the response");
+			return;
+		}
+		if (c->granted_lease != 0) {
+			/* answer only once the ownership record exists: a worker restart must not lose it */
+			native_lease_add(n, c->granted_lease);
+			scratch_take(n, &c->held_resp);
+			c->pending_internal++;
+			if (native_lease_record(n, c->granted_lease, on_grant_recorded, c) < 0) {
+				c->pending_internal--;
+				call_finish(c, 14, "etcdproxy: the lease was granted but its owner could "
+						   "not be recorded in the core etcd; try again");
+				return;
+			}
+			continue;
+		}
+		scratch_take(n, &c->down_out);
+	}
+	if (bq_pending(&c->down_out) < NATIVE_HIGH_WATER)
+		up_consume(c, len);
+	else
+		c->up_unconsumed += len;
+	resume_down_data(c);
+}
+
+void call_on_up_close(struct call *c, uint32_t error_code)
+{
+	c->up_attached = 0;
+	if (c->icb != NULL) {
+		native_internal_done(c, error_code);
+		return;
+	}
+	if (!c->up_eos && !c->finished && c->local_status < 0) {
+		c->up_eos = 1;
+		if (c->dc != NULL) {
+			char why[120];
+
+			c->dc->n->counters.upstream_errors++;
+			if (error_code == UP_CONNECTION_LOST)
+				call_finish(c, 14, "etcdproxy: the connection to the core etcd was lost");
+			else if (error_code == NGHTTP2_REFUSED_STREAM)
+				call_finish(c, 14, "etcdproxy: the core etcd refused the call (it is "
+						   "going away); retry");
+			else {
+				/* a reset of this one stream: the request itself is at fault */
+				snprintf(why, sizeof(why), "etcdproxy: the core etcd reset the call "
+					 "(HTTP/2 error %u: %s)", error_code,
+					 nghttp2_http2_strerror(error_code));
+				call_finish(c, 13, why);
+			}
+		}
+	} else {
+		c->up_eos = 1;
+		resume_down_data(c);
+	}
+	call_maybe_free(c);
+}
+
+/* ---- internal calls ------------------------------------------------------------------------------------ */
+
+int native_internal_call(struct native *n, const char *path, const uint8_t *msg, size_t len,
+			 internal_cb *cb, void *ctx)
+{
+	struct call *c = pool_calloc(sizeof(*c));
+	int r;
+
+	c->n = n;
+	c->path = pool_strndup(path, strlen(path));
+	c->m = rw_method_lookup(path, strlen(path));
+	c->icb = cb;
+	c->ictx = ctx;
+	c->local_status = -1;
+	c->down_eos = 1;
+	frame_message(&c->up_out, msg, len);
+	r = up_submit(n, c);
+	if (r < 0) {
+		call_free(c);
+		return r;
+	}
+	return 0;
+}
+
+void native_internal_done(struct call *c, uint32_t error_code)
+{
+	struct native *n = c->n;
+	uint8_t flag = 0;
+	const uint8_t *msg = NULL;
+	size_t len = 0, declared;
+	int ok = error_code == 0 && c->up_status == 200 && c->grpc_status != NULL &&
+		 strcmp(c->grpc_status, "0") == 0;
+
+	if (ok && !grpc_reader_next(&c->resp_in, &flag, &msg, &len, &declared))
+		ok = 0;
+	c->icb(n, c->ictx, ok, msg, len);
+	call_free(c);
+}
