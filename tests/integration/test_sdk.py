@@ -4,7 +4,9 @@ layout, build tests/sdk/backend-hello.c against the installed etcdproxy/plugin.h
 with the installed pkg-config file, and serve a tenant with it through the
 INSTALLED worker (standalone, then under the installed etcdproxyd)."""
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -166,6 +168,42 @@ def test_supervised(s, st):
     s.check(not eptest.port_open(port), 'the port is closed')
 
 
+def test_options(s, st):
+    """An out-of-tree plugin's option table: the installed etcdproxyd --check-config judges
+    backends.hello by it (through the installed worker), and the worker parses it."""
+    daemon = os.path.join(st.prefix, 'sbin/etcdproxyd')
+    conf = write_config(st, 'options')
+    with open(conf) as f:
+        cfg = json.load(f)
+    cfg['backends'] = {'hello': {'greting': 'hi'}}
+    eptest.write_json(conf, cfg)
+    r = eptest.check_config(conf, daemon=daemon)
+    s.check(r.returncode == 1 and re.search(
+        r'etcdproxyd\.json:\d+:\d+: backends\.hello: unknown key "greting" \(expected one of: '
+        r'greeting\)', r.stderr),
+        'the installed etcdproxyd --check-config judges the plugin\'s options by its table, '
+        'with line and column', (r.returncode, r.stderr))
+    cfg['backends'] = {'hello': {'greeting': ''}}
+    eptest.write_json(conf, cfg)
+    r = eptest.check_config(conf, daemon=daemon)
+    s.check(r.returncode == 1 and 'backends.hello.greeting: expected a non-empty string (the '
+            'first word of every answer), got ""' in r.stderr, 'and a value of the wrong kind',
+            r.stderr)
+
+    sv = eptest.Supervisor(s, None, name='options', daemon=daemon,
+                           worker=os.path.join(st.prefix, 'libexec/etcdproxy/etcdproxy-worker'),
+                           plugin_dir=st.plugins, extra={'defaults': {'backend': 'hello'}})
+    sv.config['backends'] = {'hello': {'greeting': 'hi'}}
+    sv.write_config()
+    r = eptest.check_config(sv.conf, daemon=daemon)
+    s.check(r.returncode == 0, '--check-config passes backends.hello.greeting "hi"', r.stderr)
+    port = sv.add_tenant('greeter')
+    sv.start()
+    sv.wait_ready('greeter')
+    s.eq(greeting(port), 'hi greeter /greeter/\n', 'the worker parsed the option for the plugin')
+    s.eq(sv.stop(), 0, 'that etcdproxyd exits 0 on SIGTERM')
+
+
 # start() opens a handle and then calls host->fail() before returning: the worker must
 # still stop the backend, or the handle keeps it alive
 FAIL_IN_START = r'''
@@ -258,6 +296,7 @@ def body(s):
         return
     s.run(test_standalone, s, st)
     s.run(test_supervised, s, st)
+    s.run(test_options, s, st)
     s.run(test_fail_in_start, s, st)
 
 

@@ -6,11 +6,14 @@
  *      $(pkg-config --cflags --libs etcdproxy-plugin)
  *
  * start() listens on the tenant's TCP address and calls host->ready(); every
- * connection gets one line "hello <tenant> <prefix>\n" and is closed.  stop()
+ * connection gets one line "<greeting> <tenant> <prefix>\n" and is closed.
+ * Its one option, "greeting" (default "hello"), is described by a table that
+ * the host parses for it and etcdproxyd --check-config judges.  stop()
  * closes the listener and the open connections and calls host->stopped()
  * once the last handle is closed.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +30,7 @@ struct conn {
 
 struct hello {
 	struct ep_host *host;
+	char *greeting; /* the option, malloc'ed */
 	uv_tcp_t server;
 	int server_open;
 	struct conn *conns;
@@ -91,30 +95,45 @@ static void on_connection(uv_stream_t *server, int status)
 		conn_close(c);
 		return;
 	}
-	snprintf(c->line, sizeof(c->line), "hello %s %s\n", h->host->tenant->name,
+	snprintf(c->line, sizeof(c->line), "%s %s %s\n", h->greeting, h->host->tenant->name,
 		 h->host->tenant->prefix);
 	buf = uv_buf_init(c->line, (unsigned)strlen(c->line));
 	if (uv_write(&c->write, (uv_stream_t *)&c->tcp, &buf, 1, written) < 0)
 		conn_close(c);
 }
 
+static const struct ep_option hello_options[] = {
+	{ "greeting", EP_OPT_STRING, 0, offsetof(struct hello, greeting), 0, 0, NULL,
+	  "the first word of every answer" },
+	{ NULL, EP_OPT_END, 0, 0, 0, 0, NULL, NULL },
+};
+
+static void hello_fini(void *state);
+
 static int hello_init(struct ep_host *host, void **state_r, const char **error_r)
 {
+	static char msg[512];
 	struct hello *h;
+	char *err = NULL;
 
-	if (strcmp(host->tenant->options_json, "{}") != 0 &&
-	    strcmp(host->tenant->options_json, "") != 0) {
-		*error_r = "backends.hello takes no options";
-		return -EINVAL;
-	}
 	if (strncmp(host->tenant->listen, "unix:", 5) == 0) {
 		*error_r = "the hello backend listens on TCP only";
 		return -EINVAL;
 	}
 	h = calloc(1, sizeof(*h));
-	if (h == NULL)
+	if (h == NULL || (h->greeting = strdup("hello")) == NULL) {
+		free(h);
 		return -ENOMEM;
+	}
 	h->host = host;
+	/* the host checks the options against hello_options and fills h->greeting */
+	if (host->options_parse(host, h, &err) < 0) {
+		snprintf(msg, sizeof(msg), "%s", err);
+		free(err);
+		*error_r = msg;
+		hello_fini(h);
+		return -EINVAL;
+	}
 	*state_r = h;
 	return 0;
 }
@@ -191,7 +210,10 @@ static void hello_stop(void *state, int graceful)
 
 static void hello_fini(void *state)
 {
-	free(state);
+	struct hello *h = state;
+
+	free(h->greeting);
+	free(h);
 }
 
 static const struct ep_backend_ops hello_ops = {
@@ -207,4 +229,5 @@ EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {
 	.init = hello_init,
 	.fini = hello_fini,
 	.ops = &hello_ops,
+	.options = hello_options,
 };
