@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -135,119 +136,180 @@ static int unknown_key(struct pctx *c, const cJSON *m, const char *where, const 
 
 /* ---- global configuration ------------------------------------------------------- */
 
-static int parse_core_etcd(struct pctx *c, const cJSON *obj, struct ep_core_etcd_config *core)
+/*
+ * The keys of the global file, as tables: a key's name, what its value is,
+ * and where it goes (nginx's ngx_command_t, Dovecot's setting definitions).
+ * parse_keys() walks an object with one table and gives every error the same
+ * shape: "FILE:LINE:COL: section.key: expected ..., got ...".
+ */
+enum key_type {
+	K_PATH,          /* an absolute path: char * */
+	K_PATH_OR_NULL,  /* an absolute path or null: char * */
+	K_STRING,        /* a non-empty string: char * */
+	K_DURATION,      /* a duration above zero: uint64_t milliseconds */
+	K_DURATION_ZERO, /* a duration, zero allowed: uint64_t milliseconds */
+	K_UINT,          /* an integer in [lo, hi]: unsigned */
+	K_CALL,          /* parse() handles the value */
+};
+
+struct key {
+	const char *name;
+	enum key_type type;
+	size_t offset; /* in the struct parse_keys() fills */
+	unsigned lo, hi;
+	int (*parse)(struct pctx *c, const cJSON *v, const char *what, void *base);
+};
+
+#define KEY(name, type, st, field) { name, type, offsetof(st, field), 0, 0, NULL }
+#define KEY_UINT(name, st, field, lo, hi) { name, K_UINT, offsetof(st, field), lo, hi, NULL }
+#define KEY_CALL(name, fn) { name, K_CALL, 0, 0, 0, fn }
+
+/* "a, b, c": the keys of a table, for "unknown key" errors. */
+static char *key_list(const struct key *keys, size_t n)
+{
+	char *out = ep_strdup("");
+
+	for (size_t i = 0; i < n; i++) {
+		char *next = ep_strdup_printf("%s%s%s", out, i ? ", " : "", keys[i].name);
+
+		free(out);
+		out = next;
+	}
+	return out;
+}
+
+/* Every member of obj by keys[] into base; section is "" at the top level. */
+static int parse_keys(struct pctx *c, const cJSON *obj, const char *section,
+		      const struct key *keys, size_t n, void *base)
 {
 	const cJSON *m;
 	int r;
 
-	if ((r = want_object(c, obj, "core_etcd")) < 0)
+	if (section[0] != '\0' && (r = want_object(c, obj, section)) < 0)
 		return r;
 	cJSON_ArrayForEach(m, obj)
 	{
-		if (strcmp(m->string, "endpoints") == 0) {
-			const cJSON *e;
-			size_t n = 0;
+		const struct key *k = NULL;
+		char *slot, *what;
 
-			if (!cJSON_IsArray(m) || cJSON_GetArraySize(m) == 0)
-				return fail_at(c, m,
-					       "core_etcd.endpoints: expected a non-empty array of URLs");
-			for (size_t i = 0; i < core->n_endpoints; i++)
-				free(core->endpoints[i]);
-			free(core->endpoints);
-			core->n_endpoints = 0;
-			core->endpoints = ep_malloc0(sizeof(char *) * (size_t)cJSON_GetArraySize(m));
-			cJSON_ArrayForEach(e, m)
-			{
-				if (!cJSON_IsString(e) ||
-				    (strncmp(e->valuestring, "http://", 7) != 0 &&
-				     strncmp(e->valuestring, "https://", 8) != 0) ||
-				    strchr(e->valuestring, ':') == strrchr(e->valuestring, ':'))
-					return fail_at(c, e,
-						       "core_etcd.endpoints: expected a URL such as "
-						       "\"https://127.0.0.1:2379\" (scheme, host and port)");
-				core->endpoints[n++] = ep_strdup(e->valuestring);
-				core->n_endpoints = n;
-			}
-		} else if (strcmp(m->string, "ca_file") == 0) {
-			if ((r = want_path(c, m, "core_etcd.ca_file", 1, &core->ca_file)) < 0)
-				return r;
-		} else if (strcmp(m->string, "cert_file") == 0) {
-			if ((r = want_path(c, m, "core_etcd.cert_file", 1, &core->cert_file)) < 0)
-				return r;
-		} else if (strcmp(m->string, "key_file") == 0) {
-			if ((r = want_path(c, m, "core_etcd.key_file", 1, &core->key_file)) < 0)
-				return r;
-		} else {
-			return unknown_key(c, m, "core_etcd", "endpoints, ca_file, cert_file, key_file");
+		for (size_t i = 0; i < n && k == NULL; i++)
+			if (strcmp(keys[i].name, m->string) == 0)
+				k = &keys[i];
+		if (k == NULL) {
+			char *expected = key_list(keys, n);
+
+			r = unknown_key(c, m, section, expected);
+			free(expected);
+			return r;
 		}
+		slot = (char *)base + k->offset;
+		what = section[0] ? ep_strdup_printf("%s.%s", section, k->name) : ep_strdup(k->name);
+		switch (k->type) {
+		case K_PATH:
+		case K_PATH_OR_NULL:
+			r = want_path(c, m, what, k->type == K_PATH_OR_NULL, (char **)(void *)slot);
+			break;
+		case K_STRING:
+			r = want_string(c, m, what, (char **)(void *)slot);
+			break;
+		case K_DURATION:
+		case K_DURATION_ZERO:
+			r = want_duration(c, m, what, k->type == K_DURATION_ZERO, (uint64_t *)(void *)slot);
+			break;
+		case K_UINT:
+			r = want_uint(c, m, what, k->lo, k->hi, (unsigned *)(void *)slot);
+			break;
+		case K_CALL:
+			r = k->parse(c, m, what, base);
+			break;
+		}
+		free(what);
+		if (r < 0)
+			return r;
 	}
-	if ((core->cert_file == NULL) != (core->key_file == NULL))
+	return 0;
+}
+
+#define PARSE_KEYS(c, obj, section, keys, base) \
+	parse_keys(c, obj, section, keys, sizeof(keys) / sizeof(keys[0]), base)
+
+static int parse_endpoints(struct pctx *c, const cJSON *m, const char *what, void *base)
+{
+	struct ep_core_etcd_config *core = base;
+	const cJSON *e;
+	size_t n = 0;
+
+	if (!cJSON_IsArray(m) || cJSON_GetArraySize(m) == 0)
+		return fail_at(c, m, "%s: expected a non-empty array of URLs", what);
+	for (size_t i = 0; i < core->n_endpoints; i++)
+		free(core->endpoints[i]);
+	free(core->endpoints);
+	core->n_endpoints = 0;
+	core->endpoints = ep_malloc0(sizeof(char *) * (size_t)cJSON_GetArraySize(m));
+	cJSON_ArrayForEach(e, m)
+	{
+		if (!cJSON_IsString(e) ||
+		    (strncmp(e->valuestring, "http://", 7) != 0 &&
+		     strncmp(e->valuestring, "https://", 8) != 0) ||
+		    strchr(e->valuestring, ':') == strrchr(e->valuestring, ':'))
+			return fail_at(c, e,
+				       "%s: expected a URL such as \"https://127.0.0.1:2379\" (scheme, "
+				       "host and port)", what);
+		core->endpoints[n++] = ep_strdup(e->valuestring);
+		core->n_endpoints = n;
+	}
+	return 0;
+}
+
+static const struct key core_etcd_keys[] = {
+	KEY_CALL("endpoints", parse_endpoints),
+	KEY("ca_file", K_PATH_OR_NULL, struct ep_core_etcd_config, ca_file),
+	KEY("cert_file", K_PATH_OR_NULL, struct ep_core_etcd_config, cert_file),
+	KEY("key_file", K_PATH_OR_NULL, struct ep_core_etcd_config, key_file),
+};
+
+static int parse_core_etcd(struct pctx *c, const cJSON *obj, const char *what, void *base)
+{
+	struct ep_core_etcd_config *core = &((struct ep_global_config *)base)->core;
+	int r = PARSE_KEYS(c, obj, what, core_etcd_keys, core);
+
+	if (r == 0 && (core->cert_file == NULL) != (core->key_file == NULL))
 		return fail_at(c, obj, "core_etcd: cert_file and key_file go together: set both or neither");
-	return 0;
+	return r;
 }
 
-static int parse_defaults(struct pctx *c, const cJSON *obj, struct ep_global_config *g)
-{
-	const cJSON *m;
-	int r;
+static const struct key defaults_keys[] = {
+	KEY("backend", K_STRING, struct ep_global_config, default_backend),
+	KEY("signingCertificateValidity", K_DURATION, struct ep_global_config,
+	    default_signing_validity_ms),
+	KEY("servingCertificateValidity", K_DURATION, struct ep_global_config,
+	    default_serving_validity_ms),
+	KEY("clientCertificateValidity", K_DURATION, struct ep_global_config,
+	    default_client_validity_ms),
+};
 
-	if ((r = want_object(c, obj, "defaults")) < 0)
-		return r;
-	cJSON_ArrayForEach(m, obj)
-	{
-		if (strcmp(m->string, "backend") == 0)
-			r = want_string(c, m, "defaults.backend", &g->default_backend);
-		else if (strcmp(m->string, "signingCertificateValidity") == 0)
-			r = want_duration(c, m, "defaults.signingCertificateValidity", 0,
-					  &g->default_signing_validity_ms);
-		else if (strcmp(m->string, "servingCertificateValidity") == 0)
-			r = want_duration(c, m, "defaults.servingCertificateValidity", 0,
-					  &g->default_serving_validity_ms);
-		else if (strcmp(m->string, "clientCertificateValidity") == 0)
-			r = want_duration(c, m, "defaults.clientCertificateValidity", 0,
-					  &g->default_client_validity_ms);
-		else
-			r = unknown_key(c, m, "defaults",
-					"backend, signingCertificateValidity, "
-					"servingCertificateValidity, clientCertificateValidity");
-		if (r < 0)
-			return r;
-	}
-	return 0;
+static int parse_defaults(struct pctx *c, const cJSON *obj, const char *what, void *base)
+{
+	return PARSE_KEYS(c, obj, what, defaults_keys, base);
 }
 
-static int parse_supervisor(struct pctx *c, const cJSON *obj, struct ep_global_config *g)
-{
-	const cJSON *m;
-	int r;
+static const struct key supervisor_keys[] = {
+	KEY("stop_timeout", K_DURATION, struct ep_global_config, stop_timeout_ms),
+	KEY("restart_backoff_initial", K_DURATION_ZERO, struct ep_global_config, backoff_initial_ms),
+	KEY("restart_backoff_max", K_DURATION, struct ep_global_config, backoff_max_ms),
+	KEY("stable_after", K_DURATION, struct ep_global_config, stable_after_ms),
+	KEY_UINT("max_failures", struct ep_global_config, max_failures, 1, 1000),
+};
 
-	if ((r = want_object(c, obj, "supervisor")) < 0)
-		return r;
-	cJSON_ArrayForEach(m, obj)
-	{
-		if (strcmp(m->string, "stop_timeout") == 0)
-			r = want_duration(c, m, "supervisor.stop_timeout", 0, &g->stop_timeout_ms);
-		else if (strcmp(m->string, "restart_backoff_initial") == 0)
-			r = want_duration(c, m, "supervisor.restart_backoff_initial", 1,
-					  &g->backoff_initial_ms);
-		else if (strcmp(m->string, "restart_backoff_max") == 0)
-			r = want_duration(c, m, "supervisor.restart_backoff_max", 0,
-					  &g->backoff_max_ms);
-		else if (strcmp(m->string, "stable_after") == 0)
-			r = want_duration(c, m, "supervisor.stable_after", 0, &g->stable_after_ms);
-		else if (strcmp(m->string, "max_failures") == 0)
-			r = want_uint(c, m, "supervisor.max_failures", 1, 1000, &g->max_failures);
-		else
-			r = unknown_key(c, m, "supervisor",
-					"stop_timeout, restart_backoff_initial, "
-					"restart_backoff_max, stable_after, max_failures");
-		if (r < 0)
-			return r;
-	}
-	if (g->backoff_max_ms < g->backoff_initial_ms)
+static int parse_supervisor(struct pctx *c, const cJSON *obj, const char *what, void *base)
+{
+	struct ep_global_config *g = base;
+	int r = PARSE_KEYS(c, obj, what, supervisor_keys, g);
+
+	if (r == 0 && g->backoff_max_ms < g->backoff_initial_ms)
 		return fail_at(c, obj,
 			       "supervisor: restart_backoff_max must not be below restart_backoff_initial");
-	return 0;
+	return r;
 }
 
 static void reserved_add(struct ep_global_config *g, const char *prefix, char *origin)
@@ -268,8 +330,9 @@ static void reserved_clear(struct ep_global_config *g)
 	}
 }
 
-static int parse_reserved_prefixes(struct pctx *c, const cJSON *m, struct ep_global_config *g)
+static int parse_reserved_prefixes(struct pctx *c, const cJSON *m, const char *what, void *base)
 {
+	struct ep_global_config *g = base;
 	const cJSON *e;
 	int i = 0;
 
@@ -296,7 +359,10 @@ static int parse_reserved_prefixes(struct pctx *c, const cJSON *m, struct ep_glo
 	return 0;
 }
 
-/* "backends" or "certs": an object of option objects by plugin name, checked by the plugins */
+/*
+ * "backends" or "certs": an object of option objects by plugin name, each
+ * judged by its plugin's own table (etcdproxyd --check-config, the worker).
+ */
 static int parse_plugin_options(struct pctx *c, const cJSON *obj, const char *section,
 				const char *what, cJSON **out)
 {
@@ -315,6 +381,43 @@ static int parse_plugin_options(struct pctx *c, const cJSON *obj, const char *se
 	*out = cJSON_Duplicate(obj, 1);
 	return 0;
 }
+
+static int parse_backends(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	return parse_plugin_options(c, v, what, "backend", &((struct ep_global_config *)base)->backends);
+}
+
+static int parse_certs(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	return parse_plugin_options(c, v, what, "certificate source",
+				    &((struct ep_global_config *)base)->certs);
+}
+
+static int parse_log_level(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	if (!cJSON_IsString(v) ||
+	    ep_log_level_parse(v->valuestring, &((struct ep_global_config *)base)->log_level) < 0)
+		return fail_at(c, v, "%s: expected one of \"err\", \"warning\", \"notice\", \"info\", "
+			       "\"debug\"", what);
+	return 0;
+}
+
+/* The top level of etcdproxyd.json, in the order etcdproxyd.json(5) documents it. */
+static const struct key global_keys[] = {
+	KEY("storages_dir", K_PATH, struct ep_global_config, storages_dir),
+	KEY("state_dir", K_PATH, struct ep_global_config, state_dir),
+	KEY("runtime_dir", K_PATH, struct ep_global_config, runtime_dir),
+	KEY("plugin_dir", K_PATH, struct ep_global_config, plugin_dir),
+	KEY("worker", K_PATH, struct ep_global_config, worker_path),
+	KEY("control_socket", K_PATH, struct ep_global_config, control_socket),
+	KEY_CALL("log_level", parse_log_level),
+	KEY_CALL("core_etcd", parse_core_etcd),
+	KEY_CALL("reserved_prefixes", parse_reserved_prefixes),
+	KEY_CALL("defaults", parse_defaults),
+	KEY_CALL("supervisor", parse_supervisor),
+	KEY_CALL("backends", parse_backends),
+	KEY_CALL("certs", parse_certs),
+};
 
 static void global_defaults(struct ep_global_config *g)
 {
@@ -353,54 +456,13 @@ static void global_defaults(struct ep_global_config *g)
 
 static int parse_global(struct pctx *c, const cJSON *root, struct ep_global_config *g)
 {
-	const cJSON *m;
-	int r = 0;
+	int r;
 
 	if (!cJSON_IsObject(root))
 		return fail_at(c, root, "expected a JSON object at the top level, got %s",
 			       json_type_name(root));
-	cJSON_ArrayForEach(m, root)
-	{
-		const char *k = m->string;
-
-		if (strcmp(k, "storages_dir") == 0)
-			r = want_path(c, m, k, 0, &g->storages_dir);
-		else if (strcmp(k, "state_dir") == 0)
-			r = want_path(c, m, k, 0, &g->state_dir);
-		else if (strcmp(k, "runtime_dir") == 0)
-			r = want_path(c, m, k, 0, &g->runtime_dir);
-		else if (strcmp(k, "plugin_dir") == 0)
-			r = want_path(c, m, k, 0, &g->plugin_dir);
-		else if (strcmp(k, "worker") == 0)
-			r = want_path(c, m, k, 0, &g->worker_path);
-		else if (strcmp(k, "control_socket") == 0)
-			r = want_path(c, m, k, 0, &g->control_socket);
-		else if (strcmp(k, "log_level") == 0) {
-			if (!cJSON_IsString(m) || ep_log_level_parse(m->valuestring, &g->log_level) < 0)
-				r = fail_at(c, m,
-					    "log_level: expected one of \"err\", \"warning\", "
-					    "\"notice\", \"info\", \"debug\"");
-		} else if (strcmp(k, "core_etcd") == 0)
-			r = parse_core_etcd(c, m, &g->core);
-		else if (strcmp(k, "reserved_prefixes") == 0)
-			r = parse_reserved_prefixes(c, m, g);
-		else if (strcmp(k, "defaults") == 0)
-			r = parse_defaults(c, m, g);
-		else if (strcmp(k, "supervisor") == 0)
-			r = parse_supervisor(c, m, g);
-		else if (strcmp(k, "backends") == 0)
-			r = parse_plugin_options(c, m, "backends", "backend", &g->backends);
-		else if (strcmp(k, "certs") == 0)
-			r = parse_plugin_options(c, m, "certs", "certificate source", &g->certs);
-		else
-			r = unknown_key(c, m, "",
-					"storages_dir, state_dir, runtime_dir, plugin_dir, worker, "
-					"control_socket, log_level, core_etcd, reserved_prefixes, "
-					"defaults, supervisor, "
-					"backends, certs");
-		if (r < 0)
-			return r;
-	}
+	if ((r = PARSE_KEYS(c, root, "", global_keys, g)) < 0)
+		return r;
 	if (g->control_socket == NULL)
 		g->control_socket = ep_strdup_printf("%s/etcdproxyd.sock", g->runtime_dir);
 	if (strlen(g->control_socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
