@@ -709,7 +709,8 @@ static void handle_certs_req(const cJSON *req)
 	}
 	m.ok = error == NULL;
 	m.error = error;
-	if (result != NULL && (result_json = cJSON_Parse(result)) != NULL)
+	result_json = result != NULL ? cJSON_Parse(result) : NULL;
+	if (cJSON_IsObject(result_json)) /* what CERTS_REPLY carries; anything else is dropped */
 		m.result = result_json;
 	send_msg(EP_MSG_CERTS_REPLY, ep_msg_certs_reply_encode(&m));
 	cJSON_Delete(result_json);
