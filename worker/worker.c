@@ -428,8 +428,10 @@ static int start_certs(char **error_r)
 }
 
 /* ep_host.options_parse: the plugin's options by its table, with the one checker of lib/options.c. */
-static int host_options_parse(struct ep_host *host, void *out, char **error_r)
+static int host_options_parse(struct ep_host *host, void *out, const char **error_r)
 {
+	/* the last error, kept until the next call: init() reads it right after */
+	static char *error;
 	int certs = host == &W.certs_host;
 	const struct ep_plugin *p = certs ? W.certs.plugin : W.plugin.plugin;
 	char *section = ep_strdup_printf("%s.%s", certs ? "certs" : "backends",
@@ -438,13 +440,16 @@ static int host_options_parse(struct ep_host *host, void *out, char **error_r)
 	const cJSON *node;
 	int r;
 
+	free(error);
+	error = NULL;
 	if (p->options == NULL) {
-		*error_r = ep_strdup_printf("%s: the plugin calls options_parse() but describes no "
-					    "options (ep_plugin.options is NULL)", section);
+		error = ep_strdup_printf("%s: the plugin calls options_parse() but describes no "
+					 "options (ep_plugin.options is NULL)", section);
 		r = -EINVAL;
 	} else {
-		r = ep_options_apply(p->options, section, o, out, &node, error_r);
+		r = ep_options_apply(p->options, section, o, out, &node, &error);
 	}
+	*error_r = error;
 	cJSON_Delete(o);
 	free(section);
 	return r;

@@ -255,12 +255,12 @@ struct ep_host {
 	 * Parse tenant->options_json by the plugin's table (ep_plugin.options)
 	 * into out, the plugin's options struct, which holds the defaults.
 	 * Unknown keys and values of the wrong type or out of range are errors.
-	 * Returns 0, or -EINVAL and *error_r (malloc'ed, the plugin frees it):
-	 * one line that names the key and the value, "backends.native.
-	 * idle_timeout: expected a duration ..., got \"x\"".  NULL in hosts
-	 * older than the options table (never in this ABI's workers).
+	 * Returns 0, or -EINVAL and *error_r: one line that names the key and
+	 * the value, "backends.native.idle_timeout: expected a duration ...,
+	 * got \"x\"", owned by the host and valid until init() returns, so
+	 * that init() can hand it on as its own error_r.
 	 */
-	int (*options_parse)(struct ep_host *host, void *out, char **error_r);
+	int (*options_parse)(struct ep_host *host, void *out, const char **error_r);
 
 	void *reserved[4];
 };

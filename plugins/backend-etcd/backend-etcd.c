@@ -148,16 +148,11 @@ static const struct ep_option etcd_options[] = {
 static int parse_options(struct etcd_backend *b, const char **error_r)
 {
 	static char msg[1024];
-	char *err = NULL;
 
 	b->binary = xstrdup("/usr/bin/etcd");
 	b->health_interval_ms = 5000;
-	if (b->host->options_parse(b->host, b, &err) < 0) {
-		snprintf(msg, sizeof(msg), "%s", err);
-		free(err);
-		*error_r = msg;
+	if (b->host->options_parse(b->host, b, error_r) < 0)
 		return -EINVAL;
-	}
 	/* the default path, when the file leaves it out, is checked here */
 	if (access(b->binary, X_OK) < 0) {
 		snprintf(msg, sizeof(msg), "backends.etcd.binary %s: %s (install the etcd-server "

@@ -266,14 +266,11 @@ static int parse_options(struct native *n, const char **error_r)
 		.cred_poll_ms = NATIVE_CRED_POLL_MS,
 		.compaction = COMPACT_IGNORE,
 	};
-	char *err = NULL;
 	cJSON *policy;
 	const cJSON *m;
 
-	if (n->host->options_parse(n->host, &o, &err) < 0) {
-		*error_r = init_error(err);
+	if (n->host->options_parse(n->host, &o, error_r) < 0)
 		return -EINVAL;
-	}
 	n->max_message = (size_t)o.max_message;
 	n->max_streams = (uint32_t)o.max_streams;
 	n->n_upstreams = (unsigned)o.upstreams;

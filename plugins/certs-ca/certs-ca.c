@@ -1188,29 +1188,23 @@ static const struct ep_option ca_options[] = {
 static int parse_options(struct ca_state *st, const char **error_r)
 {
 	static char msg[512];
-	char *err = NULL;
-	int r = 0;
 
 	st->renew_fraction = 2.0 / 3.0;
 	st->ca_renew_fraction = 2.0 / 3.0;
 	st->grace_ms = 600000;
-	if (st->host->options_parse(st->host, st, &err) < 0) {
-		snprintf(msg, sizeof(msg), "%s", err);
-		free(err);
-		*error_r = msg;
+	if (st->host->options_parse(st->host, st, error_r) < 0)
 		return -EINVAL;
-	}
-	if (r == 0 && (double)st->grace_ms >
-			      (double)st->validity_ms[0] * (1.0 - st->ca_renew_fraction) / 2) {
+	/* the one check that needs the tenant: --check-config cannot make it */
+	if ((double)st->grace_ms > (double)st->validity_ms[0] * (1.0 - st->ca_renew_fraction) / 2) {
 		snprintf(msg, sizeof(msg), "certs.ca.grace (%llu ms) is too long for a "
 			 "signingCertificateValidity of %llu ms: a new CA must sign for a while "
 			 "before the old one expires (at most half of the CA's last %d%%)",
 			 (unsigned long long)st->grace_ms, (unsigned long long)st->validity_ms[0],
 			 (int)((1.0 - st->ca_renew_fraction) * 100 + 0.5));
 		*error_r = msg;
-		r = -EINVAL;
+		return -EINVAL;
 	}
-	return r;
+	return 0;
 }
 
 static int parse_tls(struct ca_state *st, const char **error_r)

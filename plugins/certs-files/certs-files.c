@@ -644,17 +644,8 @@ static const struct ep_option files_options[] = {
 
 static int parse_options(struct files_source *s, const char **error_r)
 {
-	static char msg[512];
-	char *err = NULL;
-
 	s->poll_ms = DEFAULT_POLL_MS;
-	if (s->host->options_parse(s->host, s, &err) < 0) {
-		snprintf(msg, sizeof(msg), "%s", err);
-		free(err);
-		*error_r = msg;
-		return -EINVAL;
-	}
-	return 0;
+	return s->host->options_parse(s->host, s, error_r) < 0 ? -EINVAL : 0;
 }
 
 static int parse_tls(struct files_source *s, const char **error_r)

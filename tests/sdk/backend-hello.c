@@ -112,9 +112,7 @@ static void hello_fini(void *state);
 
 static int hello_init(struct ep_host *host, void **state_r, const char **error_r)
 {
-	static char msg[512];
 	struct hello *h;
-	char *err = NULL;
 
 	if (strncmp(host->tenant->listen, "unix:", 5) == 0) {
 		*error_r = "the hello backend listens on TCP only";
@@ -127,10 +125,7 @@ static int hello_init(struct ep_host *host, void **state_r, const char **error_r
 	}
 	h->host = host;
 	/* the host checks the options against hello_options and fills h->greeting */
-	if (host->options_parse(host, h, &err) < 0) {
-		snprintf(msg, sizeof(msg), "%s", err);
-		free(err);
-		*error_r = msg;
+	if (host->options_parse(host, h, error_r) < 0) {
 		hello_fini(h);
 		return -EINVAL;
 	}

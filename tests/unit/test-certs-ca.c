@@ -86,13 +86,18 @@ static void stop_plugin(struct fixture *f)
 }
 
 /* The worker's options_parse: the plugin's table through the one checker (lib/options.c). */
-static int fake_options_parse(struct ep_host *host, void *out, char **error_r)
+static int fake_options_parse(struct ep_host *host, void *out, const char **error_r)
 {
+	static char *error; /* the host's: kept until the next call */
 	cJSON *o = cJSON_Parse(host->tenant->options_json);
 	const cJSON *node;
-	int r = ep_options_apply(ca_options, "certs.ca", o, out, &node, error_r);
+	int r;
 
+	free(error);
+	error = NULL;
+	r = ep_options_apply(ca_options, "certs.ca", o, out, &node, &error);
 	cJSON_Delete(o);
+	*error_r = error;
 	return r;
 }
 
