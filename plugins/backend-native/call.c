@@ -142,7 +142,20 @@ struct call *call_new(struct down_conn *dc, int32_t id)
 	c->pprev_in_down = &dc->calls;
 	dc->calls = c;
 	dc->n->counters.active_streams++;
+	dc->n->live_calls++;
 	return c;
+}
+
+/*
+ * The client's stream is gone: closed, reset, or its connection went.  A
+ * cancel (or a reset) becomes an upstream cancel; so does the normal end,
+ * should the upstream stream still be open (etcd ended its side while the
+ * client was still sending, say).
+ */
+void call_client_gone(struct call *c)
+{
+	if (c->up_attached)
+		up_cancel(c);
 }
 
 void call_free(struct call *c)
@@ -163,6 +176,7 @@ void call_free(struct call *c)
 	pool_free(c->grpc_message);
 	free(c->local_message);
 	free(c->unknown_leases);
+	c->n->live_calls--;
 	pool_free(c);
 }
 
@@ -872,6 +886,7 @@ int native_internal_call(struct native *n, const char *path, const uint8_t *msg,
 	c->ictx = ctx;
 	c->local_status = -1;
 	c->down_eos = 1;
+	n->live_calls++;
 	frame_message(&c->up_out, msg, len);
 	r = up_submit(n, c);
 	if (r < 0) {

@@ -166,9 +166,43 @@ int native_send(uv_stream_t *stream, struct native_tls *t, const uint8_t *data, 
 	return native_tls_flush(t, stream, pending, done, why_r);
 }
 
+/* ---- connections of either side ------------------------------------------------------------- */
+
+void conn_io_open(struct native *n, struct conn_io *io, void (*flush)(struct conn_io *io))
+{
+	io->n = n;
+	io->flush = flush;
+	io->next = n->io;
+	io->pprev = &n->io;
+	if (n->io != NULL)
+		n->io->pprev = &io->next;
+	n->io = io;
+}
+
+void conn_io_close(struct conn_io *io)
+{
+	if (io->pprev == NULL)
+		return;
+	*io->pprev = io->next;
+	if (io->next != NULL)
+		io->next->pprev = io->pprev;
+	io->next = NULL;
+	io->pprev = NULL;
+	if (io->marked) {
+		for (struct conn_io **pp = &io->n->marked; *pp != NULL; pp = &(*pp)->next_marked) {
+			if (*pp == io) {
+				*pp = io->next_marked;
+				break;
+			}
+		}
+		io->marked = 0;
+	}
+	io->ping.pending = 0;
+}
+
 /* ---- PING acknowledgements ---------------------------------------------------------------------- */
 
-void ping_ack_release(nghttp2_session *s, struct ping_ack *p)
+static void ping_ack_release(nghttp2_session *s, struct ping_ack *p)
 {
 	if (p->pending && s != NULL) {
 		nghttp2_submit_ping(s, NGHTTP2_FLAG_ACK, p->opaque);
@@ -180,7 +214,7 @@ void ping_ack_release(nghttp2_session *s, struct ping_ack *p)
  * An acknowledgement held for NATIVE_PING_ACK_DELAY_MS is sent on its own;
  * *wait_r is lowered to the time until the next one is due.
  */
-static int ping_ack_due(struct ping_ack *p, uint64_t now, uint64_t *wait_r)
+static int ping_ack_due(const struct ping_ack *p, uint64_t now, uint64_t *wait_r)
 {
 	uint64_t due = p->since + NATIVE_PING_ACK_DELAY_MS;
 
@@ -193,61 +227,78 @@ static int ping_ack_due(struct ping_ack *p, uint64_t now, uint64_t *wait_r)
 	return 0;
 }
 
+void conn_io_ack_take(struct conn_io *io, nghttp2_session *s)
+{
+	uint64_t wait = UINT64_MAX;
+
+	if (!io->ping.pending || s == NULL)
+		return;
+	/* along with what goes out anyway, or on its own once due (on_ack_timer marked io) */
+	if (nghttp2_session_want_write(s) || ping_ack_due(&io->ping, uv_now(io->n->loop), &wait))
+		ping_ack_release(s, &io->ping);
+}
+
 /* Acknowledgements younger than the delay stay held: a write will likely take them along. */
 static void on_ack_timer(uv_timer_t *t)
 {
 	struct native *n = t->data;
 	uint64_t now = uv_now(n->loop), wait = UINT64_MAX;
 
-	for (struct down_conn *dc = n->conns; dc != NULL; dc = dc->next) {
-		if (ping_ack_due(&dc->ping, now, &wait)) {
-			ping_ack_release(dc->session, &dc->ping);
-			dc->flush_pending = 1;
-		}
-	}
-	for (unsigned i = 0; i < n->n_upstreams; i++) {
-		if (ping_ack_due(&n->ups[i].ping, now, &wait)) {
-			ping_ack_release(n->ups[i].session, &n->ups[i].ping);
-			n->ups[i].flush_pending = 1;
-		}
-	}
+	for (struct conn_io *io = n->io; io != NULL; io = io->next)
+		if (ping_ack_due(&io->ping, now, &wait))
+			conn_io_mark(io);
 	native_flush_marked(n);
 	if (wait != UINT64_MAX && !n->upstreams_closed)
 		uv_timer_start(&n->ack_timer, on_ack_timer, wait, 0);
 }
 
-void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
-		   const uint8_t opaque[8])
+void conn_io_ack_hold(struct conn_io *io, nghttp2_session *s, const uint8_t opaque[8])
 {
-	ping_ack_release(s, p); /* an older one goes with the next write */
-	memcpy(p->opaque, opaque, 8);
-	p->pending = 1;
-	p->since = uv_now(n->loop);
+	struct native *n = io->n;
+
+	ping_ack_release(s, &io->ping); /* an older one goes with the next write */
+	memcpy(io->ping.opaque, opaque, 8);
+	io->ping.pending = 1;
+	io->ping.since = uv_now(n->loop);
 	if (!uv_is_active((uv_handle_t *)&n->ack_timer) && !n->upstreams_closed)
 		uv_timer_start(&n->ack_timer, on_ack_timer, NATIVE_PING_ACK_DELAY_MS, 0);
 }
 
 /* ---- flush scheduling ------------------------------------------------------------------ */
 
+static void schedule_flush(struct native *n);
+
+void conn_io_mark(struct conn_io *io)
+{
+	if (io->pprev == NULL)
+		return; /* closed: a write finishing late, say */
+	if (!io->marked) {
+		io->marked = 1;
+		io->next_marked = io->n->marked;
+		io->n->marked = io;
+	}
+	schedule_flush(io->n);
+}
+
 /*
- * Send what every connection has queued.  Called at the end of each read
- * (outside nghttp2's callbacks), and from the idle handle for everything
- * else, so that a request and its answer cost no extra loop iteration.
+ * Send what every marked connection has queued.  Called at the end of each
+ * read (outside nghttp2's callbacks), and from the idle or check handle for
+ * everything else, so that a request and its answer cost no extra loop
+ * iteration.  A connection that one flush marks (a call's other side) waits
+ * for the next pass, which is already scheduled.
  */
 void native_flush_marked(struct native *n)
 {
-	for (struct down_conn *dc = n->conns, *next; dc != NULL; dc = next) {
-		next = dc->next;
-		if (dc->flush_pending) {
-			dc->flush_pending = 0;
-			down_flush_now(dc);
-		}
-	}
-	for (unsigned i = 0; i < n->n_upstreams; i++) {
-		if (n->ups[i].flush_pending) {
-			n->ups[i].flush_pending = 0;
-			up_flush_now(&n->ups[i]);
-		}
+	struct conn_io *io = n->marked;
+
+	n->marked = NULL;
+	while (io != NULL) {
+		struct conn_io *next = io->next_marked;
+
+		io->marked = 0;
+		io->next_marked = NULL;
+		io->flush(io);
+		io = next;
 	}
 }
 
@@ -275,7 +326,7 @@ static void on_flush_check(uv_check_t *h)
  * iteration shares one write per connection; from a timer, the idle handle,
  * before the loop would block in poll.
  */
-void native_schedule_flush(struct native *n)
+static void schedule_flush(struct native *n)
 {
 	/* called a dozen times per call: once scheduled, nothing more to do */
 	if (n->flush_scheduled || uv_is_closing((uv_handle_t *)&n->flush_idle))

@@ -35,14 +35,13 @@ static void down_write_done(uv_write_t *req, int status)
 }
 
 /* Gather what nghttp2 has to send into one buffer: one write (one syscall) per flush. */
-void down_flush_now(struct down_conn *dc)
+static void down_flush_now(struct down_conn *dc)
 {
 	const char *why = NULL;
 
 	if (dc->closing || dc->session == NULL)
 		return;
-	if (dc->ping.pending && nghttp2_session_want_write(dc->session))
-		ping_ack_release(dc->session, &dc->ping); /* along with what goes out anyway */
+	conn_io_ack_take(&dc->io, dc->session);
 	while (dc->write_pending < NATIVE_HIGH_WATER) {
 		const uint8_t *data;
 		size_t len;
@@ -69,10 +68,14 @@ void down_flush_now(struct down_conn *dc)
 		down_conn_close(dc);
 }
 
+static void down_io_flush(struct conn_io *io)
+{
+	down_flush_now((struct down_conn *)((char *)io - offsetof(struct down_conn, io)));
+}
+
 void down_flush(struct down_conn *dc)
 {
-	dc->flush_pending = 1;
-	native_schedule_flush(dc->n);
+	conn_io_mark(&dc->io);
 }
 
 /* ---- nghttp2 server callbacks ---------------------------------------------------------------- */
@@ -208,7 +211,7 @@ static int d_on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void 
 	if (frame->hd.type == NGHTTP2_PING && !(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
 		struct down_conn *dc = ud;
 
-		ping_ack_hold(dc->n, s, &dc->ping, frame->ping.opaque_data);
+		conn_io_ack_hold(&dc->io, s, frame->ping.opaque_data);
 		return 0;
 	}
 	if (c == NULL)
@@ -269,12 +272,7 @@ static int d_on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t err
 
 	if (c == NULL)
 		return 0;
-	/*
-	 * A client's cancel (or a reset) becomes an upstream cancel; so does the
-	 * normal end, should etcd not have closed its side of the stream yet.
-	 */
-	if (c->up_attached)
-		up_cancel(c);
+	call_client_gone(c);
 	unlink_from_down(c);
 	call_maybe_free(c);
 	return 0;
@@ -301,6 +299,7 @@ static void down_conn_close(struct down_conn *dc)
 	if (dc->closing)
 		return;
 	dc->closing = 1;
+	conn_io_close(&dc->io);
 	for (pp = &n->conns; *pp != NULL; pp = &(*pp)->next) {
 		if (*pp == dc) {
 			*pp = dc->next;
@@ -310,8 +309,7 @@ static void down_conn_close(struct down_conn *dc)
 	while (dc->calls != NULL) {
 		struct call *c = dc->calls;
 
-		if (c->up_attached && !c->up_eos)
-			up_cancel(c);
+		call_client_gone(c);
 		unlink_from_down(c);
 		call_maybe_free(c);
 	}
@@ -561,6 +559,7 @@ static void on_connection(uv_stream_t *server, int status)
 	n->open_handles++; /* one for the whole connection */
 	dc->next = n->conns;
 	n->conns = dc;
+	conn_io_open(n, &dc->io, down_io_flush);
 	r = uv_accept(server, &dc->h.stream);
 	if (r == 0 && n->down_ctx != NULL)
 		/* HTTP/2 starts once the handshake is done (down_tls_established) */

@@ -506,6 +506,24 @@ void native_scratch_shrink(struct native *n)
 	n->scratch.cap = NATIVE_SCRATCH;
 }
 
+/*
+ * An upstream connection came up or went down.  Clients are accepted once the
+ * first one is up, and the host hears of readiness or its loss.
+ */
+void native_upstream_changed(struct native *n)
+{
+	if (n->stopping || !n->listening)
+		return;
+	if (up_any_ready(n)) {
+		if (down_accept_start(n) < 0)
+			return;
+		n->ready_reported = 1;
+		n->host->ready(n->host, n->host->tenant->listen);
+	} else if (n->ready_reported) {
+		n->host->health(n->host, 0, "no connection to the core etcd");
+	}
+}
+
 void native_release(struct native *n)
 {
 	n->open_handles--;

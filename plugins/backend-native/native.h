@@ -75,6 +75,22 @@ struct ping_ack {
 #define NATIVE_PING_ACK_DELAY_MS 20 /* at most this late when nothing else is written */
 
 /*
+ * What conn.c knows of a connection of either side, embedded in down_conn and
+ * up_conn: that it has output to send, and the PING acknowledgement it holds.
+ * conn.c reaches the connection only through flush(), never by name, so the
+ * shared part depends on neither side.
+ */
+struct conn_io {
+	struct native *n;
+	/* send what the connection's session has; never from inside nghttp2's callbacks */
+	void (*flush)(struct conn_io *io);
+	struct conn_io *next, **pprev; /* in native.io: every open connection */
+	struct conn_io *next_marked;   /* in native.marked while marked */
+	int marked;
+	struct ping_ack ping;
+};
+
+/*
  * Header fields are handed to nghttp2 without a copy: every string submitted
  * is a literal, or belongs to the call or the native, which outlive the frame
  * (a call is freed only after its streams have closed, or after the session
@@ -199,8 +215,7 @@ struct down_conn {
 	size_t write_pending; /* bytes handed to uv_write and not yet written */
 	int closing;
 	int draining; /* graceful stop: 1 notice GOAWAY sent, 2 final GOAWAY sent */
-	struct ping_ack ping;
-	int flush_pending;
+	struct conn_io io;
 	int handles; /* the stream and the idle (or drain, or handshake) timer */
 	uv_timer_t idle;
 	struct native_tls tls;
@@ -228,8 +243,7 @@ struct up_conn {
 	size_t n_calls; /* in calls: how busy it is (pick() in upstream.c) */
 	size_t write_pending;
 	int closing;
-	int flush_pending;
-	struct ping_ack ping;
+	struct conn_io io;
 	struct native_tls tls; /* TLS to the core etcd */
 };
 
@@ -287,6 +301,9 @@ struct native {
 	int leases_loaded;
 
 	struct native_counters counters;
+	size_t live_calls;      /* allocated and not yet freed: client and internal calls */
+	struct conn_io *io;     /* every open connection of both sides (conn.c) */
+	struct conn_io *marked; /* those with output to send at the next flush */
 	uv_idle_t flush_idle;   /* sends what callbacks queued, outside nghttp2's callbacks: */
 	uv_check_t flush_check; /* whichever of the two runs first (native_schedule_flush) */
 	int flush_scheduled;    /* both are started */
@@ -310,7 +327,9 @@ void pool_free(void *p);
 char *pool_strndup(const void *s, size_t len);
 extern nghttp2_mem native_nghttp2_mem;
 
-/* native.c */
+/* native.c: what the parts report to the plugin's entry */
+/* an upstream connection came up or went down (upstream.c) */
+void native_upstream_changed(struct native *n);
 /* one of the handles counted in open_handles is closed */
 void native_release(struct native *n);
 void native_maybe_stopped(struct native *n);
@@ -318,9 +337,13 @@ void native_maybe_stopped(struct native *n);
 void native_scratch_shrink(struct native *n);
 
 /* conn.c: what both sides' connections share */
-/* Send every connection's marked output now; later, once per loop iteration. */
+void conn_io_open(struct native *n, struct conn_io *io, void (*flush)(struct conn_io *io));
+/* the connection is gone: out of both lists (its held acknowledgement is dropped) */
+void conn_io_close(struct conn_io *io);
+/* io has output: flush() it at the end of this loop iteration's I/O, or before the loop sleeps */
+void conn_io_mark(struct conn_io *io);
+/* Flush every marked connection now (never from inside nghttp2's callbacks). */
 void native_flush_marked(struct native *n);
-void native_schedule_flush(struct native *n);
 /*
  * What nghttp2 has to send, about NATIVE_GATHER bytes at most, gathered in the
  * native's buffer, which the next call reuses.  Returns NULL when there is
@@ -446,10 +469,11 @@ static inline const char *native_tls_reason(const struct native_tls *t)
 	return native_tls->reason(t);
 }
 
-/* ---- conn.c ---- */
-void ping_ack_hold(struct native *n, nghttp2_session *s, struct ping_ack *p,
-		   const uint8_t opaque[8]);
-void ping_ack_release(nghttp2_session *s, struct ping_ack *p);
+/* ---- conn.c: PING acknowledgements ---- */
+/* A PING came in on io: its acknowledgement waits for the next write, or the delay. */
+void conn_io_ack_hold(struct conn_io *io, nghttp2_session *s, const uint8_t opaque[8]);
+/* In flush(): submit the held acknowledgement when output goes anyway, or when it is due. */
+void conn_io_ack_take(struct conn_io *io, nghttp2_session *s);
 
 /* ---- native.c ---- */
 size_t native_member_list(struct native *n, uint8_t *buf, size_t size);
@@ -466,7 +490,6 @@ int native_lease_record(struct native *n, int64_t id, lease_cb *cb, void *ctx);
 
 /* downstream.c: the client connections */
 int down_listen(struct native *n, const char **error_r);
-void down_flush_now(struct down_conn *dc); /* never from inside an nghttp2 callback */
 int down_accept_start(struct native *n);
 void down_close_all(struct native *n, int graceful);
 void down_flush(struct down_conn *dc);
@@ -475,6 +498,8 @@ void down_flush(struct down_conn *dc);
 struct call *call_new(struct down_conn *dc, int32_t id);
 /* the client's request HEADERS are complete: route, check, start */
 void call_headers_done(struct call *c);
+/* the client's stream closed, or its connection went (before it is unlinked) */
+void call_client_gone(struct call *c);
 /* the client ended its side of the stream (END_STREAM) */
 void call_request_end(struct call *c);
 /* rewrite and forward what the client has sent so far */
@@ -503,7 +528,6 @@ int up_submit(struct native *n, struct call *c);
 void up_resume(struct call *c);
 void up_cancel(struct call *c);
 void up_flush(struct up_conn *uc);     /* deferred to the flush idle handle */
-void up_flush_now(struct up_conn *uc); /* never from inside an nghttp2 callback */
 void up_consume(struct call *c, size_t n);
 int up_any_ready(const struct native *n);
 int native_internal_call(struct native *n, const char *path, const uint8_t *msg, size_t len,

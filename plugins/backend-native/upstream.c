@@ -20,20 +20,6 @@
 static void up_connect(struct up_conn *uc);
 static void up_failed(struct up_conn *uc, const char *why);
 
-static void report_health(struct native *n)
-{
-	if (n->stopping || !n->listening)
-		return;
-	if (up_any_ready(n)) {
-		if (down_accept_start(n) < 0)
-			return;
-		n->ready_reported = 1;
-		n->host->ready(n->host, n->host->tenant->listen);
-	} else if (n->ready_reported) {
-		n->host->health(n->host, 0, "no connection to the core etcd");
-	}
-}
-
 int up_any_ready(const struct native *n)
 {
 	for (unsigned i = 0; i < n->n_upstreams; i++)
@@ -57,8 +43,7 @@ static void up_write_done(uv_write_t *req, int status)
 
 void up_flush(struct up_conn *uc)
 {
-	uc->flush_pending = 1;
-	native_schedule_flush(uc->n);
+	conn_io_mark(&uc->io);
 }
 
 /* Send what OpenSSL wrote (handshake records, alerts); 0, or -1 when the connection failed. */
@@ -75,14 +60,13 @@ static int up_tls_flush(struct up_conn *uc)
 }
 
 /* Gather what nghttp2 has to send: one write (and one SSL record run) per flush. */
-void up_flush_now(struct up_conn *uc)
+static void up_flush_now(struct up_conn *uc)
 {
 	const char *why = NULL;
 
 	if (uc->session == NULL || !uc->tcp_open || uc->closing)
 		return;
-	if (uc->ping.pending && nghttp2_session_want_write(uc->session))
-		ping_ack_release(uc->session, &uc->ping); /* along with what goes out anyway */
+	conn_io_ack_take(&uc->io, uc->session);
 	while (uc->write_pending < NATIVE_HIGH_WATER) {
 		const uint8_t *data;
 		size_t len;
@@ -103,6 +87,11 @@ void up_flush_now(struct up_conn *uc)
 	}
 	if (uc->state == UP_DRAINING && uc->calls == NULL)
 		up_failed(uc, NULL); /* drained after GOAWAY: reconnect */
+}
+
+static void up_io_flush(struct conn_io *io)
+{
+	up_flush_now((struct up_conn *)((char *)io - offsetof(struct up_conn, io)));
 }
 
 /* ---- nghttp2 client callbacks ------------------------------------------------------- */
@@ -171,14 +160,14 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 	struct call *c;
 
 	if (frame->hd.type == NGHTTP2_PING && !(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
-		ping_ack_hold(uc->n, s, &uc->ping, frame->ping.opaque_data);
+		conn_io_ack_hold(&uc->io, s, frame->ping.opaque_data);
 		return 0;
 	}
 	if (frame->hd.type == NGHTTP2_GOAWAY) {
 		/* no new streams here; the ones below last_stream_id finish */
 		if (uc->state == UP_READY) {
 			uc->state = UP_DRAINING;
-			report_health(uc->n);
+			native_upstream_changed(uc->n);
 		}
 		return 0;
 	}
@@ -326,7 +315,7 @@ static void up_failed(struct up_conn *uc, const char *why)
 			delay = UP_BACKOFF_MAX_MS;
 	}
 	uc->state = n->stopping ? UP_CLOSED : UP_IDLE;
-	uc->ping.pending = 0;
+	uc->io.ping.pending = 0;
 	if (uc->session != NULL) {
 		nghttp2_session *s = uc->session;
 
@@ -343,7 +332,7 @@ static void up_failed(struct up_conn *uc, const char *why)
 		uc->closing = 1;
 		uv_close((uv_handle_t *)&uc->tcp, on_tcp_closed);
 	}
-	report_health(n);
+	native_upstream_changed(n);
 	native_maybe_stopped(n);
 }
 
@@ -479,7 +468,7 @@ static void up_ready(struct up_conn *uc)
 			     n->ep_host[uc->endpoint], n->ep_port[uc->endpoint]);
 	uc->failures = 0;
 	up_flush(uc);
-	report_health(n);
+	native_upstream_changed(n);
 }
 
 /* The client side of TLS: the certificate must name the endpoint. */
@@ -577,6 +566,7 @@ int up_init(struct native *n)
 		uc->index = (int)i;
 		uc->endpoint = i % n->n_endpoints;
 		uc->state = UP_IDLE;
+		conn_io_open(n, &uc->io, up_io_flush);
 		uv_timer_init(n->loop, &uc->retry);
 		uc->retry.data = uc;
 		n->open_handles++;
@@ -596,6 +586,7 @@ void up_shutdown(struct native *n)
 			up_failed(uc, NULL);
 		}
 		uc->state = UP_CLOSED;
+		conn_io_close(&uc->io);
 		uv_timer_stop(&uc->retry);
 		if (!uv_is_closing((uv_handle_t *)&uc->retry))
 			uv_close((uv_handle_t *)&uc->retry, on_timer_closed);
