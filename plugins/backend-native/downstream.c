@@ -278,6 +278,27 @@ static int d_on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t err
 	return 0;
 }
 
+/*
+ * The final HEADERS went out while the client still has its half of the
+ * stream open (a Watch that etcd ended, a call refused before its request
+ * ended).  As gRPC servers do (RFC 9113, 8.1), RST_STREAM(NO_ERROR) tells
+ * the client that nothing more is read, and closes the stream here rather
+ * than holding the call until the client ends its half.
+ */
+static int d_on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *ud)
+{
+	struct call *c;
+
+	(void)ud;
+	if (frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+		return 0;
+	c = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+	if (c != NULL && !c->down_eos)
+		nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+					  NGHTTP2_NO_ERROR);
+	return 0;
+}
+
 /* ---- connections ------------------------------------------------------------------------------- */
 
 static void on_conn_closed(uv_handle_t *h)
@@ -516,6 +537,7 @@ static int make_server_session(struct down_conn *dc)
 	nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, d_on_frame_recv);
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, d_on_data_chunk);
 	nghttp2_session_callbacks_set_on_stream_close_callback(cbs, d_on_stream_close);
+	nghttp2_session_callbacks_set_on_frame_send_callback(cbs, d_on_frame_send);
 	nghttp2_option_new(&opt);
 	nghttp2_option_set_no_auto_window_update(opt, 1);
 	nghttp2_option_set_no_auto_ping_ack(opt, 1);

@@ -1,0 +1,692 @@
+/*
+ * The native backend's call state machine, driven through both of its sides
+ * on purpose: a client (nghttp2) on one, a scripted HTTP/2 upstream on the
+ * other (tests/native/harness.h).  Every scenario ends the call in a
+ * different order of events and then checks the invariants: every call
+ * freed, no stream left open on either side, no handle left in the loop
+ * (and, under valgrind or ASan, no byte leaked).
+ */
+#define _GNU_SOURCE /* memmem */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "harness.h"
+#include "native.h"
+
+#define RANGE "/etcdserverpb.KV/Range"
+#define PUT "/etcdserverpb.KV/Put"
+#define WATCH "/etcdserverpb.Watch/Watch"
+#define GRANT "/etcdserverpb.Lease/LeaseGrant"
+
+/* gRPC status codes */
+#define OK 0
+#define INVALID_ARGUMENT 3
+#define NOT_FOUND 5
+#define UNIMPLEMENTED 12
+#define INTERNAL 13
+#define UNAVAILABLE 14
+
+static struct harness H;
+
+static int setup(void **state)
+{
+	(void)state;
+	h_init(&H, "{}");
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	h_fini(&H, 0);
+	return 0;
+}
+
+/* ---- messages ---------------------------------------------------------------------------------- */
+
+static size_t range_request(uint8_t *d, const char *key)
+{
+	return h_pb_bytes(d, 1, key, strlen(key));
+}
+
+static size_t header(uint8_t *d, uint64_t revision)
+{
+	uint8_t h[32];
+	size_t n = h_pb_uint(h, 1, 1234);
+
+	n += h_pb_uint(h + n, 2, 5678);
+	n += h_pb_uint(h + n, 3, revision);
+	n += h_pb_uint(h + n, 4, 2);
+	return h_pb_bytes(d, 1, h, n);
+}
+
+static size_t key_value(uint8_t *d, const char *key, const char *value)
+{
+	uint8_t kv[256];
+	size_t n = h_pb_bytes(kv, 1, key, strlen(key));
+
+	n += h_pb_uint(kv + n, 2, 5);
+	n += h_pb_uint(kv + n, 3, 9);
+	n += h_pb_uint(kv + n, 4, 1);
+	n += h_pb_bytes(kv + n, 5, value, strlen(value));
+	memcpy(d, kv, n);
+	return n;
+}
+
+/* A RangeResponse with one KeyValue (field 2) */
+static size_t range_response(uint8_t *d, const char *key, const char *value)
+{
+	uint8_t kv[256];
+	size_t k = key_value(kv, key, value), n = header(d, 9);
+
+	n += h_pb_bytes(d + n, 2, kv, k);
+	n += h_pb_uint(d + n, 4, 1);
+	return n;
+}
+
+/* The key of the first KeyValue of a RangeResponse, as a string. */
+static void first_key(const uint8_t *msg, size_t len, char *out, size_t size)
+{
+	const uint8_t *kv, *key;
+	size_t kvlen, keylen;
+
+	assert_true(h_pb_find(msg, len, 2, &kv, &kvlen));
+	assert_true(h_pb_find(kv, kvlen, 1, &key, &keylen));
+	assert_true(keylen < size);
+	memcpy(out, key, keylen);
+	out[keylen] = '\0';
+}
+
+/* The key of a request (field 1), or of a Watch create request (field 1 in field 1). */
+static void request_key(const uint8_t *msg, size_t len, int watch, char *out, size_t size)
+{
+	const uint8_t *key;
+	size_t keylen;
+
+	if (watch)
+		assert_true(h_pb_find(msg, len, 1, &msg, &len));
+	assert_true(h_pb_find(msg, len, 1, &key, &keylen));
+	assert_true(keylen < size);
+	memcpy(out, key, keylen);
+	out[keylen] = '\0';
+}
+
+/* ---- scripts ------------------------------------------------------------------------------------ */
+
+struct seen {
+	char key[128];
+	struct h_stream *st;
+	int messages;
+	int ends;
+};
+
+/* Answer a Range for KEY with KEY=value (the key as the upstream saw it), then OK. */
+static void answer_range(struct harness *h, struct h_stream *st, const uint8_t *msg, size_t len)
+{
+	struct seen *seen = h->script_ctx;
+	uint8_t resp[512];
+
+	if (msg == NULL) {
+		seen->ends++;
+		return;
+	}
+	seen->st = st;
+	seen->messages++;
+	request_key(msg, len, 0, seen->key, sizeof(seen->key));
+	h_reply(st, resp, range_response(resp, seen->key, "value"));
+	h_finish(st, OK, NULL);
+}
+
+/* Remember the call and answer nothing (the test decides what happens next). */
+static void hold(struct harness *h, struct h_stream *st, const uint8_t *msg, size_t len)
+{
+	struct seen *seen = h->script_ctx;
+
+	if (msg == NULL) {
+		seen->ends++;
+		return;
+	}
+	seen->st = st;
+	seen->messages++;
+	if (strcmp(st->path, WATCH) == 0 || strcmp(st->path, RANGE) == 0)
+		request_key(msg, len, strcmp(st->path, WATCH) == 0, seen->key, sizeof(seen->key));
+}
+
+/* ---- conditions --------------------------------------------------------------------------------- */
+
+static int stream_closed(struct harness *h, void *arg)
+{
+	(void)h;
+	return ((struct h_stream *)arg)->closed;
+}
+
+static int got_status(struct harness *h, void *arg)
+{
+	(void)h;
+	return ((struct h_stream *)arg)->grpc_status >= 0 && ((struct h_stream *)arg)->closed;
+}
+
+static int peer_saw_message(struct harness *h, void *arg)
+{
+	(void)h;
+	return ((struct seen *)arg)->messages > 0;
+}
+
+/* Nothing of any call is left in the native. */
+static int quiescent(struct harness *h, void *arg)
+{
+	struct native *n = h->native;
+
+	(void)arg;
+	return n->live_calls == 0 && h_active_streams(h) == 0 && h_upstream_calls(h) == 0;
+}
+
+static void assert_quiescent(void)
+{
+	assert_int_equal(h_run_until_fn(&H, quiescent, NULL, 3000), 0);
+}
+
+static void wait_status(struct h_stream *st)
+{
+	assert_int_equal(h_run_until_fn(&H, got_status, st, 3000), 0);
+}
+
+/* ---- scenarios ----------------------------------------------------------------------------------- */
+
+/* A unary call: the key goes up namespaced, comes back without the prefix, status OK. */
+static void test_unary_rewritten_both_ways(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64];
+	const uint8_t *msg;
+	size_t len;
+	char key[128];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = answer_range;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
+	wait_status(st);
+	assert_string_equal(seen.key, "/t/foo");
+	assert_int_equal(seen.ends, 1);
+	assert_int_equal(st->grpc_status, OK);
+	assert_true(h_next_message(st, &msg, &len));
+	first_key(msg, len, key, sizeof(key));
+	assert_string_equal(key, "foo");
+	assert_int_equal(st->rst_code, 0);
+	assert_quiescent();
+	assert_int_equal((int)((struct native *)H.native)->counters.calls_ok, 1);
+}
+
+/* Many calls at once on one connection: each gets its own answer. */
+static void test_many_calls_interleaved(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	struct h_stream *st[50];
+	uint8_t req[64];
+
+	(void)state;
+	H.script = answer_range;
+	H.script_ctx = &seen;
+	for (int i = 0; i < 50; i++) {
+		char key[16];
+
+		snprintf(key, sizeof(key), "k%d", i);
+		st[i] = h_call(c, RANGE, req, range_request(req, key), 1);
+	}
+	for (int i = 0; i < 50; i++) {
+		const uint8_t *msg;
+		size_t len;
+		char key[128], want[16];
+
+		wait_status(st[i]);
+		assert_int_equal(st[i]->grpc_status, OK);
+		assert_true(h_next_message(st[i], &msg, &len));
+		first_key(msg, len, key, sizeof(key));
+		snprintf(want, sizeof(want), "k%d", i);
+		assert_string_equal(key, want);
+	}
+	assert_int_equal(seen.messages, 50);
+	assert_quiescent();
+}
+
+/* etcd's own error (Trailers-Only) reaches the client as it was. */
+static void test_upstream_error_forwarded(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	h_finish(seen.st, NOT_FOUND, "etcdserver: not here");
+	wait_status(st);
+	assert_int_equal(st->grpc_status, NOT_FOUND);
+	assert_string_equal(st->grpc_message, "etcdserver: not here");
+	assert_quiescent();
+}
+
+/* The upstream resets the stream mid-call: the client gets INTERNAL, naming the HTTP/2 error. */
+static void test_upstream_reset(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	h_reset(seen.st, NGHTTP2_INTERNAL_ERROR);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, INTERNAL);
+	assert_non_null(strstr(st->grpc_message, "reset"));
+	assert_quiescent();
+}
+
+/* REFUSED_STREAM from upstream is UNAVAILABLE: safe for the client to retry. */
+static void test_upstream_refused(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	h_reset(seen.st, NGHTTP2_REFUSED_STREAM);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, UNAVAILABLE);
+	assert_quiescent();
+}
+
+static int reconnected(struct harness *h, void *arg)
+{
+	(void)arg;
+	return h->peer_connections >= 2 && h->ready_calls >= 2;
+}
+
+/* The upstream connection dies with calls in flight: UNAVAILABLE, then it is back. */
+static void test_upstream_connection_lost(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64];
+	struct h_stream *st, *again;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	h_drop_connection(seen.st);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, UNAVAILABLE);
+	assert_non_null(strstr(st->grpc_message, "lost"));
+	assert_quiescent();
+	/* the native reconnects (after its backoff) and serves again */
+	assert_int_equal(h_run_until_fn(&H, reconnected, NULL, 5000), 0);
+	H.script = answer_range;
+	memset(&seen, 0, sizeof(seen));
+	again = h_call(c, RANGE, req, range_request(req, "bar"), 1);
+	wait_status(again);
+	assert_int_equal(again->grpc_status, OK);
+	assert_quiescent();
+}
+
+/* The client cancels while etcd has not answered: the upstream stream is cancelled too. */
+static void test_client_cancel(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	h_cancel(st);
+	assert_int_equal(h_run_until_fn(&H, stream_closed, seen.st, 3000), 0);
+	assert_int_equal(seen.st->rst_code, NGHTTP2_CANCEL);
+	assert_quiescent();
+	/* a late answer for the cancelled stream goes nowhere and breaks nothing */
+	h_finish(seen.st, OK, NULL);
+	h_run_for(&H, 20);
+	assert_quiescent();
+}
+
+/* The client's connection goes with calls in flight: every upstream stream is cancelled. */
+static void test_client_connection_closed(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64];
+	struct h_stream *up[3];
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	for (int i = 0; i < 3; i++) {
+		seen.messages = 0;
+		h_call(c, RANGE, req, range_request(req, "foo"), 1);
+		assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+		up[i] = seen.st;
+	}
+	h_conn_close(c);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(h_run_until_fn(&H, stream_closed, up[i], 3000), 0);
+		assert_int_equal(up[i]->rst_code, NGHTTP2_CANCEL);
+	}
+	assert_quiescent();
+	assert_int_equal((int)h_client_conns(&H), 0);
+}
+
+/* A request that is not a valid message is answered by the proxy; etcd never sees it. */
+static void test_malformed_request(void **state)
+{
+	struct h_conn *c = h_connect(&H);
+	static const uint8_t garbage[] = { 0x0a, 0x7f, 'x' }; /* key of 127 bytes, 1 there */
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	st = h_call(c, RANGE, garbage, sizeof(garbage), 1);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, INVALID_ARGUMENT);
+	assert_non_null(strstr(st->grpc_message, "etcdproxy"));
+	assert_int_equal(H.peer_streams, 0);
+	assert_quiescent();
+}
+
+/* A method the proxy does not carry: answered locally, never forwarded. */
+static void test_unknown_method(void **state)
+{
+	struct h_conn *c = h_connect(&H);
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	st = h_call(c, "/etcdserverpb.Nope/Nothing", (const uint8_t *)"", 0, 1);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, UNIMPLEMENTED);
+	assert_int_equal(H.peer_streams, 0);
+	assert_quiescent();
+}
+
+/* The request ends inside a message (a length prefix that promises more). */
+static void test_request_ends_inside_message(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	static const uint8_t partial[] = { 0, 0, 0, 0, 100, 0x0a, 0x01 }; /* 100 promised, 2 sent */
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, NULL, 0, 0);
+	h_send_raw(st, partial, sizeof(partial), 1);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, INTERNAL);
+	assert_quiescent();
+}
+
+/* A Watch stream: created, events rewritten, then the client cancels it. */
+static void test_watch_stream(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t create[64], create_in[64], resp[512], ev[256], kv[256];
+	size_t n, k, e;
+	struct h_stream *st;
+	const uint8_t *msg, *events, *evkv, *key;
+	size_t len, evlen, evkvlen, keylen;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	n = h_pb_bytes(create_in, 1, "foo", 3);
+	n = h_pb_bytes(create, 1, create_in, n);
+	st = h_call(c, WATCH, create, n, 0);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	assert_string_equal(seen.key, "/t/foo");
+	/* created */
+	n = header(resp, 10);
+	n += h_pb_uint(resp + n, 2, 1);
+	n += h_pb_uint(resp + n, 3, 1);
+	h_reply(seen.st, resp, n);
+	/* one PUT event of /t/foo */
+	k = key_value(kv, "/t/foo", "v1");
+	e = h_pb_uint(ev, 1, 0);
+	e += h_pb_bytes(ev + e, 2, kv, k);
+	n = header(resp, 11);
+	n += h_pb_uint(resp + n, 2, 1);
+	n += h_pb_bytes(resp + n, 11, ev, e);
+	h_reply(seen.st, resp, n);
+	h_run_for(&H, 30);
+	assert_true(h_next_message(st, &msg, &len)); /* created */
+	h_drop_message(st, len);
+	assert_true(h_next_message(st, &msg, &len)); /* the event */
+	assert_true(h_pb_find(msg, len, 11, &events, &evlen));
+	assert_true(h_pb_find(events, evlen, 2, &evkv, &evkvlen));
+	assert_true(h_pb_find(evkv, evkvlen, 1, &key, &keylen));
+	assert_int_equal(keylen, 3);
+	assert_memory_equal(key, "foo", 3);
+	h_drop_message(st, len);
+	assert_int_equal(st->closed, 0);
+	h_cancel(st);
+	assert_int_equal(h_run_until_fn(&H, stream_closed, seen.st, 3000), 0);
+	assert_int_equal(seen.st->rst_code, NGHTTP2_CANCEL);
+	assert_quiescent();
+}
+
+/* etcd ends a stream while the client still sends: the client gets the status, nothing stays. */
+static void test_upstream_ends_first(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t create[64], create_in[64];
+	size_t n;
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	n = h_pb_bytes(create_in, 1, "foo", 3);
+	n = h_pb_bytes(create, 1, create_in, n);
+	st = h_call(c, WATCH, create, n, 0);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	h_finish(seen.st, UNAVAILABLE, "etcdserver: leader changed");
+	wait_status(st);
+	assert_int_equal(st->grpc_status, UNAVAILABLE);
+	assert_string_equal(st->grpc_message, "etcdserver: leader changed");
+	assert_int_equal(st->rst_code, NGHTTP2_NO_ERROR); /* the proxy closed the client's half */
+	assert_int_equal(h_run_until_fn(&H, stream_closed, seen.st, 3000), 0);
+	assert_quiescent();
+}
+
+/* The client half-closes first, the answer comes later: the ordinary unary order. */
+static void test_client_ends_first(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64], resp[512];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 0);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	h_send(st, NULL, 0, 1);
+	h_run_for(&H, 10);
+	assert_int_equal(seen.ends, 1);
+	h_reply(seen.st, resp, range_response(resp, "/t/foo", "v"));
+	h_finish(seen.st, OK, NULL);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, OK);
+	assert_quiescent();
+}
+
+/* A response naming a key outside the tenant is never shown to the client. */
+static void test_foreign_key_in_response(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64], resp[512];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	h_reply(seen.st, resp, range_response(resp, "/registry/secrets/x", "secret"));
+	h_finish(seen.st, OK, NULL);
+	wait_status(st);
+	assert_int_not_equal(st->grpc_status, OK);
+	assert_null(memmem(st->in.data, st->in.len, "secret", 6));
+	assert_quiescent();
+}
+
+/* Answer a LeaseGrant with lease 0x77 and every Put (the ownership record) with OK. */
+static void answer_grant(struct harness *h, struct h_stream *st, const uint8_t *msg, size_t len)
+{
+	struct seen *seen = h->script_ctx;
+	uint8_t resp[128];
+	size_t n;
+
+	(void)len;
+	if (msg == NULL)
+		return;
+	seen->messages++;
+	if (strcmp(st->path, GRANT) == 0) {
+		n = header(resp, 3);
+		n += h_pb_uint(resp + n, 2, 0x77);
+		n += h_pb_uint(resp + n, 3, 60);
+		h_reply(st, resp, n);
+		h_finish(st, OK, NULL);
+	} else if (strcmp(st->path, PUT) == 0) {
+		request_key(msg, len, 0, seen->key, sizeof(seen->key));
+		if (seen->ends > 0) { /* told to fail the record */
+			h_reset(st, NGHTTP2_INTERNAL_ERROR);
+			return;
+		}
+		n = header(resp, 4);
+		h_reply(st, resp, n);
+		h_finish(st, OK, NULL);
+	} else {
+		h_finish(st, UNIMPLEMENTED, "not in this script");
+	}
+}
+
+/* LeaseGrant: the proxy's own call records the owner before the client hears of the lease. */
+static void test_lease_grant_recorded(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[16];
+	struct h_stream *st;
+	const uint8_t *msg;
+	size_t len;
+
+	(void)state;
+	H.script = answer_grant;
+	H.script_ctx = &seen;
+	st = h_call(c, GRANT, req, h_pb_uint(req, 1, 60), 1);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, OK);
+	assert_true(h_next_message(st, &msg, &len));
+	assert_int_equal(seen.messages, 2); /* the grant and the record */
+	assert_non_null(strstr(seen.key, EP_OWN_PREFIX));
+	assert_quiescent();
+}
+
+/* The owner cannot be recorded: the client is told, not handed an unowned lease. */
+static void test_lease_record_fails(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[16];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = answer_grant;
+	H.script_ctx = &seen;
+	seen.ends = 1; /* reset the record's Put */
+	st = h_call(c, GRANT, req, h_pb_uint(req, 1, 60), 1);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, UNAVAILABLE);
+	assert_non_null(strstr(st->grpc_message, "owner"));
+	assert_quiescent();
+}
+
+/* A graceful stop lets the call in flight finish, then reports stopped. */
+static void test_graceful_stop_drains(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	uint8_t req[64], resp[512];
+	struct h_stream *st;
+
+	(void)state;
+	H.script = hold;
+	H.script_ctx = &seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	H_OPS(&H)->stop(H.native, 1);
+	h_run_for(&H, 50);
+	assert_int_equal(H.stopped, 0);
+	h_reply(seen.st, resp, range_response(resp, "/t/foo", "v"));
+	h_finish(seen.st, OK, NULL);
+	wait_status(st);
+	assert_int_equal(st->grpc_status, OK);
+	h_conn_close(c);
+	assert_int_equal(h_run_until(&H, &H.stopped, 5000), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_unary_rewritten_both_ways, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_calls_interleaved, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upstream_error_forwarded, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upstream_reset, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upstream_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upstream_connection_lost, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_cancel, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_connection_closed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_malformed_request, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unknown_method, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_request_ends_inside_message, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_watch_stream, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upstream_ends_first, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_ends_first, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_foreign_key_in_response, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lease_grant_recorded, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lease_record_fails, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_graceful_stop_drains, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
