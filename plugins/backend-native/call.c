@@ -102,13 +102,14 @@ static void scratch_take(struct native *n, struct bq *q)
 int grpc_reader_next(struct grpc_reader *r, uint8_t *flag, const uint8_t **msg,
 			    size_t *len, size_t *declared)
 {
-	const uint8_t *p = r->buf.data + r->buf.off;
 	size_t have = bq_pending(&r->buf);
+	const uint8_t *p;
 	size_t l;
 
 	*declared = 0;
 	if (have < 5)
-		return 0;
+		return 0; /* the queue may have no buffer at all yet */
+	p = r->buf.data + r->buf.off;
 	l = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
 	*declared = l;
 	if (have < 5 + l)
@@ -898,9 +899,10 @@ int native_internal_call(struct native *n, const char *path, const uint8_t *msg,
 
 void native_internal_done(struct call *c, uint32_t error_code)
 {
+	static const uint8_t none[1];
 	struct native *n = c->n;
 	uint8_t flag = 0;
-	const uint8_t *msg = NULL;
+	const uint8_t *msg = none; /* never NULL: callbacks compute msg + len */
 	size_t len = 0, declared;
 	int ok = error_code == 0 && c->up_status == 200 && c->grpc_status != NULL &&
 		 strcmp(c->grpc_status, "0") == 0;

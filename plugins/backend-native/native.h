@@ -103,7 +103,7 @@ struct hdr {
 	size_t namelen, valuelen;
 };
 
-/* An internal request the proxy makes on its own (lease ownership records). */
+/* An internal request the proxy makes on its own (lease ownership records); resp is never NULL. */
 typedef void internal_cb(struct native *n, void *ctx, int ok, const uint8_t *resp, size_t len);
 
 enum compaction_policy { COMPACT_IGNORE, COMPACT_ALLOW, COMPACT_DENY };

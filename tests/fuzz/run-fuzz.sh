@@ -1,7 +1,11 @@
 #!/bin/bash
-# Build the message rewriter's fuzz target (libFuzzer + ASan + UBSan) and run it.
+# Build a fuzz target of the native backend (libFuzzer + ASan + UBSan) and run it.
 #
-#   tests/fuzz/run-fuzz.sh [SECONDS]      default 60
+#   tests/fuzz/run-fuzz.sh [--target rewrite|h2server] [SECONDS]      default 60
+#
+# rewrite:  the message rewriter alone (fuzz-rewrite.c), seeded with doc/wire.md's examples;
+# h2server: one client connection's bytes into the whole backend, against a scripted
+#           upstream (fuzz-h2server.c), seeded with well-formed connections it writes itself.
 #
 # Needs clang (Debian: apt-get install -y clang); a test-time tool only.
 # Environment:
@@ -9,13 +13,23 @@
 #                 temporary directory, removed after a clean run)
 #   FUZZ_ARGS     extra libFuzzer flags, e.g. "-fork=2" or "-max_len=4096"
 #   CC            the compiler (default clang)
+#   EP_BUILDDIR   h2server: a configured build directory (for build-config.h)
 # Exits non-zero when the fuzzer finds a crash, leak, sanitizer report or an
 # invariant violation; the reproducer is left in FUZZ_WORKDIR.
 set -euo pipefail
 
+target=rewrite
+if [ "${1:-}" = --target ]; then
+	target=${2:-}
+	shift 2 || true
+fi
 secs=${1:-60}
 case $secs in
-'' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;;
+'' | *[!0-9]*) echo "usage: $0 [--target rewrite|h2server] [SECONDS]" >&2; exit 2 ;;
+esac
+case $target in
+rewrite | h2server) ;;
+*) echo "run-fuzz: unknown target \"$target\" (rewrite or h2server)" >&2; exit 2 ;;
 esac
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,15 +45,46 @@ if [ -n "${FUZZ_WORKDIR:-}" ]; then
 	mkdir -p "$work"
 	keep=1
 else
-	work=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-rewrite.XXXXXX")
+	work=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-$target.XXXXXX")
 	keep=0
 fi
 
-"$cc" -g -O1 -fno-omit-frame-pointer \
-	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-	-Wall -Wextra -Werror \
-	-I"$top/plugins/backend-native" -I"$top/lib" \
-	-o "$work/fuzz-rewrite" \
+fuzz_cflags=(-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
+	-fno-sanitize-recover=all -Wall -Wextra -Wno-unused-parameter -Werror
+	-I"$top/plugins/backend-native" -I"$top/lib" -I"$top/include")
+
+if [ "$target" = h2server ]; then
+	nb=$top/plugins/backend-native
+	# lib/util.c includes configure's build-config.h
+	if [ ! -f "${EP_BUILDDIR:-}/build-config.h" ]; then
+		echo "run-fuzz: h2server: set EP_BUILDDIR to a configured build directory" \
+			"(scripts/build.sh DIR); make check does" >&2
+		exit 2
+	fi
+	fuzz_cflags+=(-I"$EP_BUILDDIR")
+	# shellcheck disable=SC2046
+	"$cc" "${fuzz_cflags[@]}" -I"$top/tests/native" -o "$work/fuzz-h2server" \
+		"$here/fuzz-h2server.c" "$top/tests/native/harness.c" "$top/lib/options.c" \
+		"$top/lib/util.c" "$nb/native.c" "$nb/conn.c" "$nb/leases.c" "$nb/call.c" \
+		"$nb/downstream.c" "$nb/upstream.c" "$nb/pool.c" "$nb/rewrite.c" \
+		$(pkg-config --cflags --libs libnghttp2 libuv libcjson)
+	mkdir -p "$work/corpus"
+	echo "run-fuzz: fuzzing h2server for ${secs}s in $work"
+	rc=0
+	# shellcheck disable=SC2086
+	H2_SEEDS="$work/corpus" "$work/fuzz-h2server" -max_total_time="$secs" -timeout=20 \
+		-rss_limit_mb=2048 -max_len=16384 -artifact_prefix="$work/" -print_final_stats=1 \
+		${FUZZ_ARGS:-} "$work/corpus" || rc=$?
+	if [ "$rc" -ne 0 ]; then
+		echo "run-fuzz: FAILED (exit $rc); reproducer and corpus kept in $work" >&2
+		exit "$rc"
+	fi
+	echo "run-fuzz: clean after ${secs}s"
+	[ "$keep" -eq 1 ] || rm -rf "$work"
+	exit 0
+fi
+
+"$cc" "${fuzz_cflags[@]}" -o "$work/fuzz-rewrite" \
 	"$here/fuzz-rewrite.c" "$top/plugins/backend-native/rewrite.c"
 
 # Seeds: doc/wire.md section 8 (examples A to G), prefix "/t/" (selector bits 5-6 = 0).

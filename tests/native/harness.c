@@ -172,8 +172,10 @@ static ssize_t read_out(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len
 	(void)ud;
 	if (n > length)
 		n = length;
-	memcpy(buf, st->out.data + st->out.off, n);
-	st->out.off += n;
+	if (n > 0) {
+		memcpy(buf, st->out.data + st->out.off, n);
+		st->out.off += n;
+	}
 	if (st->out.off == st->out.len && st->out_end) {
 		*flags |= NGHTTP2_DATA_FLAG_EOF;
 		if (st->conn->server) {
@@ -749,11 +751,12 @@ void h_cancel(struct h_stream *st)
 int h_next_message(struct h_stream *st, const uint8_t **msg, size_t *len)
 {
 	size_t avail = st->in.len - st->in.off;
-	const uint8_t *p = st->in.data + st->in.off;
+	const uint8_t *p;
 	size_t n;
 
 	if (avail < 5)
 		return 0;
+	p = st->in.data + st->in.off;
 	n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
 	if (avail - 5 < n)
 		return 0;

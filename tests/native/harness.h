@@ -11,6 +11,9 @@
  * or nothing), so that every path of a call (both sides ending in every
  * order) can be driven on purpose.  The integration tests run the same
  * backend against a real etcd.
+ *
+ * Debugging: H_VERBOSE=1 shows the backend's log, H_TRACE=1 every HTTP/2
+ * frame and write of the clients and the peer.
  */
 #ifndef EP_TEST_HARNESS_H
 #define EP_TEST_HARNESS_H

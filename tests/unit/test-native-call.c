@@ -565,7 +565,7 @@ static void test_foreign_key_in_response(void **state)
 	h_finish(seen.st, OK, NULL);
 	wait_status(st);
 	assert_int_not_equal(st->grpc_status, OK);
-	assert_null(memmem(st->in.data, st->in.len, "secret", 6));
+	assert_true(st->in.len == 0 || memmem(st->in.data, st->in.len, "secret", 6) == NULL);
 	assert_quiescent();
 }
 
