@@ -149,6 +149,7 @@ enum key_type {
 	K_DURATION,      /* a duration above zero: uint64_t milliseconds */
 	K_DURATION_ZERO, /* a duration, zero allowed: uint64_t milliseconds */
 	K_UINT,          /* an integer in [lo, hi]: unsigned */
+	K_BOOL,          /* true or false: int */
 	K_CALL,          /* parse() handles the value */
 };
 
@@ -218,6 +219,12 @@ static int parse_keys(struct pctx *c, const cJSON *obj, const char *section,
 			break;
 		case K_UINT:
 			r = want_uint(c, m, what, k->lo, k->hi, (unsigned *)(void *)slot);
+			break;
+		case K_BOOL:
+			if (!cJSON_IsBool(m))
+				r = fail_at(c, m, "%s: expected true or false", what);
+			else
+				*(int *)(void *)slot = cJSON_IsTrue(m);
 			break;
 		case K_CALL:
 			r = k->parse(c, m, what, base);
@@ -599,61 +606,83 @@ int ep_listen_validate(const char *listen, int tls, const char **why_r)
 	return 0;
 }
 
+/* ---- tenants: the EtcdStorage spec, by tables like the global file's ------------------------------ */
+
+static const struct key k8s_ref_keys[] = {
+	KEY("name", K_STRING, struct ep_k8s_ref, name),
+	KEY("namespace", K_STRING, struct ep_k8s_ref, namespace),
+};
+
+/* [{"name", "namespace"}, ...]: what is "spec.caCertConfigMap" or "spec.clientCertSecret" */
 static int parse_k8s_refs(struct pctx *c, const cJSON *v, const char *what,
 			  struct ep_k8s_ref **refs_r, size_t *n_r)
 {
-	const cJSON *e, *m;
+	char *section = ep_strdup_printf("%s[]", what);
+	const cJSON *e;
 	size_t n = 0;
-	int r;
+	int r = 0;
 
-	if (!cJSON_IsArray(v))
-		return fail_at(c, v, "spec.%s: expected an array of {\"name\", \"namespace\"}", what);
+	if (!cJSON_IsArray(v)) {
+		free(section);
+		return fail_at(c, v, "%s: expected an array of {\"name\", \"namespace\"}", what);
+	}
 	*refs_r = ep_malloc0(sizeof(**refs_r) * ((size_t)cJSON_GetArraySize(v) + 1));
 	cJSON_ArrayForEach(e, v)
 	{
 		struct ep_k8s_ref *ref = &(*refs_r)[n++];
 
 		*n_r = n;
-		if (!cJSON_IsObject(e))
-			return fail_at(c, e, "spec.%s: expected an object {\"name\", \"namespace\"}", what);
-		cJSON_ArrayForEach(m, e)
-		{
-			if (strcmp(m->string, "name") == 0)
-				r = want_string(c, m, "name", &ref->name);
-			else if (strcmp(m->string, "namespace") == 0)
-				r = want_string(c, m, "namespace", &ref->namespace);
-			else
-				r = unknown_key(c, m, what, "name, namespace");
-			if (r < 0)
-				return r;
+		if (!cJSON_IsObject(e)) {
+			r = fail_at(c, e, "%s: expected an object {\"name\", \"namespace\"}", what);
+			break;
 		}
-		if (ref->name == NULL || ref->namespace == NULL)
-			return fail_at(c, e, "spec.%s: every entry needs both \"name\" and \"namespace\"",
-				       what);
+		if ((r = PARSE_KEYS(c, e, section, k8s_ref_keys, ref)) < 0)
+			break;
+		if (ref->name == NULL || ref->namespace == NULL) {
+			r = fail_at(c, e, "%s: every entry needs both \"name\" and \"namespace\"",
+				    what);
+			break;
+		}
 	}
+	free(section);
+	return r;
+}
+
+static int parse_ca_config_maps(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+
+	return parse_k8s_refs(c, v, what, &t->ca_cert_config_maps, &t->n_ca_cert_config_maps);
+}
+
+static int parse_client_cert_secrets(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+
+	return parse_k8s_refs(c, v, what, &t->client_cert_secrets, &t->n_client_cert_secrets);
+}
+
+static int parse_compaction(struct pctx *c, const cJSON *m, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+
+	if (!cJSON_IsString(m) || (strcmp(m->valuestring, "ignore") != 0 &&
+				   strcmp(m->valuestring, "allow") != 0 &&
+				   strcmp(m->valuestring, "deny") != 0))
+		return fail_at(c, m, "%s: expected \"ignore\" (answer success, leave compaction to "
+			       "the cluster), \"allow\" or \"deny\"", what);
+	free(t->compaction);
+	t->compaction = ep_strdup(m->valuestring);
 	return 0;
 }
 
-static int parse_policy(struct pctx *c, const cJSON *v, struct ep_tenant_config *t)
-{
-	const cJSON *m;
-	int r;
+static const struct key policy_keys[] = {
+	KEY_CALL("compaction", parse_compaction),
+};
 
-	if ((r = want_object(c, v, "spec.policy")) < 0)
-		return r;
-	cJSON_ArrayForEach(m, v)
-	{
-		if (strcmp(m->string, "compaction") != 0)
-			return unknown_key(c, m, "spec.policy", "compaction");
-		if (!cJSON_IsString(m) || (strcmp(m->valuestring, "ignore") != 0 &&
-					   strcmp(m->valuestring, "allow") != 0 &&
-					   strcmp(m->valuestring, "deny") != 0))
-			return fail_at(c, m, "spec.policy.compaction: expected \"ignore\" (answer "
-				       "success, leave compaction to the cluster), \"allow\" or \"deny\"");
-		free(t->compaction);
-		t->compaction = ep_strdup(m->valuestring);
-	}
-	return 0;
+static int parse_policy(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	return PARSE_KEYS(c, v, what, policy_keys, base);
 }
 
 /* A DNS name (labels of letters, digits and '-', a leading "*." allowed) or an IP literal. */
@@ -697,38 +726,33 @@ static int client_cert_name_valid(const char *n)
 	return 1;
 }
 
-static int parse_tls_files(struct pctx *c, const cJSON *v, struct ep_tls_config *tls)
-{
-	const cJSON *m;
-	int r;
+static const struct key tls_files_keys[] = {
+	KEY("certFile", K_PATH, struct ep_tls_config, cert_file),
+	KEY("keyFile", K_PATH, struct ep_tls_config, key_file),
+	KEY("clientCAFile", K_PATH, struct ep_tls_config, client_ca_file),
+	KEY("caFile", K_PATH, struct ep_tls_config, ca_file),
+};
 
-	if ((r = want_object(c, v, "spec.tls.files")) < 0)
-		return r;
-	cJSON_ArrayForEach(m, v)
-	{
-		if (strcmp(m->string, "certFile") == 0)
-			r = want_path(c, m, "spec.tls.files.certFile", 0, &tls->cert_file);
-		else if (strcmp(m->string, "keyFile") == 0)
-			r = want_path(c, m, "spec.tls.files.keyFile", 0, &tls->key_file);
-		else if (strcmp(m->string, "clientCAFile") == 0)
-			r = want_path(c, m, "spec.tls.files.clientCAFile", 0, &tls->client_ca_file);
-		else if (strcmp(m->string, "caFile") == 0)
-			r = want_path(c, m, "spec.tls.files.caFile", 0, &tls->ca_file);
-		else
-			r = unknown_key(c, m, "spec.tls.files",
-					"certFile, keyFile, clientCAFile, caFile");
-		if (r < 0)
-			return r;
-	}
-	if (tls->cert_file == NULL || tls->key_file == NULL || tls->client_ca_file == NULL)
-		return fail_at(c, v, "spec.tls.files: certFile, keyFile and clientCAFile are required "
-			       "(caFile, the bundle clients verify the proxy with, is optional)");
-	return 0;
+static int parse_tls_files(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tls_config *tls = base;
+	int r = PARSE_KEYS(c, v, what, tls_files_keys, tls);
+
+	if (r == 0 && (tls->cert_file == NULL || tls->key_file == NULL || tls->client_ca_file == NULL))
+		return fail_at(c, v, "%s: certFile, keyFile and clientCAFile are required "
+			       "(caFile, the bundle clients verify the proxy with, is optional)", what);
+	return r;
 }
 
-static int parse_client_certs(struct pctx *c, const cJSON *v, struct ep_tls_config *tls)
+static const struct key client_cert_keys[] = {
+	KEY("name", K_STRING, struct ep_client_cert_config, name),
+	KEY("outputDir", K_PATH, struct ep_client_cert_config, output_dir),
+};
+
+static int parse_client_certs(struct pctx *c, const cJSON *v, const char *what, void *base)
 {
-	const cJSON *e, *m;
+	struct ep_tls_config *tls = base;
+	const cJSON *e;
 	int r;
 
 	if (!cJSON_IsArray(v))
@@ -742,18 +766,8 @@ static int parse_client_certs(struct pctx *c, const cJSON *v, struct ep_tls_conf
 		if (!cJSON_IsObject(e))
 			return fail_at(c, e, "spec.tls.clientCertificates: expected an object "
 				       "{\"name\", \"outputDir\"}");
-		cJSON_ArrayForEach(m, e)
-		{
-			if (strcmp(m->string, "name") == 0)
-				r = want_string(c, m, "spec.tls.clientCertificates[].name", &cc->name);
-			else if (strcmp(m->string, "outputDir") == 0)
-				r = want_path(c, m, "spec.tls.clientCertificates[].outputDir", 0,
-					      &cc->output_dir);
-			else
-				r = unknown_key(c, m, "spec.tls.clientCertificates[]", "name, outputDir");
-			if (r < 0)
-				return r;
-		}
+		if ((r = PARSE_KEYS(c, e, "spec.tls.clientCertificates[]", client_cert_keys, cc)) < 0)
+			return r;
 		if (cc->name == NULL || cc->output_dir == NULL)
 			return fail_at(c, e, "spec.tls.clientCertificates: every entry needs both "
 				       "\"name\" and \"outputDir\"");
@@ -774,59 +788,48 @@ static int parse_client_certs(struct pctx *c, const cJSON *v, struct ep_tls_conf
 	return 0;
 }
 
-static int parse_tls(struct pctx *c, const cJSON *v, struct ep_tenant_config *t,
-		     const cJSON **enabled_r, const cJSON **files_r, const cJSON **certs_r)
+static int parse_tls_source(struct pctx *c, const cJSON *m, const char *what, void *base)
 {
-	struct ep_tls_config *tls = &t->tls;
-	const cJSON *m, *e;
-	int r;
+	struct ep_tls_config *tls = base;
 
-	if ((r = want_object(c, v, "spec.tls")) < 0)
-		return r;
-	cJSON_ArrayForEach(m, v)
+	if (!cJSON_IsString(m) || (strcmp(m->valuestring, "ca") != 0 &&
+				   strcmp(m->valuestring, "files") != 0))
+		return fail_at(c, m, "%s: expected \"ca\" (a built-in CA per tenant) or \"files\" "
+			       "(PEM files kept by the operator)", what);
+	free(tls->source);
+	tls->source = ep_strdup(m->valuestring);
+	return 0;
+}
+
+static int parse_server_names(struct pctx *c, const cJSON *m, const char *what, void *base)
+{
+	struct ep_tls_config *tls = base;
+	const cJSON *e;
+
+	if (!cJSON_IsArray(m))
+		return fail_at(c, m, "%s: expected an array of DNS names or IP addresses", what);
+	tls->server_names = ep_malloc0(sizeof(char *) * ((size_t)cJSON_GetArraySize(m) + 1));
+	cJSON_ArrayForEach(e, m)
 	{
-		const char *k = m->string;
-
-		r = 0;
-		if (strcmp(k, "enabled") == 0) {
-			if (!cJSON_IsBool(m))
-				return fail_at(c, m, "spec.tls.enabled: expected true or false");
-			tls->enabled = cJSON_IsTrue(m);
-			*enabled_r = m;
-		} else if (strcmp(k, "source") == 0) {
-			if (!cJSON_IsString(m) || (strcmp(m->valuestring, "ca") != 0 &&
-						   strcmp(m->valuestring, "files") != 0))
-				return fail_at(c, m, "spec.tls.source: expected \"ca\" (a built-in CA "
-					       "per tenant) or \"files\" (PEM files kept by the operator)");
-			free(tls->source);
-			tls->source = ep_strdup(m->valuestring);
-		} else if (strcmp(k, "serverNames") == 0) {
-			if (!cJSON_IsArray(m))
-				return fail_at(c, m, "spec.tls.serverNames: expected an array of DNS "
-					       "names or IP addresses");
-			tls->server_names = ep_malloc0(sizeof(char *) * ((size_t)cJSON_GetArraySize(m) + 1));
-			cJSON_ArrayForEach(e, m)
-			{
-				if (!cJSON_IsString(e) || !server_name_valid(e->valuestring))
-					return fail_at(c, e, "spec.tls.serverNames: expected a DNS name "
-						       "(\"etcd.example.com\", \"*.example.com\") or "
-						       "an IP address");
-				tls->server_names[tls->n_server_names++] = ep_strdup(e->valuestring);
-			}
-		} else if (strcmp(k, "clientCertificates") == 0) {
-			*certs_r = m;
-			r = parse_client_certs(c, m, tls);
-		} else if (strcmp(k, "files") == 0) {
-			*files_r = m;
-			r = parse_tls_files(c, m, tls);
-		} else {
-			r = unknown_key(c, m, "spec.tls",
-					"enabled, source, serverNames, clientCertificates, files");
-		}
-		if (r < 0)
-			return r;
+		if (!cJSON_IsString(e) || !server_name_valid(e->valuestring))
+			return fail_at(c, e, "%s: expected a DNS name (\"etcd.example.com\", "
+				       "\"*.example.com\") or an IP address", what);
+		tls->server_names[tls->n_server_names++] = ep_strdup(e->valuestring);
 	}
 	return 0;
+}
+
+static const struct key tls_keys[] = {
+	KEY("enabled", K_BOOL, struct ep_tls_config, enabled),
+	KEY_CALL("source", parse_tls_source),
+	KEY_CALL("serverNames", parse_server_names),
+	KEY_CALL("clientCertificates", parse_client_certs),
+	KEY_CALL("files", parse_tls_files),
+};
+
+static int parse_tls(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	return PARSE_KEYS(c, v, what, tls_keys, &((struct ep_tenant_config *)base)->tls);
 }
 
 static int backend_name_valid(const char *name)
@@ -837,53 +840,36 @@ static int backend_name_valid(const char *name)
 	return name[0] != '\0' && strlen(name) <= 32;
 }
 
+static const struct key spec_keys[] = {
+	KEY_CALL("caCertConfigMap", parse_ca_config_maps),
+	KEY_CALL("clientCertSecret", parse_client_cert_secrets),
+	KEY("signingCertificateValidity", K_DURATION, struct ep_tenant_config, signing_validity_ms),
+	KEY("servingCertificateValidity", K_DURATION, struct ep_tenant_config, serving_validity_ms),
+	KEY("clientCertificateValidity", K_DURATION, struct ep_tenant_config, client_validity_ms),
+	KEY("backend", K_STRING, struct ep_tenant_config, backend),
+	KEY("listen", K_STRING, struct ep_tenant_config, listen),
+	KEY_CALL("policy", parse_policy),
+	KEY_CALL("tls", parse_tls),
+};
+
 static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,
 		      struct ep_tenant_config *t)
 {
-	const cJSON *m, *backend_node = NULL, *listen_node = NULL, *policy_node = NULL;
-	const cJSON *tls_node = NULL, *enabled_node = NULL, *files_node = NULL, *certs_node = NULL;
+	const cJSON *backend_node, *listen_node, *policy_node, *tls_node;
+	const cJSON *enabled_node, *files_node, *certs_node;
 	const char *why;
 	int r;
 
-	if ((r = want_object(c, spec, "spec")) < 0)
+	if ((r = PARSE_KEYS(c, spec, "spec", spec_keys, t)) < 0)
 		return r;
-	cJSON_ArrayForEach(m, spec)
-	{
-		const char *k = m->string;
-
-		if (strcmp(k, "caCertConfigMap") == 0)
-			r = parse_k8s_refs(c, m, k, &t->ca_cert_config_maps, &t->n_ca_cert_config_maps);
-		else if (strcmp(k, "clientCertSecret") == 0)
-			r = parse_k8s_refs(c, m, k, &t->client_cert_secrets, &t->n_client_cert_secrets);
-		else if (strcmp(k, "signingCertificateValidity") == 0)
-			r = want_duration(c, m, "spec.signingCertificateValidity", 0,
-					  &t->signing_validity_ms);
-		else if (strcmp(k, "servingCertificateValidity") == 0)
-			r = want_duration(c, m, "spec.servingCertificateValidity", 0,
-					  &t->serving_validity_ms);
-		else if (strcmp(k, "clientCertificateValidity") == 0)
-			r = want_duration(c, m, "spec.clientCertificateValidity", 0,
-					  &t->client_validity_ms);
-		else if (strcmp(k, "backend") == 0) {
-			backend_node = m;
-			r = want_string(c, m, "spec.backend", &t->backend);
-		} else if (strcmp(k, "listen") == 0) {
-			listen_node = m;
-			r = want_string(c, m, "spec.listen", &t->listen);
-		} else if (strcmp(k, "policy") == 0) {
-			policy_node = m;
-			r = parse_policy(c, m, t);
-		} else if (strcmp(k, "tls") == 0) {
-			tls_node = m;
-			r = parse_tls(c, m, t, &enabled_node, &files_node, &certs_node);
-		} else
-			r = unknown_key(c, m, "spec",
-					"caCertConfigMap, clientCertSecret, "
-					"signingCertificateValidity, servingCertificateValidity, "
-					"clientCertificateValidity, backend, listen, policy, tls");
-		if (r < 0)
-			return r;
-	}
+	/* the nodes later checks point at (NULL when absent) */
+	backend_node = cJSON_GetObjectItemCaseSensitive(spec, "backend");
+	listen_node = cJSON_GetObjectItemCaseSensitive(spec, "listen");
+	policy_node = cJSON_GetObjectItemCaseSensitive(spec, "policy");
+	tls_node = cJSON_GetObjectItemCaseSensitive(spec, "tls");
+	enabled_node = cJSON_GetObjectItemCaseSensitive(tls_node, "enabled");
+	files_node = cJSON_GetObjectItemCaseSensitive(tls_node, "files");
+	certs_node = cJSON_GetObjectItemCaseSensitive(tls_node, "clientCertificates");
 
 	if (t->listen == NULL)
 		return fail_at(c, spec,

@@ -1479,10 +1479,11 @@ static void test_tenant_spec_errors(void **state)
 		{ { .spec = L1 "\"caCertConfigMap\": [{\"name\": \"ca\", \"namespace\": \"ns\", "
 			       "\"kind\": \"x\"}]}" },
 		  5, 91,
-		  "unknown key \"kind\" in caCertConfigMap (expected one of: name, namespace)",
+		  "unknown key \"kind\" in spec.caCertConfigMap[] (expected one of: name, namespace)",
 		  "a" },
 		{ { .spec = L1 "\"caCertConfigMap\": [{\"name\": \"\", \"namespace\": \"ns\"}]}" },
-		  5, 58, "name: expected a non-empty string, got an empty string", "a" },
+		  5, 58, "spec.caCertConfigMap[].name: expected a non-empty string, got an empty string",
+		  "a" },
 		/* a later entry is checked as well as the first */
 		{ { .spec = L1 "\"clientCertSecret\": [{\"name\": \"c\", \"namespace\": \"n\"}, "
 			       "{\"name\": \"d\"}]}" },
