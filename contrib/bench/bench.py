@@ -43,6 +43,7 @@ SRCDIR = os.path.abspath(os.path.join(HERE, '..', '..'))
 sys.path.insert(0, os.path.join(SRCDIR, 'tests', 'integration'))
 sys.dont_write_bytecode = True  # nothing written into the source tree
 from h2raw import H2, grpc_msg, pb_bytes, varint  # noqa: E402
+from procs import descendants  # noqa: E402
 ETCD = os.environ.get('EP_ETCD') or '/usr/bin/etcd'
 ETCDCTL = os.environ.get('EP_ETCDCTL') or '/usr/bin/etcdctl'
 CLK_TCK = os.sysconf('SC_CLK_TCK')
@@ -154,30 +155,9 @@ def proc_stat(pid):
     return data[data.rindex(')') + 2:].split()
 
 
-def proc_children(pid):
-    kids = []
-    try:
-        tasks = os.listdir('/proc/%d/task' % pid)
-    except OSError:
-        return kids
-    for tid in tasks:
-        try:
-            with open('/proc/%d/task/%s/children' % (pid, tid)) as f:
-                kids.extend(int(x) for x in f.read().split())
-        except OSError:
-            pass
-    return kids
-
-
 def tree(pid):
     """pid and all its descendants."""
-    out, todo = [pid], [pid]
-    while todo:
-        for c in proc_children(todo.pop()):
-            if c not in out:
-                out.append(c)
-                todo.append(c)
-    return out
+    return [pid] + descendants(pid)
 
 
 def proc_name(pid):

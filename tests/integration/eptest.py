@@ -28,6 +28,8 @@ import time
 import traceback
 import urllib.request
 
+from procs import descendants, proc_children
+
 SRCDIR = os.environ.get('EP_SRCDIR') or os.path.abspath(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 BUILDDIR = os.environ.get('EP_BUILDDIR') or '/work/build'
@@ -159,31 +161,6 @@ def proc_cmdline(pid):
             return [a.decode(errors='replace') for a in f.read().split(b'\0') if a]
     except OSError:
         return []
-
-
-def proc_children(pid):
-    kids = []
-    try:
-        tasks = os.listdir('/proc/%d/task' % pid)
-    except OSError:
-        return kids
-    for tid in tasks:
-        try:
-            with open('/proc/%d/task/%s/children' % (pid, tid)) as f:
-                kids.extend(int(x) for x in f.read().split())
-        except OSError:
-            pass
-    return kids
-
-
-def descendants(pid):
-    out, todo = [], [pid]
-    while todo:
-        for c in proc_children(todo.pop()):
-            if c not in out:
-                out.append(c)
-                todo.append(c)
-    return out
 
 
 class Procs:

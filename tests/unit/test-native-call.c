@@ -197,6 +197,19 @@ static void wait_status(struct h_stream *st)
 	assert_int_equal(h_run_until_fn(&H, got_status, st, 3000), 0);
 }
 
+/* A Range for "foo" that has reached the upstream, which holds it (the test answers). */
+static struct h_stream *held_range(struct h_conn *c, struct seen *seen, int end)
+{
+	uint8_t req[64];
+	struct h_stream *st;
+
+	H.script = hold;
+	H.script_ctx = seen;
+	st = h_call(c, RANGE, req, range_request(req, "foo"), end);
+	assert_int_equal(h_run_until_fn(&H, peer_saw_message, seen, 3000), 0);
+	return st;
+}
+
 /* ---- scenarios ----------------------------------------------------------------------------------- */
 
 /* A unary call: the key goes up namespaced, comes back without the prefix, status OK. */
@@ -264,14 +277,10 @@ static void test_upstream_error_forwarded(void **state)
 {
 	struct seen seen = { 0 };
 	struct h_conn *c = h_connect(&H);
-	uint8_t req[64];
 	struct h_stream *st;
 
 	(void)state;
-	H.script = hold;
-	H.script_ctx = &seen;
-	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
-	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	st = held_range(c, &seen, 1);
 	h_finish(seen.st, NOT_FOUND, "etcdserver: not here");
 	wait_status(st);
 	assert_int_equal(st->grpc_status, NOT_FOUND);
@@ -284,14 +293,10 @@ static void test_upstream_reset(void **state)
 {
 	struct seen seen = { 0 };
 	struct h_conn *c = h_connect(&H);
-	uint8_t req[64];
 	struct h_stream *st;
 
 	(void)state;
-	H.script = hold;
-	H.script_ctx = &seen;
-	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
-	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	st = held_range(c, &seen, 1);
 	h_reset(seen.st, NGHTTP2_INTERNAL_ERROR);
 	wait_status(st);
 	assert_int_equal(st->grpc_status, INTERNAL);
@@ -304,14 +309,10 @@ static void test_upstream_refused(void **state)
 {
 	struct seen seen = { 0 };
 	struct h_conn *c = h_connect(&H);
-	uint8_t req[64];
 	struct h_stream *st;
 
 	(void)state;
-	H.script = hold;
-	H.script_ctx = &seen;
-	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
-	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	st = held_range(c, &seen, 1);
 	h_reset(seen.st, NGHTTP2_REFUSED_STREAM);
 	wait_status(st);
 	assert_int_equal(st->grpc_status, UNAVAILABLE);
@@ -333,10 +334,7 @@ static void test_upstream_connection_lost(void **state)
 	struct h_stream *st, *again;
 
 	(void)state;
-	H.script = hold;
-	H.script_ctx = &seen;
-	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
-	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	st = held_range(c, &seen, 1);
 	h_drop_connection(seen.st);
 	wait_status(st);
 	assert_int_equal(st->grpc_status, UNAVAILABLE);
@@ -357,14 +355,10 @@ static void test_client_cancel(void **state)
 {
 	struct seen seen = { 0 };
 	struct h_conn *c = h_connect(&H);
-	uint8_t req[64];
 	struct h_stream *st;
 
 	(void)state;
-	H.script = hold;
-	H.script_ctx = &seen;
-	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
-	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	st = held_range(c, &seen, 1);
 	h_cancel(st);
 	assert_int_equal(h_run_until_fn(&H, stream_closed, seen.st, 3000), 0);
 	assert_int_equal(seen.st->rst_code, NGHTTP2_CANCEL);
@@ -530,14 +524,11 @@ static void test_client_ends_first(void **state)
 {
 	struct seen seen = { 0 };
 	struct h_conn *c = h_connect(&H);
-	uint8_t req[64], resp[512];
+	uint8_t resp[512];
 	struct h_stream *st;
 
 	(void)state;
-	H.script = hold;
-	H.script_ctx = &seen;
-	st = h_call(c, RANGE, req, range_request(req, "foo"), 0);
-	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	st = held_range(c, &seen, 0);
 	h_send(st, NULL, 0, 1);
 	h_run_for(&H, 10);
 	assert_int_equal(seen.ends, 1);
@@ -553,14 +544,11 @@ static void test_foreign_key_in_response(void **state)
 {
 	struct seen seen = { 0 };
 	struct h_conn *c = h_connect(&H);
-	uint8_t req[64], resp[512];
+	uint8_t resp[512];
 	struct h_stream *st;
 
 	(void)state;
-	H.script = hold;
-	H.script_ctx = &seen;
-	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
-	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	st = held_range(c, &seen, 1);
 	h_reply(seen.st, resp, range_response(resp, "/registry/secrets/x", "secret"));
 	h_finish(seen.st, OK, NULL);
 	wait_status(st);
@@ -646,14 +634,11 @@ static void test_graceful_stop_drains(void **state)
 {
 	struct seen seen = { 0 };
 	struct h_conn *c = h_connect(&H);
-	uint8_t req[64], resp[512];
+	uint8_t resp[512];
 	struct h_stream *st;
 
 	(void)state;
-	H.script = hold;
-	H.script_ctx = &seen;
-	st = h_call(c, RANGE, req, range_request(req, "foo"), 1);
-	assert_int_equal(h_run_until_fn(&H, peer_saw_message, &seen, 3000), 0);
+	st = held_range(c, &seen, 1);
 	H_OPS(&H)->stop(H.native, 1);
 	h_run_for(&H, 50);
 	assert_int_equal(H.stopped, 0);
