@@ -840,6 +840,37 @@ static int backend_name_valid(const char *name)
 	return name[0] != '\0' && strlen(name) <= 32;
 }
 
+/*
+ * The "ca" source's grace against this tenant's signing validity: the plugin
+ * would refuse to start, so the tenant is refused here, where --check-config
+ * and etcdproxyctl status see it.  Options of the wrong type are left to the
+ * plugin's own table (--check-config reports them on the global file).
+ */
+static int check_ca_grace(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,
+			  const struct ep_tenant_config *t)
+{
+	const cJSON *opts = cJSON_GetObjectItemCaseSensitive(g->certs, "ca");
+	const cJSON *grace = cJSON_GetObjectItemCaseSensitive(opts, "grace");
+	const cJSON *frac = cJSON_GetObjectItemCaseSensitive(opts, "ca_renew_fraction");
+	const cJSON *validity = cJSON_GetObjectItemCaseSensitive(spec, "signingCertificateValidity");
+	uint64_t grace_ms = EP_CA_GRACE_DEFAULT_MS;
+	char *why;
+	int r;
+
+	if (strcmp(t->tls.source, "ca") != 0)
+		return 0;
+	if (cJSON_IsString(grace) && ep_parse_duration_ms(grace->valuestring, &grace_ms) < 0)
+		return 0;
+	why = ep_ca_grace_check(grace_ms, t->signing_validity_ms,
+				cJSON_IsNumber(frac) ? frac->valuedouble : EP_CA_RENEW_FRACTION_DEFAULT);
+	if (why == NULL)
+		return 0;
+	r = fail_at(c, validity != NULL ? validity : spec, "%s%s (certs.ca in %s)",
+		    validity != NULL ? "spec.signingCertificateValidity: " : "", why, g->path);
+	free(why);
+	return r;
+}
+
 static const struct key spec_keys[] = {
 	KEY_CALL("caCertConfigMap", parse_ca_config_maps),
 	KEY_CALL("clientCertSecret", parse_client_cert_secrets),
@@ -928,6 +959,8 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 	free(plugin);
 	if (!t->tls.enabled)
 		return 0;
+	if ((r = check_ca_grace(c, spec, g, t)) < 0)
+		return r;
 	plugin = ep_strdup_printf("%s/certs-%s.so", g->plugin_dir, t->tls.source);
 	if (stat(plugin, &st) < 0 || !S_ISREG(st.st_mode)) {
 		r = fail_at(c, tls_node != NULL ? tls_node : spec,

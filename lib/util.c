@@ -255,6 +255,17 @@ int ep_mkdir_p(const char *path, unsigned mode)
 	return r;
 }
 
+char *ep_ca_grace_check(uint64_t grace_ms, uint64_t signing_validity_ms, double ca_renew_fraction)
+{
+	if ((double)grace_ms <= (double)signing_validity_ms * (1.0 - ca_renew_fraction) / 2)
+		return NULL;
+	return ep_strdup_printf("certs.ca.grace (%llu ms) is too long for a "
+				"signingCertificateValidity of %llu ms: a new CA must sign for a while "
+				"before the old one expires (at most half of the CA's last %d%%)",
+				(unsigned long long)grace_ms, (unsigned long long)signing_validity_ms,
+				(int)((1.0 - ca_renew_fraction) * 100 + 0.5));
+}
+
 uint64_t ep_now_ms(void)
 {
 	struct timespec ts;

@@ -65,6 +65,18 @@ int ep_listen_bind(const char *listen, int *fd_r, char **error_r);
 /* Monotonic milliseconds. */
 uint64_t ep_now_ms(void);
 
+/*
+ * The "ca" certificate source's rule between its options and a tenant, judged
+ * by the plugin when it starts and by the supervisor when it loads the tenant
+ * (so that --check-config finds it): a new CA is published `grace` before it
+ * signs, and must then sign for a while before the old one expires, so grace
+ * is at most half of what is left of the CA's validity after its renewal point.
+ * NULL when it fits, else the reason (malloc'ed).
+ */
+#define EP_CA_GRACE_DEFAULT_MS 600000
+#define EP_CA_RENEW_FRACTION_DEFAULT (2.0 / 3.0)
+char *ep_ca_grace_check(uint64_t grace_ms, uint64_t signing_validity_ms, double ca_renew_fraction);
+
 /* t (seconds since the epoch) as RFC 3339 UTC, "2026-12-04T03:10:37Z"; size >= 21. */
 void ep_time_format(int64_t t, char *buf, size_t size);
 

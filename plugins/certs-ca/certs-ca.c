@@ -1188,19 +1188,18 @@ static const struct ep_option ca_options[] = {
 static int parse_options(struct ca_state *st, const char **error_r)
 {
 	static char msg[512];
+	char *why;
 
 	st->renew_fraction = 2.0 / 3.0;
-	st->ca_renew_fraction = 2.0 / 3.0;
-	st->grace_ms = 600000;
+	st->ca_renew_fraction = EP_CA_RENEW_FRACTION_DEFAULT;
+	st->grace_ms = EP_CA_GRACE_DEFAULT_MS;
 	if (st->host->options_parse(st->host, st, error_r) < 0)
 		return -EINVAL;
-	/* the one check that needs the tenant: --check-config cannot make it */
-	if ((double)st->grace_ms > (double)st->validity_ms[0] * (1.0 - st->ca_renew_fraction) / 2) {
-		snprintf(msg, sizeof(msg), "certs.ca.grace (%llu ms) is too long for a "
-			 "signingCertificateValidity of %llu ms: a new CA must sign for a while "
-			 "before the old one expires (at most half of the CA's last %d%%)",
-			 (unsigned long long)st->grace_ms, (unsigned long long)st->validity_ms[0],
-			 (int)((1.0 - st->ca_renew_fraction) * 100 + 0.5));
+	/* the supervisor refuses such a tenant already; a worker started by hand needs it too */
+	why = ep_ca_grace_check(st->grace_ms, st->validity_ms[0], st->ca_renew_fraction);
+	if (why != NULL) {
+		snprintf(msg, sizeof(msg), "%s", why);
+		free(why);
 		*error_r = msg;
 		return -EINVAL;
 	}

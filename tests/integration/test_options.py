@@ -9,7 +9,9 @@
   - a tenant started with what --check-config passed runs ("90000000us" for the native
     backend's idle_timeout, which used to fail the tenant);
   - a tenant whose plugin options are wrong (a daemon started without the check) fails
-    with the same line, naming the key and the value, and is not retried."""
+    with the same line, naming the key and the value, and is not retried;
+  - certs.ca.grace too long for a tenant's signingCertificateValidity is found by
+    --check-config, and such a tenant is refused at load (no worker), the others run."""
 
 import json
 import os
@@ -135,13 +137,35 @@ def test_tenant_fails_naming_key(s, core):
     s.eq(sv.stop(), 0, 'that etcdproxyd exits 0 on SIGTERM')
 
 
+def test_ca_grace_against_validity(s, core):
+    sv = eptest.Supervisor(s, core, name='grace', extra={'certs': {'ca': {'grace': '2h'}}})
+    sv.add_tenant('short', tls={'source': 'ca'},
+                  spec_extra={'signingCertificateValidity': '6h'})
+    sv.add_tenant('long', tls={'source': 'ca'},
+                  spec_extra={'signingCertificateValidity': '12h'})
+    r = eptest.check_config(sv.conf)
+    want = ('spec.signingCertificateValidity: certs.ca.grace (7200000 ms) is too long for a '
+            'signingCertificateValidity of 21600000 ms')
+    s.check(r.returncode == 1 and want in r.stderr and 'short.json:' in r.stderr and
+            'long.json' not in r.stderr,
+            '--check-config finds a grace too long for one tenant\'s signing validity, and '
+            'names that tenant\'s file and key', (r.returncode, r.stderr))
+    sv.start()
+    t = sv.wait_state('short', 'failed')
+    s.check(want in (t['last_error'] or '') and not t.get('pid'),
+            'that tenant is refused at load with the same line, and no worker starts', t)
+    sv.wait_ready('long')
+    s.eq(sv.stop(), 0, 'that etcdproxyd exits 0 on SIGTERM')
+
+
 def body(s):
     core = eptest.CoreEtcd(s).start()
     sv = eptest.Supervisor(s, core, name='check')
     sv.add_tenant('a', backend='native')
     for fn, args in ((test_durations, (s, sv)), (test_bad_options, (s, sv)),
                      (test_runs_what_check_passed, (s, core)),
-                     (test_tenant_fails_naming_key, (s, core))):
+                     (test_tenant_fails_naming_key, (s, core)),
+                     (test_ca_grace_against_validity, (s, core))):
         s.run(fn, *args)
 
 

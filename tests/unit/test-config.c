@@ -931,6 +931,56 @@ static void test_tenant_reserved(void **state)
 	ep_global_config_free(g);
 }
 
+/* certs.ca.grace against a tenant's signing validity: refused at load, where --check-config sees it */
+static void test_tenant_ca_grace(void **state)
+{
+	struct fixture *f = *state;
+	struct ep_global_config *g = global_ok(
+		f, "{\"plugin_dir\": \"@P@\", \"state_dir\": \"@D@/state\",\n"
+		   "  \"certs\": {\"ca\": {\"grace\": \"2h\"}}}");
+	char *text, *msg;
+
+	/* 6h: a third is left after the CA's renewal point, 2h, of which at most half for grace */
+	text = tenant_doc(&(struct tdoc){
+		.spec = "{\"listen\": \"127.0.0.1:1\", \"signingCertificateValidity\": \"6h\"}" });
+	msg = ep_strdup_printf("spec.signingCertificateValidity: certs.ca.grace (7200000 ms) is too "
+			       "long for a signingCertificateValidity of 21600000 ms: a new CA must "
+			       "sign for a while before the old one expires (at most half of the "
+			       "CA's last 33%%) (certs.ca in %s)", f->global_file);
+	tenant_fails_text(f, g, text, 5, 37, msg, "a");
+	free(msg);
+	free(text);
+	/* 12h leaves 4h, half of it 2h: fits */
+	text = tenant_doc(&(struct tdoc){
+		.spec = "{\"listen\": \"127.0.0.1:1\", \"signingCertificateValidity\": \"12h\"}" });
+	ep_tenant_config_free(tenant_ok_text(f, g, text));
+	free(text);
+	/* the files source has no grace */
+	msg = ep_strdup_printf("%s/certs-files.so", f->plugins);
+	write_file(msg, "");
+	free(msg);
+	text = tenant_doc(&(struct tdoc){
+		.spec = "{\"listen\": \"127.0.0.1:1\", \"signingCertificateValidity\": \"6h\", "
+			"\"tls\": {\"source\": \"files\", \"files\": {\"certFile\": \"/c\", "
+			"\"keyFile\": \"/k\", \"clientCAFile\": \"/a\"}}}" });
+	ep_tenant_config_free(tenant_ok_text(f, g, text));
+	free(text);
+	ep_global_config_free(g);
+
+	/* the default grace (10m) against a validity from the global defaults: points at spec */
+	g = global_ok(f, "{\"plugin_dir\": \"@P@\", \"state_dir\": \"@D@/state\",\n"
+			 "  \"defaults\": {\"signingCertificateValidity\": \"20m\"}}");
+	text = tenant_doc(&(struct tdoc){ 0 });
+	msg = ep_strdup_printf("certs.ca.grace (600000 ms) is too long for a "
+			       "signingCertificateValidity of 1200000 ms: a new CA must sign for a "
+			       "while before the old one expires (at most half of the CA's last 33%%) "
+			       "(certs.ca in %s)", f->global_file);
+	tenant_fails_text(f, g, text, 5, 3, msg, "a");
+	free(msg);
+	free(text);
+	ep_global_config_free(g);
+}
+
 static void test_tenant_name_valid(void **state UNUSED)
 {
 	static const char *const good[] = {
@@ -1787,6 +1837,7 @@ int main(void)
 	};
 	const struct CMUnitTest tenant_tests[] = {
 		cmocka_unit_test(test_prefix_overlaps),
+		T(test_tenant_ca_grace),
 		cmocka_unit_test(test_tenant_name_valid),
 		cmocka_unit_test(test_listen_validate),
 		cmocka_unit_test(test_listen_parse),
