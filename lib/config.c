@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
@@ -308,6 +309,65 @@ static const struct key supervisor_keys[] = {
 	KEY_UINT("max_failures", struct ep_global_config, max_failures, 1, 1000),
 };
 
+static int parse_kubeconfig(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_global_config *g = base;
+
+	if (cJSON_IsString(v) && strcmp(v->valuestring, "in-cluster") == 0)
+		return want_string(c, v, what, &g->kube.kubeconfig);
+	if (!cJSON_IsString(v) || v->valuestring[0] != '/')
+		return fail_at(c, v, "%s: expected the absolute path of a kubeconfig file or "
+			       "\"in-cluster\" (the pod's service account), got %s", what,
+			       cJSON_IsString(v) ? "a relative path" : json_type_name(v));
+	return want_string(c, v, what, &g->kube.kubeconfig);
+}
+
+static const struct key kube_keys[] = {
+	KEY_CALL("kubeconfig", parse_kubeconfig),
+	KEY("namespace", K_STRING, struct ep_global_config, kube.namespace),
+	KEY("node_name", K_STRING, struct ep_global_config, kube.node_name),
+	KEY("node_address", K_STRING, struct ep_global_config, kube.node_address),
+	KEY("service_account_dir", K_PATH, struct ep_global_config, kube.service_account_dir),
+	KEY("lease_duration", K_DURATION, struct ep_global_config, kube.lease_duration_ms),
+	KEY("renew_deadline", K_DURATION, struct ep_global_config, kube.renew_deadline_ms),
+	KEY("retry_period", K_DURATION, struct ep_global_config, kube.retry_period_ms),
+	KEY("resync", K_DURATION, struct ep_global_config, kube.resync_ms),
+};
+
+static int parse_kube(struct pctx *c, const cJSON *obj, const char *what, void *base)
+{
+	struct ep_global_config *g = base;
+	int r = PARSE_KEYS(c, obj, what, kube_keys, g);
+
+	if (r < 0)
+		return r;
+	/* client-go's rule: a leader renews well before its lease could run out, and tries often */
+	if (g->kube.renew_deadline_ms >= g->kube.lease_duration_ms)
+		return fail_at(c, obj, "%s.renew_deadline (%llu ms) must be shorter than "
+			       "%s.lease_duration (%llu ms)", what,
+			       (unsigned long long)g->kube.renew_deadline_ms, what,
+			       (unsigned long long)g->kube.lease_duration_ms);
+	if (g->kube.retry_period_ms >= g->kube.renew_deadline_ms)
+		return fail_at(c, obj, "%s.retry_period (%llu ms) must be shorter than "
+			       "%s.renew_deadline (%llu ms)", what,
+			       (unsigned long long)g->kube.retry_period_ms, what,
+			       (unsigned long long)g->kube.renew_deadline_ms);
+	if (g->kube.node_address != NULL) {
+		struct ep_listen_addr a;
+		char *listen = ep_strdup_printf(strchr(g->kube.node_address, ':') ? "[%s]:1" : "%s:1",
+						g->kube.node_address);
+		const char *why;
+		int bad = ep_listen_parse(listen, &a, &why) < 0 || a.family == AF_UNIX;
+
+		free(listen);
+		if (bad)
+			return fail_at(c, cJSON_GetObjectItemCaseSensitive(obj, "node_address"),
+				       "%s.node_address: expected an IP address, got \"%s\"", what,
+				       g->kube.node_address);
+	}
+	return 0;
+}
+
 static int parse_supervisor(struct pctx *c, const cJSON *obj, const char *what, void *base)
 {
 	struct ep_global_config *g = base;
@@ -424,6 +484,7 @@ static const struct key global_keys[] = {
 	KEY_CALL("supervisor", parse_supervisor),
 	KEY_CALL("backends", parse_backends),
 	KEY_CALL("certs", parse_certs),
+	KEY_CALL("kubernetes", parse_kube),
 };
 
 static void global_defaults(struct ep_global_config *g)
@@ -459,6 +520,13 @@ static void global_defaults(struct ep_global_config *g)
 	g->max_failures = 10;
 	g->backends = cJSON_CreateObject();
 	g->certs = cJSON_CreateObject();
+	g->kube.namespace = ep_strdup("kube-system");
+	g->kube.service_account_dir = ep_strdup("/var/run/secrets/kubernetes.io/serviceaccount");
+	/* client-go's leader election defaults */
+	g->kube.lease_duration_ms = 15000;
+	g->kube.renew_deadline_ms = 10000;
+	g->kube.retry_period_ms = 2000;
+	g->kube.resync_ms = 300000;
 }
 
 static int parse_global(struct pctx *c, const cJSON *root, struct ep_global_config *g)
@@ -472,6 +540,12 @@ static int parse_global(struct pctx *c, const cJSON *root, struct ep_global_conf
 		return r;
 	if (g->control_socket == NULL)
 		g->control_socket = ep_strdup_printf("%s/etcdproxyd.sock", g->runtime_dir);
+	if (g->kube.node_name == NULL) {
+		char host[256] = "";
+
+		gethostname(host, sizeof(host) - 1);
+		g->kube.node_name = ep_strdup(host[0] ? host : "localhost");
+	}
 	if (strlen(g->control_socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
 		return fail_at(c, cJSON_GetObjectItemCaseSensitive(root, "control_socket"),
 			       "control_socket: %s is longer than a Unix socket path may be",
@@ -531,6 +605,11 @@ void ep_global_config_free(struct ep_global_config *g)
 	free(g->default_backend);
 	cJSON_Delete(g->backends);
 	cJSON_Delete(g->certs);
+	free(g->kube.kubeconfig);
+	free(g->kube.namespace);
+	free(g->kube.node_name);
+	free(g->kube.node_address);
+	free(g->kube.service_account_dir);
 	free(g);
 }
 

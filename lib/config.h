@@ -64,6 +64,17 @@ struct ep_global_config {
 	uint64_t stable_after_ms;     /* a worker up this long has its failures forgotten */
 	unsigned max_failures;        /* consecutive failures before a tenant is marked failed */
 
+	/* the Kubernetes source (etcdproxyd.json(5), "kubernetes"): off when kubeconfig is NULL */
+	struct ep_kube_settings {
+		char *kubeconfig;          /* a path, or "in-cluster"; NULL: no cluster tenants */
+		char *namespace;           /* etcdproxyd's own: its Lease and CA Secret */
+		char *node_name;           /* this node in status.nodes and the Lease (hostname) */
+		char *node_address;        /* where ":PORT" listen addresses bind here; NULL: all */
+		char *service_account_dir; /* in-cluster credentials */
+		uint64_t lease_duration_ms, renew_deadline_ms, retry_period_ms;
+		uint64_t resync_ms;        /* status re-check of every cluster tenant */
+	} kube;
+
 	/* per-plugin options: {"etcd": {...}}; owned */
 	cJSON *backends;
 	/* per certificate source options: {"ca": {...}}; owned */

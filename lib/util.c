@@ -266,6 +266,61 @@ char *ep_ca_grace_check(uint64_t grace_ms, uint64_t signing_validity_ms, double 
 				(int)((1.0 - ca_renew_fraction) * 100 + 0.5));
 }
 
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+char *ep_base64_encode(const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	char *out = ep_malloc0((len + 2) / 3 * 4 + 1), *o = out;
+
+	for (size_t i = 0; i < len; i += 3) {
+		unsigned v = (unsigned)p[i] << 16 | (i + 1 < len ? (unsigned)p[i + 1] << 8 : 0) |
+			     (i + 2 < len ? p[i + 2] : 0);
+
+		*o++ = b64[v >> 18 & 63];
+		*o++ = b64[v >> 12 & 63];
+		*o++ = i + 1 < len ? b64[v >> 6 & 63] : '=';
+		*o++ = i + 2 < len ? b64[v & 63] : '=';
+	}
+	*o = '\0';
+	return out;
+}
+
+int ep_base64_decode(const char *text, char **data_r, size_t *len_r)
+{
+	char *out = ep_malloc0(strlen(text) / 4 * 3 + 4);
+	size_t n = 0;
+	unsigned v = 0, bits = 0, pad = 0;
+
+	for (const char *p = text; *p; p++) {
+		const char *k;
+
+		if (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+			continue;
+		if (*p == '=') {
+			pad++;
+			continue;
+		}
+		if (pad > 0 || (k = strchr(b64, *p)) == NULL || *p == '\0')
+			goto bad;
+		v = v << 6 | (unsigned)(k - b64);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[n++] = (char)(v >> bits & 0xff);
+		}
+	}
+	if (pad > 2 || bits >= 6 || (v & ((1u << bits) - 1)) != 0)
+		goto bad;
+	out[n] = '\0';
+	*data_r = out;
+	*len_r = n;
+	return 0;
+bad:
+	free(out);
+	return -EINVAL;
+}
+
 uint64_t ep_now_ms(void)
 {
 	struct timespec ts;

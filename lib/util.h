@@ -65,6 +65,11 @@ int ep_listen_bind(const char *listen, int *fd_r, char **error_r);
 /* Monotonic milliseconds. */
 uint64_t ep_now_ms(void);
 
+/* Base64 (RFC 4648, with padding), as Kubernetes keeps Secret data and kubeconfig *-data. */
+char *ep_base64_encode(const void *data, size_t len); /* NUL-terminated, malloc'ed */
+/* Whitespace is skipped.  Returns 0 and a malloc'ed, NUL-terminated copy, or -EINVAL. */
+int ep_base64_decode(const char *text, char **data_r, size_t *len_r);
+
 /*
  * The "ca" certificate source's rule between its options and a tenant, judged
  * by the plugin when it starts and by the supervisor when it loads the tenant

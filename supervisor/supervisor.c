@@ -25,6 +25,7 @@
 #include "messages.h"
 #include "options.h"
 #include "sdnotify.h"
+#include "kube-source.h"
 #include "supervisor.h"
 #include "util.h"
 
@@ -77,6 +78,8 @@ static void tenant_set_state(struct tenant *t, enum tenant_state s)
 	ep_debug("tenant %s: %s -> %s", t->name, tenant_state_name(t->state), tenant_state_name(s));
 	t->state = s;
 	notify_status(t->sv);
+	if (t->from_cluster)
+		kube_source_poke(t->sv->kube);
 }
 
 /* ---- tenant objects ---------------------------------------------------------------- */
@@ -111,6 +114,7 @@ static struct tenant *tenant_new(struct supervisor *sv, const struct ep_tenant_e
 	t->sv = sv;
 	t->name = ep_strdup(e->name);
 	t->file = ep_strdup(e->file);
+	t->from_cluster = e->from_cluster;
 	if (e->config != NULL) {
 		t->backend = ep_strdup(e->config->backend);
 		t->listen = ep_strdup(e->config->listen);
@@ -835,11 +839,47 @@ static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenan
 	}
 }
 
+/* Start what set adds, stop what it removes, replace what changed; set is taken over. */
+static void apply_set(struct supervisor *sv, struct ep_tenant_set *set, cJSON *summary,
+		      int quiet)
+{
+	struct reload_ctx rc = { .sv = sv };
+
+	rc.added = cJSON_AddArrayToObject(summary, "added");
+	rc.removed = cJSON_AddArrayToObject(summary, "removed");
+	rc.changed = cJSON_AddArrayToObject(summary, "changed");
+	rc.unchanged = cJSON_AddArrayToObject(summary, "unchanged");
+	ep_tenant_set_diff(&sv->set, set, on_diff, &rc);
+	ep_tenant_set_free(&sv->set);
+	sv->set = *set;
+	if (!quiet || cJSON_GetArraySize(rc.added) || cJSON_GetArraySize(rc.removed) ||
+	    cJSON_GetArraySize(rc.changed))
+		ep_notice("reload done: %d added, %d removed, %d changed, %d unchanged",
+			  cJSON_GetArraySize(rc.added), cJSON_GetArraySize(rc.removed),
+			  cJSON_GetArraySize(rc.changed), cJSON_GetArraySize(rc.unchanged));
+	notify_status(sv);
+	kube_source_poke(sv->kube);
+}
+
+static void kube_restart(struct supervisor *sv)
+{
+	char *error = NULL;
+
+	kube_source_stop(sv->kube);
+	sv->kube = NULL;
+	if (sv->global->kube.kubeconfig == NULL || sv->shutting_down)
+		return;
+	if (kube_source_start(sv, &sv->kube, &error) < 0) {
+		/* the cluster's tenants of the last run keep serving from the cache */
+		ep_err("the Kubernetes source cannot start: %s", error);
+		free(error);
+	}
+}
+
 int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 {
 	struct ep_global_config *g = NULL;
 	struct ep_tenant_set set;
-	struct reload_ctx rc = { .sv = sv };
 	int r;
 
 	*error_r = NULL;
@@ -869,22 +909,32 @@ int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 		t->backoff.max_ms = g->backoff_max_ms;
 		t->backoff.max_failures = g->max_failures;
 	}
-	rc.added = cJSON_AddArrayToObject(summary, "added");
-	rc.removed = cJSON_AddArrayToObject(summary, "removed");
-	rc.changed = cJSON_AddArrayToObject(summary, "changed");
-	rc.unchanged = cJSON_AddArrayToObject(summary, "unchanged");
-	ep_tenant_set_diff(&sv->set, &set, on_diff, &rc);
-	ep_tenant_set_free(&sv->set);
-	sv->set = set;
+	apply_set(sv, &set, summary, 0);
 	free(sv->last_reload_error);
 	sv->last_reload_error = NULL;
 	sv->last_reload_ms = ep_now_ms();
-	ep_notice("reload done: %d added, %d removed, %d changed, %d unchanged",
-		  cJSON_GetArraySize(rc.added), cJSON_GetArraySize(rc.removed),
-		  cJSON_GetArraySize(rc.changed), cJSON_GetArraySize(rc.unchanged));
 	ep_sd_notify("READY=1");
-	notify_status(sv);
+	/* the kubeconfig may have changed, or its credentials: connect again */
+	kube_restart(sv);
 	return 0;
+}
+
+void supervisor_reload_tenants(struct supervisor *sv, const char *why)
+{
+	struct ep_tenant_set set;
+	cJSON *summary;
+	char *error = NULL;
+
+	if (sv->shutting_down)
+		return;
+	if (ep_tenant_set_load(sv->global, &set, &error) < 0) {
+		ep_err("%s: the tenants stay as they were: %s", why, error);
+		free(error);
+		return;
+	}
+	summary = cJSON_CreateObject();
+	apply_set(sv, &set, summary, 1);
+	cJSON_Delete(summary);
 }
 
 int supervisor_restart_tenant(struct supervisor *sv, const char *name, char **error_r)
@@ -946,6 +996,8 @@ static void supervisor_shutdown(struct supervisor *sv, const char *why)
 	}
 	ep_notice("%s: stopping %s", why, sv->tenants ? "every worker" : "");
 	sv->shutting_down = 1;
+	kube_source_stop(sv->kube);
+	sv->kube = NULL;
 	ep_sd_notify("STOPPING=1");
 	for (t = sv->tenants; t != NULL; t = next) {
 		next = t->next;
@@ -1274,6 +1326,7 @@ int main(int argc, char **argv)
 		tenant_append(&sv, t);
 		tenant_activate(t);
 	}
+	kube_restart(&sv);
 	ep_sd_notify("READY=1");
 	notify_status(&sv);
 

@@ -37,6 +37,7 @@ struct tenant {
 	char *prefix;
 	char *payload;   /* CONFIGURE payload text; NULL for a file with an error */
 	char *config_error; /* the file's error: the tenant never starts */
+	int from_cluster;   /* an EtcdStorage of the cluster (kube-source.c) */
 
 	enum tenant_state state;
 	uv_process_t process;
@@ -86,6 +87,7 @@ struct supervisor {
 	int control_open;
 	char *control_path; /* the socket file we created, removed on exit */
 	struct ctl_conn *control_conns; /* open connections (control.c), closed by control_stop() */
+	struct kube_source *kube; /* the Kubernetes source, or NULL */
 	int shutting_down;
 	int exit_code;
 };
@@ -95,6 +97,8 @@ const char *tenant_state_name(enum tenant_state s);
 struct tenant *supervisor_find(struct supervisor *sv, const char *name);
 /* Re-read the configuration.  Returns 0, or -EINVAL with *error_r (malloc'ed). summary_r: counts. */
 int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r);
+/* Load the tenant set again with the current global settings (why: for the log). */
+void supervisor_reload_tenants(struct supervisor *sv, const char *why);
 /* Restart one tenant (also a failed one). Returns 0 or -ENOENT. */
 int supervisor_restart_tenant(struct supervisor *sv, const char *name, char **error_r);
 cJSON *tenant_to_json(const struct tenant *t, int detailed);

@@ -78,35 +78,66 @@ static void check_conflicts(struct ep_tenant_set *set, struct ep_tenant_entry *e
 	}
 }
 
-int ep_tenant_set_load(const struct ep_global_config *g, struct ep_tenant_set *set, char **error_r)
+/* Append the "*.json" of dir to files, sorted; a missing dir is empty when may_be_missing. */
+static int list_dir(const char *dir_path, const char *what, int may_be_missing, char ***files,
+		    size_t *n, size_t *cap, char **error_r)
 {
-	DIR *dir;
+	DIR *dir = opendir(dir_path);
 	struct dirent *de;
-	char **files = NULL;
-	size_t n = 0, cap = 0;
+	size_t first = *n;
 
-	set->entries = NULL;
-	set->n = 0;
-	*error_r = NULL;
-	dir = opendir(g->storages_dir);
 	if (dir == NULL) {
 		int err = errno;
 
-		*error_r = ep_strdup_printf("storages_dir %s: %s", g->storages_dir, strerror(err));
+		if (may_be_missing && err == ENOENT)
+			return 0;
+		*error_r = ep_strdup_printf("%s %s: %s", what, dir_path, strerror(err));
 		return -err;
 	}
 	while ((de = readdir(dir)) != NULL) {
 		if (!has_json_suffix(de->d_name))
 			continue;
-		if (n == cap) {
-			cap = cap ? cap * 2 : 16;
-			files = ep_realloc(files, cap * sizeof(char *));
+		if (*n == *cap) {
+			*cap = *cap ? *cap * 2 : 16;
+			*files = ep_realloc(*files, *cap * sizeof(char *));
 		}
-		files[n++] = ep_strdup_printf("%s/%s", g->storages_dir, de->d_name);
+		(*files)[(*n)++] = ep_strdup_printf("%s/%s", dir_path, de->d_name);
 	}
 	closedir(dir);
-	if (n > 0)
-		qsort(files, n, sizeof(char *), cmp_str);
+	if (*n > first)
+		qsort(*files + first, *n - first, sizeof(char *), cmp_str);
+	return 0;
+}
+
+char *ep_kube_cache_dir(const struct ep_global_config *g)
+{
+	return ep_strdup_printf("%s/kubernetes/etcdstorages", g->state_dir);
+}
+
+int ep_tenant_set_load(const struct ep_global_config *g, struct ep_tenant_set *set, char **error_r)
+{
+	char **files = NULL, *cache;
+	size_t n = 0, cap = 0, n_files;
+	int r;
+
+	set->entries = NULL;
+	set->n = 0;
+	*error_r = NULL;
+	if ((r = list_dir(g->storages_dir, "storages_dir", 0, &files, &n, &cap, error_r)) < 0)
+		return r;
+	n_files = n;
+	if (g->kube.kubeconfig != NULL) {
+		/* the cluster's objects, as the Kubernetes source last saw them: after the files */
+		cache = ep_kube_cache_dir(g);
+		r = list_dir(cache, "the cache of cluster tenants", 1, &files, &n, &cap, error_r);
+		free(cache);
+		if (r < 0) {
+			for (size_t i = 0; i < n; i++)
+				free(files[i]);
+			free(files);
+			return r;
+		}
+	}
 
 	set->entries = ep_malloc0(sizeof(*set->entries) * (n + 1));
 	for (size_t i = 0; i < n; i++) {
@@ -114,6 +145,7 @@ int ep_tenant_set_load(const struct ep_global_config *g, struct ep_tenant_set *s
 		char *name = NULL, *err = NULL;
 
 		e->file = files[i];
+		e->from_cluster = i >= n_files;
 		if (ep_tenant_config_load(e->file, g, &e->config, &name, &err) < 0) {
 			if (name == NULL || !ep_tenant_name_valid(name)) {
 				const char *base = strrchr(e->file, '/') + 1;

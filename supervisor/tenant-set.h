@@ -15,6 +15,7 @@ struct ep_tenant_entry {
 	struct ep_tenant_config *config; /* NULL when the file has an error */
 	char *error;  /* "FILE:LINE:COL: ..." or NULL */
 	char *fingerprint; /* the worker's CONFIGURE payload as text ("!error" for errors) */
+	int from_cluster;  /* an EtcdStorage object of the cluster (the Kubernetes source's cache) */
 };
 
 struct ep_tenant_set {
@@ -23,7 +24,16 @@ struct ep_tenant_set {
 };
 
 /*
- * Load every "*.json" of global->storages_dir (hidden files skipped).  A bad
+ * Where the Kubernetes source keeps the cluster's EtcdStorage objects, one
+ * file per object, which the set loads after storages_dir (malloc'ed).
+ */
+char *ep_kube_cache_dir(const struct ep_global_config *g);
+
+/*
+ * Load every "*.json" of global->storages_dir (hidden files skipped), then,
+ * when the Kubernetes source is on, the cluster's objects from its cache: a
+ * name in both belongs to the file in storages_dir, and the object gets the
+ * error "metadata.name is already used by FILE".  A bad
  * file becomes an entry with an error, never a failure of the whole set; two
  * files with one name or one listen address make the later one an error.
  * Returns 0, or -errno with *error_r when the directory cannot be read.

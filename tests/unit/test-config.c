@@ -30,7 +30,7 @@
 #define TOP_KEYS \
 	"(expected one of: storages_dir, state_dir, runtime_dir, plugin_dir, worker, " \
 	"control_socket, log_level, core_etcd, reserved_prefixes, defaults, supervisor, backends, " \
-	"certs)"
+	"certs, kubernetes)"
 #define MSG_LOG_LEVEL \
 	"log_level: expected one of \"err\", \"warning\", \"notice\", \"info\", \"debug\""
 #define MSG_DURATION(what, got) \
