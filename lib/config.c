@@ -981,6 +981,20 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 	files_node = cJSON_GetObjectItemCaseSensitive(tls_node, "files");
 	certs_node = cJSON_GetObjectItemCaseSensitive(tls_node, "clientCertificates");
 
+	if (t->listen != NULL && t->listen[0] == ':' && t->listen[1] != '\0' &&
+	    strspn(t->listen + 1, "0123456789") == strlen(t->listen + 1)) {
+		/* ":PORT": every node binds the port on its own address */
+		char *full;
+
+		if (g->kube.node_address == NULL)
+			return fail_at(c, listen_node, "spec.listen: \"%s\" gives only a port, which "
+				       "each node binds on its own address: set kubernetes.node_address "
+				       "in %s", t->listen, g->path);
+		full = ep_strdup_printf(strchr(g->kube.node_address, ':') ? "[%s]%s" : "%s%s",
+					g->kube.node_address, t->listen);
+		free(t->listen);
+		t->listen = full;
+	}
 	if (t->listen == NULL)
 		return fail_at(c, spec,
 			       "spec.listen is required: the address this tenant is served on "

@@ -48,19 +48,29 @@ static const char *scalar(const yaml_node_t *n)
 	return n != NULL && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-/* The value of key in a mapping, or NULL. */
-static yaml_node_t *get(yaml_document_t *d, const yaml_node_t *map, const char *key)
+/* The value of key in a mapping (and, in *key_r, the key's node: where errors point), or NULL. */
+static yaml_node_t *get_at(yaml_document_t *d, const yaml_node_t *map, const char *key,
+			   yaml_node_t **key_r)
 {
 	if (map == NULL || map->type != YAML_MAPPING_NODE)
 		return NULL;
 	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
 	     p++) {
-		const char *k = scalar(yaml_document_get_node(d, p->key));
+		yaml_node_t *kn = yaml_document_get_node(d, p->key);
+		const char *k = scalar(kn);
 
-		if (k != NULL && strcmp(k, key) == 0)
+		if (k != NULL && strcmp(k, key) == 0) {
+			if (key_r != NULL)
+				*key_r = kn;
 			return yaml_document_get_node(d, p->value);
+		}
 	}
 	return NULL;
+}
+
+static yaml_node_t *get(yaml_document_t *d, const yaml_node_t *map, const char *key)
+{
+	return get_at(d, map, key, NULL);
 }
 
 /*
@@ -175,13 +185,13 @@ static int load(struct kctx *k, struct ep_kube_conn *c)
 			{ "username", "basic authentication is not supported: use a client "
 				      "certificate or a token" },
 		};
-		const yaml_node_t *t;
+		yaml_node_t *t, *key = NULL;
 
 		if ((user = named(k, root, "users", "user", uname)) == NULL)
 			return -EINVAL;
 		for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
-			if ((t = get(&k->doc, user, refused[i][0])) != NULL)
-				return kfail(k, t, "users[%s].user.%s: %s", uname, refused[i][0],
+			if (get_at(&k->doc, user, refused[i][0], &key) != NULL)
+				return kfail(k, key, "users[%s].user.%s: %s", uname, refused[i][0],
 					     refused[i][1]);
 		snprintf(where, sizeof(where), "users[%s].user", uname);
 		if ((r = file_or_data(k, user, where, "client-certificate", &c->cert_file,

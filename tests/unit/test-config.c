@@ -981,6 +981,42 @@ static void test_tenant_ca_grace(void **state)
 	ep_global_config_free(g);
 }
 
+/* spec.listen ":PORT": bound on this node's kubernetes.node_address */
+static void test_tenant_listen_port_only(void **state)
+{
+	struct fixture *f = *state;
+	char *text = tenant_doc(&(struct tdoc){ .spec = "{\"listen\": \":23790\"}" });
+	struct ep_global_config *g;
+	struct ep_tenant_config *t;
+	char *msg = ep_strdup_printf("spec.listen: \":23790\" gives only a port, which each node "
+				     "binds on its own address: set kubernetes.node_address in %s",
+				     f->global_file);
+
+	tenant_fails_text(f, f->global, text, 5, 12, msg, "a");
+	free(msg);
+	g = global_ok(f, "{\"plugin_dir\": \"@P@\", \"state_dir\": \"@D@/state\",\n"
+			 "  \"kubernetes\": {\"node_address\": \"127.0.0.2\"}}");
+	t = tenant_ok_text(f, g, text);
+	assert_string_equal(t->listen, "127.0.0.2:23790");
+	ep_tenant_config_free(t);
+	ep_global_config_free(g);
+	g = global_ok(f, "{\"plugin_dir\": \"@P@\", \"state_dir\": \"@D@/state\",\n"
+			 "  \"kubernetes\": {\"node_address\": \"::1\"}}");
+	t = tenant_ok_text(f, g, text);
+	assert_string_equal(t->listen, "[::1]:23790");
+	ep_tenant_config_free(t);
+	ep_global_config_free(g);
+	free(text);
+	global_fails(f, "{\"kubernetes\": {\"node_address\": \"node-1\"}}", 1, 17,
+		     "kubernetes.node_address: expected an IP address, got \"node-1\"");
+	global_fails(f, "{\"kubernetes\": {\"kubeconfig\": \"kube.conf\"}}", 1, 17,
+		     "kubernetes.kubeconfig: expected the absolute path of a kubeconfig file or "
+		     "\"in-cluster\" (the pod's service account), got a relative path");
+	global_fails(f, "{\"kubernetes\": {\"lease_duration\": \"5s\"}}", 1, 2,
+		     "kubernetes.renew_deadline (10000 ms) must be shorter than "
+		     "kubernetes.lease_duration (5000 ms)");
+}
+
 static void test_tenant_name_valid(void **state UNUSED)
 {
 	static const char *const good[] = {
@@ -1838,6 +1874,7 @@ int main(void)
 	const struct CMUnitTest tenant_tests[] = {
 		cmocka_unit_test(test_prefix_overlaps),
 		T(test_tenant_ca_grace),
+		T(test_tenant_listen_port_only),
 		cmocka_unit_test(test_tenant_name_valid),
 		cmocka_unit_test(test_listen_validate),
 		cmocka_unit_test(test_listen_parse),
