@@ -93,7 +93,7 @@ static int print_status(const cJSON *reply, int full)
 {
 	const cJSON *d = cJSON_GetObjectItemCaseSensitive(reply, "daemon");
 	const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(reply, "tenants");
-	const cJSON *t;
+	const cJSON *t, *k;
 	int not_ready = 0;
 
 	if (full) {
@@ -106,6 +106,17 @@ static int print_status(const cJSON *reply, int full)
 			       : "");
 		if (str(d, "last_reload_error", NULL) != NULL)
 			printf("last reload refused: %s\n", str(d, "last_reload_error", ""));
+		k = cJSON_GetObjectItemCaseSensitive(d, "kubernetes");
+		if (k != NULL) {
+			printf("kubernetes: %s, %s, %d EtcdStorage%s, resourceVersion %s (%s)\n",
+			       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(k, "synced"))
+				       ? "in sync" : "not in sync yet",
+			       str(k, "state", "?"), (int)num(k, "objects", 0),
+			       (int)num(k, "objects", 0) == 1 ? "" : "s",
+			       str(k, "resource_version", "-"), str(k, "connection", "?"));
+			if (str(k, "last_error", NULL) != NULL)
+				printf("kubernetes: last error: %s\n", str(k, "last_error", ""));
+		}
 		printf("\n%-24s %-8s %-22s %-24s %-8s %-10s %-8s %-8s %s\n", "NAME", "BACKEND",
 		       "LISTEN", "PREFIX", "PID", "STATE", "RESTARTS", "UPTIME", "LAST ERROR");
 	} else {

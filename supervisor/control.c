@@ -16,6 +16,7 @@
 #define EP_LOG_SUBSYS "control"
 #include "log.h"
 #include "messages.h"
+#include "kube-source.h"
 #include "supervisor.h"
 #include "util.h"
 
@@ -110,6 +111,8 @@ static cJSON *status_reply(struct supervisor *sv, int detailed)
 	cJSON_AddBoolToObject(d, "shutting_down", sv->shutting_down);
 	if (sv->last_reload_error != NULL)
 		cJSON_AddStringToObject(d, "last_reload_error", sv->last_reload_error);
+	if (sv->kube != NULL)
+		cJSON_AddItemToObject(d, "kubernetes", kube_source_describe(sv->kube));
 	for (struct tenant *t = sv->tenants; t != NULL; t = t->next)
 		cJSON_AddItemToArray(list, tenant_to_json(t, detailed));
 	cJSON_AddItemToObject(o, "tenants", list);

@@ -26,6 +26,7 @@
 #include "options.h"
 #include "sdnotify.h"
 #include "kube-source.h"
+#include "kubeconfig.h"
 #include "supervisor.h"
 #include "util.h"
 
@@ -1204,6 +1205,17 @@ static int check_config(const char *path)
 
 	if (global_bad == 0) /* the worker must be there to read the plugins' options */
 		global_bad = check_plugin_options(g);
+	if (g->kube.kubeconfig != NULL && strcmp(g->kube.kubeconfig, "in-cluster") != 0) {
+		struct ep_kube_conn kc;
+
+		if (ep_kubeconfig_load(g->kube.kubeconfig, &kc, &error) < 0) {
+			fprintf(stderr, "%s: kubernetes.kubeconfig: %s\n", path, error);
+			free(error);
+			global_bad++;
+		} else {
+			ep_kube_conn_free(&kc);
+		}
+	}
 	for (size_t i = 0; i < set.n; i++) {
 		if (set.entries[i].error != NULL) {
 			fprintf(stderr, "%s\n", set.entries[i].error);
