@@ -1220,6 +1220,48 @@ static void add_nullable(cJSON *o, const char *key, const char *value)
 		cJSON_AddNullToObject(o, key);
 }
 
+char *ep_kube_output_dir(const struct ep_global_config *g, const char *tenant,
+			 const struct ep_k8s_ref *secret)
+{
+	if (secret == NULL)
+		return ep_strdup_printf("%s/kubernetes/outputs/%s/ca-bundle", g->state_dir, tenant);
+	return ep_strdup_printf("%s/kubernetes/outputs/%s/secret.%s.%s", g->state_dir, tenant,
+				secret->namespace, secret->name);
+}
+
+/*
+ * The Kubernetes source publishes a client certificate into each
+ * spec.clientCertSecret, and the CA bundle into each spec.caCertConfigMap: the
+ * ca source issues them into directories of state_dir like any other output,
+ * and the supervisor copies them into the cluster (kube-publish.c).
+ */
+static void add_kube_outputs(const struct ep_global_config *g, const struct ep_tenant_config *t,
+			     cJSON *list)
+{
+	for (size_t i = 0; i < t->n_client_cert_secrets; i++) {
+		cJSON *o = cJSON_CreateObject();
+		char *dir = ep_kube_output_dir(g, t->name, &t->client_cert_secrets[i]);
+		char *cn = ep_strdup_printf("%s:%s", t->client_cert_secrets[i].namespace,
+					    t->client_cert_secrets[i].name);
+
+		cJSON_AddStringToObject(o, "name", cn);
+		cJSON_AddStringToObject(o, "outputDir", dir);
+		cJSON_AddItemToArray(list, o);
+		free(dir);
+		free(cn);
+	}
+	if (t->n_client_cert_secrets == 0 && t->n_ca_cert_config_maps > 0) {
+		/* the bundle comes with a client certificate, which nobody is given */
+		cJSON *o = cJSON_CreateObject();
+		char *dir = ep_kube_output_dir(g, t->name, NULL);
+
+		cJSON_AddStringToObject(o, "name", "etcdproxy-ca-bundle");
+		cJSON_AddStringToObject(o, "outputDir", dir);
+		cJSON_AddItemToArray(list, o);
+		free(dir);
+	}
+}
+
 cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_tenant_config *t)
 {
 	cJSON *root = cJSON_CreateObject();
@@ -1258,6 +1300,8 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 			cJSON_AddStringToObject(o, "outputDir", t->tls.client_certs[i].output_dir);
 			cJSON_AddItemToArray(a, o);
 		}
+		if (g->kube.kubeconfig != NULL && strcmp(t->tls.source, "ca") == 0)
+			add_kube_outputs(g, t, a);
 		if (t->tls.cert_file != NULL) {
 			cJSON *f = cJSON_AddObjectToObject(tls, "files");
 

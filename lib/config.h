@@ -174,6 +174,15 @@ int ep_listen_validate(const char *listen, int tls, const char **why_r);
  * The whole effective configuration of one worker: the CONFIGURE payload.
  * Deterministic, so its text is also the fingerprint that reload compares.
  */
+/*
+ * Where the ca source keeps what the Kubernetes source publishes for a
+ * tenant: the client certificate of a spec.clientCertSecret entry, or, with
+ * secret NULL, the CA bundle for spec.caCertConfigMap when no Secret is asked
+ * for (malloc'ed).
+ */
+char *ep_kube_output_dir(const struct ep_global_config *g, const char *tenant,
+			 const struct ep_k8s_ref *secret);
+
 cJSON *ep_worker_config_build(const struct ep_global_config *global,
 			      const struct ep_tenant_config *tenant);
 

@@ -14,6 +14,7 @@
 
 #include "files.h"
 #include "kube-client.h"
+#include "kube-publish.h"
 #include "kube-source.h"
 #include "kubeconfig.h"
 #include "log.h"
@@ -41,6 +42,7 @@ struct kobj {
 struct kube_source {
 	struct supervisor *sv;
 	struct kube_client *kc;
+	struct kube_publish *pub;
 	char *origin;
 	char *cache_dir;
 
@@ -110,6 +112,7 @@ static void on_apply(uv_timer_t *t)
 	struct kube_source *ks = t->data;
 
 	supervisor_reload_tenants(ks->sv, "kubernetes");
+	kube_publish_poke(ks->pub, 0);
 	status_schedule(ks, STATUS_DELAY_MS);
 }
 
@@ -169,6 +172,8 @@ static void upsert(struct kube_source *ks, const cJSON *obj)
 		ks->objs = o;
 	}
 	o->seen = 1;
+	kube_publish_set_uid(ks->pub, o->name,
+			     cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(meta, "uid")));
 	free(o->rv);
 	o->rv = cJSON_IsString(rv) ? ep_strdup(rv->valuestring) : NULL;
 	o->generation = cJSON_IsNumber(gen) ? (long long)gen->valuedouble : 0;
@@ -534,6 +539,13 @@ static cJSON *desired_status(struct kube_source *ks, const struct kobj *o)
 			msg = ready ? t->endpoint : t->last_error;
 		}
 	}
+	if (e->error == NULL) {
+		const char *reason, *message;
+		int published = kube_publish_state(ks->pub, o->name, &reason, &message);
+
+		add_condition(conds, o->status, "CertificatesPublished", published, reason, message,
+			      o->generation);
+	}
 	add_condition(conds, o->status, "Ready", ready, ready_reason,
 		      ready ? "the endpoint answers" : msg, o->generation);
 	/* the etcdproxy-controller's condition, for tools written against it */
@@ -682,10 +694,12 @@ static void on_status_timer(uv_timer_t *t)
 		ks->queue[ks->n_queue++] = ep_strdup(o->name);
 	}
 	status_next(ks);
-	/* the resync: a status someone else changed is put right */
-	if (!uv_is_active((uv_handle_t *)&ks->status_timer))
+	/* the resync: a status, Secret or ConfigMap someone else changed is put right */
+	if (!uv_is_active((uv_handle_t *)&ks->status_timer)) {
 		uv_timer_start(&ks->status_timer, on_status_timer, ks->sv->global->kube.resync_ms,
 			       0);
+		kube_publish_poke(ks->pub, 1);
+	}
 }
 
 static void status_schedule(struct kube_source *ks, uint64_t delay_ms)
@@ -730,9 +744,11 @@ int kube_source_start(struct supervisor *sv, struct kube_source **ks_r, char **e
 		free(ks);
 		return -EINVAL;
 	}
+	ks->pub = kube_publish_new(sv, ks->kc);
 	ks->cache_dir = ep_kube_cache_dir(sv->global);
 	if (ep_mkdir_p(ks->cache_dir, 0700) < 0) {
 		*error_r = ep_strdup_printf("%s: %s", ks->cache_dir, strerror(errno));
+		kube_publish_free(ks->pub);
 		kube_client_free(ks->kc);
 		free(ks->cache_dir);
 		free(ks->origin);
@@ -780,6 +796,7 @@ void kube_source_stop(struct kube_source *ks)
 	if (ks == NULL || ks->stopping)
 		return;
 	ks->stopping = 1;
+	kube_publish_free(ks->pub);
 	kube_client_free(ks->kc); /* cancels the list, watch and status requests */
 	ks->req = ks->status_req = NULL;
 	uv_close((uv_handle_t *)&ks->retry, on_closed);
