@@ -405,6 +405,11 @@ static void pass(struct kube_publish *kp)
 
 	if (kp->closing)
 		return;
+	if (!kube_source_is_leader(kp->sv->kube)) {
+		/* only the leader writes; a follower looks again, should it become the leader */
+		uv_timer_start(&kp->timer, on_timer, CHECK_EVERY_MS, 0);
+		return;
+	}
 	kp->resync = 0;
 	rebuild(kp);
 	for (struct output *o = kp->outs; o != NULL; o = o->next) {

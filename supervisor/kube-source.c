@@ -14,6 +14,7 @@
 
 #include "files.h"
 #include "kube-client.h"
+#include "kube-lease.h"
 #include "kube-publish.h"
 #include "kube-source.h"
 #include "kubeconfig.h"
@@ -43,6 +44,7 @@ struct kube_source {
 	struct supervisor *sv;
 	struct kube_client *kc;
 	struct kube_publish *pub;
+	struct kube_lease *lease;
 	char *origin;
 	char *cache_dir;
 
@@ -492,7 +494,7 @@ static void add_condition(cJSON *conds, const cJSON *old_status, const char *typ
 }
 
 /* What this node would write into o's status: conditions, observedGeneration, its node entry. */
-static cJSON *desired_status(struct kube_source *ks, const struct kobj *o)
+static cJSON *desired_status(struct kube_source *ks, const struct kobj *o, int leader)
 {
 	struct supervisor *sv = ks->sv;
 	const struct ep_tenant_entry *e = NULL;
@@ -511,6 +513,8 @@ static cJSON *desired_status(struct kube_source *ks, const struct kobj *o)
 		return NULL; /* not loaded yet */
 	t = e->error == NULL ? supervisor_find(sv, o->name) : NULL;
 	st = cJSON_CreateObject();
+	if (!leader)
+		goto node_only;
 	cJSON_AddNumberToObject(st, "observedGeneration", (double)o->generation);
 	conds = cJSON_AddArrayToObject(st, "conditions");
 	if (e->error != NULL) {
@@ -551,6 +555,13 @@ static cJSON *desired_status(struct kube_source *ks, const struct kobj *o)
 	/* the etcdproxy-controller's condition, for tools written against it */
 	add_condition(conds, o->status, "Deployed", ready, ready_reason,
 		      ready ? "the endpoint answers" : msg, o->generation);
+node_only:
+	if (e->error != NULL) {
+		msg = strip_position(e->error);
+	} else if (t != NULL) {
+		ready = t->state == TENANT_READY;
+		msg = ready ? t->endpoint : t->last_error;
+	}
 	nodes = cJSON_AddObjectToObject(st, "nodes");
 	node = cJSON_AddObjectToObject(nodes, sv->global->kube.node_name);
 	cJSON_AddBoolToObject(node, "ready", ready);
@@ -570,11 +581,12 @@ static int status_current(const struct kube_source *ks, const cJSON *have, const
 
 	if (have == NULL)
 		return 0;
-	if (!cJSON_Compare(cJSON_GetObjectItemCaseSensitive(have, "observedGeneration"),
-			   cJSON_GetObjectItemCaseSensitive(want, "observedGeneration"), 1) ||
-	    !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(have, "conditions"),
-			   cJSON_GetObjectItemCaseSensitive(want, "conditions"), 1))
-		return 0;
+	if (cJSON_GetObjectItemCaseSensitive(want, "conditions") != NULL &&
+	    (!cJSON_Compare(cJSON_GetObjectItemCaseSensitive(have, "observedGeneration"),
+			    cJSON_GetObjectItemCaseSensitive(want, "observedGeneration"), 1) ||
+	     !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(have, "conditions"),
+			    cJSON_GetObjectItemCaseSensitive(want, "conditions"), 1)))
+		return 0; /* the leader's part */
 	hn = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(have, "nodes"), node);
 	wn = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(want, "nodes"), node);
 	return cJSON_Compare(hn, wn, 1);
@@ -656,7 +668,7 @@ static void status_next(struct kube_source *ks)
 		ks->status_name = name;
 		if (o == NULL || o->rv == NULL)
 			continue;
-		want = desired_status(ks, o);
+		want = desired_status(ks, o, kube_lease_is_leader(ks->lease));
 		if (want == NULL || status_current(ks, o->status, want)) {
 			cJSON_Delete(want);
 			continue;
@@ -720,6 +732,20 @@ void kube_source_poke(struct kube_source *ks)
 
 /* ---- life ----------------------------------------------------------------------------------- */
 
+static void on_leader(void *ctx, int leader)
+{
+	struct kube_source *ks = ctx;
+
+	/* the new leader puts conditions and certificates right; a former one stops writing */
+	kube_publish_poke(ks->pub, 1);
+	status_schedule(ks, STATUS_DELAY_MS);
+}
+
+int kube_source_is_leader(const struct kube_source *ks)
+{
+	return ks != NULL && kube_lease_is_leader(ks->lease);
+}
+
 int kube_source_start(struct supervisor *sv, struct kube_source **ks_r, char **error_r)
 {
 	const struct ep_kube_settings *k = &sv->global->kube;
@@ -761,6 +787,7 @@ int kube_source_start(struct supervisor *sv, struct kube_source **ks_r, char **e
 	ks->retry.data = ks->apply.data = ks->status_timer.data = ks;
 	ks->handles = 3;
 	load_cache(ks);
+	ks->lease = kube_lease_start(sv->loop, ks->kc, &sv->global->kube, on_leader, ks);
 	ep_notice("watching EtcdStorages of the cluster (%s)", ks->origin);
 	srand((unsigned)(ep_now_ms() ^ (uint64_t)getpid()));
 	start_list(ks);
@@ -791,17 +818,32 @@ static void on_closed(uv_handle_t *h)
 	free(ks);
 }
 
+/* The lease is given back (or was not ours): now the client can go. */
+static void stop_finish(void *ctx)
+{
+	struct kube_source *ks = ctx;
+
+	kube_lease_stop(ks->lease);
+	kube_client_free(ks->kc); /* cancels whatever is still in flight */
+	uv_close((uv_handle_t *)&ks->retry, on_closed);
+	uv_close((uv_handle_t *)&ks->apply, on_closed);
+	uv_close((uv_handle_t *)&ks->status_timer, on_closed);
+}
+
 void kube_source_stop(struct kube_source *ks)
 {
 	if (ks == NULL || ks->stopping)
 		return;
 	ks->stopping = 1;
-	kube_publish_free(ks->pub);
-	kube_client_free(ks->kc); /* cancels the list, watch and status requests */
+	kube_cancel(ks->req);
+	kube_cancel(ks->status_req);
 	ks->req = ks->status_req = NULL;
-	uv_close((uv_handle_t *)&ks->retry, on_closed);
-	uv_close((uv_handle_t *)&ks->apply, on_closed);
-	uv_close((uv_handle_t *)&ks->status_timer, on_closed);
+	uv_timer_stop(&ks->retry);
+	uv_timer_stop(&ks->apply);
+	uv_timer_stop(&ks->status_timer);
+	kube_publish_free(ks->pub);
+	ks->pub = NULL;
+	kube_lease_release(ks->lease, stop_finish, ks);
 }
 
 static size_t n_objs(const struct kube_source *ks)
@@ -819,6 +861,8 @@ cJSON *kube_source_describe(const struct kube_source *ks)
 
 	cJSON_AddStringToObject(o, "connection", ks->origin);
 	cJSON_AddBoolToObject(o, "synced", ks->synced);
+	cJSON_AddBoolToObject(o, "leader", kube_lease_is_leader(ks->lease));
+	cJSON_AddStringToObject(o, "lease_holder", kube_lease_holder(ks->lease));
 	cJSON_AddStringToObject(o, "state", ks->watching ? "watching" : ks->req ? "listing"
 								   : "waiting");
 	if (ks->rv != NULL)

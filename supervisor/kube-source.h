@@ -31,6 +31,8 @@ int kube_source_start(struct supervisor *sv, struct kube_source **ks_r, char **e
 void kube_source_stop(struct kube_source *ks);
 /* A tenant changed state, or the set was reloaded: the status is looked at again soon. */
 void kube_source_poke(struct kube_source *ks);
+/* This node holds the leader lease: it writes conditions, Secrets and ConfigMaps. */
+int kube_source_is_leader(const struct kube_source *ks);
 /* For etcdproxyctl status: where it connects, whether it is in sync, the last error. */
 cJSON *kube_source_describe(const struct kube_source *ks);
 
