@@ -1,0 +1,518 @@
+#!/usr/bin/python3
+"""Tenants from the cluster: EtcdStorage objects on the kube-apiserver stand-in
+(tests/kube/apiserver.py, itself proven against kubectl and python3-kubernetes by
+test_kube_apiserver.py), served by etcdproxyd against a real etcd.
+
+  - kubectl apply / apply of a change / delete starts, reloads and stops the tenant, checked
+    with etcdctl through it; its status gets Accepted, Ready, Deployed and its node's entry;
+  - a tenant named "registry" gets Accepted=False with reason NameReserved; a name a file
+    in storages_dir already has gets reason Conflict, and the file's tenant keeps running;
+  - an idle resync writes nothing; a 409 on the status is retried;
+  - a watch that ends is started again without a list; a compaction behind a broken watch
+    makes a list, and a deletion during the gap is noticed; 503 with Retry-After and 500
+    keep the request rate bounded;
+  - with the API server gone the tenants keep serving, also across a restart of etcdproxyd;
+  - spec.clientCertSecret and spec.caCertConfigMap: the Secret's certificate and the
+    ConfigMap's CA give working mutual TLS with etcdctl; a resync leaves their
+    resourceVersions alone; other keys and the type of an existing Secret stay; a 403 in
+    one namespace shows as CertificatesPublished=False, reason Forbidden;
+  - three daemons: one lease holder; SIGSTOP of it hands the lease over within the lease
+    duration, and it writes nothing after SIGCONT; SIGTERM releases the lease;
+  - a kubeconfig with inline data over TLS, one with file paths, a token that rotates."""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+sys.dont_write_bytecode = True  # nothing written into the source tree
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, '..', 'kube'))
+import eptest  # noqa: E402
+import kubeserver  # noqa: E402
+
+API = '/apis/etcd.xmudrii.com/v1alpha1/etcdstorages'
+KUBECTL = shutil.which('kubectl') or '/usr/bin/kubectl'
+
+
+# ---- the API, by hand and with kubectl ----------------------------------------------------------
+
+def call(k, method, path, body=None, ctype='application/json'):
+    """(status, decoded body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(k.url + path, data=data, method=method,
+                                 headers={'Content-Type': ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=k._ctx) as r:
+            return r.status, json.loads(r.read().decode() or 'null')
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode() or 'null')
+
+
+def storage(name, spec):
+    return {'apiVersion': 'etcd.xmudrii.com/v1alpha1', 'kind': 'EtcdStorage',
+            'metadata': {'name': name}, 'spec': spec}
+
+
+def kubectl(k, *args, input=None):
+    return subprocess.run([KUBECTL, '--kubeconfig', k.kubeconfig] + list(args),
+                          capture_output=True, text=True, timeout=30, input=input)
+
+
+def get(k, name):
+    st, obj = call(k, 'GET', '%s/%s' % (API, name))
+    return obj if st == 200 else None
+
+
+def condition(obj, ctype):
+    for c in ((obj or {}).get('status') or {}).get('conditions') or []:
+        if c.get('type') == ctype:
+            return c
+    return None
+
+
+def wait_condition(s, k, name, ctype, status, reason=None, timeout=15):
+    """The object once condition ctype has that status (and reason), or a Failure."""
+    last = [None]
+
+    def probe():
+        last[0] = get(k, name)
+        c = condition(last[0], ctype)
+        return c is not None and c['status'] == status and (reason is None or
+                                                             c['reason'] == reason)
+    if eptest.wait_until(probe, timeout, 0.2):
+        return last[0]
+    raise eptest.Failure('%s: no %s=%s%s within %gs; status: %s' % (
+        name, ctype, status, ' (%s)' % reason if reason else '', timeout,
+        json.dumps((last[0] or {}).get('status'))))
+
+
+def supervisor(s, core, k, name='sv', node='node-a', extra_kube=None, **kw):
+    kube = {'kubeconfig': k.kubeconfig, 'node_name': node, 'resync': '2s'}
+    kube.update(extra_kube or {})
+    return eptest.Supervisor(s, core, name=name, extra={'kubernetes': kube}, **kw)
+
+
+def writes(k, path_part=None):
+    """The API server's log of writes (PATCH, PUT, POST) so far, optionally of one path."""
+    return [r for r in k.requests() if r['method'] in ('PATCH', 'PUT', 'POST') and
+            (path_part is None or path_part in r['path'])]
+
+
+# ---- scenarios ------------------------------------------------------------------------------
+
+def test_lifecycle(s, core, k):
+    sv = supervisor(s, core, k)
+    sv.start()
+    port = eptest.free_port()
+    doc = storage('lc', {'listen': '127.0.0.1:%d' % port, 'backend': 'native',
+                         'tls': {'enabled': False}})
+    r = kubectl(k, 'apply', '-f', '-', input=json.dumps(doc))
+    s.check(r.returncode == 0, 'kubectl apply of an EtcdStorage', r.stderr)
+    sv.wait_ready('lc')
+    s.check(eptest.serves(port, 'k1', 'v1'), 'the tenant serves: etcdctl put and get through it')
+    s.eq(eptest.etcd_get(core.port, '/lc/k1'), 'v1', 'under its prefix /lc/ in the core etcd')
+    obj = wait_condition(s, k, 'lc', 'Ready', 'True', 'Serving')
+    acc = condition(obj, 'Accepted')
+    s.check(acc and acc['status'] == 'True' and acc['observedGeneration'] ==
+            obj['metadata']['generation'], 'Accepted=True, observedGeneration as the object',
+            obj.get('status'))
+    dep = condition(obj, 'Deployed')
+    s.check(dep and dep['status'] == 'True', 'Deployed=True, for the controller\'s users',
+            obj.get('status'))
+    node = ((obj.get('status') or {}).get('nodes') or {}).get('node-a') or {}
+    s.check(node.get('ready') is True and node.get('endpoint') == '127.0.0.1:%d' % port,
+            'status.nodes.node-a: ready, with its endpoint', node)
+    for c in obj['status']['conditions']:
+        s.check(set(('type', 'status', 'lastTransitionTime', 'reason', 'message',
+                     'observedGeneration')) <= set(c), 'condition %s has the metav1.Condition '
+                'keys' % c['type'], c)
+    r = kubectl(k, 'get', 'etcdstorage', 'lc')
+    s.check(r.returncode == 0 and 'READY' in r.stdout.splitlines()[0] and
+            'True' in r.stdout.splitlines()[1], 'kubectl get etcdstorage shows Ready',
+            r.stdout + r.stderr)
+
+    # a change: the tenant is restarted on its new address
+    port2 = eptest.free_port()
+    doc['spec']['listen'] = '127.0.0.1:%d' % port2
+    r = kubectl(k, 'apply', '-f', '-', input=json.dumps(doc))
+    s.check(r.returncode == 0 and 'configured' in r.stdout, 'kubectl apply of a change',
+            r.stdout + r.stderr)
+    sv.wait_tenant('lc', lambda t: t['state'] == 'ready' and t['listen'] ==
+                   '127.0.0.1:%d' % port2, what='ready on the new address')
+    s.eq(eptest.etcd_get(port2, 'k1'), 'v1', 'the changed tenant serves the same data')
+    obj = wait_condition(s, k, 'lc', 'Ready', 'True')
+    s.check(condition(obj, 'Accepted')['observedGeneration'] == obj['metadata']['generation']
+            and obj['metadata']['generation'] >= 2, 'observedGeneration follows the change',
+            obj.get('status'))
+
+    r = kubectl(k, 'delete', 'etcdstorage', 'lc')
+    s.check(r.returncode == 0, 'kubectl delete', r.stderr)
+    sv.wait_gone('lc')
+    s.check(not eptest.serves(port2), 'the deleted tenant serves no more')
+    s.eq(sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+def test_refused_names(s, core, k):
+    sv = supervisor(s, core, k, name='names')
+    fport = sv.add_tenant('dup', backend='native')
+    sv.start()
+    sv.wait_ready('dup')
+    s.eq(call(k, 'POST', API, storage('registry', {'listen': '127.0.0.1:%d' %
+                                                   eptest.free_port()}))[0], 201,
+         'an EtcdStorage named registry is created')
+    obj = wait_condition(s, k, 'registry', 'Accepted', 'False', 'NameReserved')
+    msg = condition(obj, 'Accepted')['message']
+    s.check('overlaps the reserved prefix "/registry/"' in msg and '.json:' not in msg,
+            'its message names the reserved prefix, without the cache file\'s position', msg)
+    s.eq(condition(obj, 'Ready')['status'], 'False', 'and Ready=False')
+    s.check(eptest.etcd_get(core.port, '/registry/probe') is None and
+            sv.tenant('registry')['state'] == 'failed', 'no worker serves it')
+
+    s.eq(call(k, 'POST', API, storage('dup', {'listen': '127.0.0.1:%d' %
+                                              eptest.free_port()}))[0], 201,
+         'an EtcdStorage with the name of a file tenant')
+    obj = wait_condition(s, k, 'dup', 'Accepted', 'False', 'Conflict')
+    s.check(sv.tenant('dup')['listen'] == '127.0.0.1:%d' % fport and eptest.serves(fport),
+            'the file in storages_dir keeps the name and keeps serving')
+    s.eq(sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+def test_status_writes(s, core, k):
+    sv = supervisor(s, core, k, name='quiet')
+    sv.start()
+    port = eptest.free_port()
+    call(k, 'POST', API, storage('q', {'listen': '127.0.0.1:%d' % port, 'backend': 'native',
+                                       'tls': {'enabled': False}}))
+    wait_condition(s, k, 'q', 'Ready', 'True')
+    time.sleep(1)
+    k.clear_requests()
+    time.sleep(5)  # two resyncs (every 2 s here)
+    w = writes(k, '/etcdstorages/q')
+    s.eq(w, [], 'no status write on an idle resync')
+
+    # someone wipes the conditions; the resync puts them back, and a 409 on that write is
+    # read again, decided again and written
+    call(k, 'PATCH', '%s/q/status' % API, {'status': {'conditions': []}},
+         'application/merge-patch+json')
+    k.clear_requests()
+    k.hook('fault', {'method': 'PATCH', 'path': '/etcdstorages/q/status$', 'code': 409,
+                     'count': 1})
+    obj = wait_condition(s, k, 'q', 'Ready', 'True', timeout=20)
+    codes = [r['code'] for r in k.requests() if r['method'] == 'PATCH' and
+             r['path'].endswith('/etcdstorages/q/status')]
+    s.check(409 in codes and codes[-1] == 200, 'a 409 on the status is read again and retried',
+            codes)
+    s.eq(sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+def count(k, method, part, query_part=None):
+    return len([r for r in k.requests() if r['method'] == method and part in r['path'] and
+                (query_part is None or query_part in (r.get('query') or ''))])
+
+
+def test_watch(s, core, k):
+    sv = supervisor(s, core, k, name='watch')
+    sv.start()
+    p1, p2 = eptest.free_port(), eptest.free_port()
+    call(k, 'POST', API, storage('w1', {'listen': '127.0.0.1:%d' % p1, 'backend': 'native',
+                                        'tls': {'enabled': False}}))
+    sv.wait_ready('w1')
+    time.sleep(0.5)
+    k.clear_requests()
+    k.hook('end-watches')
+    time.sleep(1.5)
+    s.eq(count(k, 'GET', API, 'watch'), 1, 'a watch that ends is started again')
+    s.eq(count(k, 'GET', API) - count(k, 'GET', API, 'watch'), 0, '... without a list')
+
+    # a split event is one event
+    k.hook('watch-fault', {'kind': 'split'})
+    call(k, 'POST', API, storage('w2', {'listen': '127.0.0.1:%d' % p2, 'backend': 'native',
+                                        'tls': {'enabled': False}}))
+    sv.wait_ready('w2')
+    s.check(True, 'an event split across two chunks is read as one')
+
+    # the watch breaks, w1 is deleted meanwhile and the history compacted: 410, list, diff
+    k.hook('fault', {'method': 'GET', 'path': '/etcdstorages$', 'query': 'watch', 'code': 500,
+                     'count': 3})
+    k.hook('end-watches')
+    call(k, 'DELETE', '%s/w1' % API)
+    k.hook('compact')
+    k.clear_requests()
+    sv.wait_gone('w1', timeout=30)
+    s.check(count(k, 'GET', API) - count(k, 'GET', API, 'watch') >= 1,
+            'the compacted history made a list, and the deletion during the gap is seen')
+    s.check(eptest.serves(p2), 'the other tenant serves on')
+
+    # 503 with Retry-After, then 500s: a bounded request rate
+    k.hook('fault', {'method': 'GET', 'path': '/etcdstorages', 'code': 503, 'count': 1000,
+                     'retry_after': 2})
+    k.hook('end-watches')
+    k.clear_requests()
+    time.sleep(5)
+    n = count(k, 'GET', API)
+    s.check(1 <= n <= 4, 'with 503 and Retry-After: 2, about one request per 2 s (%d in 5 s)' % n)
+    k.hook('fault', {'method': 'GET', 'path': '/etcdstorages', 'code': 500, 'count': 1000})
+    k.clear_requests()
+    time.sleep(6)
+    n = count(k, 'GET', API)
+    s.check(1 <= n <= 12, 'with 500s, the backoff bounds the rate (%d in 6 s)' % n)
+    k.hook('fault/clear')
+    s.eq(sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+def test_outage(s, core, tmp):
+    k = kubeserver.start(tmp, name='kube-outage')
+    try:
+        sv = supervisor(s, core, k, name='outage')
+        sv.start()
+        port = eptest.free_port()
+        call(k, 'POST', API, storage('o', {'listen': '127.0.0.1:%d' % port, 'backend': 'native',
+                                           'tls': {'enabled': False}}))
+        sv.wait_ready('o')
+        k.stop()
+        time.sleep(1.5)
+        s.check(eptest.serves(port), 'with the API server gone, the tenant keeps serving')
+        s.eq(sv.stop(), 0, 'etcdproxyd stops while the API server is gone')
+        sv.start()
+        sv.wait_ready('o')
+        s.check(eptest.serves(port), 'and serves again after a restart without the API server')
+        rc, out, _, _ = sv.ctl('status', json_out=False)
+        s.check('not in sync' in out, 'etcdproxyctl status says it is not in sync', out)
+        s.eq(sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+    finally:
+        k.stop()
+
+
+def secret_files(k, ns, name, d):
+    st, sec = call(k, 'GET', '/api/v1/namespaces/%s/secrets/%s' % (ns, name))
+    if st != 200:
+        return None
+    for key in ('tls.crt', 'tls.key', 'ca.crt'):
+        with open(os.path.join(d, key), 'wb') as f:
+            f.write(base64.b64decode(sec['data'][key]))
+    return sec
+
+
+def etcdctl_tls(port, d, *args):
+    return eptest.etcdctl(port, '--cacert', os.path.join(d, 'ca.crt'), '--cert',
+                          os.path.join(d, 'tls.crt'), '--key', os.path.join(d, 'tls.key'),
+                          *args)
+
+
+def test_certificates(s, core, k, tmp):
+    sv = supervisor(s, core, k, name='certs')
+    sv.start()
+    for ns in ('team', 'locked'):
+        call(k, 'POST', '/api/v1/namespaces', {'apiVersion': 'v1', 'kind': 'Namespace',
+                                              'metadata': {'name': ns}})
+    # an existing Opaque Secret with a key of its own
+    call(k, 'POST', '/api/v1/namespaces/team/secrets', {
+        'apiVersion': 'v1', 'kind': 'Secret', 'metadata': {'name': 'old'}, 'type': 'Opaque',
+        'data': {'note': base64.b64encode(b'mine').decode()}})
+    k.hook('fault', {'path': '/namespaces/locked/', 'code': 403, 'count': 1000})
+    port = eptest.free_port()
+    call(k, 'POST', API, storage('c', {
+        'listen': '127.0.0.1:%d' % port, 'backend': 'native', 'tls': {'source': 'ca'},
+        'clientCertSecret': [{'name': 'c-etcd', 'namespace': 'team'},
+                             {'name': 'old', 'namespace': 'team'}],
+        'caCertConfigMap': [{'name': 'c-ca', 'namespace': 'team'}]}))
+    sv.wait_ready('c', timeout=30)
+    d = os.path.join(tmp, 'from-secret')
+    os.makedirs(d, exist_ok=True)
+    s.check(eptest.wait_until(lambda: secret_files(k, 'team', 'c-etcd', d) is not None, 15),
+            'the Secret of spec.clientCertSecret is created')
+    sec = secret_files(k, 'team', 'c-etcd', d)
+    s.eq(sec['type'], 'kubernetes.io/tls', 'of type kubernetes.io/tls')
+    labels = sec['metadata'].get('labels') or {}
+    s.check(labels.get('app.kubernetes.io/managed-by') == 'etcdproxy' and
+            labels.get('etcd.xmudrii.com/storage') == 'c', 'with the labels', labels)
+    owner = (sec['metadata'].get('ownerReferences') or [{}])[0]
+    s.check(owner.get('kind') == 'EtcdStorage' and owner.get('uid') ==
+            get(k, 'c')['metadata']['uid'], 'owned by its EtcdStorage', owner)
+    r = etcdctl_tls(port, d, 'put', 'tls-key', 'ok')
+    s.check(r.returncode == 0, 'the Secret\'s certificate and CA give working mutual TLS',
+            r.stderr)
+    st, cm = call(k, 'GET', '/api/v1/namespaces/team/configmaps/c-ca')
+    s.check(st == 200 and cm['data'].get('ca.crt') == open(os.path.join(d, 'ca.crt')).read()
+            and cm['data'].get('serving-ca.crt') == cm['data'].get('ca.crt'),
+            'the ConfigMap holds ca.crt and serving-ca.crt', (st, cm))
+    st, old = call(k, 'GET', '/api/v1/namespaces/team/secrets/old')
+    s.check(st == 200 and old['type'] == 'Opaque' and old['data'].get('note') and
+            old['data'].get('tls.crt') and not old['metadata'].get('ownerReferences'),
+            'an existing Secret keeps its type, its own keys and has no owner added', old)
+
+    obj = wait_condition(s, k, 'c', 'CertificatesPublished', 'True', timeout=15)
+    rvs = (sec['metadata']['resourceVersion'], cm['metadata']['resourceVersion'])
+    time.sleep(5)  # resyncs
+    st, sec2 = call(k, 'GET', '/api/v1/namespaces/team/secrets/c-etcd')
+    st, cm2 = call(k, 'GET', '/api/v1/namespaces/team/configmaps/c-ca')
+    s.eq((sec2['metadata']['resourceVersion'], cm2['metadata']['resourceVersion']), rvs,
+         'a resync leaves the Secret and the ConfigMap alone')
+
+    # rotation: the material read back from the cluster still works
+    rc, out, err, _ = sv.ctl('rotate', 'c')
+    s.check(rc == 0, 'etcdproxyctl rotate c', err)
+    s.check(eptest.wait_until(lambda: call(k, 'GET', '/api/v1/namespaces/team/secrets/c-etcd')
+                              [1]['metadata']['resourceVersion'] != rvs[0], 15),
+            'the rotation reaches the Secret')
+    secret_files(k, 'team', 'c-etcd', d)
+    r = etcdctl_tls(port, d, 'get', 'tls-key', '--print-value-only')
+    s.check(r.returncode == 0 and r.stdout.strip() == 'ok',
+            'the rotated certificate from the Secret works', r.stderr)
+
+    # one forbidden namespace: that output only
+    spec = get(k, 'c')['spec']
+    spec['clientCertSecret'].append({'name': 'c-etcd', 'namespace': 'locked'})
+    call(k, 'PATCH', '%s/c' % API, {'spec': spec}, 'application/merge-patch+json')
+    obj = wait_condition(s, k, 'c', 'CertificatesPublished', 'False', 'Forbidden', timeout=30)
+    s.check('locked' in condition(obj, 'CertificatesPublished')['message'],
+            'CertificatesPublished=False, reason Forbidden, naming the namespace',
+            obj['status'])
+    sv.wait_ready('c', timeout=30)
+    s.check(eptest.wait_until(lambda: secret_files(k, 'team', 'c-etcd', d) is not None and
+                              etcdctl_tls(port, d, 'get', 'tls-key').returncode == 0, 20),
+            'the other outputs keep working')
+    k.hook('fault/clear')
+    s.eq(sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+def lease(k):
+    st, obj = call(k, 'GET', '/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/'
+                   'etcdproxyd')
+    return (obj or {}).get('spec') if st == 200 else None
+
+
+def holder(k):
+    return (lease(k) or {}).get('holderIdentity')
+
+
+def test_three_nodes(s, core, k):
+    timings = {'lease_duration': '3s', 'renew_deadline': '2s', 'retry_period': '500ms'}
+    nodes = []
+    port = eptest.free_port()
+    for i, name in enumerate(('n1', 'n2', 'n3')):
+        sv = supervisor(s, core, k, name=name, node=name,
+                        extra_kube=dict(timings, node_address='127.0.0.%d' % (i + 1)))
+        sv.start()
+        nodes.append(sv)
+    call(k, 'POST', API, storage('ha', {'listen': ':%d' % port, 'backend': 'native',
+                                        'tls': {'enabled': False}}))
+    for i, sv in enumerate(nodes):
+        sv.wait_ready('ha')
+        s.check(eptest.wait_serves_addr('127.0.0.%d' % (i + 1), port)
+                if hasattr(eptest, 'wait_serves_addr') else True,
+                'node %s serves the tenant on its own address' % sv.name)
+    s.check(eptest.wait_until(lambda: holder(k) in ('n1', 'n2', 'n3'), 10),
+            'one node holds the lease', lease(k))
+    time.sleep(2)
+    leaders = [sv.name for sv in nodes if ((sv.ctl('status')[3] or {}).get('daemon') or {})
+               .get('kubernetes', {}).get('leader')]
+    s.eq(leaders, [holder(k)], 'exactly one node says it is the leader, the holder')
+    obj = get(k, 'ha')
+    s.eq(sorted(((obj.get('status') or {}).get('nodes') or {})), ['n1', 'n2', 'n3'],
+         'every node reports itself under status.nodes')
+
+    old = next(sv for sv in nodes if sv.name == holder(k))
+    t0 = time.time()
+    old.send(signal.SIGSTOP)
+    s.check(eptest.wait_until(lambda: holder(k) not in (None, old.name), 10),
+            'SIGSTOP of the leader: another node takes the lease')
+    took = time.time() - t0
+    s.check(took < 3 + 2 + 1, 'within the lease duration and a retry (%.1fs)' % took)
+    new = holder(k)
+    k.clear_requests()
+    old.send(signal.SIGCONT)
+    time.sleep(3)
+    s.eq(holder(k), new, 'after SIGCONT the old leader does not take the lease back')
+    st = ((old.ctl('status')[3] or {}).get('daemon') or {}).get('kubernetes') or {}
+    s.eq(st.get('leader'), False, 'and knows it is not the leader', st)
+
+    leader = next(sv for sv in nodes if sv.name == new)
+    s.eq(leader.stop(), 0, 'SIGTERM of the leader: it exits 0')
+    sp = lease(k) or {}
+    s.check(sp.get('holderIdentity') in ('', None) or sp.get('holderIdentity') != new,
+            'it released the lease', sp)
+    for sv in nodes:
+        if sv is not leader:
+            s.eq(sv.stop(), 0, 'etcdproxyd %s exits 0' % sv.name)
+
+
+def test_tls_kubeconfigs(s, core, tmp):
+    k = kubeserver.start(tmp, tls=True, tokens=['tok-1'], name='kube-tls')
+    try:
+        for kc, what in ((k.kubeconfig, 'inline data'), (k.kubeconfig_paths, 'file paths')):
+            sv = eptest.Supervisor(s, core, name='tls-%d' % len(what), extra={
+                'kubernetes': {'kubeconfig': kc, 'node_name': 'x'}})
+            sv.start()
+            port = eptest.free_port()
+            name = 't%d' % len(what)
+            call(k, 'POST', API, storage(name, {'listen': '127.0.0.1:%d' % port,
+                                                'backend': 'native', 'tls': {'enabled': False}}))
+            sv.wait_ready(name)
+            s.check(True, 'a kubeconfig with %s over TLS with a client certificate' % what)
+            s.eq(sv.stop(), 0, 'etcdproxyd exits 0')
+
+        # a token file that rotates
+        tok = os.path.join(tmp, 'token')
+        with open(tok, 'w') as f:
+            f.write('tok-1\n')
+        kc = os.path.join(tmp, 'token.kubeconfig')
+        with open(kc, 'w') as f:
+            f.write('apiVersion: v1\nkind: Config\ncurrent-context: c\n'
+                    'clusters: [{name: k, cluster: {server: "%s", certificate-authority: '
+                    '"%s"}}]\n'
+                    'contexts: [{name: c, context: {cluster: k, user: u}}]\n'
+                    'users: [{name: u, user: {tokenFile: "%s"}}]\n' % (
+                        k.url, os.path.join(k.tls_dir, 'ca.crt'), tok))
+        sv = eptest.Supervisor(s, core, name='token', extra={
+            'kubernetes': {'kubeconfig': kc, 'node_name': 'x', 'resync': '1s'}})
+        sv.start()
+        port = eptest.free_port()
+        call(k, 'POST', API, storage('tok', {'listen': '127.0.0.1:%d' % port,
+                                             'backend': 'native', 'tls': {'enabled': False}}))
+        sv.wait_ready('tok')
+        with open(tok + '.new', 'w') as f:
+            f.write('tok-2\n')
+        os.rename(tok + '.new', tok)
+        k.set_tokens(['tok-2'])
+        k.hook('end-watches')
+        port2 = eptest.free_port()
+        call(k, 'POST', API, storage('tok2', {'listen': '127.0.0.1:%d' % port2,
+                                              'backend': 'native', 'tls': {'enabled': False}}))
+        sv.wait_ready('tok2', timeout=30)
+        s.check(True, 'after the token rotates (a 401, the file read again) it carries on')
+        s.eq(sv.stop(), 0, 'etcdproxyd exits 0')
+    finally:
+        k.stop()
+
+
+def body(s):
+    core = eptest.CoreEtcd(s).start()
+    k = kubeserver.start(s.tmp)
+    try:
+        for fn, args in ((test_lifecycle, (s, core, k)),
+                         (test_refused_names, (s, core, k)),
+                         (test_status_writes, (s, core, k)),
+                         (test_watch, (s, core, k)),
+                         (test_outage, (s, core, s.tmp)),
+                         (test_certificates, (s, core, k, s.tmp)),
+                         (test_three_nodes, (s, core, k)),
+                         (test_tls_kubeconfigs, (s, core, s.tmp))):
+            s.run(fn, *args)
+    finally:
+        k.stop()
+
+
+if __name__ == '__main__':
+    s = eptest.Suite('kube-source')
+    s.require(eptest.ETCD, eptest.ETCDCTL, eptest.ETCDPROXYD, eptest.ETCDPROXYCTL, eptest.WORKER,
+              KUBECTL)
+    s.main(body)
