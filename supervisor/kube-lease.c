@@ -327,6 +327,7 @@ void kube_lease_stop(struct kube_lease *l)
 	if (l == NULL)
 		return;
 	l->closing = 1;
-	l->req = NULL; /* the client cancels it */
+	kube_cancel(l->req);
+	l->req = NULL;
 	uv_close((uv_handle_t *)&l->timer, on_closed);
 }

@@ -506,6 +506,8 @@ void kube_publish_free(struct kube_publish *kp)
 	if (kp == NULL)
 		return;
 	kp->closing = 1;
-	kp->req = NULL; /* the client cancels it */
+	/* the client lives on a moment (the lease is given back): nothing may call back here */
+	kube_cancel(kp->req);
+	kp->req = NULL;
 	uv_close((uv_handle_t *)&kp->timer, on_closed);
 }

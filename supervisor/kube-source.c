@@ -288,6 +288,7 @@ static void on_list(void *ctx, const struct kube_result *res)
 	struct kube_source *ks = ctx;
 	cJSON *list, *items, *item;
 	const cJSON *rv;
+	int n;
 
 	ks->req = NULL;
 	if (res->status != 200) {
@@ -317,6 +318,7 @@ static void on_list(void *ctx, const struct kube_result *res)
 	}
 	free(ks->rv);
 	ks->rv = ep_strdup(rv->valuestring);
+	n = cJSON_GetArraySize(items);
 	cJSON_Delete(list);
 	ks->lists++;
 	ks->relist = 0;
@@ -324,8 +326,7 @@ static void on_list(void *ctx, const struct kube_result *res)
 	free(ks->last_error);
 	ks->last_error = NULL;
 	if (!ks->synced)
-		ep_notice("in sync with the cluster: %d EtcdStorage%s (%s)",
-			  cJSON_GetArraySize(items), cJSON_GetArraySize(items) == 1 ? "" : "s",
+		ep_notice("in sync with the cluster: %d EtcdStorage%s (%s)", n, n == 1 ? "" : "s",
 			  ks->origin);
 	ks->synced = 1;
 	schedule_apply(ks);
