@@ -119,6 +119,8 @@ def test_lifecycle(s, core, k):
                          'tls': {'enabled': False}})
     r = kubectl(k, 'apply', '-f', '-', input=json.dumps(doc))
     s.check(r.returncode == 0, 'kubectl apply of an EtcdStorage', r.stderr)
+    r = kubectl(k, 'wait', '--for=condition=Ready', 'etcdstorage/lc', '--timeout=30s')
+    s.check(r.returncode == 0, 'kubectl wait --for=condition=Ready returns', r.stdout + r.stderr)
     sv.wait_ready('lc')
     s.check(eptest.serves(port, 'k1', 'v1'), 'the tenant serves: etcdctl put and get through it')
     s.eq(eptest.etcd_get(core.port, '/lc/k1'), 'v1', 'under its prefix /lc/ in the core etcd')
