@@ -26,7 +26,8 @@ listed token authenticates. Anything else gets 401.
 
 Test hooks, under /_test/ (no authentication, not in the request log; bodies JSON):
     POST /_test/compact                   the compaction floor becomes the current
-                                          resourceVersion -> {"floor": N}
+                                          resourceVersion -> {"floor": N}: new watches and
+                                          lists from below it get 410; open watches go on
     POST /_test/fault {"method": "PATCH", "path": REGEX, "query": REGEX, "code": 503,
                        "count": 1, "retry_after": 2, "reason": ..., "message": ...}
                                           the next COUNT requests whose method (default any)
@@ -881,8 +882,7 @@ class Store:
         self.objects = {}       # (group, plural, namespace, name) -> object
         self.history = []       # (rv, gk, namespace, name, type, obj, old)
         self.history_rvs = []
-        self.floor = 0
-        self.base = {}          # objects at the floor
+        self.floor = 0          # watches and lists from below it get 410 Expired
         self.resources = {}     # (group, version) -> {plural: Resource}
         self.faults = []
         self.watch_faults = []
@@ -926,7 +926,7 @@ class Store:
         """{key: object} as it was at rv (floor <= rv <= self.rv)."""
         if rv == self.rv:
             return self.objects
-        state = dict(self.base)
+        state = {}
         for e in self.history:
             if e[0] > rv:
                 break
@@ -955,11 +955,10 @@ class Store:
         return obj
 
     def compact(self):
+        """New watches and lists from below the current resourceVersion get 410; the history
+        stays, so that open watches still get every event (the real server serves them from
+        its watch cache, whatever etcd compacts)."""
         self.floor = self.rv
-        self.base = dict(self.objects)
-        self.history = []
-        self.history_rvs = []
-        self.cond.notify_all()
         return self.floor
 
     def events_after(self, rv):
@@ -1986,13 +1985,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 with STORE.cond:
                     while True:
                         if STORE.end_gen != end_gen or time.monotonic() >= deadline:
-                            ended = True
-                            break
-                        if pos < STORE.floor:
-                            # compacted before this watch saw its events
-                            out.append({'type': 'ERROR', 'object': status_object(
-                                410, 'Expired', 'too old resource version: %d (%d)' % (
-                                    pos, STORE.floor))})
                             ended = True
                             break
                         for e in STORE.events_after(pos):
