@@ -18,7 +18,8 @@ test_kube_apiserver.py), served by etcdproxyd against a real etcd.
     one namespace shows as CertificatesPublished=False, reason Forbidden;
   - three daemons: one lease holder; SIGSTOP of it hands the lease over within the lease
     duration, and it writes nothing after SIGCONT; SIGTERM releases the lease;
-  - a kubeconfig with inline data over TLS, one with file paths, a token that rotates."""
+  - a kubeconfig with inline data over TLS, one with file paths, a token that rotates, and
+    in-cluster mode (service account files, KUBERNETES_SERVICE_HOST/PORT)."""
 
 import base64
 import json
@@ -495,6 +496,32 @@ def test_tls_kubeconfigs(s, core, tmp):
                                               'backend': 'native', 'tls': {'enabled': False}}))
         sv.wait_ready('tok2', timeout=30)
         s.check(True, 'after the token rotates (a 401, the file read again) it carries on')
+        s.eq(sv.stop(), 0, 'etcdproxyd exits 0')
+
+        # in a pod: the service account's files and the KUBERNETES_SERVICE_* variables
+        sa = os.path.join(tmp, 'serviceaccount')
+        os.makedirs(sa, exist_ok=True)
+        shutil.copy(os.path.join(k.tls_dir, 'ca.crt'), os.path.join(sa, 'ca.crt'))
+        with open(os.path.join(sa, 'token'), 'w') as f:
+            f.write('tok-2\n')
+        with open(os.path.join(sa, 'namespace'), 'w') as f:
+            f.write('kube-system\n')
+        sv = eptest.Supervisor(s, core, name='pod', extra={
+            'kubernetes': {'kubeconfig': 'in-cluster', 'service_account_dir': sa,
+                           'node_name': 'pod'}})
+        saved = dict(os.environ)
+        os.environ.update(KUBERNETES_SERVICE_HOST='127.0.0.1',
+                          KUBERNETES_SERVICE_PORT=str(k.port))
+        try:
+            sv.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        sv.wait_ready('tok', 'tok2', timeout=30)
+        s.check(eptest.wait_until(lambda: 'pod' in ((get(k, 'tok').get('status') or {})
+                                                    .get('nodes') or {}), 10),
+                'in-cluster: the service account reaches the API server (its status is written)',
+                get(k, 'tok').get('status'))
         s.eq(sv.stop(), 0, 'etcdproxyd exits 0')
     finally:
         k.stop()
