@@ -50,6 +50,7 @@ struct kube_req {
 	kube_line_cb *line;
 	void *ctx;
 	int stopped; /* line() asked to stop */
+	int as_body; /* a line request answered with an error: its body goes to done() whole */
 	char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -205,14 +206,15 @@ static void check_done(struct kube_client *kc)
 			curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &res.status);
 		else
 			res.error = r->errbuf[0] ? r->errbuf : curl_easy_strerror(result);
-		if (r->line != NULL && r->len > 0 && !r->stopped && res.error == NULL) {
+		if (r->line != NULL && !r->as_body && r->len > 0 && !r->stopped &&
+		    res.error == NULL) {
 			/* the last line had no newline */
 			r->buf[r->len] = '\0';
 			r->line(r->ctx, r->buf, r->len);
 			r->len = 0;
 		}
-		res.body = r->line == NULL && r->buf != NULL ? r->buf : "";
-		res.len = r->line == NULL ? r->len : 0;
+		res.body = (r->line == NULL || r->as_body) && r->buf != NULL ? r->buf : "";
+		res.len = r->line == NULL || r->as_body ? r->len : 0;
 		res.retry_after = r->retry_after;
 		if (res.status == 401)
 			kube_client_token_stale(kc);
@@ -251,7 +253,15 @@ static size_t on_body(char *data, size_t size, size_t n, void *userp)
 	struct kube_req *r = userp;
 	size_t len = size * n;
 
-	if (r->line == NULL) {
+	if (r->line != NULL && !r->as_body && r->len == 0) {
+		long code = 0;
+
+		/* a Status (403, 429, 500...) is not a stream of events: done() reads it */
+		curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+		if (code < 200 || code > 299)
+			r->as_body = 1;
+	}
+	if (r->line == NULL || r->as_body) {
 		if (grow(r, len) < 0)
 			return 0; /* too large: libcurl fails the transfer */
 		memcpy(r->buf + r->len, data, len);
@@ -338,8 +348,8 @@ struct kube_req *kube_request(struct kube_client *kc, const char *method, const 
 	curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	if (timeout_s > 0)
 		curl_easy_setopt(r->easy, CURLOPT_TIMEOUT, timeout_s);
-	else /* a watch: notice a dead peer even when no event is due */
-		curl_easy_setopt(r->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* a long watch: notice a dead peer even when no event is due */
+	curl_easy_setopt(r->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	if (c->ca.data != NULL) {
 		struct curl_blob b = { c->ca.data, c->ca.len, CURL_BLOB_NOCOPY };
 

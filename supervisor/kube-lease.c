@@ -51,6 +51,7 @@ struct kube_lease {
 	uint64_t observed_ms;     /* when it last changed, by our clock */
 	char *holder;             /* who holds it, as last read */
 	char *rv;                 /* the resourceVersion of our last write */
+	uint64_t sent_ms;         /* when the write in flight was sent */
 	int releasing, closing;
 	void (*released)(void *ctx);
 	void *released_ctx;
@@ -146,7 +147,8 @@ static void on_written(void *ctx, const struct kube_result *res)
 		free(l->rv);
 		l->rv = cJSON_IsString(rv) ? ep_strdup(rv->valuestring) : NULL;
 		cJSON_Delete(obj);
-		l->last_renew_ms = ep_now_ms();
+		/* from when it was sent: the server may have committed it long before we heard */
+		l->last_renew_ms = l->sent_ms;
 		set_leader(l, 1, res->status == 201 ? "it created the lease" : "it holds the lease");
 	} else {
 		/* 409: another node wrote first; it is the leader now, or will be */
@@ -179,6 +181,7 @@ static void write_lease(struct kube_lease *l, const cJSON *obj, int release)
 	text = cJSON_PrintUnformatted(body);
 	cJSON_Delete(body);
 	path = lease_path(l, obj == NULL);
+	l->sent_ms = ep_now_ms();
 	l->req = kube_request(l->kc, obj == NULL ? "POST" : "PUT", path, "application/json", text,
 			      TIMEOUT_S, on_written, NULL, l);
 	free(path);
@@ -208,6 +211,13 @@ static void on_read(void *ctx, const struct kube_result *res)
 	obj = cJSON_ParseWithLength(res->body, res->len);
 	spec = cJSON_GetObjectItemCaseSensitive(obj, "spec");
 	holder = cJSON_GetObjectItemCaseSensitive(spec, "holderIdentity");
+	if (!cJSON_IsObject(spec)) {
+		ep_warn("the lease %s/" LEASE_NAME " is not a Lease", l->ns);
+		cJSON_Delete(obj);
+		check_deadline(l);
+		schedule(l, l->retry_ms);
+		return;
+	}
 	record = cJSON_PrintUnformatted(spec);
 	if (l->observed == NULL || strcmp(l->observed, record) != 0) {
 		/* the record moved: the holder is alive as of now, by our clock */

@@ -306,10 +306,19 @@ static void on_read(void *ctx, const struct kube_result *res)
 {
 	struct kube_publish *kp = ctx;
 	struct output *o = kp->current;
-	cJSON *want = cJSON_Parse(kp->current_data), *body = cJSON_CreateObject(), *meta;
+	cJSON *want, *body, *meta;
 	char *text, *path;
 
 	kp->req = NULL;
+	if (!kube_source_is_leader(kp->sv->kube)) {
+		/* the lease went while this was read: the new leader writes */
+		free(kp->current_data);
+		kp->current_data = NULL;
+		kp->current = NULL;
+		return;
+	}
+	want = cJSON_Parse(kp->current_data);
+	body = cJSON_CreateObject();
 	meta = cJSON_AddObjectToObject(body, "metadata");
 	if (res->status == 404) {
 		const char *uid = uid_of(kp, o->tenant);
@@ -375,7 +384,8 @@ static void on_read(void *ctx, const struct kube_result *res)
 /* The next output that needs a look, one request at a time. */
 static void next(struct kube_publish *kp)
 {
-	while (kp->req == NULL && kp->current == NULL && !kp->closing) {
+	while (kp->req == NULL && kp->current == NULL && !kp->closing &&
+	       kube_source_is_leader(kp->sv->kube)) {
 		struct output *o = NULL;
 		char *path;
 

@@ -51,6 +51,8 @@ struct kube_source {
 	/* the reflector */
 	struct kube_req *req; /* the list or watch in flight */
 	int watching;
+	uint64_t watch_started_ms;
+	unsigned watch_events;
 	int relist;           /* the watch must be replaced by a list (410) */
 	char *rv;             /* the last resourceVersion seen: where a watch starts */
 	int synced;           /* a list has completed */
@@ -66,6 +68,9 @@ struct kube_source {
 	struct kube_req *status_req;
 	char *status_name; /* the object status_req writes */
 	int status_again;  /* something changed during a pass */
+	uint64_t next_resync_ms;
+	unsigned status_failures; /* in a row: the retry backs off */
+	char *status_error;
 	char **queue;      /* names still to write in this pass */
 	size_t n_queue;
 	uint64_t status_writes;
@@ -381,6 +386,7 @@ static int on_event(void *ctx, const char *line, size_t len)
 		if (cJSON_IsString(name))
 			remove_obj(ks, name->valuestring);
 	}
+	ks->watch_events++;
 	/* BOOKMARK: only its resourceVersion matters */
 	if (r == 0 && cJSON_IsString(rv)) {
 		free(ks->rv);
@@ -405,7 +411,8 @@ static void on_watch_end(void *ctx, const struct kube_result *res)
 		start_list(ks);
 		return;
 	}
-	if (res->status == 200 && res->error == NULL && ks->last_error == NULL) {
+	if (res->status == 200 && res->error == NULL && ks->last_error == NULL &&
+	    (ks->watch_events > 0 || ep_now_ms() - ks->watch_started_ms >= 1000)) {
 		/* the server's timeout: watch on from where this one ended, no list */
 		ks->failures = 0;
 		start_watch(ks);
@@ -421,15 +428,21 @@ static void on_watch_end(void *ctx, const struct kube_result *res)
 static void start_watch(struct kube_source *ks)
 {
 	char *path;
+	int timeout;
 
 	if (ks->stopping)
 		return;
 	/* spread over 5 to 10 minutes, as client-go does, so that nodes do not re-watch together */
+	timeout = 300 + rand() % 300;
 	path = ep_strdup_printf(API_PATH "?watch=1&allowWatchBookmarks=true&resourceVersion=%s"
-				"&timeoutSeconds=%d", ks->rv, 300 + rand() % 300);
+				"&timeoutSeconds=%d", ks->rv, timeout);
 	ks->watching = 1;
 	ks->watches++;
-	ks->req = kube_request(ks->kc, "GET", path, NULL, NULL, 0, on_watch_end, on_event, ks);
+	ks->watch_started_ms = ep_now_ms();
+	ks->watch_events = 0;
+	/* the server ends it within timeoutSeconds; a silent peer is given up a minute later */
+	ks->req = kube_request(ks->kc, "GET", path, NULL, NULL, timeout + 60, on_watch_end,
+			       on_event, ks);
 	free(path);
 }
 
@@ -629,8 +642,21 @@ static void on_status_written(void *ctx, const struct kube_result *res)
 		free(path);
 		return;
 	} else if (res->status != 404) {
-		set_error(ks, "writing the status", kube_status_message(res));
+		const char *why = kube_status_message(res);
+
+		if (ks->status_error == NULL || strcmp(ks->status_error, why) != 0)
+			ep_warn("writing the status of %s: %s", ks->status_name, why);
+		free(ks->status_error);
+		ks->status_error = ep_strdup(why);
+		ks->status_failures++;
 		ks->status_again = 1;
+	} else {
+		ks->status_failures = 0;
+	}
+	if (res->status == 200) {
+		ks->status_failures = 0;
+		free(ks->status_error);
+		ks->status_error = NULL;
 	}
 	status_next(ks);
 }
@@ -674,6 +700,17 @@ static void status_next(struct kube_source *ks)
 			cJSON_Delete(want);
 			continue;
 		}
+		/* a merge patch removes a key only when it says null */
+		{
+			cJSON *node = cJSON_GetObjectItemCaseSensitive(
+				cJSON_GetObjectItemCaseSensitive(want, "nodes"),
+				ks->sv->global->kube.node_name);
+
+			if (cJSON_GetObjectItemCaseSensitive(node, "message") == NULL)
+				cJSON_AddNullToObject(node, "message");
+			if (cJSON_GetObjectItemCaseSensitive(node, "endpoint") == NULL)
+				cJSON_AddNullToObject(node, "endpoint");
+		}
 		patch = cJSON_CreateObject();
 		meta = cJSON_AddObjectToObject(patch, "metadata");
 		cJSON_AddStringToObject(meta, "resourceVersion", o->rv);
@@ -687,8 +724,13 @@ static void status_next(struct kube_source *ks)
 		free(body);
 	}
 	if (ks->n_queue == 0 && ks->status_req == NULL && ks->status_again) {
+		uint64_t delay = STATUS_DELAY_MS;
+
+		/* failing writes (no RBAC for the status, say) back off to a minute */
+		for (unsigned i = 0; i < ks->status_failures && delay < 60000; i++)
+			delay *= 2;
 		ks->status_again = 0;
-		status_schedule(ks, ks->last_error != NULL ? 2000 : STATUS_DELAY_MS);
+		status_schedule(ks, delay < 60000 ? delay : 60000);
 	}
 }
 
@@ -708,11 +750,13 @@ static void on_status_timer(uv_timer_t *t)
 	}
 	status_next(ks);
 	/* the resync: a status, Secret or ConfigMap someone else changed is put right */
-	if (!uv_is_active((uv_handle_t *)&ks->status_timer)) {
-		uv_timer_start(&ks->status_timer, on_status_timer, ks->sv->global->kube.resync_ms,
-			       0);
+	if (ep_now_ms() >= ks->next_resync_ms) {
+		ks->next_resync_ms = ep_now_ms() + ks->sv->global->kube.resync_ms;
 		kube_publish_poke(ks->pub, 1);
 	}
+	if (!uv_is_active((uv_handle_t *)&ks->status_timer))
+		uv_timer_start(&ks->status_timer, on_status_timer,
+			       ks->next_resync_ms - ep_now_ms() + 1, 0);
 }
 
 static void status_schedule(struct kube_source *ks, uint64_t delay_ms)
@@ -812,6 +856,7 @@ static void on_closed(uv_handle_t *h)
 		free(ks->queue[i]);
 	free(ks->queue);
 	free(ks->status_name);
+	free(ks->status_error);
 	free(ks->rv);
 	free(ks->last_error);
 	free(ks->cache_dir);

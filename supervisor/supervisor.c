@@ -862,6 +862,21 @@ static void apply_set(struct supervisor *sv, struct ep_tenant_set *set, cJSON *s
 	kube_source_poke(sv->kube);
 }
 
+static int same_str(const char *a, const char *b)
+{
+	return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static int kube_settings_equal(const struct ep_kube_settings *a, const struct ep_kube_settings *b)
+{
+	return same_str(a->kubeconfig, b->kubeconfig) && same_str(a->namespace, b->namespace) &&
+	       same_str(a->node_name, b->node_name) && same_str(a->node_address, b->node_address) &&
+	       same_str(a->service_account_dir, b->service_account_dir) &&
+	       a->lease_duration_ms == b->lease_duration_ms &&
+	       a->renew_deadline_ms == b->renew_deadline_ms &&
+	       a->retry_period_ms == b->retry_period_ms && a->resync_ms == b->resync_ms;
+}
+
 static void kube_restart(struct supervisor *sv)
 {
 	char *error = NULL;
@@ -881,7 +896,7 @@ int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 {
 	struct ep_global_config *g = NULL;
 	struct ep_tenant_set set;
-	int r;
+	int r, kube_changed;
 
 	*error_r = NULL;
 	ep_sd_notify("RELOADING=1");
@@ -902,6 +917,8 @@ int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 	ep_log_set_level(g->log_level);
 
 	/* the new global settings apply to everything spawned from now on */
+	kube_changed = !kube_settings_equal(&sv->global->kube, &g->kube) ||
+		       strcmp(sv->global->state_dir, g->state_dir) != 0;
 	ep_global_config_free(sv->global);
 	sv->global = g;
 	sv->generation++;
@@ -915,8 +932,12 @@ int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 	sv->last_reload_error = NULL;
 	sv->last_reload_ms = ep_now_ms();
 	ep_sd_notify("READY=1");
-	/* the kubeconfig may have changed, or its credentials: connect again */
-	kube_restart(sv);
+	/*
+	 * Only new kubernetes settings connect again: a restart gives the lease
+	 * back, and a routine reload must not hand the leadership around.
+	 */
+	if (kube_changed)
+		kube_restart(sv);
 	return 0;
 }
 

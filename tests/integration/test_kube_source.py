@@ -257,6 +257,17 @@ def test_watch(s, core, k):
             'the compacted history made a list, and the deletion during the gap is seen')
     s.check(eptest.serves(p2), 'the other tenant serves on')
 
+    # a watch answered with an error (no RBAC for watch, say): backoff, not a list loop
+    k.hook('fault', {'method': 'GET', 'path': '/etcdstorages$', 'query': 'watch', 'code': 403,
+                     'count': 1000})
+    k.hook('end-watches')
+    k.clear_requests()
+    time.sleep(5)
+    nw, nl = count(k, 'GET', API, 'watch'), count(k, 'GET', API) - count(k, 'GET', API, 'watch')
+    s.check(nl == 0 and 1 <= nw <= 6, 'a 403 on the watch backs off (%d watches, %d lists in 5 s)'
+            % (nw, nl))
+    k.hook('fault/clear')
+
     # 503 with Retry-After, then 500s: a bounded request rate
     k.hook('fault', {'method': 'GET', 'path': '/etcdstorages', 'code': 503, 'count': 1000,
                      'retry_after': 2})
