@@ -60,6 +60,30 @@ static void make_name_unique(struct ep_tenant_set *set, struct ep_tenant_entry *
 	}
 }
 
+/*
+ * Whoever may create an EtcdStorage in the cluster must not reach the node's
+ * files through it: etcdproxyd runs as root there.  Paths (spec.tls.files,
+ * an outputDir, a Unix socket) belong in a file of storages_dir, which only
+ * the node's operator writes.
+ */
+static void check_cluster_paths(struct ep_tenant_entry *e)
+{
+	const struct ep_tenant_config *t = e->config;
+	const char *what = NULL;
+
+	if (t->tls.cert_file != NULL)
+		what = "spec.tls.files";
+	else if (t->tls.n_client_certs > 0)
+		what = "spec.tls.clientCertificates (outputDir)";
+	else if (strncmp(t->listen, "unix:", 5) == 0)
+		what = "a spec.listen of \"unix:\"";
+	if (what != NULL)
+		set_error(e, ep_strdup_printf("%s: %s names a path on the node, which an "
+					      "EtcdStorage of the cluster may not do; put this "
+					      "tenant in a file of storages_dir instead", e->file,
+					      what));
+}
+
 static void check_conflicts(struct ep_tenant_set *set, struct ep_tenant_entry *e)
 {
 	for (size_t i = 0; i < set->n && e->config != NULL; i++) {
@@ -159,6 +183,8 @@ int ep_tenant_set_load(const struct ep_global_config *g, struct ep_tenant_set *s
 		} else {
 			free(name);
 			e->name = ep_strdup(e->config->name);
+			if (e->from_cluster)
+				check_cluster_paths(e);
 			check_conflicts(set, e);
 			if (e->config != NULL) {
 				cJSON *payload = ep_worker_config_build(g, e->config);

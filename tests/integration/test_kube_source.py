@@ -182,6 +182,16 @@ def test_refused_names(s, core, k):
     s.check(eptest.etcd_get(core.port, '/registry/probe') is None and
             sv.tenant('registry')['state'] == 'failed', 'no worker serves it')
 
+    # paths on the node are the node operator's: not from the cluster
+    s.eq(call(k, 'POST', API, storage('paths', {
+        'listen': '127.0.0.1:%d' % eptest.free_port(),
+        'tls': {'clientCertificates': [{'name': 'x', 'outputDir': '/etc/cron.d'}]}}))[0], 201,
+         'an EtcdStorage that names an outputDir on the node')
+    obj = wait_condition(s, k, 'paths', 'Accepted', 'False', 'InvalidSpec')
+    s.check('names a path on the node' in condition(obj, 'Accepted')['message'] and
+            not os.path.exists('/etc/cron.d/tls.key'),
+            'is refused: nothing is written there', condition(obj, 'Accepted'))
+
     s.eq(call(k, 'POST', API, storage('dup', {'listen': '127.0.0.1:%d' %
                                               eptest.free_port()}))[0], 201,
          'an EtcdStorage with the name of a file tenant')
