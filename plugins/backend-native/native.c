@@ -648,6 +648,8 @@ static void native_fini(void *state)
 		if (n->ups != NULL)
 			up_shutdown(n);
 		uv_run(n->loop, UV_RUN_NOWAIT);
+		while (n->lookups > 0) /* cancelled or not, their callbacks write into n->ups */
+			uv_run(n->loop, UV_RUN_ONCE);
 	}
 	free_native(n);
 }

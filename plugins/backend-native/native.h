@@ -317,6 +317,7 @@ struct native {
 	int stopped_reported;
 	int ready_reported;
 	int open_handles;
+	int lookups;           /* getaddrinfo requests in flight (also in open_handles) */
 };
 
 /* pool.c: a cache of freed blocks by size class, for calls, their queues and nghttp2 */

@@ -510,6 +510,11 @@ static void on_connected(uv_connect_t *req, int status)
 	up_ready(uc);
 }
 
+/*
+ * A lookup in flight counts in open_handles: libuv runs it on its thread pool,
+ * where uv_cancel cannot stop it once started, and its callback writes into
+ * uc. The plugin reports stopped (and may be freed) only after it came back.
+ */
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
 	struct up_conn *uc = req->data;
@@ -518,24 +523,24 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 	if (uc->state != UP_RESOLVING) {
 		uv_freeaddrinfo(res);
-		return;
-	}
-	if (status < 0 || n->stopping) {
+	} else if (status < 0 || n->stopping) {
 		uv_freeaddrinfo(res);
 		uc->state = UP_CONNECTING; /* so that up_failed acts */
 		up_failed(uc, status < 0 ? uv_strerror(status) : "stopping");
-		return;
+	} else {
+		uv_tcp_init(n->loop, &uc->tcp);
+		uc->tcp.data = uc;
+		uc->tcp_open = 1;
+		n->open_handles++;
+		uc->state = UP_CONNECTING;
+		uc->connect_req.data = uc;
+		r = uv_tcp_connect(&uc->connect_req, &uc->tcp, res->ai_addr, on_connected);
+		uv_freeaddrinfo(res);
+		if (r < 0)
+			up_failed(uc, uv_strerror(r));
 	}
-	uv_tcp_init(n->loop, &uc->tcp);
-	uc->tcp.data = uc;
-	uc->tcp_open = 1;
-	n->open_handles++;
-	uc->state = UP_CONNECTING;
-	uc->connect_req.data = uc;
-	r = uv_tcp_connect(&uc->connect_req, &uc->tcp, res->ai_addr, on_connected);
-	uv_freeaddrinfo(res);
-	if (r < 0)
-		up_failed(uc, uv_strerror(r));
+	n->lookups--;
+	native_release(n); /* the lookup */
 }
 
 static void up_connect(struct up_conn *uc)
@@ -551,7 +556,10 @@ static void up_connect(struct up_conn *uc)
 	if (r < 0) {
 		uc->state = UP_CONNECTING;
 		up_failed(uc, uv_strerror(r));
+		return;
 	}
+	n->lookups++;
+	n->open_handles++; /* until on_resolved */
 }
 
 int up_init(struct native *n)
