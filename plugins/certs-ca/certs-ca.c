@@ -35,6 +35,19 @@
  *   "ca_renew_fraction": the same for CAs (default 0.6667)
  *   "grace": how long a new CA is published before it signs (default "10m")
  *
+ * Shared across nodes (the Kubernetes source, doc/architecture.md): every
+ * generation also holds shared.json, the CAs with their keys and publication
+ * times; the supervisor copies the leader's into a Secret and hands it to the
+ * other nodes as state_dir/ca/cluster.json, {"version": 1, "lead": false,
+ * "ca": <a shared.json>}.  Such a node follows: it takes those CAs as they
+ * are, makes, publishes and retires none itself, and only issues its own
+ * leaves from them (its serving certificate names its own address).  With
+ * "lead": true the node rotates the CAs itself, after taking "ca" when given
+ * (a new leader starts from its predecessor's CAs); it then keeps a replaced
+ * serving certificate's CA trusted SHARED_SWITCH_MS longer, for the nodes
+ * whose clocks are a little behind.  No cluster.json: the CAs are this
+ * node's own, as without a cluster.
+ *
  * Test hook: with EP_TEST_CA_PAUSE=FILE in the environment, the
  * plugin writes "paused" into FILE and waits for another content, right
  * before it switches to a generation other than the first (once: not when
@@ -68,6 +81,9 @@
 
 #define CA_MAX 8        /* CAs of one kind kept at once (old, signing, pending) */
 #define STATE_VERSION 1
+#define SHARED_VERSION 1
+#define CLUSTER_POLL_MS 1000    /* cluster.json is looked at this often */
+#define SHARED_SWITCH_MS 60000  /* a leader keeps a switched serving CA this long */
 #define MIN_WAKE_MS 20
 #define MAX_WAKE_MS (3600 * 1000)
 
@@ -155,6 +171,18 @@ struct ca_state {
 	size_t n_records;
 	uint64_t generation;
 	int64_t force_rotation; /* etcdproxyctl rotate: new CAs at the next reconcile */
+
+	/* sharing the CAs with other nodes (cluster.json) */
+	int shared;            /* cluster.json exists */
+	int follow;            /* another node leads: its CAs, as they are */
+	uint64_t own_grace_ms; /* the option; a follower uses the leader's */
+	struct stat cluster_stat;
+	int cluster_known;     /* cluster_stat is of the file last read */
+	char *cluster_error;   /* what is wrong with it, until it changes */
+	struct record *leader_leaves; /* a follower's: the leader's client certificates */
+	size_t n_leader_leaves;
+	uv_timer_t cluster_timer;
+	int cluster_timer_open;
 
 	char *published_client_bundle; /* to tell backends when it changed */
 	int dirty;                     /* the state in memory is newer than on disk */
@@ -534,6 +562,75 @@ static char *state_json(const struct ca_state *st)
 	return text;
 }
 
+/*
+ * shared.json: what other nodes need to serve with the same CAs, {"version",
+ * "tenant", "grace_ms", "serving": [...], "client": [...]}, each CA
+ * {"serial", "published_ms" (-1: not yet in every output), "cert", "key"},
+ * oldest first.  It holds the CAs' keys: mode 0600, like them.
+ */
+static char *shared_json(const struct ca_state *st)
+{
+	cJSON *o = cJSON_CreateObject();
+	char *text;
+
+	cJSON_AddNumberToObject(o, "version", SHARED_VERSION);
+	cJSON_AddStringToObject(o, "tenant", st->tenant);
+	cJSON_AddNumberToObject(o, "grace_ms", (double)st->grace_ms);
+	for (int k = 0; k < 2; k++) {
+		cJSON *a = cJSON_AddArrayToObject(o, kind_name[k]);
+
+		for (size_t i = 0; i < st->n_cas[k]; i++) {
+			const struct ca *ca = &st->cas[k][i];
+			cJSON *e = cJSON_CreateObject();
+			size_t len;
+			char *pem;
+
+			cJSON_AddStringToObject(e, "serial", ca->c.serial);
+			cJSON_AddNumberToObject(e, "published_ms",
+						ca->unpublished ? -1.0 : (double)ca->published_ms);
+			pem = ep_pem_cert(ca->c.x, &len);
+			cJSON_AddStringToObject(e, "cert", pem);
+			free(pem);
+			pem = ep_pem_key(ca->c.key, &len);
+			cJSON_AddStringToObject(e, "key", pem);
+			OPENSSL_cleanse(pem, len);
+			free(pem);
+			cJSON_AddItemToArray(a, e);
+		}
+	}
+	/* what keeps a CA trusted: a successor leader must not retire one still in use */
+	for (int l = 0; l < 2; l++) {
+		cJSON *a = cJSON_AddArrayToObject(o, l == 0 ? "records" : "leaves");
+		size_t n = l == 0 ? st->n_records : st->n_clients;
+
+		for (size_t i = 0; i < n; i++) {
+			const struct client_leaf *cl = l == 1 ? &st->clients[i] : NULL;
+			const struct ca *sig = NULL;
+			cJSON *e;
+
+			if (cl != NULL) {
+				if (cl->c.x == NULL)
+					continue;
+				for (size_t j = 0; j < st->n_cas[CLIENT] && sig == NULL; j++)
+					if (issued_by(&cl->c, &st->cas[CLIENT][j]))
+						sig = &st->cas[CLIENT][j];
+				if (sig == NULL)
+					continue;
+			}
+			e = cJSON_CreateObject();
+			cJSON_AddStringToObject(e, "serial", cl ? cl->c.serial : st->records[i].serial);
+			cJSON_AddStringToObject(e, "signer", cl ? sig->c.serial : st->records[i].signer);
+			cJSON_AddStringToObject(e, "cn", cl ? cl->name : st->records[i].cn);
+			cJSON_AddNumberToObject(e, "until_ms", cl ? (double)na_ms(&cl->c)
+								  : (double)st->records[i].until_ms);
+			cJSON_AddItemToArray(a, e);
+		}
+	}
+	text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	return text;
+}
+
 /* Remove every generation but current's target and keep (the previous one, or NULL). */
 static void remove_old_generations(struct ca_state *st, const char *keep1, const char *keep2)
 {
@@ -617,6 +714,14 @@ static int write_generation(struct ca_state *st, char **error_r)
 	text = state_json(st);
 	r = write_text(gen, "state.json", text, error_r);
 	free(text);
+	if (r < 0)
+		goto out;
+	text = shared_json(st);
+	sub = ep_strdup_printf("%s/shared.json", gen);
+	r = ep_file_write_atomic(sub, text, strlen(text), 0600, error_r);
+	OPENSSL_cleanse(text, strlen(text));
+	free(text);
+	free(sub);
 	if (r < 0 || (r = ep_dir_sync(gen, error_r)) < 0)
 		goto out;
 
@@ -807,6 +912,308 @@ damaged:
 	return r;
 }
 
+/* ---- CAs shared with other nodes -------------------------------------------------------------- */
+
+/* "serving:SERIAL@PUBLISHED,...;client:...": two sets of CAs are the same when these are. */
+static char *fingerprint(struct ca cas[2][CA_MAX], const size_t n[2])
+{
+	char *out = ep_strdup(""), *t;
+
+	for (int k = 0; k < 2; k++) {
+		t = ep_strdup_printf("%s%s:", out, kind_name[k]);
+		free(out);
+		out = t;
+		for (size_t i = 0; i < n[k]; i++) {
+			t = ep_strdup_printf("%s%s@%lld,", out, cas[k][i].c.serial,
+					     cas[k][i].unpublished ? -1LL
+								   : (long long)cas[k][i].published_ms);
+			free(out);
+			out = t;
+		}
+		t = ep_strdup_printf("%s;", out);
+		free(out);
+		out = t;
+	}
+	return out;
+}
+
+/* A shared.json as read. */
+struct shared_doc {
+	struct ca cas[2][CA_MAX];
+	size_t n[2];
+	uint64_t grace_ms;
+	struct record *recs[2]; /* "records", "leaves" */
+	size_t n_recs[2];
+};
+
+static void shared_doc_free(struct shared_doc *d)
+{
+	for (int k = 0; k < 2; k++) {
+		for (size_t i = 0; i < d->n[k]; i++)
+			cert_free(&d->cas[k][i].c);
+		for (size_t i = 0; i < d->n_recs[k]; i++)
+			record_free(&d->recs[k][i]);
+		free(d->recs[k]);
+	}
+	memset(d, 0, sizeof(*d));
+}
+
+static int parse_records(const cJSON *a, const char *name, struct record **recs_r, size_t *n_r,
+			 char **error_r)
+{
+	const cJSON *e;
+
+	*recs_r = ep_malloc0(sizeof(**recs_r) * ((size_t)cJSON_GetArraySize(a) + 1));
+	*n_r = 0;
+	if (a != NULL && !cJSON_IsArray(a)) {
+		*error_r = ep_strdup_printf("\"ca\": \"%s\": expected an array", name);
+		return -EINVAL;
+	}
+	cJSON_ArrayForEach(e, a)
+	{
+		const cJSON *se = cJSON_GetObjectItemCaseSensitive(e, "serial");
+		const cJSON *si = cJSON_GetObjectItemCaseSensitive(e, "signer");
+		const cJSON *cn = cJSON_GetObjectItemCaseSensitive(e, "cn");
+		const cJSON *u = cJSON_GetObjectItemCaseSensitive(e, "until_ms");
+		struct record *r = &(*recs_r)[*n_r];
+
+		if (!cJSON_IsString(se) || !cJSON_IsString(si) || !cJSON_IsString(cn) ||
+		    !cJSON_IsNumber(u)) {
+			*error_r = ep_strdup_printf("\"ca\": \"%s\" %d: expected \"serial\", "
+						    "\"signer\", \"cn\" and \"until_ms\"", name,
+						    (int)*n_r + 1);
+			return -EINVAL;
+		}
+		r->serial = ep_strdup(se->valuestring);
+		r->signer = ep_strdup(si->valuestring);
+		r->cn = ep_strdup(cn->valuestring);
+		r->until_ms = (int64_t)u->valuedouble;
+		(*n_r)++;
+	}
+	return 0;
+}
+
+/* Parse a shared.json into d.  0, or -EINVAL with *error_r (d is then empty). */
+static int parse_shared(const struct ca_state *st, const cJSON *o, struct shared_doc *d,
+			char **error_r)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "version");
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "tenant");
+	const cJSON *g = cJSON_GetObjectItemCaseSensitive(o, "grace_ms");
+
+	memset(d, 0, sizeof(*d));
+	if (!cJSON_IsObject(o) || !cJSON_IsNumber(v) || v->valueint != SHARED_VERSION) {
+		*error_r = ep_strdup_printf("\"ca\": expected an object of version %d",
+					    SHARED_VERSION);
+		return -EINVAL;
+	}
+	if (!cJSON_IsString(t) || strcmp(t->valuestring, st->tenant) != 0) {
+		*error_r = ep_strdup_printf("\"ca\": the CAs of tenant \"%s\", not of \"%s\"",
+					    cJSON_IsString(t) ? t->valuestring : "?", st->tenant);
+		return -EINVAL;
+	}
+	if (!cJSON_IsNumber(g) || g->valuedouble < 0) {
+		*error_r = ep_strdup("\"ca\": \"grace_ms\": expected a number of milliseconds");
+		return -EINVAL;
+	}
+	d->grace_ms = (uint64_t)g->valuedouble;
+	for (int k = 0; k < 2; k++) {
+		const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, kind_name[k]), *e;
+
+		if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) < 1 ||
+		    cJSON_GetArraySize(a) > CA_MAX) {
+			*error_r = ep_strdup_printf("\"ca\": \"%s\": expected 1 to %d CAs",
+						    kind_name[k], CA_MAX);
+			goto fail;
+		}
+		cJSON_ArrayForEach(e, a)
+		{
+			const cJSON *se = cJSON_GetObjectItemCaseSensitive(e, "serial");
+			const cJSON *pu = cJSON_GetObjectItemCaseSensitive(e, "published_ms");
+			const cJSON *ce = cJSON_GetObjectItemCaseSensitive(e, "cert");
+			const cJSON *ke = cJSON_GetObjectItemCaseSensitive(e, "key");
+			struct ca *ca = &d->cas[k][d->n[k]];
+			STACK_OF(X509) *certs = NULL;
+			char *what = ep_strdup_printf("\"ca\": %s CA %d", kind_name[k], (int)d->n[k] + 1);
+			int r;
+
+			if (!cJSON_IsString(se) || !cJSON_IsNumber(pu) || !cJSON_IsString(ce) ||
+			    !cJSON_IsString(ke)) {
+				*error_r = ep_strdup_printf("%s: expected \"serial\", \"published_ms\", "
+							    "\"cert\" and \"key\"", what);
+				free(what);
+				goto fail;
+			}
+			r = ep_pem_parse_certs(ce->valuestring, strlen(ce->valuestring), what, &certs,
+					       error_r);
+			if (r == 0) {
+				ca->c.x = sk_X509_shift(certs);
+				sk_X509_pop_free(certs, X509_free);
+				r = ep_pem_parse_key(ke->valuestring, strlen(ke->valuestring), what,
+						     &ca->c.key, error_r);
+			}
+			if (r == 0)
+				r = ep_tls_check_pair(ca->c.x, ca->c.key, what, what, error_r);
+			if (r == 0) {
+				ca->c.serial = ep_x509_serial_hex(ca->c.x);
+				if (strcmp(ca->c.serial, se->valuestring) != 0 ||
+				    X509_check_ca(ca->c.x) == 0) {
+					*error_r = ep_strdup_printf("%s: not the CA certificate of serial "
+								    "%s", what, se->valuestring);
+					r = -EINVAL;
+				}
+			}
+			free(what);
+			d->n[k]++;
+			if (r < 0)
+				goto fail;
+			ca->unpublished = pu->valuedouble < 0;
+			ca->published_ms = ca->unpublished ? 0 : (int64_t)pu->valuedouble;
+		}
+	}
+	for (int l = 0; l < 2; l++)
+		if (parse_records(cJSON_GetObjectItemCaseSensitive(o, l ? "leaves" : "records"),
+				  l ? "leaves" : "records", &d->recs[l], &d->n_recs[l], error_r) < 0)
+			goto fail;
+	return 0;
+fail:
+	shared_doc_free(d);
+	return -EINVAL;
+}
+
+static void records_take(struct record **recs, size_t *n, struct record **from, size_t *n_from)
+{
+	for (size_t i = 0; i < *n; i++)
+		record_free(&(*recs)[i]);
+	free(*recs);
+	*recs = *from;
+	*n = *n_from;
+	*from = NULL;
+	*n_from = 0;
+}
+
+/*
+ * Look at state_dir/ca/cluster.json again.  1: the CAs or the role changed
+ * (a run should follow), 0: nothing new, or -EINVAL with *error_r (the file
+ * is kept out: the CAs stay as they were).
+ */
+static int read_cluster(struct ca_state *st, char **error_r)
+{
+	char *path = ep_strdup_printf("%s/cluster.json", st->dir), *text = NULL, *e = NULL;
+	struct shared_doc d;
+	struct stat sb;
+	cJSON *o = NULL;
+	const cJSON *lead, *ca;
+	int r = 0, changed = 0, was_following = st->follow;
+
+	memset(&d, 0, sizeof(d));
+	if (stat(path, &sb) < 0) {
+		free(path);
+		st->cluster_known = 0;
+		if (!st->shared)
+			return 0;
+		st->host->log(st->host, EP_LOG_NOTICE, "cluster.json is gone: the CAs are this "
+			      "node's own from now on");
+		st->shared = st->follow = 0;
+		st->grace_ms = st->own_grace_ms;
+		return 1;
+	}
+	if (st->cluster_known && sb.st_ino == st->cluster_stat.st_ino &&
+	    sb.st_size == st->cluster_stat.st_size &&
+	    sb.st_mtim.tv_sec == st->cluster_stat.st_mtim.tv_sec &&
+	    sb.st_mtim.tv_nsec == st->cluster_stat.st_mtim.tv_nsec) {
+		free(path);
+		return 0;
+	}
+	st->cluster_stat = sb;
+	st->cluster_known = 1;
+	if (ep_file_read(path, 1u << 20, &text, NULL, error_r) < 0) {
+		free(path);
+		return -EINVAL;
+	}
+	o = cJSON_Parse(text);
+	lead = cJSON_GetObjectItemCaseSensitive(o, "lead");
+	ca = cJSON_GetObjectItemCaseSensitive(o, "ca");
+	if (!cJSON_IsObject(o) || !cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(o, "version")) ||
+	    cJSON_GetObjectItemCaseSensitive(o, "version")->valueint != 1 || !cJSON_IsBool(lead)) {
+		e = ep_strdup("expected {\"version\": 1, \"lead\": true|false, \"ca\": {...}}");
+		r = -EINVAL;
+		goto out;
+	}
+	if (ca == NULL && !cJSON_IsTrue(lead)) {
+		e = ep_strdup("\"lead\": false needs the leader's CAs in \"ca\"");
+		r = -EINVAL;
+		goto out;
+	}
+	if (ca != NULL && (r = parse_shared(st, ca, &d, &e)) < 0)
+		goto out;
+	if (!st->shared || st->follow != !cJSON_IsTrue(lead)) {
+		st->host->log(st->host, EP_LOG_NOTICE, cJSON_IsTrue(lead)
+			      ? "the CAs are shared with the cluster's other nodes, and this node "
+				"leads: it rotates them"
+			      : "the CAs are shared with the cluster's other nodes, and another node "
+				"leads: this node uses its CAs");
+		changed = 1;
+	}
+	st->shared = 1;
+	st->follow = !cJSON_IsTrue(lead);
+	st->grace_ms = st->follow && ca != NULL ? d.grace_ms : st->own_grace_ms;
+	if (ca != NULL) {
+		char *mine = fingerprint(st->cas, st->n_cas), *theirs = fingerprint(d.cas, d.n);
+
+		if (strcmp(mine, theirs) != 0) {
+			for (int k = 0; k < 2; k++) {
+				for (size_t i = 0; i < st->n_cas[k]; i++)
+					cert_free(&st->cas[k][i].c);
+				memcpy(st->cas[k], d.cas[k], sizeof(d.cas[k][0]) * d.n[k]);
+				st->n_cas[k] = d.n[k];
+				d.n[k] = 0;
+			}
+			st->host->log(st->host, EP_LOG_NOTICE, "took the cluster's CAs: %s", theirs);
+			changed = 1;
+		}
+		free(mine);
+		free(theirs);
+		/* what keeps the CAs trusted is the leader's to know */
+		records_take(&st->records, &st->n_records, &d.recs[0], &d.n_recs[0]);
+		records_take(&st->leader_leaves, &st->n_leader_leaves, &d.recs[1], &d.n_recs[1]);
+		st->dirty = 1;
+	}
+	if (was_following && !st->follow) {
+		/*
+		 * The Secrets get this node's client certificates from now on: the
+		 * former leader's stay in use until their API servers notice, as a
+		 * replaced one of this node's would.
+		 */
+		int64_t now = clock_ms();
+
+		for (size_t i = 0; i < st->n_leader_leaves; i++) {
+			const struct record *l = &st->leader_leaves[i];
+			int64_t until = now + (int64_t)st->grace_ms;
+
+			if (until > l->until_ms)
+				until = l->until_ms;
+			if (until > now)
+				add_record(st, l->serial, l->signer, l->cn, until);
+		}
+		st->dirty = 1;
+		changed = 1;
+	}
+out:
+	shared_doc_free(&d);
+	if (r < 0) {
+		*error_r = ep_strdup_printf("%s: %s", path, e);
+		r = -EINVAL;
+	}
+	free(e);
+	if (text != NULL)
+		OPENSSL_cleanse(text, strlen(text));
+	free(text);
+	cJSON_Delete(o);
+	free(path);
+	return r < 0 ? r : changed;
+}
+
 /* ---- the rotation logic --------------------------------------------------------------------- */
 
 /* The CA of kind k that signs now: the newest one published at least grace ago. */
@@ -879,7 +1286,8 @@ static int reconcile(struct ca_state *st, int64_t now)
 	int changed = 0;
 	char *sans = wanted_sans(st);
 
-	for (int k = 0; k < 2; k++) {
+	/* a follower takes the leader's CAs as they are: only its leaves are its own */
+	for (int k = 0; k < 2 && !st->follow; k++) {
 		struct ca *newest;
 
 		if (st->n_cas[k] == 0) {
@@ -910,6 +1318,14 @@ static int reconcile(struct ca_state *st, int64_t now)
 		free(st->serving_sans);
 		st->serving_sans = ep_strdup(sans);
 		log_cert(st, "serving certificate issued", &st->serving, &ssig->c);
+		if (st->shared && !st->follow && old.x != NULL) {
+			/* the other nodes switch at the same time by their own clocks */
+			struct ca *old_sig = find_ca(st, SERVING, &old);
+
+			if (old_sig != NULL && old_sig != ssig)
+				add_record(st, old.serial, old_sig->c.serial, "serving",
+					   now + SHARED_SWITCH_MS);
+		}
 		/* the old one is gone from the handshakes as soon as the backend reloads */
 		cert_free(&old);
 		changed = 1;
@@ -952,8 +1368,8 @@ static int reconcile(struct ca_state *st, int64_t now)
 		}
 	}
 
-	/* CAs that sign nothing live any more, and expired ones */
-	for (int k = 0; k < 2; k++) {
+	/* CAs that sign nothing live any more, and expired ones (the leader's to decide) */
+	for (int k = 0; k < 2 && !st->follow; k++) {
 		struct ca *sig = signer(st, (enum kind)k, now);
 		int64_t sig_pub = sig->published_ms;
 
@@ -1125,7 +1541,7 @@ static int run(struct ca_state *st, int publish_anyway, char **error_r)
 	}
 	st->outputs_dirty = 0;
 	/* every bundle and output has the new CAs now: their grace period starts */
-	for (int k = 0; k < 2; k++)
+	for (int k = 0; k < 2 && !st->follow; k++)
 		for (size_t i = 0; i < st->n_cas[k]; i++)
 			if (st->cas[k][i].unpublished) {
 				st->cas[k][i].unpublished = 0;
@@ -1151,6 +1567,30 @@ static void on_timer(uv_timer_t *t)
 		schedule(st);
 	}
 	st->host->certs_changed(st->host);
+}
+
+/* cluster.json changed: the new CAs or role take effect at once, as a rotation's do */
+static void on_cluster_timer(uv_timer_t *t)
+{
+	struct ca_state *st = t->data;
+	char *error = NULL;
+	int r = read_cluster(st, &error);
+
+	if (r < 0) {
+		st->host->log(st->host, EP_LOG_ERR, "%s; the CAs stay as they are", error);
+		free(st->cluster_error);
+		st->cluster_error = error;
+		st->host->certs_changed(st->host);
+		return;
+	}
+	if (r > 0 || st->cluster_error != NULL) {
+		free(st->cluster_error);
+		st->cluster_error = NULL;
+	}
+	if (r > 0) {
+		uv_timer_stop(&st->timer);
+		on_timer(&st->timer);
+	}
 }
 
 static void schedule(struct ca_state *st)
@@ -1195,6 +1635,7 @@ static int parse_options(struct ca_state *st, const char **error_r)
 	st->grace_ms = EP_CA_GRACE_DEFAULT_MS;
 	if (st->host->options_parse(st->host, st, error_r) < 0)
 		return -EINVAL;
+	st->own_grace_ms = st->grace_ms;
 	/* the supervisor refuses such a tenant already; a worker started by hand needs it too */
 	why = ep_ca_grace_check(st->grace_ms, st->validity_ms[0], st->ca_renew_fraction);
 	if (why != NULL) {
@@ -1280,6 +1721,9 @@ static int ca_init(struct ep_host *host, void **state_r, const char **error_r)
 	uv_timer_init(host->loop, &st->timer);
 	st->timer.data = st;
 	st->timer_open = 1;
+	uv_timer_init(host->loop, &st->cluster_timer);
+	st->cluster_timer.data = st;
+	st->cluster_timer_open = 1;
 	*state_r = st;
 	return 0;
 }
@@ -1290,14 +1734,26 @@ static int ca_refresh(void *state, const char **error_r)
 	char *error = NULL;
 	int r;
 
-	if ((r = ep_dir_make(st->dir, 0700, &error)) < 0 || (r = load_state(st, &error)) < 0 ||
-	    (r = run(st, 1, &error)) < 0) {
+	if ((r = ep_dir_make(st->dir, 0700, &error)) < 0 || (r = load_state(st, &error)) < 0) {
 		set_error(st, error);
 		free(error);
 		*error_r = st->last_error;
 		return r; /* -EINVAL: damaged state or files; an I/O error may pass */
 	}
+	/* before anything is made: a node of a cluster serves with the cluster's CAs */
+	if (read_cluster(st, &error) < 0) {
+		st->host->log(st->host, EP_LOG_ERR, "%s; the CAs stay as they are", error);
+		st->cluster_error = error;
+		error = NULL;
+	}
+	if ((r = run(st, 1, &error)) < 0) {
+		set_error(st, error);
+		free(error);
+		*error_r = st->last_error;
+		return r;
+	}
 	schedule(st);
+	uv_timer_start(&st->cluster_timer, on_cluster_timer, CLUSTER_POLL_MS, CLUSTER_POLL_MS);
 	return 0;
 }
 
@@ -1308,6 +1764,10 @@ static void ca_stop(void *state)
 	if (st->timer_open) {
 		st->timer_open = 0;
 		uv_close((uv_handle_t *)&st->timer, NULL);
+	}
+	if (st->cluster_timer_open) {
+		st->cluster_timer_open = 0;
+		uv_close((uv_handle_t *)&st->cluster_timer, NULL);
 	}
 }
 
@@ -1340,11 +1800,15 @@ static char *ca_describe(void *state)
 	int64_t now = clock_ms();
 	char *text;
 
-	if (st->last_error != NULL) {
-		cJSON *o = cJSON_CreateObject();
+	for (int i = 0; i < 2; i++) {
+		const char *e = i == 0 ? st->last_error : st->cluster_error;
+		cJSON *o;
 
+		if (e == NULL)
+			continue;
+		o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "role", "error");
-		cJSON_AddStringToObject(o, "error", st->last_error);
+		cJSON_AddStringToObject(o, "error", e);
 		cJSON_AddItemToArray(a, o);
 	}
 	for (int k = 0; k < 2; k++) {
@@ -1363,6 +1827,14 @@ static char *ca_describe(void *state)
 				what = ep_strdup_printf("published, signs from %s", when);
 			} else {
 				what = ep_strdup("retiring: still trusted for certificates it signed");
+			}
+			if (st->shared) {
+				char *t = ep_strdup_printf("%s; shared across the cluster, %s", what,
+							   st->follow ? "rotated by the leader"
+								      : "this node rotates it");
+
+				free(what);
+				what = t;
 			}
 			cJSON_AddItemToArray(a, cert_json(k == SERVING ? "serving-ca" : "client-ca",
 							  &ca->c, what));
@@ -1405,6 +1877,11 @@ static int ca_rotate(void *state, const char **error_r)
 	int64_t now = clock_ms();
 	char *error = NULL;
 
+	if (st->follow) {
+		*error_r = "the CAs of this tenant are shared across the cluster, and another node "
+			   "leads: rotate them on the leader (the holder of etcdproxyd's Lease)";
+		return -EBUSY;
+	}
 	for (int k = 0; k < 2; k++) {
 		struct ca *newest = &st->cas[k][st->n_cas[k] - 1];
 
@@ -1451,6 +1928,14 @@ static int ca_issue_client(void *state, const char *cn, const char *out_dir, cha
 	cJSON *o;
 	int r;
 
+	if (st->follow) {
+		free(ca_bundle);
+		/* the leader retires CAs: it must know of every certificate still in use */
+		*error_r = ep_strdup("the CAs of this tenant are shared across the cluster, and "
+				     "another node leads: issue client certificates on the leader "
+				     "(the holder of etcdproxyd's Lease)");
+		return -EBUSY;
+	}
 	if (cn[0] == '\0' || strlen(cn) > 64) {
 		free(ca_bundle);
 		*error_r = ep_strdup("the common name must have 1 to 64 characters");
@@ -1524,6 +2009,10 @@ static void ca_fini(void *state)
 	free(st->serving_sans);
 	free(st->published_client_bundle);
 	free(st->last_error);
+	free(st->cluster_error);
+	for (size_t i = 0; i < st->n_leader_leaves; i++)
+		record_free(&st->leader_leaves[i]);
+	free(st->leader_leaves);
 	free(st->dir);
 	free(st->tenant);
 	free(st->listen);

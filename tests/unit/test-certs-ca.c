@@ -577,6 +577,242 @@ static void test_schedule_late(void **state)
 	assert_true(renew_at(&f->st->serving, f->st->renew_fraction) > due);
 }
 
+/* ---- two nodes of a cluster sharing the CAs (cluster.json) ------------------------------- */
+
+struct node2 {
+	char state_dir[128], out_dir[128], cert_file[256], client_ca_file[256];
+	char *tls_json;
+	struct ep_tenant_info info;
+	struct ep_host host;
+	struct ca_state *st;
+};
+
+static struct node2 *N2;
+
+static void node2_publish(struct ep_host *h, const struct ep_tls_material *m)
+{
+	snprintf(N2->cert_file, sizeof(N2->cert_file), "%s", m->cert_file);
+	snprintf(N2->client_ca_file, sizeof(N2->client_ca_file), "%s", m->client_ca_file);
+}
+
+static void write_cluster_json(const char *state_dir, int lead, const char *shared)
+{
+	char p[300], *text, *err = NULL;
+
+	snprintf(p, sizeof(p), "%s/ca", state_dir);
+	mkdir(p, 0700);
+	snprintf(p, sizeof(p), "%s/ca/cluster.json", state_dir);
+	text = shared ? ep_strdup_printf("{\"version\":1,\"lead\":%s,\"ca\":%s}",
+					 lead ? "true" : "false", shared)
+		      : ep_strdup_printf("{\"version\":1,\"lead\":%s}", lead ? "true" : "false");
+	if (ep_file_write_atomic(p, text, strlen(text), 0600, &err) < 0)
+		fail_msg("%s", err);
+	free(text);
+}
+
+/* What the supervisor does: the leader's shared.json to the follower, when it changed. */
+static int sync_follower(struct fixture *f, struct node2 *n, char **last)
+{
+	char p[300];
+	char *doc;
+
+	snprintf(p, sizeof(p), "%s/ca/current/shared.json", f->state_dir);
+	doc = file_text(p);
+	if (*last != NULL && strcmp(*last, doc) == 0) {
+		free(doc);
+		return 0;
+	}
+	write_cluster_json(n->state_dir, 0, doc);
+	free(*last);
+	*last = doc;
+	return 1;
+}
+
+/*
+ * The leader rotates, the follower takes its CAs: through 100 s of
+ * rotations, the follower's serving certificate verifies against the ca.crt
+ * the leader hands to clients, the leader's client certificates (current, and
+ * replaced within the grace) are trusted by the follower, and the follower
+ * never makes a CA of its own, nor rotates or issues.
+ */
+static void test_shared_follower(void **state)
+{
+	struct fixture *f = *state;
+	struct node2 n = { 0 };
+	char ca_path[300], crt_path[300], prev_client[300], *why = NULL, *last = NULL;
+	char *err = NULL, *result = NULL;
+	const char *e = NULL;
+	int64_t start = fake_now, replaced = INT64_MAX;
+	int syncs = 0, follower_leaves = 0;
+	char last_leaf[64] = "";
+
+	N2 = &n;
+	snprintf(n.state_dir, sizeof(n.state_dir), "%s/state2", f->dir);
+	snprintf(n.out_dir, sizeof(n.out_dir), "%s/out2/api", f->dir);
+	mkdir(n.state_dir, 0700);
+	n.tls_json = ep_strdup_printf("{\"source\":\"ca\",\"clientCertificates\":[{\"name\":"
+				      "\"apiserver\",\"outputDir\":\"%s\"}],"
+				      "\"signing_validity_ms\":30000,\"serving_validity_ms\":9000,"
+				      "\"client_validity_ms\":9000}", n.out_dir);
+	n.info = f->info;
+	n.info.listen = "127.0.0.2:23790";
+	n.info.state_dir = n.state_dir;
+	n.info.tls_json = n.tls_json;
+	/* the follower's own grace differs: the leader's counts */
+	n.info.options_json = "{\"grace\": \"5s\"}";
+	n.host = f->host;
+	n.host.tenant = &n.info;
+	n.host.tls_publish = node2_publish;
+
+	write_cluster_json(f->state_dir, 1, NULL);
+	start_plugin(f);
+	assert_true(f->st->shared);
+	assert_false(f->st->follow);
+	snprintf(ca_path, sizeof(ca_path), "%s/ca.crt", f->out_dir);
+	snprintf(crt_path, sizeof(crt_path), "%s/tls.crt", f->out_dir);
+	snprintf(prev_client, sizeof(prev_client), "%s/prev-client.crt", f->dir);
+
+	sync_follower(f, &n, &last);
+	assert_int_equal(ca_init(&n.host, (void **)&n.st, &e), 0);
+	assert_int_equal(ca_refresh(n.st, &e), 0);
+	assert_true(n.st->follow);
+	assert_int_equal(n.st->grace_ms, GRACE_MS);
+
+	for (; fake_now < start + 100000; fake_now += 500) {
+		char *cur, *prev;
+		X509 *leaf;
+		char *serial;
+
+		prev = file_text(crt_path);
+		assert_int_equal(run(f->st, 0, &err), 0);
+		cur = file_text(crt_path);
+		if (strcmp(prev, cur) != 0) {
+			/* the leader replaced its client certificate: the old one stays in use a while */
+			ep_file_write_atomic(prev_client, prev, strlen(prev), 0644, &err);
+			replaced = fake_now;
+		}
+		free(prev);
+		free(cur);
+		if (sync_follower(f, &n, &last)) {
+			syncs++;
+			on_cluster_timer(&n.st->cluster_timer);
+		}
+		assert_int_equal(run(n.st, 0, &err), 0);
+
+		/* the follower serves with what clients of the cluster trust */
+		if (!verify_at(n.cert_file, ca_path, "server", fake_now, &why))
+			fail_msg("t+%lld ms: the follower's serving certificate does not verify "
+				 "against the leader's ca.crt: %s", (long long)(fake_now - start), why);
+		/* and trusts the client certificates the leader hands out */
+		if (!verify_at(crt_path, n.client_ca_file, "client", fake_now, &why))
+			fail_msg("t+%lld ms: the leader's client certificate is not trusted by the "
+				 "follower: %s", (long long)(fake_now - start), why);
+		if (replaced != INT64_MAX && fake_now < replaced + GRACE_MS) {
+			X509 *c = load_one(prev_client);
+			int live = ep_x509_not_after(c) * 1000 >= fake_now;
+
+			X509_free(c);
+			if (live && !verify_at(prev_client, n.client_ca_file, "client", fake_now, &why))
+				fail_msg("t+%lld ms: a client certificate replaced %lld ms ago is no "
+					 "longer trusted by the follower: %s",
+					 (long long)(fake_now - start), (long long)(fake_now - replaced),
+					 why);
+		}
+		/* the same CAs on both nodes, none of the follower's own */
+		assert_int_equal(n.st->n_cas[SERVING], f->st->n_cas[SERVING]);
+		assert_int_equal(n.st->n_cas[CLIENT], f->st->n_cas[CLIENT]);
+		for (int k = 0; k < 2; k++)
+			for (size_t i = 0; i < n.st->n_cas[k]; i++)
+				assert_string_equal(n.st->cas[k][i].c.serial, f->st->cas[k][i].c.serial);
+		leaf = load_one(n.cert_file);
+		serial = ep_x509_serial_hex(leaf);
+		if (strcmp(serial, last_leaf) != 0) {
+			snprintf(last_leaf, sizeof(last_leaf), "%s", serial);
+			follower_leaves++;
+		}
+		/* its own address, not the leader's */
+		assert_int_equal(X509_check_ip_asc(leaf, "127.0.0.2", 0), 1);
+		assert_int_not_equal(X509_check_ip_asc(leaf, "127.0.0.1", 0), 1);
+		free(serial);
+		X509_free(leaf);
+	}
+	assert_true(syncs >= 8);
+	assert_true(follower_leaves >= 10);
+
+	/* a follower neither rotates nor issues: the leader must know every certificate */
+	assert_int_equal(ca_rotate(n.st, &e), -EBUSY);
+	assert_non_null(strstr(e, "another node leads"));
+	assert_int_equal(ca_issue_client(n.st, "x", f->dir, &result, &err), -EBUSY);
+	free(err);
+	err = NULL;
+
+	/* a cluster.json that is not one is refused, and the CAs stay */
+	{
+		char p[300];
+		char *before = fingerprint(n.st->cas, n.st->n_cas), *after;
+
+		snprintf(p, sizeof(p), "%s/ca/cluster.json", n.state_dir);
+		ep_file_write_atomic(p, "{\"version\":1,\"lead\":false}", 26, 0600, &err);
+		on_cluster_timer(&n.st->cluster_timer);
+		assert_non_null(n.st->cluster_error);
+		assert_non_null(strstr(n.st->cluster_error, "needs the leader's CAs"));
+		after = fingerprint(n.st->cas, n.st->n_cas);
+		assert_string_equal(before, after);
+		free(after);
+		write_cluster_json(n.state_dir, 0, "{\"version\":1,\"tenant\":\"other\","
+				   "\"grace_ms\":1,\"serving\":[],\"client\":[]}");
+		on_cluster_timer(&n.st->cluster_timer);
+		assert_non_null(strstr(n.st->cluster_error, "the CAs of tenant \"other\""));
+		after = fingerprint(n.st->cas, n.st->n_cas);
+		assert_string_equal(before, after);
+		free(after);
+		free(before);
+	}
+
+	/* the follower becomes the leader: it keeps the CAs and rotates them itself */
+	write_cluster_json(n.state_dir, 1, last);
+	on_cluster_timer(&n.st->cluster_timer);
+	assert_null(n.st->cluster_error);
+	assert_false(n.st->follow);
+	assert_int_equal(n.st->grace_ms, 5000); /* its own again */
+	{
+		char *mine = fingerprint(n.st->cas, n.st->n_cas);
+		char *theirs = fingerprint(f->st->cas, f->st->n_cas);
+		size_t before;
+
+		assert_string_equal(mine, theirs); /* the CAs it took */
+		free(mine);
+		free(theirs);
+		/* the former leader's client certificate stays trusted for the grace period */
+		{
+			int found = 0;
+
+			for (size_t i = 0; i < n.st->n_records; i++)
+				if (strcmp(n.st->records[i].serial, f->st->clients[0].c.serial) == 0) {
+					found = 1;
+					assert_true(n.st->records[i].until_ms <= fake_now + 5000);
+					assert_true(n.st->records[i].until_ms > fake_now);
+				}
+			assert_true(found);
+		}
+		fake_now += 6000;
+		assert_int_equal(run(n.st, 0, &err), 0);
+		before = n.st->n_cas[SERVING];
+		assert_int_equal(ca_rotate(n.st, &e), 0);
+		assert_int_equal(n.st->n_cas[SERVING], before + 1);
+		for (size_t i = 0; i < f->st->n_cas[SERVING]; i++)
+			assert_string_not_equal(n.st->cas[SERVING][before].c.serial,
+						f->st->cas[SERVING][i].c.serial);
+	}
+
+	ca_stop(n.st);
+	uv_run(n.host.loop, UV_RUN_NOWAIT);
+	ca_fini(n.st);
+	free(n.tls_json);
+	free(last);
+	free(why);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -586,6 +822,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rotate_and_issue, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_options, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_schedule_late, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_shared_follower, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
