@@ -82,15 +82,17 @@ def condition(obj, ctype):
     return None
 
 
-def wait_condition(s, k, name, ctype, status, reason=None, timeout=15):
-    """The object once condition ctype has that status (and reason), or a Failure."""
+def wait_condition(s, k, name, ctype, status, reason=None, timeout=15, current=False):
+    """The object once condition ctype has that status (and reason), or a Failure.
+    current: and observed at the object's generation (not left from an earlier one)."""
     last = [None]
 
     def probe():
         last[0] = get(k, name)
         c = condition(last[0], ctype)
         return c is not None and c['status'] == status and (reason is None or
-                                                             c['reason'] == reason)
+                                                             c['reason'] == reason) and (
+            not current or c['observedGeneration'] == last[0]['metadata']['generation'])
     if eptest.wait_until(probe, timeout, 0.2):
         return last[0]
     raise eptest.Failure('%s: no %s=%s%s within %gs; status: %s' % (
@@ -154,7 +156,7 @@ def test_lifecycle(s, core, k):
     sv.wait_tenant('lc', lambda t: t['state'] == 'ready' and t['listen'] ==
                    '127.0.0.1:%d' % port2, what='ready on the new address')
     s.eq(eptest.etcd_get(port2, 'k1'), 'v1', 'the changed tenant serves the same data')
-    obj = wait_condition(s, k, 'lc', 'Ready', 'True')
+    obj = wait_condition(s, k, 'lc', 'Ready', 'True', current=True)
     s.check(condition(obj, 'Accepted')['observedGeneration'] == obj['metadata']['generation']
             and obj['metadata']['generation'] >= 2, 'observedGeneration follows the change',
             obj.get('status'))
