@@ -78,7 +78,7 @@ static void set_state(struct output *o, int state, const char *reason, const cha
 	o->message = ep_strdup(message);
 }
 
-static const char *uid_of(struct kube_publish *kp, const char *tenant)
+const char *kube_publish_uid(struct kube_publish *kp, const char *tenant)
 {
 	for (struct tenant_uid *u = kp->uids; u != NULL; u = u->next)
 		if (strcmp(u->tenant, tenant) == 0)
@@ -321,7 +321,7 @@ static void on_read(void *ctx, const struct kube_result *res)
 	body = cJSON_CreateObject();
 	meta = cJSON_AddObjectToObject(body, "metadata");
 	if (res->status == 404) {
-		const char *uid = uid_of(kp, o->tenant);
+		const char *uid = kube_publish_uid(kp, o->tenant);
 
 		cJSON_AddStringToObject(body, "apiVersion", "v1");
 		cJSON_AddStringToObject(body, "kind", kind_name(o->kind));

@@ -32,5 +32,7 @@ void kube_publish_poke(struct kube_publish *kp, int resync);
 int kube_publish_state(struct kube_publish *kp, const char *tenant, const char **reason_r,
 		       const char **message_r);
 void kube_publish_set_uid(struct kube_publish *kp, const char *tenant, const char *uid);
+/* The EtcdStorage's uid as last seen, or NULL. */
+const char *kube_publish_uid(struct kube_publish *kp, const char *tenant);
 
 #endif /* EP_KUBE_PUBLISH_H */

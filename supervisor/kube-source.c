@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "files.h"
+#include "kube-ca.h"
 #include "kube-client.h"
 #include "kube-lease.h"
 #include "kube-publish.h"
@@ -44,6 +45,7 @@ struct kube_source {
 	struct supervisor *sv;
 	struct kube_client *kc;
 	struct kube_publish *pub;
+	struct kube_ca *ca;
 	struct kube_lease *lease;
 	char *origin;
 	char *cache_dir;
@@ -120,6 +122,7 @@ static void on_apply(uv_timer_t *t)
 
 	supervisor_reload_tenants(ks->sv, "kubernetes");
 	kube_publish_poke(ks->pub, 0);
+	kube_ca_poke(ks->ca);
 	status_schedule(ks, STATUS_DELAY_MS);
 }
 
@@ -783,6 +786,7 @@ static void on_leader(void *ctx, int leader)
 
 	/* the new leader puts conditions and certificates right; a former one stops writing */
 	kube_publish_poke(ks->pub, 1);
+	kube_ca_poke(ks->ca);
 	status_schedule(ks, STATUS_DELAY_MS);
 }
 
@@ -816,9 +820,11 @@ int kube_source_start(struct supervisor *sv, struct kube_source **ks_r, char **e
 		return -EINVAL;
 	}
 	ks->pub = kube_publish_new(sv, ks->kc);
+	ks->ca = kube_ca_new(sv, ks->kc, ks->pub);
 	ks->cache_dir = ep_kube_cache_dir(sv->global);
 	if (ep_mkdir_p(ks->cache_dir, 0700) < 0) {
 		*error_r = ep_strdup_printf("%s: %s", ks->cache_dir, strerror(errno));
+		kube_ca_free(ks->ca);
 		kube_publish_free(ks->pub);
 		kube_client_free(ks->kc);
 		free(ks->cache_dir);
@@ -887,6 +893,8 @@ void kube_source_stop(struct kube_source *ks)
 	uv_timer_stop(&ks->retry);
 	uv_timer_stop(&ks->apply);
 	uv_timer_stop(&ks->status_timer);
+	kube_ca_free(ks->ca);
+	ks->ca = NULL;
 	kube_publish_free(ks->pub);
 	ks->pub = NULL;
 	kube_lease_release(ks->lease, stop_finish, ks);

@@ -22,6 +22,7 @@ test_kube_apiserver.py), served by etcdproxyd against a real etcd.
     in-cluster mode (service account files, KUBERNETES_SERVICE_HOST/PORT)."""
 
 import base64
+import re
 import json
 import os
 import shutil
@@ -433,9 +434,16 @@ def holder(k):
     return (lease(k) or {}).get('holderIdentity')
 
 
-def serves_at(host, port):
-    """etcdctl put and get through HOST:PORT."""
+def tls_args(d):
+    return ['--cacert', os.path.join(d, 'ca.crt'), '--cert', os.path.join(d, 'tls.crt'),
+            '--key', os.path.join(d, 'tls.key')]
+
+
+def serves_at(host, port, tls_dir=None):
+    """etcdctl put and get through HOST:PORT (with the client material in tls_dir)."""
     ep = ['--endpoints=%s:%d' % (host, port), '--dial-timeout=3s', '--command-timeout=5s']
+    if tls_dir:
+        ep += tls_args(tls_dir)
     env = dict(os.environ, ETCDCTL_API='3')
     value = 'v%f' % time.time()
     put = subprocess.run([eptest.ETCDCTL] + ep + ['put', 'at-' + host, value],
@@ -445,13 +453,55 @@ def serves_at(host, port):
     return put.returncode == 0 and got.stdout.strip() == value
 
 
-def test_three_nodes(s, core, k):
+def serving_issuer(host, port, d):
+    """The issuer's CN of the serving certificate HOST:PORT shows, or None."""
+    try:
+        r = subprocess.run(['openssl', 's_client', '-alpn', 'h2', '-connect',
+                            '%s:%d' % (host, port), '-cert', os.path.join(d, 'tls.crt'), '-key',
+                            os.path.join(d, 'tls.key')], input=b'', capture_output=True,
+                           timeout=10)  # bytes: the server's HTTP/2 frames follow
+        x = subprocess.run(['openssl', 'x509', '-noout', '-issuer', '-nameopt', 'multiline'],
+                           input=r.stdout.decode(errors='replace'), capture_output=True,
+                           text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+    m = re.search(r'commonName\s*=\s*(.*)', x.stdout)
+    return m.group(1).strip() if m else None
+
+
+def bundle_cns(pem):
+    """The subjects' CNs of the certificates of a PEM bundle, in order."""
+    out = []
+    for block in re.findall(r'-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----', pem,
+                            re.S):
+        x = subprocess.run(['openssl', 'x509', '-noout', '-subject', '-nameopt', 'multiline'],
+                           input=block, capture_output=True, text=True, timeout=10)
+        m = re.search(r'commonName\s*=\s*(.*)', x.stdout)
+        out.append(m.group(1).strip() if m else '?')
+    return out
+
+
+def ca_secret(k, name):
+    """The CA Secret of tenant NAME: (object, its ca.json parsed), or (None, None)."""
+    st, sec = call(k, 'GET', '/api/v1/namespaces/kube-system/secrets/etcdproxy-ca-%s' % name)
+    if st != 200:
+        return None, None
+    return sec, json.loads(base64.b64decode(sec['data']['ca.json']))
+
+
+def ca_serials(doc):
+    return [[c['serial'] for c in doc[kind]] for kind in ('serving', 'client')]
+
+
+def test_three_nodes(s, core, k, tmp):
     timings = {'lease_duration': '3s', 'renew_deadline': '2s', 'retry_period': '500ms'}
     nodes = []
     port = eptest.free_port()
     for i, name in enumerate(('n1', 'n2', 'n3')):
         sv = supervisor(s, core, k, name=name, node=name,
                         extra_kube=dict(timings, node_address='127.0.0.%d' % (i + 1)))
+        sv.config['certs'] = {'ca': {'grace': '3s'}}
+        sv.write_config()
         sv.start()
         nodes.append(sv)
     call(k, 'POST', API, storage('ha', {'listen': ':%d' % port, 'backend': 'native',
@@ -470,6 +520,66 @@ def test_three_nodes(s, core, k):
     s.eq(sorted(((obj.get('status') or {}).get('nodes') or {})), ['n1', 'n2', 'n3'],
          'every node reports itself under status.nodes')
 
+    # TLS from the ca source: the same CAs on every node
+    hosts = ['127.0.0.%d' % (i + 1) for i in range(3)]
+    call(k, 'POST', '/api/v1/namespaces', {'apiVersion': 'v1', 'kind': 'Namespace',
+                                          'metadata': {'name': 'hans'}})
+    tport = eptest.free_port()
+    call(k, 'POST', API, storage('hatls', {
+        'listen': ':%d' % tport, 'backend': 'native', 'tls': {'source': 'ca'},
+        'clientCertSecret': [{'name': 'hatls-etcd', 'namespace': 'hans'}],
+        'caCertConfigMap': [{'name': 'hatls-ca', 'namespace': 'hans'}]}))
+    for sv in nodes:
+        sv.wait_ready('hatls', timeout=30)
+    d = os.path.join(tmp, 'ha-client')
+    os.makedirs(d, exist_ok=True)
+
+    def everywhere(dd):
+        return all(serves_at(h, tport, dd) for h in hosts)
+    s.check(eptest.wait_until(lambda: secret_files(k, 'hans', 'hatls-etcd', d) is not None and
+                              everywhere(d), 30),
+            'one client certificate, from the Secret, works against all three nodes with the '
+            'Secret\'s ca.crt')
+    sec, doc = ca_secret(k, 'hatls')
+    s.check(doc is not None and doc.get('tenant') == 'hatls' and
+            (sec['metadata'].get('labels') or {}).get('etcd.xmudrii.com/ca-state') == 'true' and
+            (sec['metadata'].get('ownerReferences') or [{}])[0].get('uid') ==
+            get(k, 'hatls')['metadata']['uid'],
+            'the CAs are shared through the Secret kube-system/etcdproxy-ca-hatls, owned by '
+            'the EtcdStorage', sec and sec['metadata'])
+    first = ca_serials(doc)
+    lead = next(sv for sv in nodes if sv.name == holder(k))
+    followers = [sv for sv in nodes if sv is not lead]
+    rc, out, err, _ = followers[0].ctl('rotate', 'hatls')
+    s.check(rc != 0 and 'another node leads' in (out + err),
+            'etcdproxyctl rotate on a follower is refused, naming the leader', (rc, out, err))
+    s.check(all('shared across the cluster' in sv.ctl('show', 'hatls')[1] for sv in nodes),
+            'etcdproxyctl show says the CAs are shared on every node')
+
+    # a rotation on the leader reaches every node
+    rc, out, err, _ = lead.ctl('rotate', 'hatls')
+    s.check(rc == 0, 'etcdproxyctl rotate on the leader', err)
+
+    seen = {}
+
+    def rotated():
+        sec2, doc2 = ca_secret(k, 'hatls')
+        seen['serials'] = doc2 and ca_serials(doc2)
+        if doc2 is None or ca_serials(doc2)[0][-1] == first[0][-1]:
+            return False
+        if secret_files(k, 'hans', 'hatls-etcd', d) is None:
+            return False
+        seen['bundle'] = bundle_cns(open(os.path.join(d, 'ca.crt')).read())
+        seen['issuers'] = [serving_issuer(h, tport, d) for h in hosts]
+        seen['works'] = [serves_at(h, tport, d) for h in hosts]
+        return all(i == seen['bundle'][-1] for i in seen['issuers']) and all(seen['works'])
+    s.check(eptest.wait_until(rotated, 40, 0.5),
+            'after the grace period every node serves a certificate of the new serving CA, '
+            'and the client certificate read back from the Secret works against all three',
+            (first, seen))
+    _, doc = ca_secret(k, 'hatls')
+    before_takeover = ca_serials(doc)
+
     old = next(sv for sv in nodes if sv.name == holder(k))
     t0 = time.time()
     old.send(signal.SIGSTOP)
@@ -484,6 +594,14 @@ def test_three_nodes(s, core, k):
     s.eq(holder(k), new, 'after SIGCONT the old leader does not take the lease back')
     st = ((old.ctl('status')[3] or {}).get('daemon') or {}).get('kubernetes') or {}
     s.check(st.get('leader') is False, 'and knows it is not the leader', st)
+    _, doc = ca_secret(k, 'hatls')
+    s.check(doc is not None and all(set(a) <= set(b) for a, b in
+                                    zip(ca_serials(doc), before_takeover)),
+            'the new leader continues the CAs it found (no CA of its own)',
+            (doc and ca_serials(doc), before_takeover))
+    s.check(eptest.wait_until(lambda: secret_files(k, 'hans', 'hatls-etcd', d) is not None and
+                              everywhere(d), 30),
+            'after the takeover the Secret\'s client certificate works against all three nodes')
 
     leader = next(sv for sv in nodes if sv.name == new)
     s.eq(leader.stop(), 0, 'SIGTERM of the leader: it exits 0')
@@ -588,7 +706,7 @@ def body(s):
                          (test_watch, (s, core, k)),
                          (test_outage, (s, core, s.tmp)),
                          (test_certificates, (s, core, k, s.tmp)),
-                         (test_three_nodes, (s, core, k)),
+                         (test_three_nodes, (s, core, k, s.tmp)),
                          (test_tls_kubeconfigs, (s, core, s.tmp))):
             s.run(fn, *args)
     finally:
