@@ -69,6 +69,7 @@ struct kube_source {
 	uv_timer_t status_timer;
 	struct kube_req *status_req;
 	char *status_name; /* the object status_req writes */
+	cJSON *status_flips; /* the Events it brings, once it has landed */
 	int status_again;  /* something changed during a pass */
 	uint64_t next_resync_ms;
 	unsigned status_failures; /* in a row: the retry backs off */
@@ -613,6 +614,107 @@ static void status_next(struct kube_source *ks);
 
 static void on_status_get(void *ctx, const struct kube_result *res);
 
+/* ---- Events --------------------------------------------------------------------------------- */
+
+static void on_event_posted(void *ctx, const struct kube_result *res)
+{
+	(void)ctx;
+	if (res->status != 201 && res->status != 200)
+		ep_debug("an Event was not recorded: %s", kube_status_message(res));
+}
+
+/*
+ * An Event about the EtcdStorage name, for `kubectl describe` and `kubectl
+ * get events`: in the namespace "default", where client-go's recorder puts
+ * those of cluster-scoped objects.  Fire and forget: a lost Event loses no
+ * state (the conditions say it all).
+ */
+static void post_event(struct kube_source *ks, const char *name, const char *uid, int normal,
+		       const char *reason, const char *message)
+{
+	const char *node = ks->sv->global->kube.node_name;
+	cJSON *ev = cJSON_CreateObject(), *meta, *inv, *src;
+	char now[32], *gen = ep_strdup_printf("%s.", name), *body;
+
+	now_rfc3339(now, sizeof(now));
+	cJSON_AddStringToObject(ev, "apiVersion", "v1");
+	cJSON_AddStringToObject(ev, "kind", "Event");
+	meta = cJSON_AddObjectToObject(ev, "metadata");
+	cJSON_AddStringToObject(meta, "generateName", gen);
+	cJSON_AddStringToObject(meta, "namespace", "default");
+	inv = cJSON_AddObjectToObject(ev, "involvedObject");
+	cJSON_AddStringToObject(inv, "apiVersion", EP_API_VERSION);
+	cJSON_AddStringToObject(inv, "kind", EP_KIND);
+	cJSON_AddStringToObject(inv, "name", name);
+	if (uid != NULL)
+		cJSON_AddStringToObject(inv, "uid", uid);
+	cJSON_AddStringToObject(ev, "type", normal ? "Normal" : "Warning");
+	cJSON_AddStringToObject(ev, "reason", reason);
+	cJSON_AddStringToObject(ev, "message", message);
+	src = cJSON_AddObjectToObject(ev, "source");
+	cJSON_AddStringToObject(src, "component", "etcdproxyd");
+	cJSON_AddStringToObject(src, "host", node);
+	cJSON_AddStringToObject(ev, "reportingComponent", "etcdproxyd");
+	cJSON_AddStringToObject(ev, "reportingInstance", node);
+	cJSON_AddStringToObject(ev, "firstTimestamp", now);
+	cJSON_AddStringToObject(ev, "lastTimestamp", now);
+	cJSON_AddNumberToObject(ev, "count", 1);
+	body = cJSON_PrintUnformatted(ev);
+	cJSON_Delete(ev);
+	kube_request(ks->kc, "POST", "/api/v1/namespaces/default/events", "application/json", body,
+		     REQUEST_TIMEOUT_S, on_event_posted, NULL, ks);
+	free(body);
+	free(gen);
+}
+
+/*
+ * The Events of a status write: one for each condition that flips from what
+ * the server holds (before) to what is written (after).  Posted once the
+ * write has landed (flips_post()); decided before it, since the watch may
+ * bring the written status back before the write's own answer.
+ */
+static void flips_decide(struct kube_source *ks, const cJSON *before, const cJSON *after)
+{
+	static const char *const types[] = { "Accepted", "CertificatesPublished", "Ready" };
+
+	cJSON_Delete(ks->status_flips);
+	ks->status_flips = cJSON_CreateArray();
+
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		const cJSON *a = find_condition(after, types[i]), *b = find_condition(before, types[i]);
+		const char *as = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "status"));
+		const char *bs = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "status"));
+		const char *reason = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "reason"));
+		const char *msg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "message"));
+		char *text;
+
+		if (as == NULL || reason == NULL || (bs != NULL && strcmp(as, bs) == 0))
+			continue;
+		text = ep_strdup_printf("%s=%s: %.900s", types[i], as, msg != NULL ? msg : "");
+		{
+			cJSON *f = cJSON_CreateObject();
+
+			cJSON_AddBoolToObject(f, "normal", strcmp(as, "False") != 0);
+			cJSON_AddStringToObject(f, "reason", reason);
+			cJSON_AddStringToObject(f, "message", text);
+			cJSON_AddItemToArray(ks->status_flips, f);
+		}
+		free(text);
+	}
+}
+
+static void flips_post(struct kube_source *ks, const char *name, const char *uid)
+{
+	const cJSON *f;
+
+	cJSON_ArrayForEach(f, ks->status_flips)
+		post_event(ks, name, uid, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(f, "normal")),
+			   cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(f, "reason")),
+			   cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(f, "message")));
+	cJSON_Delete(ks->status_flips);
+	ks->status_flips = NULL;
+}
+
 static void on_status_written(void *ctx, const struct kube_result *res)
 {
 	struct kube_source *ks = ctx;
@@ -625,9 +727,11 @@ static void on_status_written(void *ctx, const struct kube_result *res)
 
 		ks->status_writes++;
 		if (o != NULL && obj != NULL) {
-			const cJSON *rv = cJSON_GetObjectItemCaseSensitive(
-				cJSON_GetObjectItemCaseSensitive(obj, "metadata"), "resourceVersion");
+			const cJSON *meta = cJSON_GetObjectItemCaseSensitive(obj, "metadata");
+			const cJSON *rv = cJSON_GetObjectItemCaseSensitive(meta, "resourceVersion");
 
+			flips_post(ks, o->name,
+				   cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(meta, "uid")));
 			cJSON_Delete(o->status);
 			o->status = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(obj, "status"), 1);
 			if (cJSON_IsString(rv)) {
@@ -714,6 +818,7 @@ static void status_next(struct kube_source *ks)
 			if (cJSON_GetObjectItemCaseSensitive(node, "endpoint") == NULL)
 				cJSON_AddNullToObject(node, "endpoint");
 		}
+		flips_decide(ks, o->status, want);
 		patch = cJSON_CreateObject();
 		meta = cJSON_AddObjectToObject(patch, "metadata");
 		cJSON_AddStringToObject(meta, "resourceVersion", o->rv);
@@ -862,6 +967,7 @@ static void on_closed(uv_handle_t *h)
 		free(ks->queue[i]);
 	free(ks->queue);
 	free(ks->status_name);
+	cJSON_Delete(ks->status_flips);
 	free(ks->status_error);
 	free(ks->rv);
 	free(ks->last_error);

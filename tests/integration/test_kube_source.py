@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 sys.dont_write_bytecode = True  # nothing written into the source tree
@@ -115,6 +116,13 @@ def writes(k, path_part=None):
 
 # ---- scenarios ------------------------------------------------------------------------------
 
+def events(k, name):
+    st, lst = call(k, 'GET', '/api/v1/namespaces/default/events?fieldSelector=' +
+                   urllib.parse.quote('involvedObject.kind=EtcdStorage,involvedObject.name=' +
+                                      name))
+    return lst['items'] if st == 200 else []
+
+
 def test_lifecycle(s, core, k):
     sv = supervisor(s, core, k)
     sv.start()
@@ -128,6 +136,14 @@ def test_lifecycle(s, core, k):
     sv.wait_ready('lc')
     s.check(eptest.serves(port, 'k1', 'v1'), 'the tenant serves: etcdctl put and get through it')
     s.eq(eptest.etcd_get(core.port, '/lc/k1'), 'v1', 'under its prefix /lc/ in the core etcd')
+    s.check(eptest.wait_until(lambda: any(
+        e['type'] == 'Normal' and e['reason'] == 'Serving' and
+        e['message'].startswith('Ready=True') and e['source']['host'] == 'node-a'
+        for e in events(k, 'lc')), 10),
+        'an Event Normal/Serving "Ready=True" about the EtcdStorage', events(k, 'lc'))
+    r = kubectl(k, 'describe', 'etcdstorage', 'lc')
+    s.check(r.returncode == 0 and 'Serving' in r.stdout and 'Ready=True' in r.stdout,
+            'kubectl describe shows it', r.stdout + r.stderr)
     obj = wait_condition(s, k, 'lc', 'Ready', 'True', 'Serving')
     acc = condition(obj, 'Accepted')
     s.check(acc and acc['status'] == 'True' and acc['observedGeneration'] ==
@@ -182,6 +198,10 @@ def test_refused_names(s, core, k):
     s.check('overlaps the reserved prefix "/registry/"' in msg and '.json:' not in msg,
             'its message names the reserved prefix, without the cache file\'s position', msg)
     s.eq(condition(obj, 'Ready')['status'], 'False', 'and Ready=False')
+    s.check(eptest.wait_until(lambda: any(
+        e['type'] == 'Warning' and e['reason'] == 'NameReserved' and
+        e['involvedObject']['uid'] == obj['metadata']['uid'] for e in events(k, 'registry')),
+        10), 'and a Warning Event with reason NameReserved', events(k, 'registry'))
     s.check(eptest.etcd_get(core.port, '/registry/probe') is None and
             sv.tenant('registry')['state'] == 'failed', 'no worker serves it')
 
