@@ -54,6 +54,7 @@ struct kube_publish {
 	struct output *current; /* the output req is about */
 	char *current_data;     /* what it should hold */
 	int resync;
+	int settled; /* the outputs were looked at since this node became the leader */
 	int closing;
 };
 
@@ -417,11 +418,13 @@ static void pass(struct kube_publish *kp)
 		return;
 	if (!kube_source_is_leader(kp->sv->kube)) {
 		/* only the leader writes; a follower looks again, should it become the leader */
+		kp->settled = 0;
 		uv_timer_start(&kp->timer, on_timer, CHECK_EVERY_MS, 0);
 		return;
 	}
 	kp->resync = 0;
 	rebuild(kp);
+	kp->settled = 1;
 	for (struct output *o = kp->outs; o != NULL; o = o->next) {
 		char *data;
 
@@ -458,6 +461,13 @@ int kube_publish_state(struct kube_publish *kp, const char *tenant, const char *
 {
 	int state = 1, any = 0;
 
+	*reason_r = "Pending";
+	*message_r = "the outputs were not looked at yet";
+	if (!kp->settled)
+		return -2;
+	for (struct output *o = kp->outs; o != NULL; o = o->next)
+		if (strcmp(o->tenant, tenant) == 0 && o->state == -1 && o->reason == NULL)
+			return -2;
 	*reason_r = "NothingToPublish";
 	*message_r = "no spec.clientCertSecret or spec.caCertConfigMap";
 	for (struct output *o = kp->outs; o != NULL; o = o->next) {

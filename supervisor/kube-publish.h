@@ -27,7 +27,9 @@ void kube_publish_poke(struct kube_publish *kp, int resync);
 /*
  * A tenant's CertificatesPublished: 1 every output holds the current
  * material, 0 one does not (reason and message say which and why), -1 not
- * known yet.  uid: the EtcdStorage's, for ownerReferences.
+ * yet (waiting for the ca source), -2 not looked at since this node became
+ * the leader (what the condition said stays).  uid: the EtcdStorage's, for
+ * ownerReferences.
  */
 int kube_publish_state(struct kube_publish *kp, const char *tenant, const char **reason_r,
 		       const char **message_r);

@@ -564,7 +564,19 @@ static cJSON *desired_status(struct kube_source *ks, const struct kobj *o, int l
 	if (e->error == NULL) {
 		const char *reason, *message;
 		int published = kube_publish_state(ks->pub, o->name, &reason, &message);
+		const cJSON *was = find_condition(o->status, "CertificatesPublished");
+		const char *ws = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(was, "status"));
+		const char *wr = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(was, "reason"));
+		const char *wm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(was, "message"));
 
+		if (published == -2 && ws != NULL && wr != NULL) {
+			/* a new leader has not looked yet: what its predecessor found stays */
+			published = strcmp(ws, "True") == 0 ? 1 : strcmp(ws, "False") == 0 ? 0 : -1;
+			reason = wr;
+			message = wm;
+		} else if (published == -2) {
+			published = -1;
+		}
 		add_condition(conds, o->status, "CertificatesPublished", published, reason, message,
 			      o->generation);
 	}

@@ -599,6 +599,8 @@ def test_three_nodes(s, core, k, tmp):
             (first, seen))
     _, doc = ca_secret(k, 'hatls')
     before_takeover = ca_serials(doc)
+    published = condition(wait_condition(s, k, 'hatls', 'CertificatesPublished', 'True'),
+                          'CertificatesPublished')
 
     old = next(sv for sv in nodes if sv.name == holder(k))
     t0 = time.time()
@@ -622,6 +624,10 @@ def test_three_nodes(s, core, k, tmp):
     s.check(eptest.wait_until(lambda: secret_files(k, 'hans', 'hatls-etcd', d) is not None and
                               everywhere(d), 30),
             'after the takeover the Secret\'s client certificate works against all three nodes')
+    time.sleep(2)
+    s.eq(condition(get(k, 'hatls'), 'CertificatesPublished'), published,
+         'CertificatesPublished did not flip on the way (the new leader kept what it found '
+         'until it had looked)')
 
     leader = next(sv for sv in nodes if sv.name == new)
     s.eq(leader.stop(), 0, 'SIGTERM of the leader: it exits 0')
