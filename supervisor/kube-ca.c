@@ -434,6 +434,8 @@ static void on_list(void *ctx, const struct kube_result *res)
 		list = s;
 	}
 	cJSON_Delete(o);
+	if (kca->error != NULL && strncmp(kca->error, "cannot list", 11) == 0)
+		set_error(kca, NULL);
 	secrets_free(kca->secrets);
 	kca->secrets = list;
 	reconcile(kca);
@@ -452,6 +454,15 @@ static void on_timer(uv_timer_t *t)
 				kca->sv->global->kube.namespace, STATE_LABEL);
 	kca->req = kube_request(kca->kc, "GET", path, NULL, NULL, TIMEOUT_S, on_list, NULL, kca);
 	free(path);
+}
+
+void kube_ca_new_term(struct kube_ca *kca)
+{
+	if (kca == NULL || kca->closing)
+		return;
+	/* even a lost and regained lease: another leader may have written meanwhile */
+	terms_free(kca);
+	kube_ca_poke(kca);
 }
 
 void kube_ca_poke(struct kube_ca *kca)

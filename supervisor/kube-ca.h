@@ -28,7 +28,9 @@ struct kube_ca *kube_ca_new(struct supervisor *sv, struct kube_client *kc,
 			    struct kube_publish *pub);
 /* Before the client is freed: requests in flight are the client's to cancel. */
 void kube_ca_free(struct kube_ca *kca);
-/* Look again soon (the leadership changed, the tenant set changed). */
+/* Look again soon (the tenant set changed). */
 void kube_ca_poke(struct kube_ca *kca);
+/* This node became or stopped being the leader: a new leader takes the Secrets' CAs first. */
+void kube_ca_new_term(struct kube_ca *kca);
 
 #endif /* EP_KUBE_CA_H */

@@ -903,7 +903,7 @@ static void on_leader(void *ctx, int leader)
 
 	/* the new leader puts conditions and certificates right; a former one stops writing */
 	kube_publish_poke(ks->pub, 1);
-	kube_ca_poke(ks->ca);
+	kube_ca_new_term(ks->ca);
 	status_schedule(ks, STATUS_DELAY_MS);
 }
 
