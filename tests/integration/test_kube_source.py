@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -520,7 +521,7 @@ def test_three_nodes(s, core, k, tmp):
     for i, name in enumerate(('n1', 'n2', 'n3')):
         sv = supervisor(s, core, k, name=name, node=name,
                         extra_kube=dict(timings, node_address='127.0.0.%d' % (i + 1)))
-        sv.config['certs'] = {'ca': {'grace': '3s'}}
+        sv.config['certs'] = {'ca': {'grace': '5s'}}
         sv.write_config()
         sv.start()
         nodes.append(sv)
@@ -576,7 +577,28 @@ def test_three_nodes(s, core, k, tmp):
     s.check(all('shared across the cluster' in sv.ctl('show', 'hatls')[1] for sv in nodes),
             'etcdproxyctl show says the CAs are shared on every node')
 
-    # a rotation on the leader reaches every node
+    # a rotation on the leader reaches every node; a client that rereads the Secret before
+    # each request never fails one, whichever node it asks
+    stop = threading.Event()
+    client = {'requests': 0, 'failures': []}
+
+    def rereading_client():
+        cd = os.path.join(tmp, 'ha-rereading')
+        os.makedirs(cd, exist_ok=True)
+        while not stop.is_set():
+            for h in hosts:
+                if secret_files(k, 'hans', 'hatls-etcd', cd) is None:
+                    client['failures'].append('the Secret is gone')
+                    continue
+                r = subprocess.run([eptest.ETCDCTL, '--endpoints=%s:%d' % (h, tport),
+                                    '--dial-timeout=3s', '--command-timeout=5s'] +
+                                   tls_args(cd) + ['get', 'probe'], capture_output=True,
+                                   text=True, timeout=15, env=dict(os.environ, ETCDCTL_API='3'))
+                client['requests'] += 1
+                if r.returncode != 0:
+                    client['failures'].append('%s: %s' % (h, r.stderr.strip()[-300:]))
+    th = threading.Thread(target=rereading_client, daemon=True)
+    th.start()
     rc, out, err, _ = lead.ctl('rotate', 'hatls')
     s.check(rc == 0, 'etcdproxyctl rotate on the leader', err)
 
@@ -597,6 +619,13 @@ def test_three_nodes(s, core, k, tmp):
             'after the grace period every node serves a certificate of the new serving CA, '
             'and the client certificate read back from the Secret works against all three',
             (first, seen))
+    time.sleep(3)
+    stop.set()
+    th.join(30)
+    s.check(client['requests'] >= 9 and not client['failures'],
+            'a client that rereads the Secret before each request failed none of them across '
+            'the rotation (%d requests to the three nodes)' % client['requests'],
+            client['failures'][:5])
     _, doc = ca_secret(k, 'hatls')
     before_takeover = ca_serials(doc)
     published = condition(wait_condition(s, k, 'hatls', 'CertificatesPublished', 'True'),
