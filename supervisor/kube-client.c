@@ -33,6 +33,7 @@ struct kube_client {
 	uint64_t token_read_ms; /* when token_file was read; 0: read it before the next request */
 	struct kube_req *reqs;
 	struct sock_ctx *socks; /* the polls of libcurl's sockets */
+	char *agent;            /* User-Agent */
 	int closing;
 	int handles; /* the timer and the socket polls still open */
 };
@@ -344,7 +345,8 @@ struct kube_req *kube_request(struct kube_client *kc, const char *method, const 
 	curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
 	curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-	curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "etcdproxyd/" PACKAGE_VERSION);
+	curl_easy_setopt(r->easy, CURLOPT_USERAGENT,
+			 kc->agent != NULL ? kc->agent : "etcdproxyd/" PACKAGE_VERSION);
 	curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	if (timeout_s > 0)
 		curl_easy_setopt(r->easy, CURLOPT_TIMEOUT, timeout_s);
@@ -485,6 +487,13 @@ static void on_timer_closed(uv_handle_t *h)
 		free(kc);
 }
 
+void kube_client_set_agent(struct kube_client *kc, const char *node)
+{
+	free(kc->agent);
+	/* as client-go's: the API server's audit log then tells the nodes apart */
+	kc->agent = ep_strdup_printf("etcdproxyd/%s (node %s)", PACKAGE_VERSION, node);
+}
+
 void kube_client_free(struct kube_client *kc)
 {
 	if (kc == NULL)
@@ -497,6 +506,7 @@ void kube_client_free(struct kube_client *kc)
 	while (kc->socks != NULL) /* what libcurl did not remove itself */
 		sock_close(kc->socks);
 	ep_kube_conn_free(&kc->conn);
+	free(kc->agent);
 	free(kc->token);
 	kc->token = NULL;
 	uv_close((uv_handle_t *)&kc->timer, on_timer_closed);

@@ -47,6 +47,9 @@ struct kube_req *kube_request(struct kube_client *kc, const char *method, const 
 			      kube_done_cb *done, kube_line_cb *line, void *ctx);
 void kube_cancel(struct kube_req *r);
 
+/* The User-Agent names this node: "etcdproxyd/VERSION (node NODE)". */
+void kube_client_set_agent(struct kube_client *kc, const char *node);
+
 /* A 401 was answered: read the token file again before the next request. */
 void kube_client_token_stale(struct kube_client *kc);
 

@@ -936,6 +936,7 @@ int kube_source_start(struct supervisor *sv, struct kube_source **ks_r, char **e
 		free(ks);
 		return -EINVAL;
 	}
+	kube_client_set_agent(ks->kc, k->node_name);
 	ks->pub = kube_publish_new(sv, ks->kc);
 	ks->ca = kube_ca_new(sv, ks->kc, ks->pub);
 	ks->cache_dir = ep_kube_cache_dir(sv->global);

@@ -645,6 +645,14 @@ def test_three_nodes(s, core, k, tmp):
     s.eq(holder(k), new, 'after SIGCONT the old leader does not take the lease back')
     st = ((old.ctl('status')[3] or {}).get('daemon') or {}).get('kubernetes') or {}
     s.check(st.get('leader') is False, 'and knows it is not the leader', st)
+    by_old = [r for r in k.requests() if '(node %s)' % old.name in r.get('agent', '')]
+    led = [(r['method'], r['path'], r.get('code')) for r in by_old
+           if r['method'] in ('PATCH', 'PUT', 'POST') and r.get('code', 0) < 300 and
+           any(p in r['path'] for p in ('/secrets', '/configmaps', '/leases/', '/events')) or
+           '"conditions"' in r.get('body', '')]
+    s.check(by_old and not led, 'after SIGCONT the old leader (known by its User-Agent, %d '
+            'requests) wrote nothing a leader writes: no Lease, Secret, ConfigMap, Event or '
+            'condition' % len(by_old), led)
     _, doc = ca_secret(k, 'hatls')
     s.check(doc is not None and all(set(a) <= set(b) for a, b in
                                     zip(ca_serials(doc), before_takeover)),

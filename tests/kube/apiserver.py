@@ -43,7 +43,8 @@ Test hooks, under /_test/ (no authentication, not in the request log; bodies JSO
     POST /_test/end-watches               every open watch ends normally -> {"ended": N}
     POST /_test/bookmark                  a BOOKMARK now on every watch that allowed them
     GET  /_test/requests                  [{"method", "path", "query", "code", "time",
-                                            "user", "content_type"}, ...]
+                                            "user", "content_type", "agent",
+                                            "body" (its first 8 KiB)}, ...]
     POST /_test/requests/clear
     GET  /_test/state                     {"resourceVersion", "floor", "watches"}
 """
@@ -1507,7 +1508,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             user = self.authenticate()
             self._record = {'method': method, 'path': path, 'query': url.query,
                             'time': time.time(), 'user': user,
-                            'content_type': self.headers.get('Content-Type')}
+                            'content_type': self.headers.get('Content-Type'),
+                            'agent': self.headers.get('User-Agent') or '',
+                            'body': body[:8192].decode(errors='replace')}
             self.log_line('%s %s?%s user=%s accept=%s ctype=%s' % (
                 method, path, url.query, user, self.headers.get('Accept'),
                 self.headers.get('Content-Type')))
