@@ -334,6 +334,33 @@ static const struct key kube_keys[] = {
 	KEY("resync", K_DURATION, struct ep_global_config, kube.resync_ms),
 };
 
+static int parse_metrics_listen(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_global_config *g = base;
+	struct ep_listen_addr a;
+	const char *why;
+
+	if (!cJSON_IsString(v) && !cJSON_IsNull(v))
+		return fail_at(c, v, "%s: expected \"HOST:PORT\", \"unix:PATH\" or null", what);
+	free(g->metrics.listen);
+	g->metrics.listen = NULL;
+	if (cJSON_IsNull(v))
+		return 0;
+	if (ep_listen_parse(v->valuestring, &a, &why) < 0)
+		return fail_at(c, v, "%s: \"%s\": %s", what, v->valuestring, why);
+	g->metrics.listen = ep_strdup(v->valuestring);
+	return 0;
+}
+
+static const struct key metrics_keys[] = {
+	KEY_CALL("listen", parse_metrics_listen),
+};
+
+static int parse_metrics(struct pctx *c, const cJSON *obj, const char *what, void *base)
+{
+	return PARSE_KEYS(c, obj, what, metrics_keys, base);
+}
+
 static int parse_kube(struct pctx *c, const cJSON *obj, const char *what, void *base)
 {
 	struct ep_global_config *g = base;
@@ -485,6 +512,7 @@ static const struct key global_keys[] = {
 	KEY_CALL("backends", parse_backends),
 	KEY_CALL("certs", parse_certs),
 	KEY_CALL("kubernetes", parse_kube),
+	KEY_CALL("metrics", parse_metrics),
 };
 
 static void global_defaults(struct ep_global_config *g)
@@ -605,6 +633,7 @@ void ep_global_config_free(struct ep_global_config *g)
 	free(g->default_backend);
 	cJSON_Delete(g->backends);
 	cJSON_Delete(g->certs);
+	free(g->metrics.listen);
 	free(g->kube.kubeconfig);
 	free(g->kube.namespace);
 	free(g->kube.node_name);

@@ -75,6 +75,11 @@ struct ep_global_config {
 		uint64_t resync_ms;        /* status re-check of every cluster tenant */
 	} kube;
 
+	/* metrics and health endpoints (etcdproxyd.json(5), "metrics"): off when listen is NULL */
+	struct ep_metrics_settings {
+		char *listen; /* "HOST:PORT" or "unix:PATH" */
+	} metrics;
+
 	/* per-plugin options: {"etcd": {...}}; owned */
 	cJSON *backends;
 	/* per certificate source options: {"ca": {...}}; owned */

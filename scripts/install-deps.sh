@@ -10,6 +10,7 @@ etcd-server etcd-client python3 python3-etcd3
 valgrind procps iproute2 clang libclang-rt-dev
 nghttp2-client gnuplot-nox golang-go golang-etcd-server-dev dpkg-dev
 libyaml-dev python3-yaml openssl kubernetes-client python3-kubernetes
+libmicrohttpd-dev prometheus
 "
 
 missing=""

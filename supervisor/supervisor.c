@@ -26,6 +26,7 @@
 #include "options.h"
 #include "sdnotify.h"
 #include "kube-source.h"
+#include "metrics.h"
 #include "kubeconfig.h"
 #include "supervisor.h"
 #include "util.h"
@@ -102,6 +103,8 @@ static void on_handle_closed(uv_handle_t *h)
 		free(t->fatal_reason);
 		free(t->endpoint);
 		cJSON_Delete(t->counters);
+		cJSON_Delete(t->counters_live);
+		cJSON_Delete(t->counters_base);
 		cJSON_Delete(t->certificates);
 		free(t);
 	}
@@ -297,6 +300,8 @@ static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 		if (m.counters != NULL) {
 			cJSON_Delete(t->counters);
 			t->counters = cJSON_Duplicate(m.counters, 1);
+			cJSON_Delete(t->counters_live);
+			t->counters_live = cJSON_Duplicate(m.counters, 1);
 		}
 		if (m.certificates != NULL) {
 			cJSON_Delete(t->certificates);
@@ -408,6 +413,8 @@ static void tenant_after_stop(struct tenant *t)
 		*pp = succ;
 		t->next = NULL;
 		succ->restarts = t->restarts;
+		succ->counters_base = t->counters_base;
+		t->counters_base = NULL;
 		/* same address: hand the socket over, so that no client is refused in between */
 		if (t->listen_fd >= 0 && succ->listen != NULL && strcmp(t->listen, succ->listen) == 0 &&
 		    ep_backend_takes_socket(succ->backend)) {
@@ -461,6 +468,14 @@ static void on_worker_exit(uv_process_t *p, int64_t exit_status, int term_signal
 	/* what a dead worker used is not shown as current; the next one reports its own */
 	cJSON_Delete(t->certificates);
 	t->certificates = NULL;
+	/* its counts stay in the totals: the next worker counts from zero */
+	if (t->counters_live != NULL) {
+		if (t->counters_base == NULL)
+			t->counters_base = cJSON_CreateObject();
+		metrics_json_add(t->counters_base, t->counters_live);
+		cJSON_Delete(t->counters_live);
+		t->counters_live = NULL;
+	}
 	uv_timer_stop(&t->timer);
 	ep_exit_describe(exit_status, term_signal, how, sizeof(how));
 
@@ -896,7 +911,7 @@ int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 {
 	struct ep_global_config *g = NULL;
 	struct ep_tenant_set set;
-	int r, kube_changed;
+	int r, kube_changed, metrics_changed;
 
 	*error_r = NULL;
 	ep_sd_notify("RELOADING=1");
@@ -919,6 +934,7 @@ int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 	/* the new global settings apply to everything spawned from now on */
 	kube_changed = !kube_settings_equal(&sv->global->kube, &g->kube) ||
 		       strcmp(sv->global->state_dir, g->state_dir) != 0;
+	metrics_changed = !same_str(sv->global->metrics.listen, g->metrics.listen);
 	ep_global_config_free(sv->global);
 	sv->global = g;
 	sv->generation++;
@@ -938,6 +954,10 @@ int supervisor_reload(struct supervisor *sv, cJSON *summary, char **error_r)
 	 */
 	if (kube_changed)
 		kube_restart(sv);
+	if (metrics_changed) {
+		metrics_stop(sv);
+		metrics_start(sv);
+	}
 	return 0;
 }
 
@@ -1020,6 +1040,7 @@ static void supervisor_shutdown(struct supervisor *sv, const char *why)
 	sv->shutting_down = 1;
 	kube_source_stop(sv->kube);
 	sv->kube = NULL;
+	metrics_stop(sv);
 	ep_sd_notify("STOPPING=1");
 	for (t = sv->tenants; t != NULL; t = next) {
 		next = t->next;
@@ -1360,6 +1381,7 @@ int main(int argc, char **argv)
 		tenant_activate(t);
 	}
 	kube_restart(&sv);
+	metrics_start(&sv);
 	ep_sd_notify("READY=1");
 	notify_status(&sv);
 

@@ -61,6 +61,8 @@ struct tenant {
 	int healthy;
 	char *endpoint;
 	cJSON *counters; /* the backend's counters from the last STATUS, or NULL */
+	cJSON *counters_live; /* the same, while its worker runs */
+	cJSON *counters_base; /* the exited workers' last counters, added up (metrics) */
 	cJSON *certificates; /* the certificate source's describe() from the last STATUS, or NULL */
 	int listen_fd;    /* bound here and passed to every worker (native), or -1 */
 
@@ -88,6 +90,7 @@ struct supervisor {
 	char *control_path; /* the socket file we created, removed on exit */
 	struct ctl_conn *control_conns; /* open connections (control.c), closed by control_stop() */
 	struct kube_source *kube; /* the Kubernetes source, or NULL */
+	struct metrics *metrics;  /* the metrics and health endpoints, or NULL */
 	int shutting_down;
 	int exit_code;
 };

@@ -181,7 +181,6 @@ void call_free(struct call *c)
 	pool_free(c);
 }
 
-static void record_latency(struct native *n, struct call *c);
 
 /* A grpc-status value as a number; "0" is by far the most common. */
 static int status_number(const char *status)
@@ -195,25 +194,15 @@ static int status_number(const char *status)
 static void count_finish(struct call *c, int status)
 {
 	struct native *n = c->n;
+	uint64_t us = now_us(n) - c->started_us;
 
 	if (status == 0)
 		n->counters.calls_ok++;
 	else
 		n->counters.calls_failed++;
-	native_count_method(n, c->m != NULL && c->m->path != NULL ? c->m->path : "unknown", status);
-	record_latency(n, c);
-}
-
-static void record_latency(struct native *n, struct call *c)
-{
-	static const uint64_t bounds[] = { 100, 250, 500, 1000, 2500, 5000, 10000, 25000,
-					   50000, 100000, 1000000 };
-	uint64_t us = now_us(n) - c->started_us;
-	size_t i = 0;
-
-	while (i < sizeof(bounds) / sizeof(bounds[0]) && us >= bounds[i])
-		i++;
-	n->counters.latency_us_buckets[i]++;
+	native_count_method(n, c->m != NULL && c->m->path != NULL ? c->m->path : "unknown", status,
+			    us);
+	n->counters.latency_us_buckets[native_latency_bucket(us)]++;
 }
 
 void call_maybe_free(struct call *c)
@@ -674,6 +663,10 @@ static void call_start(struct call *c)
 		return;
 	}
 	c->m = rw_method_lookup(c->path, strlen(c->path));
+	if (c->m->kind == RW_WATCH && c->m->policy != RW_DENY && c->dc != NULL) {
+		c->watch_counted = 1;
+		n->counters.active_watch_streams++;
+	}
 	switch (c->m->policy) {
 	case RW_DENY:
 		n->counters.denied++;

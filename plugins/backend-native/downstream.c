@@ -262,6 +262,10 @@ static void unlink_from_down(struct call *c)
 	c->next_in_down = NULL;
 	c->pprev_in_down = NULL;
 	c->dc->n->counters.active_streams--;
+	if (c->watch_counted) {
+		c->watch_counted = 0;
+		c->dc->n->counters.active_watch_streams--;
+	}
 	c->dc = NULL;
 	c->down_attached = 0;
 }
@@ -393,9 +397,10 @@ static int down_recv_plain(void *ctx, const uint8_t *data, size_t len)
 static void start_idle_check(struct down_conn *dc);
 static int make_server_session(struct down_conn *dc);
 
-static void handshake_failed(struct down_conn *dc, const char *why)
+static void handshake_failed(struct down_conn *dc, enum tls_failure reason, const char *why)
 {
 	dc->n->counters.tls_handshake_failures++;
+	dc->n->counters.tls_failures[reason]++;
 	dc->n->host->log(dc->n->host, EP_LOG_INFO, "TLS handshake with %s failed: %s",
 			 peer_name(dc), why);
 	down_conn_close(dc);
@@ -406,7 +411,7 @@ static void on_handshake_timeout(uv_timer_t *t)
 	struct down_conn *dc = t->data;
 
 	if (dc->session == NULL)
-		handshake_failed(dc, "no handshake within 10 s");
+		handshake_failed(dc, TLS_FAIL_TIMEOUT, "no handshake within 10 s");
 }
 
 /* The handshake is done: the client is who it must be and speaks h2; start HTTP/2. */
@@ -415,7 +420,8 @@ static int down_tls_established(struct down_conn *dc)
 	struct native *n = dc->n;
 
 	if (!native_tls_alpn_h2(&dc->tls)) {
-		handshake_failed(dc, "the client did not agree on ALPN h2: gRPC needs HTTP/2");
+		handshake_failed(dc, TLS_FAIL_NO_ALPN,
+				 "the client did not agree on ALPN h2: gRPC needs HTTP/2");
 		return -1;
 	}
 	n->counters.tls_handshakes++;
@@ -440,11 +446,11 @@ static int down_recv_tls(struct down_conn *dc, const uint8_t *data, size_t len)
 		/* the handshake's records, or the alert that tells the client why */
 		if (native_tls_flush(&dc->tls, &dc->h.stream, &dc->write_pending, down_write_done,
 				     &fwhy) < 0 && r >= 0) {
-			handshake_failed(dc, fwhy);
+			handshake_failed(dc, TLS_FAIL_PROTOCOL, fwhy);
 			return -1;
 		}
 		if (r < 0) {
-			handshake_failed(dc, why);
+			handshake_failed(dc, native_tls_failure_reason(why), why);
 			return -1;
 		}
 		if (r == 0)

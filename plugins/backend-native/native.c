@@ -154,7 +154,37 @@ int native_tls_flush(struct native_tls *t, uv_stream_t *stream, size_t *pending,
 
 /* ---- counters ------------------------------------------------------------------------------------ */
 
-void native_count_method(struct native *n, const char *path, int status)
+/* The upper bounds (us) of the latency buckets; the last bucket is +Inf. */
+static const uint64_t latency_bounds[NATIVE_LATENCY_BUCKETS - 1] = {
+	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000
+};
+
+size_t native_latency_bucket(uint64_t us)
+{
+	size_t i = 0;
+
+	while (i < NATIVE_LATENCY_BUCKETS - 1 && us >= latency_bounds[i])
+		i++;
+	return i;
+}
+
+static const char *const tls_failure_names[TLS_FAIL_N] = {
+	"timeout", "no_alpn", "no_client_certificate", "bad_certificate", "protocol",
+};
+
+enum tls_failure native_tls_failure_reason(const char *why)
+{
+	if (why == NULL)
+		return TLS_FAIL_PROTOCOL;
+	if (strstr(why, "did not return a certificate") != NULL ||
+	    strstr(why, "no certificate") != NULL || strstr(why, "certificate required") != NULL)
+		return TLS_FAIL_NO_CLIENT_CERTIFICATE;
+	if (strstr(why, "certificate") != NULL || strstr(why, "unknown ca") != NULL)
+		return TLS_FAIL_BAD_CERTIFICATE;
+	return TLS_FAIL_PROTOCOL;
+}
+
+void native_count_method(struct native *n, const char *path, int status, uint64_t us)
 {
 	struct native_counters *k = &n->counters;
 	size_t i;
@@ -170,16 +200,20 @@ void native_count_method(struct native *n, const char *path, int status)
 		k->methods[k->n_methods++].path = path;
 	}
 	k->methods[i].by_status[status]++;
+	k->methods[i].latency_us_buckets[native_latency_bucket(us)]++;
+	k->methods[i].latency_us_sum += us;
 }
 
 /* The counters as JSON for the supervisor (ep_backend_ops.counters). */
 static char *native_counters(void *state)
 {
-	static const char *const le[] = { "100us", "250us", "500us", "1ms", "2.5ms", "5ms", "10ms",
-					  "25ms", "50ms", "100ms", "1s", "+Inf" };
+	static const char *const le[NATIVE_LATENCY_BUCKETS] = {
+		"100us", "250us", "500us", "1ms", "2.5ms", "5ms", "10ms", "25ms", "50ms", "100ms",
+		"1s", "+Inf"
+	};
 	struct native *n = state;
 	struct native_counters *k = &n->counters;
-	cJSON *o = cJSON_CreateObject(), *lat, *methods;
+	cJSON *o = cJSON_CreateObject(), *lat, *methods, *fails;
 	char *text;
 
 	cJSON_AddNumberToObject(o, "calls", (double)k->calls);
@@ -192,12 +226,19 @@ static char *native_counters(void *state)
 	cJSON_AddNumberToObject(o, "upstream_errors", (double)k->upstream_errors);
 	cJSON_AddNumberToObject(o, "tls_handshakes", (double)k->tls_handshakes);
 	cJSON_AddNumberToObject(o, "tls_handshake_failures", (double)k->tls_handshake_failures);
+	fails = cJSON_AddObjectToObject(o, "tls_failures");
+	for (size_t i = 0; i < TLS_FAIL_N; i++)
+		cJSON_AddNumberToObject(fails, tls_failure_names[i], (double)k->tls_failures[i]);
+	cJSON_AddNumberToObject(o, "active_watch_streams", (double)k->active_watch_streams);
 	lat = cJSON_AddObjectToObject(o, "latency_le");
-	for (size_t i = 0; i < 12; i++)
+	for (size_t i = 0; i < NATIVE_LATENCY_BUCKETS; i++)
 		cJSON_AddNumberToObject(lat, le[i], (double)k->latency_us_buckets[i]);
+	/* per method: {"codes": {"0": n, ...}, "latency_us": [bucket counts], "latency_us_sum"} */
 	methods = cJSON_AddObjectToObject(o, "methods");
 	for (size_t i = 0; i < k->n_methods; i++) {
 		cJSON *m = cJSON_AddObjectToObject(methods, k->methods[i].path);
+		cJSON *codes = cJSON_AddObjectToObject(m, "codes");
+		cJSON *buckets = cJSON_AddArrayToObject(m, "latency_us");
 
 		for (int s = 0; s <= 16; s++) {
 			char code[8];
@@ -205,8 +246,12 @@ static char *native_counters(void *state)
 			if (k->methods[i].by_status[s] == 0)
 				continue;
 			snprintf(code, sizeof(code), "%d", s);
-			cJSON_AddNumberToObject(m, code, (double)k->methods[i].by_status[s]);
+			cJSON_AddNumberToObject(codes, code, (double)k->methods[i].by_status[s]);
 		}
+		for (size_t b = 0; b < NATIVE_LATENCY_BUCKETS; b++)
+			cJSON_AddItemToArray(buckets, cJSON_CreateNumber(
+						  (double)k->methods[i].latency_us_buckets[b]));
+		cJSON_AddNumberToObject(m, "latency_us_sum", (double)k->methods[i].latency_us_sum);
 	}
 	text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);

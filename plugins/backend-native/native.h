@@ -110,18 +110,34 @@ enum compaction_policy { COMPACT_IGNORE, COMPACT_ALLOW, COMPACT_DENY };
 
 #define NATIVE_MAX_METHODS 64
 
+#define NATIVE_LATENCY_BUCKETS 12 /* <100us, <250us, ... see record_latency() */
+
 struct method_count {
 	const char *path;     /* from the method table (static), or "unknown" */
 	uint64_t by_status[17]; /* gRPC status 0..16 */
+	uint64_t latency_us_buckets[NATIVE_LATENCY_BUCKETS];
+	uint64_t latency_us_sum;
+};
+
+/* Why a client's TLS handshake failed (native_tls_failure_reason()). */
+enum tls_failure {
+	TLS_FAIL_TIMEOUT,
+	TLS_FAIL_NO_ALPN,
+	TLS_FAIL_NO_CLIENT_CERTIFICATE,
+	TLS_FAIL_BAD_CERTIFICATE,
+	TLS_FAIL_PROTOCOL,
+	TLS_FAIL_N
 };
 
 struct native_counters {
 	uint64_t calls, calls_ok, calls_failed, denied;
 	uint64_t tls_handshakes, tls_handshake_failures; /* with clients */
+	uint64_t tls_failures[TLS_FAIL_N];
 	uint64_t bytes_in, bytes_out;
 	uint64_t upstream_errors;
 	uint64_t active_streams;
-	uint64_t latency_us_buckets[12]; /* <100us, <250us, ... see record_latency() */
+	uint64_t active_watch_streams;
+	uint64_t latency_us_buckets[NATIVE_LATENCY_BUCKETS];
 	struct method_count methods[NATIVE_MAX_METHODS];
 	size_t n_methods;
 };
@@ -175,6 +191,7 @@ struct call {
 	internal_cb *icb;
 	void *ictx;
 	int down_attached, up_attached; /* freed when both are 0 */
+	int watch_counted;              /* in counters.active_watch_streams */
 
 	/* lease IDs this call's messages named that the cache does not know */
 	int64_t *unknown_leases;
@@ -478,7 +495,11 @@ void conn_io_ack_take(struct conn_io *io, nghttp2_session *s);
 
 /* ---- native.c ---- */
 size_t native_member_list(struct native *n, uint8_t *buf, size_t size);
-void native_count_method(struct native *n, const char *path, int status);
+void native_count_method(struct native *n, const char *path, int status, uint64_t us);
+/* The latency bucket of a call that took us microseconds: < 100 us, < 250 us, ... */
+size_t native_latency_bucket(uint64_t us);
+/* Classify a TLS handshake's failure by the text OpenSSL gave for it. */
+enum tls_failure native_tls_failure_reason(const char *why);
 
 /* ---- leases.c ---- */
 int native_lease_known(const struct native *n, int64_t id);
