@@ -352,6 +352,18 @@ static int parse_metrics_listen(struct pctx *c, const cJSON *v, const char *what
 	return 0;
 }
 
+static const struct key audit_keys[] = {
+	KEY("directory", K_PATH, struct ep_global_config, audit.directory),
+	KEY_UINT("max_size", struct ep_global_config, audit.max_size, 4096, 4294967295u),
+	KEY_UINT("files", struct ep_global_config, audit.files, 0, 1000),
+	KEY("default", K_BOOL, struct ep_global_config, audit.on),
+};
+
+static int parse_audit(struct pctx *c, const cJSON *obj, const char *what, void *base)
+{
+	return PARSE_KEYS(c, obj, what, audit_keys, base);
+}
+
 static const struct key metrics_keys[] = {
 	KEY_CALL("listen", parse_metrics_listen),
 };
@@ -513,6 +525,7 @@ static const struct key global_keys[] = {
 	KEY_CALL("certs", parse_certs),
 	KEY_CALL("kubernetes", parse_kube),
 	KEY_CALL("metrics", parse_metrics),
+	KEY_CALL("audit", parse_audit),
 };
 
 static void global_defaults(struct ep_global_config *g)
@@ -549,6 +562,9 @@ static void global_defaults(struct ep_global_config *g)
 	g->backends = cJSON_CreateObject();
 	g->certs = cJSON_CreateObject();
 	g->kube.namespace = ep_strdup("kube-system");
+	g->audit.directory = ep_strdup(LOCALSTATEDIR "/log/etcdproxy");
+	g->audit.max_size = 100u << 20;
+	g->audit.files = 5;
 	g->kube.service_account_dir = ep_strdup("/var/run/secrets/kubernetes.io/serviceaccount");
 	/* client-go's leader election defaults */
 	g->kube.lease_duration_ms = 15000;
@@ -634,6 +650,7 @@ void ep_global_config_free(struct ep_global_config *g)
 	cJSON_Delete(g->backends);
 	cJSON_Delete(g->certs);
 	free(g->metrics.listen);
+	free(g->audit.directory);
 	free(g->kube.kubeconfig);
 	free(g->kube.namespace);
 	free(g->kube.node_name);
@@ -989,6 +1006,7 @@ static const struct key spec_keys[] = {
 	KEY("listen", K_STRING, struct ep_tenant_config, listen),
 	KEY_CALL("policy", parse_policy),
 	KEY_CALL("tls", parse_tls),
+	KEY("audit", K_BOOL, struct ep_tenant_config, audit),
 };
 
 static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,
@@ -1063,6 +1081,10 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 		return fail_at(c, policy_node,
 			       "spec.policy: enforced by the native backend only; the etcd backend "
 			       "(etcd grpc-proxy) passes Compact to the core etcd");
+	if (strcmp(t->backend, "etcd") == 0 && t->audit == 1)
+		return fail_at(c, cJSON_GetObjectItemCaseSensitive(spec, "audit"),
+			       "spec.audit: written by the native backend only; the etcd backend "
+			       "(etcd grpc-proxy) does not see the calls' contents");
 	if (strcmp(t->backend, "etcd") == 0 && strncmp(t->listen, "unix:", 5) == 0)
 		return fail_at(c, listen_node,
 			       "spec.listen: the etcd backend (etcd grpc-proxy) listens on TCP only; "
@@ -1157,6 +1179,7 @@ static int parse_tenant(struct pctx *c, const cJSON *root, const struct ep_globa
 	t->client_validity_ms = g->default_client_validity_ms;
 	t->tls.enabled = 1;
 	t->tls.source = ep_strdup("ca");
+	t->audit = -1;
 	if (spec == NULL)
 		return fail_at(c, root, "spec is required (at least spec.listen)");
 	return parse_spec(c, spec, g, t);
@@ -1249,6 +1272,13 @@ static void add_nullable(cJSON *o, const char *key, const char *value)
 		cJSON_AddNullToObject(o, key);
 }
 
+int ep_tenant_audits(const struct ep_global_config *g, const struct ep_tenant_config *t)
+{
+	if (t->audit >= 0)
+		return t->audit;
+	return g->audit.on && strcmp(t->backend, "native") == 0;
+}
+
 char *ep_kube_output_dir(const struct ep_global_config *g, const char *tenant,
 			 const struct ep_k8s_ref *secret)
 {
@@ -1313,6 +1343,15 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 	cJSON *policy = cJSON_AddObjectToObject(tenant, "policy");
 	if (t->compaction != NULL)
 		cJSON_AddStringToObject(policy, "compaction", t->compaction);
+	if (ep_tenant_audits(g, t)) {
+		cJSON *a = cJSON_AddObjectToObject(policy, "audit");
+		char *file = ep_strdup_printf("%s/%s.log", g->audit.directory, t->name);
+
+		cJSON_AddStringToObject(a, "file", file);
+		cJSON_AddNumberToObject(a, "max_size", g->audit.max_size);
+		cJSON_AddNumberToObject(a, "files", g->audit.files);
+		free(file);
+	}
 	if (t->tls.enabled) {
 		const cJSON *copts = cJSON_GetObjectItemCaseSensitive(g->certs, t->tls.source);
 		cJSON *tls = cJSON_AddObjectToObject(tenant, "tls");

@@ -75,6 +75,14 @@ struct ep_global_config {
 		uint64_t resync_ms;        /* status re-check of every cluster tenant */
 	} kube;
 
+	/* the audit log of the tenants (etcdproxyd.json(5), "audit"; spec.audit) */
+	struct ep_audit_settings {
+		char *directory;  /* DIRECTORY/NAME.log, rotated to NAME.log.1 ... */
+		unsigned max_size; /* bytes of one file before it is rotated */
+		unsigned files;    /* rotated files kept besides the current one */
+		int on;            /* "default": for native tenants without spec.audit */
+	} audit;
+
 	/* metrics and health endpoints (etcdproxyd.json(5), "metrics"): off when listen is NULL */
 	struct ep_metrics_settings {
 		char *listen; /* "HOST:PORT" or "unix:PATH" */
@@ -122,6 +130,7 @@ struct ep_tenant_config {
 	struct ep_k8s_ref *client_cert_secrets;
 	size_t n_client_cert_secrets;
 	char *compaction; /* spec.policy.compaction: "ignore", "allow", "deny"; NULL: the backend's default */
+	int audit;        /* spec.audit: 1, 0, or -1 when absent (audit.default decides) */
 	struct ep_tls_config tls;
 };
 
@@ -185,6 +194,8 @@ int ep_listen_validate(const char *listen, int tls, const char **why_r);
  * secret NULL, the CA bundle for spec.caCertConfigMap when no Secret is asked
  * for (malloc'ed).
  */
+/* Whether the tenant's worker writes an audit log: spec.audit, else audit.default (native only). */
+int ep_tenant_audits(const struct ep_global_config *g, const struct ep_tenant_config *t);
 char *ep_kube_output_dir(const struct ep_global_config *g, const char *tenant,
 			 const struct ep_k8s_ref *secret);
 

@@ -177,6 +177,8 @@ void call_free(struct call *c)
 	pool_free(c->grpc_message);
 	free(c->local_message);
 	free(c->unknown_leases);
+	/* a call that ended without a status the proxy saw: its write may have happened */
+	audit_finish(c->n->audit, c->audit, 1);
 	c->n->live_calls--;
 	pool_free(c);
 }
@@ -202,6 +204,10 @@ static void count_finish(struct call *c, int status)
 		n->counters.calls_failed++;
 	native_count_method(n, c->m != NULL && c->m->path != NULL ? c->m->path : "unknown", status,
 			    us);
+	if (c->audit != NULL) {
+		audit_finish(n->audit, c->audit, status);
+		c->audit = NULL;
+	}
 	n->counters.latency_us_buckets[native_latency_bucket(us)]++;
 }
 
@@ -586,8 +592,12 @@ void call_process(struct call *c)
 
 		struct rw_error err = { 0 };
 		struct rw_hooks hooks = call_hooks(c);
-		int r = rewrite_framed(n, 0, c->m->kind, &hooks, msg, len, &err);
+		int r;
 
+		if (n->audit != NULL && c->audit == NULL && c->m->path != NULL)
+			c->audit = audit_request(c->m->kind, strrchr(c->m->path, '/') + 1, msg, len,
+						 down_client_json(c->dc));
+		r = rewrite_framed(n, 0, c->m->kind, &hooks, msg, len, &err);
 		grpc_reader_drop(&c->req_in, len);
 		if (r < 0) {
 			call_finish(c, err.grpc_status ? err.grpc_status : 13,
@@ -801,6 +811,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 			return;
 		}
 		c->granted_lease = 0;
+		audit_response(c->audit, msg, mlen);
 		r = rewrite_framed(n, 1, c->m->kind, &hooks, msg, mlen, &err);
 		grpc_reader_drop(&c->resp_in, mlen);
 		if (r < 0) {

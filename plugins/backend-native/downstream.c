@@ -311,6 +311,7 @@ static void on_conn_closed(uv_handle_t *h)
 	struct native *n = dc->n;
 
 	if (--dc->handles == 0) {
+		free(dc->client_json);
 		free(dc);
 		native_release(n);
 	}
@@ -352,6 +353,45 @@ static void down_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	static char slab[65536];
 
 	*buf = uv_buf_init(slab, sizeof(slab));
+}
+
+/*
+ * {"subject": "CN=...", "serial": "hex"} for a client with a certificate,
+ * else {"address": "127.0.0.1:40112"} ({"address": "unix"} on a Unix socket).
+ */
+const char *down_client_json(struct down_conn *dc)
+{
+	char *subject, *serial;
+
+	if (dc->client_json != NULL)
+		return dc->client_json;
+	if (dc->tls.ssl != NULL && native_tls_peer(&dc->tls, &subject, &serial) == 0) {
+		char *s = audit_json_bytes((const uint8_t *)subject, strlen(subject));
+
+		dc->client_json = ep_strdup_printf("{\"subject\":%s,\"serial\":\"%s\"}", s, serial);
+		free(s);
+		free(subject);
+		free(serial);
+	} else {
+		struct sockaddr_storage ss;
+		int len = sizeof(ss);
+		char ip[64];
+
+		if (dc->h.handle.type != UV_TCP ||
+		    uv_tcp_getpeername(&dc->h.tcp, (struct sockaddr *)&ss, &len) < 0)
+			dc->client_json = ep_strdup("{\"address\":\"unix\"}");
+		else if (ss.ss_family == AF_INET6 && uv_ip6_name((struct sockaddr_in6 *)&ss, ip,
+								 sizeof(ip)) == 0)
+			dc->client_json = ep_strdup_printf("{\"address\":\"[%s]:%u\"}", ip,
+							   ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+		else if (ss.ss_family == AF_INET && uv_ip4_name((struct sockaddr_in *)&ss, ip,
+								sizeof(ip)) == 0)
+			dc->client_json = ep_strdup_printf("{\"address\":\"%s:%u\"}", ip,
+							   ntohs(((struct sockaddr_in *)&ss)->sin_port));
+		else
+			dc->client_json = ep_strdup("{}");
+	}
+	return dc->client_json;
 }
 
 /* "client 127.0.0.1:40112" for log lines (a Unix socket's peers have no name). */

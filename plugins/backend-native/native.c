@@ -230,6 +230,13 @@ static char *native_counters(void *state)
 	for (size_t i = 0; i < TLS_FAIL_N; i++)
 		cJSON_AddNumberToObject(fails, tls_failure_names[i], (double)k->tls_failures[i]);
 	cJSON_AddNumberToObject(o, "active_watch_streams", (double)k->active_watch_streams);
+	if (n->audit != NULL) {
+		uint64_t lines, dropped;
+
+		audit_counts(n->audit, &lines, &dropped);
+		cJSON_AddNumberToObject(o, "audit_lines", (double)lines);
+		cJSON_AddNumberToObject(o, "audit_dropped", (double)dropped);
+	}
 	lat = cJSON_AddObjectToObject(o, "latency_le");
 	for (size_t i = 0; i < NATIVE_LATENCY_BUCKETS; i++)
 		cJSON_AddNumberToObject(lat, le[i], (double)k->latency_us_buckets[i]);
@@ -329,6 +336,27 @@ static int parse_options(struct native *n, const char **error_r)
 	for (int i = 0; cJSON_IsString(m) && compaction_names[i] != NULL; i++)
 		if (strcmp(m->valuestring, compaction_names[i]) == 0)
 			n->compaction = (enum compaction_policy)i;
+	/* spec.audit, resolved by the supervisor: {"file", "max_size", "files"} */
+	m = cJSON_GetObjectItemCaseSensitive(policy, "audit");
+	if (m != NULL) {
+		const cJSON *f = cJSON_GetObjectItemCaseSensitive(m, "file");
+		const cJSON *sz = cJSON_GetObjectItemCaseSensitive(m, "max_size");
+		const cJSON *k = cJSON_GetObjectItemCaseSensitive(m, "files");
+		char *err = NULL;
+
+		if (!cJSON_IsString(f) || !cJSON_IsNumber(sz) || !cJSON_IsNumber(k)) {
+			cJSON_Delete(policy);
+			*error_r = "policy.audit: expected {\"file\", \"max_size\", \"files\"}";
+			return -EINVAL;
+		}
+		n->audit = audit_open(n->host, n->loop, n->name, f->valuestring,
+				      (uint64_t)sz->valuedouble, (unsigned)k->valuedouble, &err);
+		if (n->audit == NULL) {
+			cJSON_Delete(policy);
+			*error_r = init_error(err);
+			return -EIO;
+		}
+	}
 	cJSON_Delete(policy);
 	return 0;
 }
@@ -575,6 +603,11 @@ void native_release(struct native *n)
 	native_maybe_stopped(n);
 }
 
+static void audit_closed(void *ctx)
+{
+	native_release(ctx);
+}
+
 void native_maybe_stopped(struct native *n)
 {
 	if (!n->stopping)
@@ -590,6 +623,14 @@ void native_maybe_stopped(struct native *n)
 		uv_close((uv_handle_t *)&n->ack_timer, NULL);
 		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
 		return;
+	}
+	if (n->upstreams_closed && n->audit != NULL) {
+		/* no client is left to write lines: what is buffered goes to the disk */
+		struct audit *a = n->audit;
+
+		n->audit = NULL;
+		n->open_handles++;
+		audit_close(a, audit_closed, n);
 	}
 	if (n->upstreams_closed && n->open_handles == 0 && !n->stopped_reported) {
 		n->stopped_reported = 1;
@@ -660,6 +701,8 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 		r = -EINVAL;
 	}
 	if (r < 0) {
+		audit_close(n->audit, NULL, NULL); /* its timer closes with the loop's next turn */
+		n->audit = NULL;
 		free_native(n);
 		return r;
 	}
@@ -692,6 +735,8 @@ static void native_fini(void *state)
 		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
 		if (n->ups != NULL)
 			up_shutdown(n);
+		audit_close(n->audit, NULL, NULL);
+		n->audit = NULL;
 		uv_run(n->loop, UV_RUN_NOWAIT);
 		while (n->lookups > 0) /* cancelled or not, their callbacks write into n->ups */
 			uv_run(n->loop, UV_RUN_ONCE);

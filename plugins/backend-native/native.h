@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include "etcdproxy/plugin.h"
+#include "audit.h"
 #include "rewrite.h"
 
 #define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
@@ -192,6 +193,7 @@ struct call {
 	void *ictx;
 	int down_attached, up_attached; /* freed when both are 0 */
 	int watch_counted;              /* in counters.active_watch_streams */
+	struct audit_call *audit;       /* a mutating call of an audited tenant, until it ends */
 
 	/* lease IDs this call's messages named that the cache does not know */
 	int64_t *unknown_leases;
@@ -237,6 +239,7 @@ struct down_conn {
 	uv_timer_t idle;
 	struct native_tls tls;
 	uint64_t last_activity_ms;
+	char *client_json; /* who the client is, for the audit log (down_client_json()) */
 };
 
 enum up_state { UP_IDLE, UP_RESOLVING, UP_CONNECTING, UP_HANDSHAKE, UP_READY, UP_DRAINING, UP_CLOSED };
@@ -319,6 +322,7 @@ struct native {
 
 	struct native_counters counters;
 	size_t live_calls;      /* allocated and not yet freed: client and internal calls */
+	struct audit *audit;    /* spec.audit: the tenant's audit log, or NULL */
 	struct conn_io *io;     /* every open connection of both sides (conn.c) */
 	struct conn_io *marked; /* those with output to send at the next flush */
 	uv_idle_t flush_idle;   /* sends what callbacks queued, outside nghttp2's callbacks: */
@@ -344,6 +348,9 @@ void *pool_realloc(void *p, size_t size);
 void pool_free(void *p);
 char *pool_strndup(const void *s, size_t len);
 extern nghttp2_mem native_nghttp2_mem;
+
+/* downstream.c: the client of a connection as a JSON object, for the audit log */
+const char *down_client_json(struct down_conn *dc);
 
 /* native.c: what the parts report to the plugin's entry */
 /* an upstream connection came up or went down (upstream.c) */
@@ -401,7 +408,7 @@ int native_send(uv_stream_t *stream, struct native_tls *t, const uint8_t *data, 
 typedef int native_plain_cb(void *ctx, const uint8_t *data, size_t len);
 
 #define NATIVE_TLS_MODULE "native-tls.so"
-#define NATIVE_TLS_ABI 1 /* bumped with any change of struct native_tls_ops or native_tls */
+#define NATIVE_TLS_ABI 2 /* bumped with any change of struct native_tls_ops or native_tls */
 
 struct native_tls_ops {
 	int abi;
@@ -443,6 +450,8 @@ struct native_tls_ops {
 	void (*output_done)(struct native_tls *t);
 	/* OpenSSL's reason for the last failure on t (static; the error queue is cleared). */
 	const char *(*reason)(const struct native_tls *t);
+	/* The peer's certificate: subject (RFC 2253) and serial (hex), malloc'ed; -1 if none. */
+	int (*peer)(const struct native_tls *t, char **subject_r, char **serial_r);
 };
 
 /* The loaded module, or NULL: only loaded once a context is asked for. */
@@ -476,6 +485,10 @@ static inline int native_tls_handshake(struct native_tls *t, const char **why_r)
 static inline int native_tls_alpn_h2(const struct native_tls *t)
 {
 	return native_tls->alpn_h2(t);
+}
+static inline int native_tls_peer(const struct native_tls *t, char **subject_r, char **serial_r)
+{
+	return native_tls->peer(t, subject_r, serial_r);
 }
 static inline int native_tls_read(struct native_tls *t, native_plain_cb *deliver, void *ctx,
 				  const char **why_r)

@@ -392,6 +392,17 @@ static void t_tls_output_done(struct native_tls *t)
 	(void)BIO_reset(t->wbio); /* a read-write memory BIO: emptied */
 }
 
+static int t_tls_peer(const struct native_tls *t, char **subject_r, char **serial_r)
+{
+	X509 *cert = t->ssl != NULL ? SSL_get0_peer_certificate(t->ssl) : NULL;
+
+	if (cert == NULL)
+		return -1;
+	*subject_r = ep_x509_subject(cert);
+	*serial_r = ep_x509_serial_hex(cert);
+	return 0;
+}
+
 __attribute__((visibility("default"))) const struct native_tls_ops ep_native_tls_ops = {
 	.abi = NATIVE_TLS_ABI,
 	.server_ctx = t_server_ctx,
@@ -408,4 +419,5 @@ __attribute__((visibility("default"))) const struct native_tls_ops ep_native_tls
 	.output = t_tls_output,
 	.output_done = t_tls_output_done,
 	.reason = t_tls_reason,
+	.peer = t_tls_peer,
 };
