@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRCDIR = os.path.abspath(os.path.join(HERE, '..', '..'))
@@ -452,7 +453,7 @@ def etcdctl(port, *args, input=None, timeout=30):
 class Supervisor:
     """One etcdproxyd with its own configuration and directories."""
 
-    def __init__(self, build, workdir, logdir, name, core_url):
+    def __init__(self, build, workdir, logdir, name, core_url, extra=None):
         self.build = build
         self.dir = os.path.join(workdir, name)
         self.storages = os.path.join(self.dir, 'storages.d')
@@ -472,15 +473,18 @@ class Supervisor:
             'core_etcd': {'endpoints': [core_url], 'ca_file': None, 'cert_file': None,
                           'key_file': None},
             'backends': {'etcd': {'binary': ETCD}},
+            **(extra or {}),
         })
 
     def tenant_path(self, name):
         return os.path.join(self.storages, '%s.json' % name)
 
-    def add_tenant(self, name, backend, port, policy=None):
+    def add_tenant(self, name, backend, port, policy=None, audit=None):
         spec = {'backend': backend, 'listen': '127.0.0.1:%d' % port, 'tls': {'enabled': False}}
         if policy:
             spec['policy'] = policy
+        if audit is not None:
+            spec['audit'] = audit
         write_json(self.tenant_path(name), {
             'apiVersion': 'etcd.xmudrii.com/v1alpha1', 'kind': 'EtcdStorage',
             'metadata': {'name': name}, 'spec': spec})
@@ -763,7 +767,7 @@ class Bench:
         else:
             self.tool = BenchmarkTool(args.tool_path, self.runlogdir)
         self.result = {'meta': {}, 'kv': [], 'memory': {}, 'watches': [], 'payload': [],
-                       'tenants': [], 'failures': []}
+                       'tenants': [], 'audit': [], 'failures': []}
         self.nrun = 0
         self.core = self.sv = None
         self.port = {}
@@ -861,12 +865,17 @@ class Bench:
     def setup(self):
         self.core = CoreEtcd(self.workdir, self.logdir).start()
         log('core etcd on port %d' % self.core.port)
-        self.sv = Supervisor(self.build, self.workdir, self.logdir, 'supervisor', self.core.url)
-        self.port = {'direct': self.core.port, 'stock': free_port(), 'native': free_port()}
+        self.audit_dir = os.path.join(self.workdir, 'audit')
+        self.sv = Supervisor(self.build, self.workdir, self.logdir, 'supervisor', self.core.url,
+                             extra={'audit': {'directory': self.audit_dir}})
+        self.port = {'direct': self.core.port, 'stock': free_port(), 'native': free_port(),
+                     'audit': free_port()}
         self.sv.add_tenant('bench-stock', 'etcd', self.port['stock'])
         self.sv.add_tenant('bench-native', 'native', self.port['native'])
+        # the same backend with spec.audit: what the audit log costs a put
+        self.sv.add_tenant('bench-audit', 'native', self.port['audit'], audit=True)
         self.sv.start()
-        self.sv.wait_ready(['bench-stock', 'bench-native'], 60)
+        self.sv.wait_ready(['bench-stock', 'bench-native', 'bench-audit'], 60)
         for t in TARGETS:
             if not wait_until(lambda: probe(self.port[t]), 20, 0.2):
                 raise BenchError('%s (port %d) does not answer a Range' % (t, self.port[t]))
@@ -1014,6 +1023,47 @@ class Bench:
                 if size >= 65536:
                     self.core.compact_and_defrag()
 
+    # -- the audit log's cost
+
+    def audit_cost(self):
+        """Puts through the native backend with and without spec.audit, alternating."""
+        cfg = self.cfg
+        vsize = cfg['value_size']
+        pairs = ('native', 'audit')
+        for t in pairs:  # warm-up
+            self.tool.kv(self.port[t], 'put', 10, 10, max(100, cfg['total'][1] // 4), vsize,
+                         'bench/range', self.logname('warmup-audit', t))
+        for rnd in range(cfg['rounds']):
+            for clients, conns in ((1, 1), (100, 10)):
+                total = cfg['total'][clients]
+                for t in (pairs if rnd % 2 == 0 else pairs[::-1]):
+                    out = self.measure(t, lambda: self.tool.kv(
+                        self.port[t], 'put', clients, conns, total, vsize, 'bench/range',
+                        self.logname('audit-r%d' % (rnd + 1), t, 'c%d' % clients)))
+                    out.update(round=rnd + 1, target=t, clients=clients, total=total)
+                    self.per_request(out, total)
+                    self.result['audit'].append(out)
+                    if out.get('errors'):
+                        self.fail('audit %s c%d round %d: %d errors' % (
+                            t, clients, rnd + 1, out['errors']))
+                    log('  %-6s put c%-3d %9.0f req/s  proxy CPU %6.1f us/put' % (
+                        t, clients, out.get('rps') or 0, out.get('proxy_cpu_us_per_req') or 0))
+        path = os.path.join(self.audit_dir, 'bench-audit.log')
+
+        def count():
+            try:
+                with open(path, 'rb') as f:
+                    return sum(1 for _ in f)
+            except OSError:
+                return 0
+        # the last lines reach the file within the log's 200 ms flush
+        want = max(100, cfg['total'][1] // 4) + sum(r['total'] for r in self.result['audit']
+                                                    if r['target'] == 'audit')
+        wait_until(lambda: count() >= want, 5, 0.1)
+        lines = count()
+        self.result['audit_lines'] = lines
+        log('  audit log %s: %d lines' % (path, lines))
+
     # -- tenants
 
     def tenants(self):
@@ -1022,7 +1072,9 @@ class Bench:
             self.result['tenants'].append(self.tenant_scale(n))
 
     def tenant_scale(self, n):
-        sv = Supervisor(self.build, self.workdir, self.logdir, 'scale-%d' % n, self.core.url)
+        mport = free_port()
+        sv = Supervisor(self.build, self.workdir, self.logdir, 'scale-%d' % n, self.core.url,
+                        extra={'metrics': {'listen': '127.0.0.1:%d' % mport}})
         names = ['t%04d' % i for i in range(1, n + 1)]
         ports = {}
         for name in names:
@@ -1038,7 +1090,19 @@ class Bench:
             for name in (names[0], names[-1]):
                 if not probe(ports[name], 5):
                     raise BenchError('tenant %s is ready but does not answer' % name)
-            time.sleep(1)  # let the start settle before measuring memory
+            time.sleep(6)  # every worker has reported its counters once; memory settles
+
+            # one scrape of /metrics covers every tenant
+            times, size = [], 0
+            for _ in range(20):
+                t0 = time.monotonic()
+                with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % mport,
+                                            timeout=10) as resp:
+                    size = len(resp.read())
+                times.append(time.monotonic() - t0)
+            out['scrape_ms'] = statistics.median(times) * 1000
+            out['scrape_max_ms'] = max(times) * 1000
+            out['scrape_kib'] = size / 1024
             st = sv.status()
             workers = [int(st[x]['pid']) for x in names]
             sup = memory(sv.proc.pid) or {}
@@ -1127,6 +1191,8 @@ class Bench:
                 self.watches()
             if not self.args.skip_payload:
                 self.payloads()
+            if not self.args.skip_audit:
+                self.audit_cost()
             self.result['memory']['after_all'] = self.snapshot_memory()
             self.sv.stop()
             self.sv = None
@@ -1155,7 +1221,8 @@ class Bench:
         sys.stdout.flush()
         a = self.args
         complete = not (a.smoke or a.skip_kv or a.skip_watches or a.skip_payload or
-                        a.skip_tenants or a.rounds or a.tenants or self.result['failures'])
+                        a.skip_tenants or a.skip_audit or a.rounds or a.tenants or
+                        self.result['failures'])
         if a.latest and complete:
             os.makedirs(os.path.dirname(os.path.abspath(a.latest)), exist_ok=True)
             shutil.copyfile(os.path.join(self.outdir, 'results.md'), a.latest)
@@ -1429,24 +1496,50 @@ def render_markdown(res):
                     fmm(rss, 1, False)))
         L.append('')
 
+    if res.get('audit'):
+        L.append('## What the audit log costs (native backend, puts, spec.audit on against off)')
+        L.append('')
+        L.append('| clients | without audit req/s | with audit req/s | ratio | proxy CPU us/put '
+                 'without | with |')
+        L.append('|---:|---:|---:|---:|---:|---:|')
+        for clients in (1, 100):
+            rows = {t: [r for r in res['audit'] if r['clients'] == clients and r['target'] == t]
+                    for t in ('native', 'audit')}
+            if not rows['native'] or not rows['audit']:
+                continue
+            rps = {t: statistics.median(r.get('rps') or 0 for r in rows[t]) for t in rows}
+            cpu = {t: [r['proxy_cpu_us_per_req'] for r in rows[t]
+                       if r.get('proxy_cpu_us_per_req') is not None] for t in rows}
+            L.append('| %d | %s | %s | %s | %s | %s |' % (
+                clients, fmt(rps['native']), fmt(rps['audit']),
+                fmt(rps['audit'] / rps['native'], 3) if rps['native'] else '–',
+                fmt(statistics.median(cpu['native']), 1) if cpu['native'] else '–',
+                fmt(statistics.median(cpu['audit']), 1) if cpu['audit'] else '–'))
+        L.append('')
+        L.append('Medians of %d rounds, the two tenants alternating in one supervisor; the '
+                 'audit log got %s lines.' % (cfg['rounds'], res.get('audit_lines', '?')))
+        L.append('')
+
     if res.get('tenants'):
         L.append('## How cost grows with tenants (idle native tenants, one supervisor)')
         L.append('')
         L.append('| tenants | start to all ready s | supervisor PSS KiB | workers PSS KiB '
                  '| PSS per tenant KiB | workers RSS KiB | reload (one changed) s '
-                 '| others restarted | kill -9 to answering s | failed probes | stop s |')
-        L.append('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+                 '| others restarted | kill -9 to answering s | failed probes | stop s '
+                 '| /metrics scrape ms (max) | scrape KiB |')
+        L.append('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
         for row in res['tenants']:
             if row.get('error'):
-                L.append('| %d | error: %s |||||||||' % (row['tenants'], row['error']))
+                L.append('| %d | error: %s |||||||||||' % (row['tenants'], row['error']))
                 continue
-            L.append('| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+            L.append('| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s (%s) | %s |' % (
                 row['tenants'], fmt(row['start_to_ready_s'], 2),
                 fmt(row['supervisor_pss_kib']), fmt(row['workers_pss_kib']),
                 fmt(row['pss_per_tenant_kib']), fmt(row['workers_rss_kib']),
                 fmt(row['reload_to_ready_s'], 3), row['reload_others_restarted'],
                 fmt(row['kill9_to_answering_s'], 3), row['kill9_failed_probes'],
-                fmt(row.get('stop_s'), 2)))
+                fmt(row.get('stop_s'), 2), fmt(row.get('scrape_ms'), 1),
+                fmt(row.get('scrape_max_ms'), 1), fmt(row.get('scrape_kib'))))
         L.append('')
         L.append('Reload: `etcdproxyctl reload` after one tenant file changed, to that tenant '
                  'ready with a new worker. Kill -9: SIGKILL of one worker to a linearizable '
@@ -1579,6 +1672,7 @@ def main():
     ap.add_argument('--skip-watches', action='store_true')
     ap.add_argument('--skip-payload', action='store_true')
     ap.add_argument('--skip-tenants', action='store_true')
+    ap.add_argument('--skip-audit', action='store_true')
     ap.add_argument('--command', help='the command line to print in the header')
     args = ap.parse_args()
     if args.tool == 'benchmark' and not args.tool_path:

@@ -127,12 +127,20 @@ ten = res.get('tenants', [])
 check(ten and ten[0].get('tenants') == 10 and not ten[0].get('error'), '10 tenants ran')
 if ten:
     t = ten[0]
-    for k in ('start_to_ready_s', 'total_pss_kib', 'reload_to_ready_s', 'kill9_to_answering_s'):
+    for k in ('start_to_ready_s', 'total_pss_kib', 'reload_to_ready_s', 'kill9_to_answering_s',
+              'scrape_ms', 'scrape_kib'):
         check(isinstance(t.get(k), (int, float)) and t[k] > 0, 'tenants: %s = %s' % (k, t.get(k)))
     check(t.get('reload_others_restarted') == 0, 'reload restarted only the changed tenant')
+au = res.get('audit', [])
+check({(r['target'], r['clients']) for r in au} == {(t, c) for t in ('native', 'audit')
+                                                    for c in (1, 100)} and
+      all((r.get('rps') or 0) > 0 and not r.get('errors') for r in au),
+      'audit: puts with and without spec.audit, 1 and 100 clients')
+check(res.get('audit_lines', 0) >= sum(r['total'] for r in au if r['target'] == 'audit'),
+      'audit: a line per put with audit (%s lines)' % res.get('audit_lines'))
 md = open(os.path.join(d, 'results.md')).read()
 for head in ('## Requests', '### Ratios', '### What the proxies ask of the kernel', '## Memory',
-             '## Payload', '## How cost grows'):
+             '## Payload', '## What the audit log costs', '## How cost grows'):
     check(head in md, 'results.md has "%s"' % head)
 for png in ('throughput.png', 'latency.png', 'memory-tenants.png'):
     p = os.path.join(d, png)
