@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,18 +54,31 @@ static void sb_str(struct sb *b, const char *s)
 	sb_add(b, s, strlen(s));
 }
 
-static void sb_printf(struct sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct sb *b, const char *fmt, ...)
+/* A decimal number without printf, for the lines every call writes. */
+static void sb_i64(struct sb *b, int64_t v)
 {
-	char buf[256];
-	va_list ap;
-	int n;
+	char buf[24], *p = buf + sizeof(buf);
+	uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
 
-	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		sb_add(b, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+	do {
+		*--p = (char)('0' + u % 10);
+		u /= 10;
+	} while (u != 0);
+	if (v < 0)
+		*--p = '-';
+	sb_add(b, p, (size_t)(buf + sizeof(buf) - p));
+}
+
+static void sb_hex(struct sb *b, uint64_t v)
+{
+	static const char hex[] = "0123456789abcdef";
+	char buf[16], *p = buf + sizeof(buf);
+
+	do {
+		*--p = hex[v & 15];
+		v >>= 4;
+	} while (v != 0);
+	sb_add(b, p, (size_t)(buf + sizeof(buf) - p));
 }
 
 static void sb_json_bytes(struct sb *b, const uint8_t *s, size_t len)
@@ -158,8 +170,11 @@ static void op_put(struct sb *b, const uint8_t *msg, size_t len)
 	get_uint(msg, len, 3, &lease);
 	sb_str(b, "{\"op\":\"put\",\"key\":");
 	sb_json_bytes(b, key, klen);
-	if (lease != 0)
-		sb_printf(b, ",\"lease\":\"%" PRIx64 "\"", lease);
+	if (lease != 0) {
+		sb_str(b, ",\"lease\":\"");
+		sb_hex(b, lease);
+		sb_str(b, "\"");
+	}
 	sb_str(b, "}");
 }
 
@@ -356,6 +371,8 @@ struct audit {
 
 	uint64_t lines, dropped;
 	uint64_t dropped_logged, last_drop_log_ms;
+	time_t stamp_sec;  /* the second stamp[] is of */
+	char stamp[24];    /* "2026-12-04T09:10:40" */
 	int closing;
 	void (*done)(void *ctx);
 	void *done_ctx;
@@ -536,8 +553,7 @@ void audit_finish(struct audit *a, struct audit_call *ac, int grpc_status)
 {
 	struct sb b = { 0 };
 	struct timespec ts;
-	struct tm tm;
-	char t[40];
+	char ms[5];
 
 	if (ac == NULL)
 		return;
@@ -546,10 +562,32 @@ void audit_finish(struct audit *a, struct audit_call *ac, int grpc_status)
 		return;
 	}
 	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%S", &tm);
-	sb_printf(&b, "{\"time\":\"%s.%03ldZ\",\"tenant\":%s,\"client\":%s,\"method\":\"%s\"", t,
-		  ts.tv_nsec / 1000000, a->tenant_json, ac->client, ac->method);
+	if (ts.tv_sec != a->stamp_sec) {
+		struct tm tm;
+
+		gmtime_r(&ts.tv_sec, &tm);
+		strftime(a->stamp, sizeof(a->stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+		a->stamp_sec = ts.tv_sec;
+	}
+	ms[0] = '.';
+	ms[1] = (char)('0' + ts.tv_nsec / 100000000);
+	ms[2] = (char)('0' + ts.tv_nsec / 10000000 % 10);
+	ms[3] = (char)('0' + ts.tv_nsec / 1000000 % 10);
+	ms[4] = 'Z';
+	b.cap = 512;
+	b.s = malloc(b.cap);
+	if (b.s == NULL)
+		abort();
+	sb_str(&b, "{\"time\":\"");
+	sb_str(&b, a->stamp);
+	sb_add(&b, ms, 5);
+	sb_str(&b, "\",\"tenant\":");
+	sb_str(&b, a->tenant_json);
+	sb_str(&b, ",\"client\":");
+	sb_str(&b, ac->client);
+	sb_str(&b, ",\"method\":\"");
+	sb_str(&b, ac->method);
+	sb_str(&b, "\"");
 	switch (ac->kind) {
 	case RW_PUT:
 	case RW_DELETE_RANGE:
@@ -558,7 +596,8 @@ void audit_finish(struct audit *a, struct audit_call *ac, int grpc_status)
 		break;
 	case RW_TXN:
 		if (ac->succeeded >= 0) {
-			sb_printf(&b, ",\"succeeded\":%s,\"ops\":", ac->succeeded ? "true" : "false");
+			sb_str(&b, ac->succeeded ? ",\"succeeded\":true,\"ops\":"
+						 : ",\"succeeded\":false,\"ops\":");
 			sb_str(&b, ac->succeeded ? ac->then_ops : ac->else_ops);
 		} else {
 			/* no answer: either branch may have run, or none */
@@ -569,20 +608,28 @@ void audit_finish(struct audit *a, struct audit_call *ac, int grpc_status)
 		}
 		break;
 	case RW_COMPACT:
-		sb_printf(&b, ",\"compact_revision\":%" PRId64, ac->compact_revision);
+		sb_str(&b, ",\"compact_revision\":");
+		sb_i64(&b, ac->compact_revision);
 		break;
 	case RW_LEASE_GRANT:
-		sb_printf(&b, ",\"ttl\":%" PRId64, ac->ttl);
+		sb_str(&b, ",\"ttl\":");
+		sb_i64(&b, ac->ttl);
 		break;
 	default:
 		break;
 	}
-	if (ac->lease != 0 && ac->kind != RW_PUT)
-		sb_printf(&b, ",\"lease\":\"%" PRIx64 "\"", (uint64_t)ac->lease);
-	sb_printf(&b, ",\"code\":\"%s\"",
-		  grpc_status >= 0 && grpc_status <= 16 ? code_names[grpc_status] : "Unknown");
-	if (ac->revision != 0)
-		sb_printf(&b, ",\"revision\":%" PRId64, ac->revision);
+	if (ac->lease != 0 && ac->kind != RW_PUT) {
+		sb_str(&b, ",\"lease\":\"");
+		sb_hex(&b, (uint64_t)ac->lease);
+		sb_str(&b, "\"");
+	}
+	sb_str(&b, ",\"code\":\"");
+	sb_str(&b, grpc_status >= 0 && grpc_status <= 16 ? code_names[grpc_status] : "Unknown");
+	sb_str(&b, "\"");
+	if (ac->revision != 0) {
+		sb_str(&b, ",\"revision\":");
+		sb_i64(&b, ac->revision);
+	}
 	sb_str(&b, "}\n");
 	append_line(a, b.s, b.len);
 	free(b.s);
