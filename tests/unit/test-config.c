@@ -30,7 +30,7 @@
 #define TOP_KEYS \
 	"(expected one of: storages_dir, state_dir, runtime_dir, plugin_dir, worker, " \
 	"control_socket, log_level, core_etcd, reserved_prefixes, defaults, supervisor, backends, " \
-	"certs, kubernetes)"
+	"certs, kubernetes, metrics, audit)"
 #define MSG_LOG_LEVEL \
 	"log_level: expected one of \"err\", \"warning\", \"notice\", \"info\", \"debug\""
 #define MSG_DURATION(what, got) \
@@ -595,6 +595,18 @@ static void test_global_unknown_keys(void **state)
 		{ "{\n  \"supervisor\": {\n    \"max_restarts\": 3\n  }\n}\n", 3, 5,
 		  "unknown key \"max_restarts\" in supervisor (expected one of: stop_timeout, "
 		  "restart_backoff_initial, restart_backoff_max, stable_after, max_failures)" },
+		{ "{\n  \"metrics\": {\"port\": 9379}\n}\n", 2, 15,
+		  "unknown key \"port\" in metrics (expected one of: listen)" },
+		{ "{\n  \"metrics\": {\"listen\": \"9379\"}\n}\n", 2, 15,
+		  "metrics.listen: \"9379\": expected HOST:PORT (\"127.0.0.1:23790\", \"[::1]:23790\") "
+		  "or unix:PATH" },
+		{ "{\n  \"audit\": {\"max_size\": 100}\n}\n", 2, 13,
+		  "audit.max_size: expected an integer from 4096 to 4294967295" },
+		{ "{\n  \"audit\": {\"directory\": \"log\"}\n}\n", 2, 13,
+		  "audit.directory: expected an absolute path, got a relative path" },
+		{ "{\n  \"audit\": {\"rotate\": 1}\n}\n", 2, 13,
+		  "unknown key \"rotate\" in audit (expected one of: directory, max_size, files, "
+		  "default)" },
 	};
 
 	run_global_cases(*state, cases, N_ELEMENTS(cases));
@@ -1533,7 +1545,7 @@ static void test_tenant_spec_errors(void **state)
 		{ { .spec = L1 "\"replicas\": 3}" }, 5, 37,
 		  "unknown key \"replicas\" in spec (expected one of: caCertConfigMap, "
 		  "clientCertSecret, signingCertificateValidity, servingCertificateValidity, "
-		  "clientCertificateValidity, backend, listen, policy, tls)",
+		  "clientCertificateValidity, backend, listen, policy, tls, audit)",
 		  "a" },
 		{ { .spec = L1 "\"policy\": []}" }, 5, 37,
 		  "spec.policy: expected an object, got an array", "a" },
@@ -1550,6 +1562,13 @@ static void test_tenant_spec_errors(void **state)
 		  "a" },
 		{ { .spec = L1 "\"signingCertificateValidity\": \"1y\"}" }, 5, 37,
 		  MSG_DURATION("spec.signingCertificateValidity", "\"1y\""), "a" },
+		/* the etcd backend does not see the calls: an audit log there would be empty */
+		{ { .spec = L1 "\"audit\": true}" }, 5, 37,
+		  "spec.audit: written by the native backend only; the etcd backend (etcd "
+		  "grpc-proxy) does not see the calls' contents",
+		  "a" },
+		{ { .spec = L1 "\"audit\": \"yes\"}" }, 5, 37, "spec.audit: expected true or false",
+		  "a" },
 		{ { .spec = L1 "\"servingCertificateValidity\": 730}" }, 5, 37,
 		  MSG_DURATION("spec.servingCertificateValidity", "a number"), "a" },
 		{ { .spec = L1 "\"clientCertificateValidity\": \"0s\"}" }, 5, 37,
