@@ -35,7 +35,8 @@ struct secret {
 	struct secret *next;
 	char *tenant;
 	char *rv;
-	char *doc; /* ca.json */
+	char *doc; /* ca.json; NULL when it holds no JSON object (the leader writes it again) */
+	int owned; /* it has an ownerReference */
 };
 
 /* What this node did for a tenant in the current leadership term. */
@@ -56,6 +57,8 @@ struct kube_ca {
 	struct term *terms;
 	int leader; /* as last looked at: a change starts a new term */
 	char *error;
+	char *fetch;      /* a tenant whose Secret exists but was not listed: read it by name */
+	char *posting;    /* the tenant whose Secret a POST in flight creates */
 	int closing;
 };
 
@@ -160,6 +163,23 @@ static int same_cas(const char *a, const char *b)
 	return same;
 }
 
+/*
+ * Whether the ca source wrote local after taking doc's CAs as the leader
+ * ("took": their fingerprint): its first run may change them at once (a CA
+ * becomes published, or due), and then they are its own, not the Secret's.
+ */
+static int took(const char *local, const char *doc)
+{
+	cJSON *o = cJSON_Parse(local);
+	const char *t = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "took"));
+	char *fd = ca_fingerprint(doc);
+	int r = t != NULL && strcmp(t, fd) == 0;
+
+	free(fd);
+	cJSON_Delete(o);
+	return r;
+}
+
 static char *ca_dir(const struct kube_ca *kca, const char *tenant)
 {
 	return ep_strdup_printf("%s/%s/ca", kca->sv->global->state_dir, tenant);
@@ -180,18 +200,12 @@ static char *local_doc(const struct kube_ca *kca, const char *tenant)
 	return text;
 }
 
-/* Make state_dir/NAME/ca/cluster.json say this (doc NULL: no "ca"); remove it when lead < 0. */
+/* Make state_dir/NAME/ca/cluster.json say this (doc NULL: no "ca"). */
 static void write_cluster(struct kube_ca *kca, const char *tenant, int lead, const char *doc)
 {
 	char *dir = ca_dir(kca, tenant), *path = ep_strdup_printf("%s/cluster.json", dir);
 	char *want = NULL, *have = NULL, *error = NULL;
 
-	if (lead < 0) {
-		if (unlink(path) == 0)
-			ep_info("tenant %s: no CA Secret in the cluster: this node's CAs are its own",
-				tenant);
-		goto out;
-	}
 	want = doc != NULL ? ep_strdup_printf("{\"version\":1,\"lead\":%s,\"ca\":%s}\n",
 					      lead ? "true" : "false", doc)
 			   : ep_strdup_printf("{\"version\":1,\"lead\":%s}\n", lead ? "true" : "false");
@@ -225,12 +239,24 @@ static void on_written(void *ctx, const struct kube_result *res)
 {
 	struct kube_ca *kca = ctx;
 
+	char *posted = kca->posting;
+
 	kca->req = NULL;
+	kca->posting = NULL;
 	if (res->status == 200 || res->status == 201) {
 		set_error(kca, NULL);
+		free(posted);
 		uv_timer_start(&kca->timer, on_timer, 10, 0); /* the next tenant, or the next look */
 		return;
 	}
+	if (res->status == 409 && posted != NULL) {
+		/* it exists without the label the list selects: read it by name, then patch it */
+		free(kca->fetch);
+		kca->fetch = posted;
+		uv_timer_start(&kca->timer, on_timer, 10, 0);
+		return;
+	}
+	free(posted);
 	{
 		char *msg = ep_strdup_printf("cannot write the CA Secret%s: %s",
 					     res->status == 409 ? " (changed meanwhile: reading again)"
@@ -240,7 +266,7 @@ static void on_written(void *ctx, const struct kube_result *res)
 		set_error(kca, msg);
 		free(msg);
 	}
-	uv_timer_start(&kca->timer, on_timer, res->status == 409 ? 10 : RETRY_MS, 0);
+	uv_timer_start(&kca->timer, on_timer, res->status == 409 ? 100 : RETRY_MS, 0);
 }
 
 /* Create or update the tenant's CA Secret to hold doc. */
@@ -256,8 +282,9 @@ static void export(struct kube_ca *kca, const char *tenant, const struct secret 
 	cJSON_AddStringToObject(labels, "app.kubernetes.io/managed-by", "etcdproxy");
 	cJSON_AddStringToObject(labels, STORAGE_LABEL, tenant);
 	cJSON_AddStringToObject(labels, STATE_LABEL, "true");
+	const char *uid = kube_publish_uid(kca->pub, tenant);
+
 	if (sec == NULL) {
-		const char *uid = kube_publish_uid(kca->pub, tenant);
 		char *name = ep_strdup_printf(SECRET_PREFIX "%s", tenant);
 
 		cJSON_AddStringToObject(body, "apiVersion", "v1");
@@ -266,19 +293,19 @@ static void export(struct kube_ca *kca, const char *tenant, const struct secret 
 		cJSON_AddStringToObject(meta, "name", name);
 		cJSON_AddStringToObject(meta, "namespace", ns);
 		free(name);
-		if (uid != NULL) {
-			/* garbage-collected with its EtcdStorage */
-			cJSON *refs = cJSON_AddArrayToObject(meta, "ownerReferences");
-			cJSON *r = cJSON_CreateObject();
-
-			cJSON_AddStringToObject(r, "apiVersion", EP_API_VERSION);
-			cJSON_AddStringToObject(r, "kind", EP_KIND);
-			cJSON_AddStringToObject(r, "name", tenant);
-			cJSON_AddStringToObject(r, "uid", uid);
-			cJSON_AddItemToArray(refs, r);
-		}
 	} else {
 		cJSON_AddStringToObject(meta, "resourceVersion", sec->rv);
+	}
+	/* with the EtcdStorage goes the Secret that holds its CAs' keys */
+	if (uid != NULL && (sec == NULL || !sec->owned)) {
+		cJSON *refs = cJSON_AddArrayToObject(meta, "ownerReferences");
+		cJSON *r = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(r, "apiVersion", EP_API_VERSION);
+		cJSON_AddStringToObject(r, "kind", EP_KIND);
+		cJSON_AddStringToObject(r, "name", tenant);
+		cJSON_AddStringToObject(r, "uid", uid);
+		cJSON_AddItemToArray(refs, r);
 	}
 	data = cJSON_AddObjectToObject(body, "data");
 	cJSON_AddStringToObject(data, DOC_KEY, b64);
@@ -293,6 +320,8 @@ static void export(struct kube_ca *kca, const char *tenant, const struct secret 
 					tenant);
 	ep_info("tenant %s: %s the CA Secret %s/" SECRET_PREFIX "%s for the other nodes", tenant,
 		sec == NULL ? "creating" : "updating", ns, tenant);
+	if (sec == NULL)
+		kca->posting = ep_strdup(tenant);
 	kca->req = kube_request(kca->kc, sec == NULL ? "POST" : "PATCH", path,
 				sec == NULL ? "application/json" : "application/merge-patch+json",
 				text, TIMEOUT_S, on_written, NULL, kca);
@@ -333,13 +362,19 @@ static void reconcile(struct kube_ca *kca)
 		t = term_of(kca, name);
 		t->seen = 1;
 		if (!leader) {
-			/* the leader's CAs, or this node's own while there are none */
-			write_cluster(kca, name, sec != NULL ? 0 : -1, sec != NULL ? sec->doc : NULL);
+			/*
+			 * The leader's CAs.  Without a usable Secret (none written yet, or
+			 * one someone damaged or unlabelled) what this node has stays: the
+			 * CAs it followed last, or its own before any leader wrote.
+			 */
+			if (sec != NULL && sec->doc != NULL)
+				write_cluster(kca, name, 0, sec->doc);
 			continue;
 		}
 		local = local_doc(kca, name);
 		if (!t->adopted) {
-			if (sec != NULL && (local == NULL || !same_cas(local, sec->doc))) {
+			if (sec != NULL && sec->doc != NULL &&
+			    (local == NULL || !(same_cas(local, sec->doc) || took(local, sec->doc)))) {
 				/* continue the predecessor's CAs; write once they are this node's */
 				write_cluster(kca, name, 1, sec->doc);
 				free(local);
@@ -350,7 +385,7 @@ static void reconcile(struct kube_ca *kca)
 				sec != NULL ? ", continuing the CA Secret's" : "");
 		}
 		write_cluster(kca, name, 1, NULL);
-		if (local != NULL && (sec == NULL || strcmp(local, sec->doc) != 0) &&
+		if (local != NULL && (sec == NULL || sec->doc == NULL || strcmp(local, sec->doc) != 0) &&
 		    kca->req == NULL && kube_source_is_leader(kca->sv->kube))
 			export(kca, name, sec, local); /* one at a time; the others at the next look */
 		if (local != NULL)
@@ -373,11 +408,47 @@ static void reconcile(struct kube_ca *kca)
 
 static int is_object(const char *text)
 {
-	cJSON *o = cJSON_Parse(text);
+	cJSON *o = cJSON_ParseWithOpts(text, NULL, 1); /* nothing after the object */
 	int ok = cJSON_IsObject(o);
 
 	cJSON_Delete(o);
 	return ok;
+}
+
+/* One Secret of a list or a GET; NULL when it is not one of the CA Secrets. */
+static struct secret *parse_secret(struct kube_ca *kca, const cJSON *item)
+{
+	const cJSON *meta = cJSON_GetObjectItemCaseSensitive(item, "metadata");
+	const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(meta, "name"));
+	const char *rv = cJSON_GetStringValue(
+		cJSON_GetObjectItemCaseSensitive(meta, "resourceVersion"));
+	const char *b64 = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(item, "data"), DOC_KEY));
+	struct secret *s;
+	char *doc = NULL;
+	size_t len = 0;
+
+	/* the name says the tenant: a label alone could be copied onto another Secret */
+	if (name == NULL || rv == NULL || strncmp(name, SECRET_PREFIX, strlen(SECRET_PREFIX)) != 0)
+		return NULL;
+	if (b64 == NULL || ep_base64_decode(b64, &doc, &len) < 0 || len > DOC_MAX ||
+	    strlen(doc) != len || !is_object(doc)) {
+		/* the ca source judges the document itself; this is not even one */
+		char *msg = ep_strdup_printf("Secret %s/%s: no JSON object in data.%s: the "
+					     "followers keep their CAs, the leader writes it again",
+					     kca->sv->global->kube.namespace, name, DOC_KEY);
+
+		set_error(kca, msg);
+		free(msg);
+		free(doc);
+		doc = NULL;
+	}
+	s = ep_malloc0(sizeof(*s));
+	s->tenant = ep_strdup(name + strlen(SECRET_PREFIX));
+	s->rv = ep_strdup(rv);
+	s->doc = doc;
+	s->owned = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(meta, "ownerReferences")) > 0;
+	return s;
 }
 
 static void on_list(void *ctx, const struct kube_result *res)
@@ -401,43 +472,55 @@ static void on_list(void *ctx, const struct kube_result *res)
 	o = cJSON_ParseWithLength(res->body, res->len);
 	cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(o, "items"))
 	{
-		const cJSON *meta = cJSON_GetObjectItemCaseSensitive(item, "metadata");
-		const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(meta, "name"));
-		const char *rv = cJSON_GetStringValue(
-			cJSON_GetObjectItemCaseSensitive(meta, "resourceVersion"));
-		const char *b64 = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
-			cJSON_GetObjectItemCaseSensitive(item, "data"), DOC_KEY));
-		struct secret *s;
-		char *doc = NULL;
-		size_t len = 0;
+		struct secret *s = parse_secret(kca, item);
 
-		/* the name says the tenant: a label alone could be copied onto another Secret */
-		if (name == NULL || rv == NULL || strncmp(name, SECRET_PREFIX, strlen(SECRET_PREFIX)) != 0)
-			continue;
-		if (b64 == NULL || ep_base64_decode(b64, &doc, &len) < 0 || len > DOC_MAX ||
-		    strlen(doc) != len || !is_object(doc)) {
-			/* the ca source judges the document itself; this is not even one */
-			char *msg = ep_strdup_printf("Secret %s/%s: no JSON object in data.%s: left "
-						     "alone", kca->sv->global->kube.namespace, name,
-						     DOC_KEY);
-
-			set_error(kca, msg);
-			free(msg);
-			free(doc);
-			continue;
+		if (s != NULL) {
+			s->next = list;
+			list = s;
 		}
-		s = ep_malloc0(sizeof(*s));
-		s->tenant = ep_strdup(name + strlen(SECRET_PREFIX));
-		s->rv = ep_strdup(rv);
-		s->doc = doc;
-		s->next = list;
-		list = s;
 	}
 	cJSON_Delete(o);
 	if (kca->error != NULL && strncmp(kca->error, "cannot list", 11) == 0)
 		set_error(kca, NULL);
 	secrets_free(kca->secrets);
 	kca->secrets = list;
+	reconcile(kca);
+	if (kca->req == NULL)
+		uv_timer_start(&kca->timer, on_timer, SYNC_MS, 0);
+}
+
+/* A Secret the POST found existing, read by name: patched at once, its label back. */
+static void on_fetched(void *ctx, const struct kube_result *res)
+{
+	struct kube_ca *kca = ctx;
+	cJSON *o = res->status == 200 ? cJSON_ParseWithLength(res->body, res->len) : NULL;
+	struct secret *s = o != NULL ? parse_secret(kca, o) : NULL;
+
+	kca->req = NULL;
+	cJSON_Delete(o);
+	if (s == NULL) {
+		char *msg = ep_strdup_printf("cannot read the CA Secret %s/" SECRET_PREFIX "%s: %s",
+					     kca->sv->global->kube.namespace,
+					     kca->fetch ? kca->fetch : "?", kube_status_message(res));
+
+		set_error(kca, msg);
+		free(msg);
+		uv_timer_start(&kca->timer, on_timer, RETRY_MS, 0);
+		return;
+	}
+	free(kca->fetch);
+	kca->fetch = NULL;
+	for (struct secret **pp = &kca->secrets; *pp != NULL; pp = &(*pp)->next)
+		if (strcmp((*pp)->tenant, s->tenant) == 0) {
+			struct secret *old = *pp;
+
+			*pp = old->next;
+			old->next = NULL;
+			secrets_free(old);
+			break;
+		}
+	s->next = kca->secrets;
+	kca->secrets = s;
 	reconcile(kca);
 	if (kca->req == NULL)
 		uv_timer_start(&kca->timer, on_timer, SYNC_MS, 0);
@@ -450,6 +533,14 @@ static void on_timer(uv_timer_t *t)
 
 	if (kca->closing || kca->req != NULL)
 		return;
+	if (kca->fetch != NULL) {
+		path = ep_strdup_printf("/api/v1/namespaces/%s/secrets/" SECRET_PREFIX "%s",
+					kca->sv->global->kube.namespace, kca->fetch);
+		kca->req = kube_request(kca->kc, "GET", path, NULL, NULL, TIMEOUT_S, on_fetched,
+					NULL, kca);
+		free(path);
+		return;
+	}
 	path = ep_strdup_printf("/api/v1/namespaces/%s/secrets?labelSelector=%s%%3Dtrue",
 				kca->sv->global->kube.namespace, STATE_LABEL);
 	kca->req = kube_request(kca->kc, "GET", path, NULL, NULL, TIMEOUT_S, on_list, NULL, kca);
@@ -462,6 +553,11 @@ void kube_ca_new_term(struct kube_ca *kca)
 		return;
 	/* even a lost and regained lease: another leader may have written meanwhile */
 	terms_free(kca);
+	/* what is in flight was sent in the last term: a list may be older than the Secrets */
+	kube_cancel(kca->req);
+	kca->req = NULL;
+	free(kca->posting);
+	kca->posting = NULL;
 	kube_ca_poke(kca);
 }
 
@@ -494,6 +590,8 @@ static void on_closed(uv_handle_t *h)
 	secrets_free(kca->secrets);
 	terms_free(kca);
 	free(kca->error);
+	free(kca->fetch);
+	free(kca->posting);
 	free(kca);
 }
 

@@ -661,9 +661,10 @@ void metrics_start(struct supervisor *sv)
 		ep_err("metrics: libmicrohttpd cannot serve on %s; trying again in %d s", m->listen,
 		       RETRY_MS / 1000);
 		if (m->d != NULL)
-			MHD_stop_daemon(m->d);
+			MHD_stop_daemon(m->d); /* closes the listening socket it was given */
+		else
+			close(fd);
 		m->d = NULL;
-		close(fd);
 		uv_timer_start(&m->timer, on_mhd_timer, RETRY_MS, 0);
 		return;
 	}

@@ -365,7 +365,10 @@ struct audit {
 	char *batch;
 	size_t batch_len, batch_lines;
 	int batch_errno;
-	const char *batch_what; /* "write", "open", "rotate" */
+	const char *batch_what; /* "write", "open" */
+	size_t batch_unwritten; /* lines of the batch that did not reach the file */
+	int rotate_errno;       /* a rename of the rotation failed (the lines were written) */
+	int failing;            /* the last batch failed: the next success says so */
 	int fd;                 /* the thread pool's: the file open for appending */
 	uint64_t size;          /* its size */
 
@@ -416,10 +419,8 @@ static void rotate(struct audit *a)
 			else
 				snprintf(from, n, "%s.%u", a->file, i - 1);
 			snprintf(to, n, "%s.%u", a->file, i);
-			if (rename(from, to) < 0 && errno != ENOENT && a->batch_errno == 0) {
-				a->batch_errno = errno;
-				a->batch_what = "rotate";
-			}
+			if (rename(from, to) < 0 && errno != ENOENT && a->rotate_errno == 0)
+				a->rotate_errno = errno;
 		}
 	}
 	free(from);
@@ -432,6 +433,8 @@ static void on_work(uv_work_t *w)
 	size_t off = 0;
 
 	a->batch_errno = 0;
+	a->rotate_errno = 0;
+	a->batch_unwritten = a->batch_lines;
 	if (a->fd >= 0 && a->size > 0 && a->size + a->batch_len > a->max_size)
 		rotate(a);
 	if (a->fd < 0) {
@@ -464,12 +467,20 @@ static void on_work(uv_work_t *w)
 			a->batch_errno = r < 0 ? errno : EIO;
 			a->batch_what = "write";
 			/* a line cut in the middle: the next batch starts on a line of its own */
-			if (off > 0 && write(a->fd, "\n", 1) == 1)
+			if (off > 0 && a->batch[off - 1] != '\n' && write(a->fd, "\n", 1) == 1)
 				a->size++;
 			break;
 		}
 		off += (size_t)r;
 		a->size += (uint64_t)r;
+	}
+	/* the lines not written whole: those after the last newline written */
+	{
+		size_t whole = 0;
+
+		for (size_t i = 0; i < off; i++)
+			whole += a->batch[i] == '\n';
+		a->batch_unwritten = a->batch_lines - whole;
 	}
 }
 
@@ -484,15 +495,26 @@ static void on_work_done(uv_work_t *w, int status)
 	a->busy = 0;
 	if (status < 0 || a->batch_errno != 0) {
 		char why[160];
+		size_t lost = status < 0 ? a->batch_lines : a->batch_unwritten;
 
-		a->dropped += a->batch_lines;
+		a->dropped += lost;
+		a->lines += a->batch_lines - lost;
 		snprintf(why, sizeof(why), "cannot %s it: %s", a->batch_what ? a->batch_what : "write",
 			 strerror(status < 0 ? EIO : a->batch_errno));
-		a->last_drop_log_ms = 0; /* a failed write is always worth a line */
+		if (!a->failing)
+			a->last_drop_log_ms = 0; /* the first failure after a success is worth a line */
+		a->failing = 1;
 		drop_log(a, why);
 	} else {
+		if (a->failing)
+			a->host->log(a->host, EP_LOG_NOTICE, "audit log %s: written again; %" PRIu64
+				     " lines dropped so far", a->file, a->dropped);
+		a->failing = 0;
 		a->lines += a->batch_lines;
 	}
+	if (a->rotate_errno != 0)
+		a->host->log(a->host, EP_LOG_WARNING, "audit log %s: cannot rotate it: %s; it grows "
+			     "past max_size", a->file, strerror(a->rotate_errno));
 	free(a->batch);
 	a->batch = NULL;
 	if (a->pending.len >= FLUSH_BYTES || (a->closing && a->pending.len > 0))

@@ -577,6 +577,9 @@ static int make_server_session(struct down_conn *dc)
 	};
 	int r;
 
+	/* while the peer is surely there: a reset client has no address any more */
+	if (n->audit != NULL)
+		down_client_json(dc);
 	nghttp2_session_callbacks_new(&cbs);
 	nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, d_on_begin_headers);
 	nghttp2_session_callbacks_set_on_header_callback(cbs, d_on_header);

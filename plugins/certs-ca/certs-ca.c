@@ -181,6 +181,7 @@ struct ca_state {
 	char *cluster_error;   /* what is wrong with it, until it changes */
 	struct record *leader_leaves; /* a follower's: the leader's client certificates */
 	size_t n_leader_leaves;
+	char *took;            /* the fingerprint of the CAs this node took as the leader */
 	uv_timer_t cluster_timer;
 	int cluster_timer_open;
 
@@ -576,6 +577,9 @@ static char *shared_json(const struct ca_state *st)
 	cJSON_AddNumberToObject(o, "version", SHARED_VERSION);
 	cJSON_AddStringToObject(o, "tenant", st->tenant);
 	cJSON_AddNumberToObject(o, "grace_ms", (double)st->grace_ms);
+	/* the supervisor's sign that the Secret's CAs are this node's now, changed or not */
+	if (st->took != NULL)
+		cJSON_AddStringToObject(o, "took", st->took);
 	for (int k = 0; k < 2; k++) {
 		cJSON *a = cJSON_AddArrayToObject(o, kind_name[k]);
 
@@ -915,6 +919,9 @@ damaged:
 /* ---- CAs shared with other nodes -------------------------------------------------------------- */
 
 /* "serving:SERIAL@PUBLISHED,...;client:...": two sets of CAs are the same when these are. */
+static char *fingerprint(struct ca cas[2][CA_MAX], const size_t n[2]);
+static void leader_leaves_to_records(struct ca_state *st);
+
 static char *fingerprint(struct ca cas[2][CA_MAX], const size_t n[2])
 {
 	char *out = ep_strdup(""), *t;
@@ -1081,6 +1088,27 @@ fail:
 	return -EINVAL;
 }
 
+/*
+ * This node stops following: the Secrets get its client certificates from
+ * now on, and the former leader's stay in use until their API servers
+ * notice, as a replaced one of this node's would.
+ */
+static void leader_leaves_to_records(struct ca_state *st)
+{
+	int64_t now = clock_ms();
+
+	for (size_t i = 0; i < st->n_leader_leaves; i++) {
+		const struct record *l = &st->leader_leaves[i];
+		int64_t until = now + (int64_t)st->grace_ms;
+
+		if (until > l->until_ms)
+			until = l->until_ms;
+		if (until > now)
+			add_record(st, l->serial, l->signer, l->cn, until);
+	}
+	st->dirty = 1;
+}
+
 static void records_take(struct record **recs, size_t *n, struct record **from, size_t *n_from)
 {
 	for (size_t i = 0; i < *n; i++)
@@ -1114,6 +1142,8 @@ static int read_cluster(struct ca_state *st, char **error_r)
 			return 0;
 		st->host->log(st->host, EP_LOG_NOTICE, "cluster.json is gone: the CAs are this "
 			      "node's own from now on");
+		if (st->follow)
+			leader_leaves_to_records(st);
 		st->shared = st->follow = 0;
 		st->grace_ms = st->own_grace_ms;
 		return 1;
@@ -1127,7 +1157,7 @@ static int read_cluster(struct ca_state *st, char **error_r)
 	}
 	st->cluster_stat = sb;
 	st->cluster_known = 1;
-	if (ep_file_read(path, 1u << 20, &text, NULL, error_r) < 0) {
+	if (ep_file_read(path, 4u << 20, &text, NULL, error_r) < 0) {
 		free(path);
 		return -EINVAL;
 	}
@@ -1161,6 +1191,10 @@ static int read_cluster(struct ca_state *st, char **error_r)
 	if (ca != NULL) {
 		char *mine = fingerprint(st->cas, st->n_cas), *theirs = fingerprint(d.cas, d.n);
 
+		if (!st->follow) {
+			free(st->took);
+			st->took = ep_strdup(theirs);
+		}
 		if (strcmp(mine, theirs) != 0) {
 			for (int k = 0; k < 2; k++) {
 				for (size_t i = 0; i < st->n_cas[k]; i++)
@@ -1180,23 +1214,7 @@ static int read_cluster(struct ca_state *st, char **error_r)
 		st->dirty = 1;
 	}
 	if (was_following && !st->follow) {
-		/*
-		 * The Secrets get this node's client certificates from now on: the
-		 * former leader's stay in use until their API servers notice, as a
-		 * replaced one of this node's would.
-		 */
-		int64_t now = clock_ms();
-
-		for (size_t i = 0; i < st->n_leader_leaves; i++) {
-			const struct record *l = &st->leader_leaves[i];
-			int64_t until = now + (int64_t)st->grace_ms;
-
-			if (until > l->until_ms)
-				until = l->until_ms;
-			if (until > now)
-				add_record(st, l->serial, l->signer, l->cn, until);
-		}
-		st->dirty = 1;
+		leader_leaves_to_records(st);
 		changed = 1;
 	}
 out:
@@ -2013,6 +2031,7 @@ static void ca_fini(void *state)
 	for (size_t i = 0; i < st->n_leader_leaves; i++)
 		record_free(&st->leader_leaves[i]);
 	free(st->leader_leaves);
+	free(st->took);
 	free(st->dir);
 	free(st->tenant);
 	free(st->listen);

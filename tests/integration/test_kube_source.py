@@ -507,7 +507,10 @@ def ca_secret(k, name):
     st, sec = call(k, 'GET', '/api/v1/namespaces/kube-system/secrets/etcdproxy-ca-%s' % name)
     if st != 200:
         return None, None
-    return sec, json.loads(base64.b64decode(sec['data']['ca.json']))
+    try:
+        return sec, json.loads(base64.b64decode(sec['data']['ca.json']))
+    except ValueError:
+        return sec, None
 
 
 def ca_serials(doc):
@@ -626,6 +629,25 @@ def test_three_nodes(s, core, k, tmp):
             'a client that rereads the Secret before each request failed none of them across '
             'the rotation (%d requests to the three nodes)' % client['requests'],
             client['failures'][:5])
+    # a CA Secret someone damaged: its label removed, then its document
+    path = '/api/v1/namespaces/kube-system/secrets/etcdproxy-ca-hatls'
+    k.clear_requests()
+    call(k, 'PATCH', path, {'metadata': {'labels': {'etcd.xmudrii.com/ca-state': None}}},
+         'application/merge-patch+json')
+    s.check(eptest.wait_until(lambda: ((ca_secret(k, 'hatls')[0] or {}).get('metadata', {})
+                                       .get('labels') or {}).get('etcd.xmudrii.com/ca-state')
+                              == 'true', 20, 0.5),
+            'a CA Secret that lost its label gets it back from the leader (read by name and '
+            'patched)')
+    posts = [r for r in writes(k, '/namespaces/kube-system/secrets') if r['method'] == 'POST']
+    s.check(len(posts) <= 3, 'with a bounded number of POSTs (%d)' % len(posts), posts)
+    call(k, 'PATCH', path, {'data': {'ca.json': base64.b64encode(b'{"broken"').decode()}},
+         'application/merge-patch+json')
+    s.check(eptest.wait_until(lambda: ca_secret(k, 'hatls')[1] is not None, 20, 0.5),
+            'a CA Secret whose document is broken is written again by the leader')
+    s.check(secret_files(k, 'hans', 'hatls-etcd', d) is not None and everywhere(d),
+            'and the nodes kept serving with the CAs they had, for the Secret\'s client '
+            'certificate')
     _, doc = ca_secret(k, 'hatls')
     before_takeover = ca_serials(doc)
     published = condition(wait_condition(s, k, 'hatls', 'CertificatesPublished', 'True'),

@@ -797,6 +797,19 @@ static void test_shared_follower(void **state)
 		}
 		fake_now += 6000;
 		assert_int_equal(run(n.st, 0, &err), 0);
+		/* its shared.json says whose CAs it took, however its first runs change them */
+		{
+			char p[300], *doc, *fp = fingerprint(f->st->cas, f->st->n_cas);
+			cJSON *o;
+
+			snprintf(p, sizeof(p), "%s/ca/current/shared.json", n.state_dir);
+			doc = file_text(p);
+			o = cJSON_Parse(doc);
+			assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(o, "took")), fp);
+			cJSON_Delete(o);
+			free(doc);
+			free(fp);
+		}
 		before = n.st->n_cas[SERVING];
 		assert_int_equal(ca_rotate(n.st, &e), 0);
 		assert_int_equal(n.st->n_cas[SERVING], before + 1);
