@@ -19,7 +19,10 @@ int64_t ep_backoff_fail(struct ep_backoff *b)
 		b->failures++;
 	if (b->failures >= b->max_failures)
 		return -1;
-	for (unsigned i = 1; i < b->failures && delay < b->max_ms; i++)
+	/* a crash after a good run is rare: its clients are back at once */
+	if (b->failures == 1)
+		return 0;
+	for (unsigned i = 2; i < b->failures && delay < b->max_ms; i++)
 		delay *= 2;
 	if (delay > b->max_ms)
 		delay = b->max_ms;

@@ -17,7 +17,8 @@ void ep_backoff_init(struct ep_backoff *b, uint64_t initial_ms, uint64_t max_ms,
 /*
  * Record one failure.  Returns the delay before the next attempt in ms, or
  * -1 when max_failures consecutive failures have been reached (give up).
- * The first failure waits initial_ms, each next one twice as long, up to max_ms.
+ * The first failure restarts at once; the second waits initial_ms, each next
+ * one twice as long, up to max_ms.
  */
 int64_t ep_backoff_fail(struct ep_backoff *b);
 

@@ -1544,9 +1544,11 @@ def render_markdown(res):
         L.append('Reload: `etcdproxyctl reload` after one tenant file changed, to that tenant '
                  'ready with a new worker. Kill -9: SIGKILL of one worker to a linearizable '
                  'Range through its endpoint answering again (median of %d tenants); the '
-                 'supervisor restarts a worker after `restart_backoff_initial` (100 ms by '
-                 'default). A failed probe is a request that was refused, reset or not answered within 2 s '
-                 'meanwhile.'
+                 'supervisor restarts a worker at once after its first failure (the backoff, '
+                 '`restart_backoff_initial`, applies from the second one on). The listening '
+                 'socket stays open meanwhile, so a probe waits in its backlog rather than '
+                 'being refused. A failed probe is a request that was refused, reset or not '
+                 'answered within 2 s meanwhile.'
                  % cfg['kills'])
         L.append('')
     return '\n'.join(L) + '\n'

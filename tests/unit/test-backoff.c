@@ -40,13 +40,14 @@ static void test_backoff_doubling(void **state UNUSED)
 	struct ep_backoff b;
 
 	ep_backoff_init(&b, 100, 100000, 8);
+	assert_int_equal(ep_backoff_fail(&b), 0); /* the first restart is immediate */
 	assert_int_equal(ep_backoff_fail(&b), 100);
-	assert_int_equal(b.failures, 1);
+	assert_int_equal(b.failures, 2);
 	assert_int_equal(ep_backoff_fail(&b), 200);
 	assert_int_equal(ep_backoff_fail(&b), 400);
 	assert_int_equal(ep_backoff_fail(&b), 800);
 	assert_int_equal(ep_backoff_fail(&b), 1600);
-	assert_int_equal(b.failures, 5);
+	assert_int_equal(b.failures, 6);
 }
 
 static void test_backoff_cap(void **state UNUSED)
@@ -54,6 +55,7 @@ static void test_backoff_cap(void **state UNUSED)
 	struct ep_backoff b;
 
 	ep_backoff_init(&b, 100, 1000, 100);
+	assert_int_equal(ep_backoff_fail(&b), 0);
 	assert_int_equal(ep_backoff_fail(&b), 100);
 	assert_int_equal(ep_backoff_fail(&b), 200);
 	assert_int_equal(ep_backoff_fail(&b), 400);
@@ -63,10 +65,11 @@ static void test_backoff_cap(void **state UNUSED)
 	/* many failures later the doubling has neither overflowed nor passed the cap */
 	for (int i = 0; i < 90; i++)
 		assert_int_equal(ep_backoff_fail(&b), 1000);
-	assert_int_equal(b.failures, 96);
+	assert_int_equal(b.failures, 97);
 
 	/* a cap that is not a power-of-two multiple of the initial delay */
 	ep_backoff_init(&b, 300, 1000, 10);
+	assert_int_equal(ep_backoff_fail(&b), 0);
 	assert_int_equal(ep_backoff_fail(&b), 300);
 	assert_int_equal(ep_backoff_fail(&b), 600);
 	assert_int_equal(ep_backoff_fail(&b), 1000);
@@ -74,11 +77,13 @@ static void test_backoff_cap(void **state UNUSED)
 
 	/* initial == max: always the same delay */
 	ep_backoff_init(&b, 500, 500, 10);
+	assert_int_equal(ep_backoff_fail(&b), 0);
 	assert_int_equal(ep_backoff_fail(&b), 500);
 	assert_int_equal(ep_backoff_fail(&b), 500);
 
 	/* a huge cap does not overflow the doubling */
 	ep_backoff_init(&b, 1, UINT64_MAX / 2, 80);
+	assert_int_equal(ep_backoff_fail(&b), 0);
 	for (int i = 0; i < 63; i++)
 		assert_int_equal(ep_backoff_fail(&b), (int64_t)(1ull << i));
 	assert_int_equal(ep_backoff_fail(&b), (int64_t)(UINT64_MAX / 2));
@@ -89,8 +94,8 @@ static void test_backoff_give_up(void **state UNUSED)
 	struct ep_backoff b;
 
 	ep_backoff_init(&b, 100, 30000, 3);
+	assert_int_equal(ep_backoff_fail(&b), 0);
 	assert_int_equal(ep_backoff_fail(&b), 100);
-	assert_int_equal(ep_backoff_fail(&b), 200);
 	/* the third consecutive failure of three allowed: give up */
 	assert_int_equal(ep_backoff_fail(&b), -1);
 	assert_int_equal(b.failures, 3);
@@ -107,21 +112,21 @@ static void test_backoff_reset(void **state UNUSED)
 	struct ep_backoff b;
 
 	ep_backoff_init(&b, 100, 30000, 3);
+	assert_int_equal(ep_backoff_fail(&b), 0);
 	assert_int_equal(ep_backoff_fail(&b), 100);
-	assert_int_equal(ep_backoff_fail(&b), 200);
 	ep_backoff_reset(&b);
 	assert_int_equal(b.failures, 0);
 	assert_int_equal(b.initial_ms, 100);
 	assert_int_equal(b.max_ms, 30000);
 	assert_int_equal(b.max_failures, 3);
-	/* back to the initial delay, and the count starts again */
+	/* an immediate restart again, and the count starts again */
+	assert_int_equal(ep_backoff_fail(&b), 0);
 	assert_int_equal(ep_backoff_fail(&b), 100);
-	assert_int_equal(ep_backoff_fail(&b), 200);
 	assert_int_equal(ep_backoff_fail(&b), -1);
 
 	/* a reset after giving up allows new attempts */
 	ep_backoff_reset(&b);
-	assert_int_equal(ep_backoff_fail(&b), 100);
+	assert_int_equal(ep_backoff_fail(&b), 0);
 }
 
 /* ---- sd_notify ------------------------------------------------------------------ */
