@@ -347,38 +347,44 @@ static void render_tenants(struct out *o, struct supervisor *sv)
 		}
 	}
 
-	family(o, "etcdproxy_process_resident_memory_bytes", "gauge",
-	       "Resident memory of etcdproxyd (process=\"supervisor\") and of each worker.");
+	/* one read of /proc per process for both families: [0] is etcdproxyd, then the tenants */
 	{
-		double cpu, rss;
-		const char *l[] = { "process", "supervisor", "tenant", "", NULL };
+		double *cpu = ep_malloc0(sizeof(double) * (n + 1));
+		double *rss = ep_malloc0(sizeof(double) * (n + 1));
+		int *have = ep_malloc0(sizeof(int) * (n + 1));
+		static const struct {
+			const char *name, *type, *help;
+		} fams[2] = {
+			{ "etcdproxy_process_resident_memory_bytes", "gauge",
+			  "Resident memory of etcdproxyd (process=\"supervisor\") and of each worker." },
+			{ "etcdproxy_process_cpu_seconds_total", "counter",
+			  "User and system CPU time of etcdproxyd and of each worker (a worker's restarts "
+			  "reset it)." },
+		};
 
-		if (proc_stats(getpid(), &cpu, &rss) == 0)
-			sample(o, "etcdproxy_process_resident_memory_bytes", l, rss);
-	}
-	EACH {
-		double cpu, rss;
-		const char *l[] = { "process", "worker", "tenant", t->name, NULL };
+		have[0] = proc_stats(getpid(), &cpu[0], &rss[0]) == 0;
+		EACH
+			have[i + 1] = t->process_alive && t->pid > 0 &&
+				      proc_stats(t->pid, &cpu[i + 1], &rss[i + 1]) == 0;
+		for (int f = 0; f < 2; f++) {
+			const double *v = f == 0 ? rss : cpu;
 
-		if (t->process_alive && t->pid > 0 && proc_stats(t->pid, &cpu, &rss) == 0)
-			sample(o, "etcdproxy_process_resident_memory_bytes", l, rss);
-	}
-	family(o, "etcdproxy_process_cpu_seconds_total", "counter",
-	       "User and system CPU time of etcdproxyd and of each worker (a worker's restarts "
-	       "reset it).");
-	{
-		double cpu, rss;
-		const char *l[] = { "process", "supervisor", "tenant", "", NULL };
+			family(o, fams[f].name, fams[f].type, fams[f].help);
+			if (have[0]) {
+				const char *l[] = { "process", "supervisor", "tenant", "", NULL };
 
-		if (proc_stats(getpid(), &cpu, &rss) == 0)
-			sample(o, "etcdproxy_process_cpu_seconds_total", l, cpu);
-	}
-	EACH {
-		double cpu, rss;
-		const char *l[] = { "process", "worker", "tenant", t->name, NULL };
+				sample(o, fams[f].name, l, v[0]);
+			}
+			EACH {
+				const char *l[] = { "process", "worker", "tenant", t->name, NULL };
 
-		if (t->process_alive && t->pid > 0 && proc_stats(t->pid, &cpu, &rss) == 0)
-			sample(o, "etcdproxy_process_cpu_seconds_total", l, cpu);
+				if (have[i + 1])
+					sample(o, fams[f].name, l, v[i + 1]);
+			}
+		}
+		free(cpu);
+		free(rss);
+		free(have);
 	}
 #undef EACH
 	for (i = 0; i < n; i++)
