@@ -801,6 +801,32 @@ static int parse_compaction(struct pctx *c, const cJSON *m, const char *what, vo
 	return 0;
 }
 
+static const struct key rate_limit_keys[] = {
+	KEY_UINT("requestsPerSecond", struct ep_tenant_config, rate_limit.requests_per_second, 1,
+		 1000000),
+	KEY_UINT("burst", struct ep_tenant_config, rate_limit.burst, 1, 1000000),
+	KEY("maxWait", K_DURATION_ZERO, struct ep_tenant_config, rate_limit.max_wait_ms),
+	KEY_UINT("maxQueue", struct ep_tenant_config, rate_limit.max_queue, 0, 100000),
+	KEY_UINT("maxWatches", struct ep_tenant_config, rate_limit.max_watches, 0, 100000),
+};
+
+static int parse_rate_limit(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+	int r;
+
+	t->rate_limit.set = 1;
+	t->rate_limit.max_wait_ms = 1000;
+	t->rate_limit.max_queue = 1000;
+	if ((r = PARSE_KEYS(c, v, what, rate_limit_keys, base)) < 0)
+		return r;
+	if (t->rate_limit.requests_per_second == 0 && t->rate_limit.max_watches == 0)
+		return fail_at(c, v, "%s: expected requestsPerSecond or maxWatches", what);
+	if (t->rate_limit.burst == 0)
+		t->rate_limit.burst = t->rate_limit.requests_per_second;
+	return 0;
+}
+
 static const struct key policy_keys[] = {
 	KEY_CALL("compaction", parse_compaction),
 };
@@ -1007,6 +1033,7 @@ static const struct key spec_keys[] = {
 	KEY_CALL("policy", parse_policy),
 	KEY_CALL("tls", parse_tls),
 	KEY("audit", K_BOOL, struct ep_tenant_config, audit),
+	KEY_CALL("rateLimit", parse_rate_limit),
 };
 
 static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,
@@ -1081,6 +1108,10 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 		return fail_at(c, policy_node,
 			       "spec.policy: enforced by the native backend only; the etcd backend "
 			       "(etcd grpc-proxy) passes Compact to the core etcd");
+	if (strcmp(t->backend, "etcd") == 0 && t->rate_limit.set)
+		return fail_at(c, cJSON_GetObjectItemCaseSensitive(spec, "rateLimit"),
+			       "spec.rateLimit: enforced by the native backend only; the etcd backend "
+			       "(etcd grpc-proxy) passes every call through");
 	if (strcmp(t->backend, "etcd") == 0 && t->audit == 1)
 		return fail_at(c, cJSON_GetObjectItemCaseSensitive(spec, "audit"),
 			       "spec.audit: written by the native backend only; the etcd backend "
@@ -1343,6 +1374,15 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 	cJSON *policy = cJSON_AddObjectToObject(tenant, "policy");
 	if (t->compaction != NULL)
 		cJSON_AddStringToObject(policy, "compaction", t->compaction);
+	if (t->rate_limit.set) {
+		cJSON *rl = cJSON_AddObjectToObject(policy, "rate_limit");
+
+		cJSON_AddNumberToObject(rl, "requests_per_second", t->rate_limit.requests_per_second);
+		cJSON_AddNumberToObject(rl, "burst", t->rate_limit.burst);
+		cJSON_AddNumberToObject(rl, "max_wait_ms", (double)t->rate_limit.max_wait_ms);
+		cJSON_AddNumberToObject(rl, "max_queue", t->rate_limit.max_queue);
+		cJSON_AddNumberToObject(rl, "max_watches", t->rate_limit.max_watches);
+	}
 	if (ep_tenant_audits(g, t)) {
 		cJSON *a = cJSON_AddObjectToObject(policy, "audit");
 		char *file = ep_strdup_printf("%s/%s.log", g->audit.directory, t->name);

@@ -131,6 +131,12 @@ struct ep_tenant_config {
 	size_t n_client_cert_secrets;
 	char *compaction; /* spec.policy.compaction: "ignore", "allow", "deny"; NULL: the backend's default */
 	int audit;        /* spec.audit: 1, 0, or -1 when absent (audit.default decides) */
+	/* spec.rateLimit (the native backend's token bucket); set: the field is there */
+	struct ep_rate_limit {
+		int set;
+		unsigned requests_per_second, burst, max_queue, max_watches;
+		uint64_t max_wait_ms;
+	} rate_limit;
 	struct ep_tls_config tls;
 };
 

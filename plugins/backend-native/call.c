@@ -179,6 +179,7 @@ void call_free(struct call *c)
 	free(c->unknown_leases);
 	/* a call that ended without a status the proxy saw: its write may have happened */
 	audit_finish(c->n->audit, c->audit, 1);
+	rl_forget(c->n->rl, c);
 	c->n->live_calls--;
 	pool_free(c);
 }
@@ -651,6 +652,8 @@ static int call_submit(struct call *c)
 	return 1;
 }
 
+static void call_forward(struct call *c);
+
 static void call_start(struct call *c)
 {
 	struct native *n = c->dc->n;
@@ -704,6 +707,35 @@ static void call_start(struct call *c)
 	}
 	if (c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW)
 		return; /* answered locally */
+	if (n->rl != NULL) {
+		int r = rl_admit(n->rl, c);
+
+		if (r < 0)
+			return; /* refused */
+		if (r == 0) {
+			c->waiting_lookup = 1; /* its bytes wait unacknowledged, as in a lookup */
+			return;
+		}
+	}
+	call_forward(c);
+}
+
+/* The rate limit let a call go on (ratelimit.c). */
+void native_call_admitted(struct call *c)
+{
+	c->waiting_lookup = 0;
+	if (c->finished || c->local_status >= 0 || c->dc == NULL)
+		return;
+	call_forward(c);
+	if (!c->finished && c->local_status < 0)
+		call_process(c); /* what arrived meanwhile, and the end of the request */
+}
+
+/* A call past every check: unary calls wait for their message, streams open now. */
+static void call_forward(struct call *c)
+{
+	struct native *n = c->n;
+
 	/*
 	 * A unary call goes upstream with its message: HEADERS and DATA in one
 	 * write.  Streams (Watch, KeepAlive) and LeaseLeases open at once.

@@ -230,6 +230,15 @@ static char *native_counters(void *state)
 	for (size_t i = 0; i < TLS_FAIL_N; i++)
 		cJSON_AddNumberToObject(fails, tls_failure_names[i], (double)k->tls_failures[i]);
 	cJSON_AddNumberToObject(o, "active_watch_streams", (double)k->active_watch_streams);
+	if (n->rl != NULL) {
+		uint64_t limited, delayed;
+		size_t queued;
+
+		rl_counts(n->rl, &limited, &delayed, &queued);
+		cJSON_AddNumberToObject(o, "rate_limited", (double)limited);
+		cJSON_AddNumberToObject(o, "rate_delayed", (double)delayed);
+		cJSON_AddNumberToObject(o, "rate_queued", (double)queued);
+	}
 	if (n->audit != NULL) {
 		uint64_t lines, dropped;
 
@@ -336,6 +345,12 @@ static int parse_options(struct native *n, const char **error_r)
 	for (int i = 0; cJSON_IsString(m) && compaction_names[i] != NULL; i++)
 		if (strcmp(m->valuestring, compaction_names[i]) == 0)
 			n->compaction = (enum compaction_policy)i;
+	/* spec.rateLimit, checked by the supervisor */
+	m = cJSON_GetObjectItemCaseSensitive(policy, "rate_limit");
+	if (m != NULL && (n->rl = rl_new(n, m, error_r)) == NULL) {
+		cJSON_Delete(policy);
+		return -EINVAL;
+	}
 	/* spec.audit, resolved by the supervisor: {"file", "max_size", "files"} */
 	m = cJSON_GetObjectItemCaseSensitive(policy, "audit");
 	if (m != NULL) {
@@ -624,6 +639,13 @@ void native_maybe_stopped(struct native *n)
 		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
 		return;
 	}
+	if (n->upstreams_closed && n->rl != NULL) {
+		struct ratelimit *rl = n->rl;
+
+		n->rl = NULL;
+		n->open_handles++;
+		rl_close(rl, audit_closed, n);
+	}
 	if (n->upstreams_closed && n->audit != NULL) {
 		/* no client is left to write lines: what is buffered goes to the disk */
 		struct audit *a = n->audit;
@@ -703,6 +725,8 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 	if (r < 0) {
 		audit_close(n->audit, NULL, NULL); /* its timer closes with the loop's next turn */
 		n->audit = NULL;
+		rl_close(n->rl, NULL, NULL);
+		n->rl = NULL;
 		free_native(n);
 		return r;
 	}
@@ -737,6 +761,8 @@ static void native_fini(void *state)
 			up_shutdown(n);
 		audit_close(n->audit, NULL, NULL);
 		n->audit = NULL;
+		rl_close(n->rl, NULL, NULL);
+		n->rl = NULL;
 		uv_run(n->loop, UV_RUN_NOWAIT);
 		while (n->lookups > 0) /* cancelled or not, their callbacks write into n->ups */
 			uv_run(n->loop, UV_RUN_ONCE);

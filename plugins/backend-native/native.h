@@ -28,6 +28,7 @@
 
 #include "etcdproxy/plugin.h"
 #include "audit.h"
+#include "ratelimit.h"
 #include "rewrite.h"
 
 #define NATIVE_HIGH_WATER (256 * 1024) /* queued bytes per call direction before backpressure */
@@ -194,6 +195,9 @@ struct call {
 	int down_attached, up_attached; /* freed when both are 0 */
 	int watch_counted;              /* in counters.active_watch_streams */
 	struct audit_call *audit;       /* a mutating call of an audited tenant, until it ends */
+	struct call *rl_next;           /* waiting for a token (ratelimit.c), oldest first */
+	uint64_t rl_since_us;
+	int rl_queued;
 
 	/* lease IDs this call's messages named that the cache does not know */
 	int64_t *unknown_leases;
@@ -323,6 +327,7 @@ struct native {
 	struct native_counters counters;
 	size_t live_calls;      /* allocated and not yet freed: client and internal calls */
 	struct audit *audit;    /* spec.audit: the tenant's audit log, or NULL */
+	struct ratelimit *rl;   /* spec.rateLimit, or NULL */
 	struct conn_io *io;     /* every open connection of both sides (conn.c) */
 	struct conn_io *marked; /* those with output to send at the next flush */
 	uv_idle_t flush_idle;   /* sends what callbacks queued, outside nghttp2's callbacks: */
@@ -348,6 +353,9 @@ void *pool_realloc(void *p, size_t size);
 void pool_free(void *p);
 char *pool_strndup(const void *s, size_t len);
 extern nghttp2_mem native_nghttp2_mem;
+
+/* call.c: a call the rate limit held goes on */
+void native_call_admitted(struct call *c);
 
 /* downstream.c: the client of a connection as a JSON object, for the audit log */
 const char *down_client_json(struct down_conn *dc);

@@ -1545,7 +1545,7 @@ static void test_tenant_spec_errors(void **state)
 		{ { .spec = L1 "\"replicas\": 3}" }, 5, 37,
 		  "unknown key \"replicas\" in spec (expected one of: caCertConfigMap, "
 		  "clientCertSecret, signingCertificateValidity, servingCertificateValidity, "
-		  "clientCertificateValidity, backend, listen, policy, tls, audit)",
+		  "clientCertificateValidity, backend, listen, policy, tls, audit, rateLimit)",
 		  "a" },
 		{ { .spec = L1 "\"policy\": []}" }, 5, 37,
 		  "spec.policy: expected an object, got an array", "a" },

@@ -650,6 +650,40 @@ static void test_graceful_stop_drains(void **state)
 	assert_int_equal(h_run_until(&H, &H.stopped, 5000), 0);
 }
 
+/* spec.rateLimit's bucket: refill by time, never above the burst, one token per call. */
+static void test_rate_bucket(void **state)
+{
+	double tokens = 3;
+	uint64_t last = 1000000;
+
+	(void)state;
+	/* a full bucket of 3: three calls at once, the fourth waits */
+	assert_true(rl_bucket_take(&tokens, &last, 10, 3, 1000000));
+	assert_true(rl_bucket_take(&tokens, &last, 10, 3, 1000000));
+	assert_true(rl_bucket_take(&tokens, &last, 10, 3, 1000000));
+	assert_false(rl_bucket_take(&tokens, &last, 10, 3, 1000000));
+	/* at 10 per second the next token is 100 ms away */
+	assert_int_equal(rl_bucket_wait_us(tokens, 10) / 1000, 100);
+	assert_false(rl_bucket_take(&tokens, &last, 10, 3, 1099000));
+	assert_true(rl_bucket_take(&tokens, &last, 10, 3, 1100001));
+	/* a long pause fills it up to the burst, no more */
+	for (int i = 0; i < 3; i++)
+		assert_true(rl_bucket_take(&tokens, &last, 10, 3, 60000000));
+	assert_false(rl_bucket_take(&tokens, &last, 10, 3, 60000000));
+	/* a clock that does not move gives nothing */
+	assert_false(rl_bucket_take(&tokens, &last, 10, 3, 59000000));
+	/* 1000 calls over 10 s at 10 per second: 100 pass, plus the burst */
+	{
+		int passed = 0;
+
+		tokens = 3;
+		last = 0;
+		for (uint64_t t = 0; t < 10000000; t += 10000)
+			passed += rl_bucket_take(&tokens, &last, 10, 3, t);
+		assert_in_range(passed, 101, 103);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -671,6 +705,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lease_grant_recorded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease_record_fails, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_graceful_stop_drains, setup, teardown),
+		cmocka_unit_test(test_rate_bucket),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

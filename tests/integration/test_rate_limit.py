@@ -1,0 +1,154 @@
+#!/usr/bin/python3
+"""spec.rateLimit in the native backend, against a real etcd with etcdctl and python3-etcd3:
+
+  - a tenant limited to 50 requests per second (burst 10), driven flat out by 4 clients for
+    10 s, gets within 10% of its limit, without errors;
+  - a full queue refuses with RESOURCE_EXHAUSTED "etcdproxy: rate limit ...", counted in
+    etcdproxyctl show;
+  - a lease kept alive by etcdctl does not expire while the tenant is flooded far past its
+    limit;
+  - a Watch stream beyond maxWatches is refused when it opens, the others keep working;
+  - spec.rateLimit on the etcd backend is refused."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True  # nothing written into the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eptest  # noqa: E402
+from eptest import wait_until  # noqa: E402
+from h2raw import H2  # noqa: E402
+
+
+def flood(port, threads, seconds, prefix):
+    """Puts from several clients as fast as answers come: (ok, errors, messages)."""
+    res = {'ok': 0, 'err': 0, 'msgs': set()}
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def run(i):
+        c = eptest.etcd3_client(port)
+        try:
+            n = 0
+            while time.monotonic() < end:
+                try:
+                    c.put('%s-%d-%d' % (prefix, i, n), 'v')
+                    with lock:
+                        res['ok'] += 1
+                except Exception as e:  # noqa: BLE001 - the error is what is counted
+                    with lock:
+                        res['err'] += 1
+                        res['msgs'].add(str(e)[:200])
+                n += 1
+        finally:
+            c.close()
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return res
+
+
+def counters(sv, name):
+    rc, out, err, obj = sv.ctl('show', name)
+    return ((obj or {}).get('tenant') or obj or {}).get('counters') or {}
+
+
+def test_rate(s, t):
+    r = flood(t.ports['r'], 4, 10, 'rate')
+    rate = (r['ok'] - 10) / 10.0  # the burst is free
+    s.check(r['err'] == 0, 'no call of the 4 flat-out clients failed (they wait their turn)',
+            r['msgs'])
+    s.check(45 <= rate <= 55, 'limited to 50 requests per second: %.1f per second over 10 s '
+            '(%d puts)' % (rate, r['ok']))
+
+
+def test_queue_full(s, t):
+    r = flood(t.ports['q'], 8, 3, 'queue')
+    s.check(r['err'] > 0 and all('etcdproxy: rate limit' in m for m in r['msgs']),
+            'beyond the queue calls are refused with "etcdproxy: rate limit ..." (%d ok, %d '
+            'refused)' % (r['ok'], r['err']), r['msgs'])
+    s.check(any('RESOURCE_EXHAUSTED' in m or 'ResourceExhausted' in m for m in r['msgs']),
+            'as RESOURCE_EXHAUSTED', r['msgs'])
+    s.check(wait_until(lambda: counters(t.sv, 'q').get('rate_limited', 0) >= r['err'] and
+                       counters(t.sv, 'q').get('rate_delayed', 0) > 0, 15, 0.5),
+            'etcdproxyctl show counts the refused and the delayed calls (at the next report)',
+            counters(t.sv, 'q'))
+
+
+def test_keepalive(s, t):
+    port = t.ports['k']
+    g = eptest.etcdctl(port, 'lease', 'grant', '3')
+    s.check(g.returncode == 0, 'a lease of 3 s', g.stderr)
+    lease = g.stdout.split()[1]
+    eptest.etcdctl(port, 'put', 'held', 'v', '--lease=' + lease)
+    ka = t.s.popen([eptest.ETCDCTL, '--endpoints=127.0.0.1:%d' % port, 'lease', 'keep-alive',
+                    lease], env=dict(os.environ, ETCDCTL_API='3'), label='etcdctl keep-alive')
+    r = flood(port, 8, 8, 'ka')
+    s.check(r['err'] > 0, 'the tenant was flooded far past its limit (%d refused)' % r['err'])
+    ttl = eptest.etcdctl(port, 'lease', 'timetolive', lease)
+    s.check(ttl.returncode == 0 and 'remaining(' in ttl.stdout and 'expired' not in ttl.stdout,
+            'the kept-alive lease did not expire meanwhile', ttl.stdout + ttl.stderr)
+    s.eq(eptest.etcd_get(t.core.port, '/k/held'), 'v', 'and its key is still there')
+    ka.terminate()
+    ka.wait(10)
+
+
+def test_watches(s, t):
+    h = H2(t.ports['w'])
+    try:
+        first = h.request('/etcdserverpb.Watch/Watch', end=False)
+        h.pump(0.5)
+        second = h.request('/etcdserverpb.Watch/Watch', end=False)
+        h.wait_stream(second, 10)
+        st = h.stream(second)
+        s.check(st.grpc_status == 8 and 'rate limit' in (st.header('grpc-message') or ''),
+                'a watch stream beyond maxWatches 1 is refused at creation (RESOURCE_EXHAUSTED)',
+                (st.grpc_status, st.header('grpc-message')))
+        s.check(not h.stream(first).done, 'the first watch stream stays open')
+    finally:
+        h.close()
+    s.check(eptest.serves(t.ports['w']), 'and the tenant serves')
+
+
+def test_refused_on_etcd(s, t):
+    st = t.sv.tenant('e')
+    s.check(st['state'] == 'failed' and 'spec.rateLimit: enforced by the native backend only'
+            in (st.get('last_error') or ''), 'spec.rateLimit on the etcd backend is refused', st)
+
+
+class T:
+    pass
+
+
+def body(s):
+    t = T()
+    t.s = s
+    t.core = eptest.CoreEtcd(s).start()
+    t.sv = eptest.Supervisor(s, t.core)
+    t.ports = {
+        'r': t.sv.add_tenant('r', backend='native', spec_extra={'rateLimit': {
+            'requestsPerSecond': 50, 'burst': 10}}),
+        'q': t.sv.add_tenant('q', backend='native', spec_extra={'rateLimit': {
+            'requestsPerSecond': 5, 'burst': 1, 'maxQueue': 2, 'maxWait': '500ms'}}),
+        'k': t.sv.add_tenant('k', backend='native', spec_extra={'rateLimit': {
+            'requestsPerSecond': 5, 'burst': 5, 'maxQueue': 4, 'maxWait': '200ms'}}),
+        'w': t.sv.add_tenant('w', backend='native', spec_extra={'rateLimit': {
+            'maxWatches': 1}}),
+    }
+    t.sv.add_tenant('e', backend='etcd', spec_extra={'rateLimit': {'requestsPerSecond': 5}})
+    t.sv.start()
+    t.sv.wait_ready('r', 'q', 'k', 'w')
+    for fn in (test_rate, test_queue_full, test_keepalive, test_watches, test_refused_on_etcd):
+        s.run(fn, s, t)
+    s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+if __name__ == '__main__':
+    s = eptest.Suite('rate_limit', timeout=300)
+    s.require(eptest.ETCD, eptest.ETCDCTL, eptest.ETCDPROXYD, eptest.ETCDPROXYCTL, eptest.WORKER)
+    s.main(body)
