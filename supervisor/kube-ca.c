@@ -377,6 +377,8 @@ static void reconcile(struct kube_ca *kca)
 			    (local == NULL || !(same_cas(local, sec->doc) || took(local, sec->doc)))) {
 				/* continue the predecessor's CAs; write once they are this node's */
 				write_cluster(kca, name, 1, sec->doc);
+				if (local != NULL)
+					explicit_bzero(local, strlen(local)); /* it holds CA keys */
 				free(local);
 				continue;
 			}
