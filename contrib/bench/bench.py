@@ -70,6 +70,7 @@ FULL = {
     'payload_clients': 10,
     'tenants': [10, 100, 500], 'kills': 3,
     'cost_rounds': 50000,
+    'noisy_total': 3000, 'noisy_limit': 2000,
 }
 SMOKE = {
     'rounds': 2,
@@ -81,6 +82,7 @@ SMOKE = {
     'payload_clients': 10,
     'tenants': [10], 'kills': 1,
     'cost_rounds': 2000,
+    'noisy_total': 100, 'noisy_limit': 500,
 }
 
 MIB = 1024 * 1024
@@ -479,8 +481,10 @@ class Supervisor:
     def tenant_path(self, name):
         return os.path.join(self.storages, '%s.json' % name)
 
-    def add_tenant(self, name, backend, port, policy=None, audit=None):
+    def add_tenant(self, name, backend, port, policy=None, audit=None, rate_limit=None):
         spec = {'backend': backend, 'listen': '127.0.0.1:%d' % port, 'tls': {'enabled': False}}
+        if rate_limit:
+            spec['rateLimit'] = rate_limit
         if policy:
             spec['policy'] = policy
         if audit is not None:
@@ -570,6 +574,9 @@ def parse_benchmark(text):
     m = re.search(r'Average:\s*([0-9.eE+-]+) secs', text)
     if m:
         out['avg_ms'] = float(m.group(1)) * 1000
+    m = re.search(r'^\s*50% in ([0-9.eE+-]+) secs', text, re.M)
+    if m:
+        out['p50_ms'] = float(m.group(1)) * 1000
     m = re.search(r'^\s*99% in ([0-9.eE+-]+) secs', text, re.M)
     if not m:  # under 100 requests the report has no 99% line: the slowest is the p99 then
         m = re.search(r'Slowest:\s*([0-9.eE+-]+) secs', text)
@@ -767,7 +774,7 @@ class Bench:
         else:
             self.tool = BenchmarkTool(args.tool_path, self.runlogdir)
         self.result = {'meta': {}, 'kv': [], 'memory': {}, 'watches': [], 'payload': [],
-                       'tenants': [], 'audit': [], 'failures': []}
+                       'tenants': [], 'audit': [], 'noisy': [], 'failures': []}
         self.nrun = 0
         self.core = self.sv = None
         self.port = {}
@@ -1023,6 +1030,61 @@ class Bench:
                 if size >= 65536:
                     self.core.compact_and_defrag()
 
+    # -- noisy neighbours
+
+    def noisy(self):
+        """Tenant B's single-client puts while tenant A runs 100 clients flat out: B alone,
+        with A unlimited, with A under spec.rateLimit; the same on two stock tenants."""
+        cfg = self.cfg
+        limit = cfg['noisy_limit']
+        sv = Supervisor(self.build, self.workdir, self.logdir, 'noisy', self.core.url)
+        ports = {n: free_port() for n in ('na', 'nal', 'nb', 'sa', 'sb')}
+        sv.add_tenant('na', 'native', ports['na'])
+        sv.add_tenant('nal', 'native', ports['nal'], rate_limit={
+            'requestsPerSecond': limit, 'burst': max(1, limit // 10), 'maxWait': '5s',
+            'maxQueue': 100000})
+        sv.add_tenant('nb', 'native', ports['nb'])
+        sv.add_tenant('sa', 'etcd', ports['sa'])
+        sv.add_tenant('sb', 'etcd', ports['sb'])
+        scenarios = [('native', 'B alone', None, 'nb'), ('native', 'A unlimited', 'na', 'nb'),
+                     ('native', 'A limited to %d/s' % limit, 'nal', 'nb'),
+                     ('stock', 'B alone', None, 'sb'), ('stock', 'A unlimited', 'sa', 'sb')]
+        try:
+            sv.start()
+            sv.wait_ready(list(ports), 60)
+            for rnd in range(cfg['rounds']):
+                for backend, what, a, b in scenarios:
+                    noise = None
+                    if a is not None:
+                        # A floods until B is done; its own figures do not matter here
+                        noise = subprocess.Popen(
+                            [self.tool.path, '--endpoints', '127.0.0.1:%d' % ports[a],
+                             '--clients', '100', '--conns', '10', '--dial-timeout', '10s',
+                             'put', '--total', '100000000', '--val-size',
+                             str(cfg['value_size']), '--key-size', '8'],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+                        PROCS.track(noise.pid)
+                        time.sleep(1)  # A at full speed before B starts
+                    try:
+                        out = self.tool.kv(ports[b], 'put', 1, 1, cfg['noisy_total'],
+                                           cfg['value_size'], 'bench/range',
+                                           self.logname('noisy-r%d' % (rnd + 1), backend,
+                                                        a or 'alone'))
+                    finally:
+                        if noise is not None:
+                            noise.kill()
+                            noise.wait()
+                    out.update(round=rnd + 1, backend=backend, scenario=what)
+                    self.result['noisy'].append(out)
+                    log('  %-6s %-20s B: p50 %6.2f ms  p99 %6.2f ms' % (
+                        backend, what, out.get('p50_ms') or 0, out.get('p99_ms') or 0))
+        except BenchError as e:
+            self.fail('noisy neighbours: %s' % e)
+        finally:
+            sv.stop(timeout=60)
+            shutil.rmtree(sv.dir, ignore_errors=True)
+
     # -- the audit log's cost
 
     def audit_cost(self):
@@ -1196,6 +1258,8 @@ class Bench:
             self.result['memory']['after_all'] = self.snapshot_memory()
             self.sv.stop()
             self.sv = None
+            if not self.args.skip_noisy and self.tool.name == 'benchmark':
+                self.noisy()
             if not self.args.skip_tenants:
                 self.tenants()
         except BenchError as e:
@@ -1221,7 +1285,7 @@ class Bench:
         sys.stdout.flush()
         a = self.args
         complete = not (a.smoke or a.skip_kv or a.skip_watches or a.skip_payload or
-                        a.skip_tenants or a.skip_audit or a.rounds or a.tenants or
+                        a.skip_tenants or a.skip_audit or a.skip_noisy or a.rounds or a.tenants or
                         self.result['failures'])
         if a.latest and complete:
             os.makedirs(os.path.dirname(os.path.abspath(a.latest)), exist_ok=True)
@@ -1496,6 +1560,34 @@ def render_markdown(res):
                     fmm(rss, 1, False)))
         L.append('')
 
+    if res.get('noisy'):
+        L.append('## Noisy neighbours (tenant B: 1 client putting; tenant A: 100 clients flat out)')
+        L.append('')
+        L.append('| backend | scenario | B p50 ms | B p99 ms | B p99 against alone |')
+        L.append('|---|---|---:|---:|---:|')
+        alone = {}
+        for backend in ('native', 'stock'):
+            seen = []
+            for r in res['noisy']:
+                if r['backend'] == backend and r['scenario'] not in seen:
+                    seen.append(r['scenario'])
+            for sc in seen:
+                rows = [r for r in res['noisy'] if r['backend'] == backend and
+                        r['scenario'] == sc and r.get('p99_ms')]
+                if not rows:
+                    continue
+                p50 = statistics.median(r.get('p50_ms') or 0 for r in rows)
+                p99 = statistics.median(r['p99_ms'] for r in rows)
+                if sc == 'B alone':
+                    alone[backend] = p99
+                L.append('| %s | %s | %s | %s | %s |' % (
+                    backend, sc, fmt(p50, 2), fmt(p99, 2),
+                    fmt(p99 / alone[backend], 2) if alone.get(backend) else '–'))
+        L.append('')
+        L.append('Medians of %d rounds. A and B are tenants of one etcdproxyd on one core etcd; '
+                 '"limited" is A with spec.rateLimit.' % cfg['rounds'])
+        L.append('')
+
     if res.get('audit'):
         L.append('## What the audit log costs (native backend, puts, spec.audit on against off)')
         L.append('')
@@ -1675,6 +1767,7 @@ def main():
     ap.add_argument('--skip-payload', action='store_true')
     ap.add_argument('--skip-tenants', action='store_true')
     ap.add_argument('--skip-audit', action='store_true')
+    ap.add_argument('--skip-noisy', action='store_true')
     ap.add_argument('--command', help='the command line to print in the header')
     args = ap.parse_args()
     if args.tool == 'benchmark' and not args.tool_path:

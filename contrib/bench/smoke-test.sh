@@ -138,9 +138,14 @@ check({(r['target'], r['clients']) for r in au} == {(t, c) for t in ('native', '
       'audit: puts with and without spec.audit, 1 and 100 clients')
 check(res.get('audit_lines', 0) >= sum(r['total'] for r in au if r['target'] == 'audit'),
       'audit: a line per put with audit (%s lines)' % res.get('audit_lines'))
+nz = res.get('noisy', [])
+check(nz and all(r.get('p99_ms') and not r.get('errors') for r in nz) and
+      {r['backend'] for r in nz} == {'native', 'stock'},
+      'noisy neighbours: B\'s latency alone, beside an unlimited and a limited A, native and stock')
 md = open(os.path.join(d, 'results.md')).read()
 for head in ('## Requests', '### Ratios', '### What the proxies ask of the kernel', '## Memory',
-             '## Payload', '## What the audit log costs', '## How cost grows'):
+             '## Payload', '## Noisy neighbours', '## What the audit log costs',
+             '## How cost grows'):
     check(head in md, 'results.md has "%s"' % head)
 for png in ('throughput.png', 'latency.png', 'memory-tenants.png'):
     p = os.path.join(d, png)
