@@ -70,7 +70,7 @@ FULL = {
     'payload_clients': 10,
     'tenants': [10, 100, 500], 'kills': 3,
     'cost_rounds': 50000,
-    'noisy_total': 3000, 'noisy_limit': 2000,
+    'noisy_total': 3000, 'noisy_limit': 1000,
 }
 SMOKE = {
     'rounds': 2,
