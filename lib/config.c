@@ -827,6 +827,89 @@ static int parse_rate_limit(struct pctx *c, const cJSON *v, const char *what, vo
 	return 0;
 }
 
+/*
+ * A size in bytes: an integer, or a string in Kubernetes' quantity notation
+ * ("512Mi", "2Gi", "100M", "1500").  0 and -1 return; the value in *out.
+ */
+int ep_parse_quantity(const char *s, uint64_t *out)
+{
+	static const struct {
+		const char *suffix;
+		uint64_t factor;
+	} units[] = {
+		{ "", 1 },
+		{ "Ki", 1ull << 10 },
+		{ "Mi", 1ull << 20 },
+		{ "Gi", 1ull << 30 },
+		{ "Ti", 1ull << 40 },
+		{ "Pi", 1ull << 50 },
+		{ "k", 1000ull },
+		{ "M", 1000000ull },
+		{ "G", 1000000000ull },
+		{ "T", 1000000000000ull },
+		{ "P", 1000000000000000ull },
+	};
+	uint64_t v = 0;
+	const char *p = s;
+
+	if (*p < '0' || *p > '9')
+		return -1;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return -1;
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcmp(p, units[i].suffix) != 0)
+			continue;
+		if (v > UINT64_MAX / units[i].factor)
+			return -1;
+		*out = v * units[i].factor;
+		return 0;
+	}
+	return -1;
+}
+
+static int parse_max_bytes(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+	uint64_t bytes = 0;
+	int ok;
+
+	if (cJSON_IsNumber(v))
+		ok = v->valuedouble >= 1 && v->valuedouble <= 9007199254740992.0 &&
+		     v->valuedouble == (double)(long long)v->valuedouble;
+	else
+		ok = cJSON_IsString(v) && ep_parse_quantity(v->valuestring, &bytes) == 0 &&
+		     bytes > 0;
+	if (!ok)
+		return fail_at(c, v, "%s: expected a size above zero in bytes, as an integer or a "
+			       "quantity such as \"512Mi\", \"2Gi\" or \"100M\", got %s%s%s", what,
+			       cJSON_IsString(v) ? "\"" : json_type_name(v),
+			       cJSON_IsString(v) ? v->valuestring : "", cJSON_IsString(v) ? "\"" : "");
+	t->quota.max_bytes = cJSON_IsNumber(v) ? (uint64_t)v->valuedouble : bytes;
+	return 0;
+}
+
+static const struct key quota_keys[] = {
+	KEY_UINT("maxKeys", struct ep_tenant_config, quota.max_keys, 1, 4000000000u),
+	KEY_CALL("maxBytes", parse_max_bytes),
+	KEY_UINT("maxLeases", struct ep_tenant_config, quota.max_leases, 1, 4000000000u),
+};
+
+static int parse_quota(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+	int r;
+
+	t->quota.set = 1;
+	if ((r = PARSE_KEYS(c, v, what, quota_keys, base)) < 0)
+		return r;
+	if (t->quota.max_keys == 0 && t->quota.max_bytes == 0 && t->quota.max_leases == 0)
+		return fail_at(c, v, "%s: expected maxKeys, maxBytes or maxLeases", what);
+	return 0;
+}
+
 static const struct key policy_keys[] = {
 	KEY_CALL("compaction", parse_compaction),
 };
@@ -1034,6 +1117,7 @@ static const struct key spec_keys[] = {
 	KEY_CALL("tls", parse_tls),
 	KEY("audit", K_BOOL, struct ep_tenant_config, audit),
 	KEY_CALL("rateLimit", parse_rate_limit),
+	KEY_CALL("quota", parse_quota),
 };
 
 static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,
@@ -1112,6 +1196,10 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 		return fail_at(c, cJSON_GetObjectItemCaseSensitive(spec, "rateLimit"),
 			       "spec.rateLimit: enforced by the native backend only; the etcd backend "
 			       "(etcd grpc-proxy) passes every call through");
+	if (strcmp(t->backend, "etcd") == 0 && t->quota.set)
+		return fail_at(c, cJSON_GetObjectItemCaseSensitive(spec, "quota"),
+			       "spec.quota: enforced by the native backend only; the etcd backend "
+			       "(etcd grpc-proxy) passes every write through");
 	if (strcmp(t->backend, "etcd") == 0 && t->audit == 1)
 		return fail_at(c, cJSON_GetObjectItemCaseSensitive(spec, "audit"),
 			       "spec.audit: written by the native backend only; the etcd backend "
@@ -1382,6 +1470,13 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 		cJSON_AddNumberToObject(rl, "max_wait_ms", (double)t->rate_limit.max_wait_ms);
 		cJSON_AddNumberToObject(rl, "max_queue", t->rate_limit.max_queue);
 		cJSON_AddNumberToObject(rl, "max_watches", t->rate_limit.max_watches);
+	}
+	if (t->quota.set) {
+		cJSON *q = cJSON_AddObjectToObject(policy, "quota");
+
+		cJSON_AddNumberToObject(q, "max_keys", t->quota.max_keys);
+		cJSON_AddNumberToObject(q, "max_bytes", (double)t->quota.max_bytes);
+		cJSON_AddNumberToObject(q, "max_leases", t->quota.max_leases);
 	}
 	if (ep_tenant_audits(g, t)) {
 		cJSON *a = cJSON_AddObjectToObject(policy, "audit");

@@ -137,8 +137,17 @@ struct ep_tenant_config {
 		unsigned requests_per_second, burst, max_queue, max_watches;
 		uint64_t max_wait_ms;
 	} rate_limit;
+	/* spec.quota (the native backend's usage limits; 0: no limit); set: the field is there */
+	struct ep_quota {
+		int set;
+		unsigned max_keys, max_leases;
+		uint64_t max_bytes;
+	} quota;
 	struct ep_tls_config tls;
 };
+
+/* A size: an integer or a Kubernetes quantity ("512Mi", "2G").  0, or -1 when it is not one. */
+int ep_parse_quantity(const char *s, uint64_t *out);
 
 /*
  * Load and validate the global configuration.  Returns 0 and *cfg_r, or a

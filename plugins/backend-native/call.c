@@ -180,6 +180,7 @@ void call_free(struct call *c)
 	/* a call that ended without a status the proxy saw: its write may have happened */
 	audit_finish(c->n->audit, c->audit, 1);
 	rl_forget(c->n->rl, c);
+	quota_forget(c->n->quota, c);
 	c->n->live_calls--;
 	pool_free(c);
 }
@@ -210,6 +211,7 @@ static void count_finish(struct call *c, int status)
 		c->audit = NULL;
 	}
 	n->counters.latency_us_buckets[native_latency_bucket(us)]++;
+	quota_settle(n->quota, c, status == 0);
 }
 
 void call_maybe_free(struct call *c)
@@ -420,7 +422,7 @@ static void call_answer(struct call *c, const uint8_t *msg, size_t len);
  * still waits for the answer, 0 when it ended meanwhile (client reset,
  * error): it is freed once nothing refers to it any more.
  */
-static int internal_returned(struct call *c)
+int call_internal_returned(struct call *c)
 {
 	c->pending_internal--;
 	if (c->dc == NULL || c->finished || c->local_status >= 0) {
@@ -434,7 +436,7 @@ static void on_lease_lookup(struct native *n, void *ctx, int ok, int64_t id, int
 {
 	struct call *c = ctx;
 
-	if (!internal_returned(c))
+	if (!call_internal_returned(c))
 		return;
 	if (!ok) {
 		c->lookup_failed = 1;
@@ -504,7 +506,7 @@ static void on_leases_refreshed(struct native *n, void *ctx, int ok, int64_t id,
 {
 	struct call *c = ctx;
 
-	if (!internal_returned(c))
+	if (!call_internal_returned(c))
 		return;
 	if (!ok) {
 		call_finish(c, 14, "etcdproxy: cannot list the tenant's leases in the core etcd");
@@ -517,7 +519,7 @@ static void on_grant_recorded(struct native *n, void *ctx, int ok, int64_t id, i
 {
 	struct call *c = ctx;
 
-	if (!internal_returned(c))
+	if (!call_internal_returned(c))
 		return;
 	if (!ok) {
 		call_finish(c, 14, "etcdproxy: the lease was granted but its owner could not be "
@@ -595,6 +597,9 @@ void call_process(struct call *c)
 		struct rw_hooks hooks = call_hooks(c);
 		int r;
 
+		/* refused (finished), or it waits with its message left in the reader */
+		if (n->quota != NULL && quota_admit(n->quota, c, msg, len) <= 0)
+			return;
 		if (n->audit != NULL && c->audit == NULL && c->m->path != NULL)
 			c->audit = audit_request(c->m->kind, strrchr(c->m->path, '/') + 1, msg, len,
 						 down_client_json(c->dc));
@@ -731,6 +736,14 @@ void native_call_admitted(struct call *c)
 		call_process(c); /* what arrived meanwhile, and the end of the request */
 }
 
+void call_quota_resumed(struct call *c)
+{
+	c->waiting_lookup = 0;
+	if (c->finished || c->local_status >= 0 || c->dc == NULL)
+		return;
+	call_process(c);
+}
+
 /* A call past every check: unary calls wait for their message, streams open now. */
 static void call_forward(struct call *c)
 {
@@ -824,6 +837,11 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 	if (c->icb != NULL) {
 		bq_append(&c->resp_in.buf, data, len);
 		up_consume(c, len);
+		/* a stream's messages go to their callback as they come (it may cancel the stream) */
+		while (c->imsg != NULL && grpc_reader_next(&c->resp_in, &flag, &msg, &mlen, &declared)) {
+			c->imsg(c->n, c->ictx, msg, mlen);
+			grpc_reader_drop(&c->resp_in, mlen);
+		}
 		return;
 	}
 	if (c->dc == NULL || c->finished || c->local_status >= 0) {
@@ -844,6 +862,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 		}
 		c->granted_lease = 0;
 		audit_response(c->audit, msg, mlen);
+		quota_response(n->quota, c, msg, mlen);
 		r = rewrite_framed(n, 1, c->m->kind, &hooks, msg, mlen, &err);
 		grpc_reader_drop(&c->resp_in, mlen);
 		if (r < 0) {
@@ -933,6 +952,41 @@ int native_internal_call(struct native *n, const char *path, const uint8_t *msg,
 	return 0;
 }
 
+struct call *native_internal_stream(struct native *n, const char *path, const uint8_t *msg,
+				    size_t len, internal_msg_cb *mcb, internal_cb *end, void *ctx)
+{
+	struct call *c = pool_calloc(sizeof(*c));
+
+	c->n = n;
+	c->path = pool_strndup(path, strlen(path));
+	c->m = rw_method_lookup(path, strlen(path));
+	c->icb = end;
+	c->imsg = mcb;
+	c->ictx = ctx;
+	c->istream = 1;
+	c->local_status = -1;
+	n->live_calls++;
+	frame_message(&c->up_out, msg, len);
+	if (up_submit(n, c) < 0) {
+		call_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void internal_detached(struct native *n, void *ctx, int ok, const uint8_t *resp,
+			      size_t len)
+{
+}
+
+void native_internal_cancel(struct call *c)
+{
+	c->imsg = NULL;
+	c->icb = internal_detached;
+	c->ictx = NULL;
+	up_cancel(c);
+}
+
 void native_internal_done(struct call *c, uint32_t error_code)
 {
 	static const uint8_t none[1];
@@ -943,7 +997,7 @@ void native_internal_done(struct call *c, uint32_t error_code)
 	int ok = error_code == 0 && c->up_status == 200 && c->grpc_status != NULL &&
 		 strcmp(c->grpc_status, "0") == 0;
 
-	if (ok && !grpc_reader_next(&c->resp_in, &flag, &msg, &len, &declared))
+	if (ok && !c->istream && !grpc_reader_next(&c->resp_in, &flag, &msg, &len, &declared))
 		ok = 0;
 	c->icb(n, c->ictx, ok, msg, len);
 	call_free(c);

@@ -139,18 +139,26 @@ static void on_refresh(struct native *n, void *ctx, int ok, const uint8_t *resp,
 	free(op);
 }
 
-int native_leases_refresh(struct native *n, lease_cb *cb, void *ctx)
+/* A RangeRequest's key and range_end: every record of this tenant. */
+static size_t records_range(const struct native *n, uint8_t *msg)
 {
-	uint8_t key[200], end[200], msg[512];
+	uint8_t key[200], end[200];
 	int klen = snprintf((char *)key, sizeof(key), RECORD_PREFIX "%s/", n->name);
 	size_t len;
-	struct lease_op *op = lease_op_new(cb, ctx, 0);
-	int r;
 
 	memcpy(end, key, (size_t)klen);
 	end[klen - 1]++; /* '/' + 1: the end of the range of this tenant's records */
 	len = put_bytes(msg, 1, key, (size_t)klen);
-	len += put_bytes(msg + len, 2, end, (size_t)klen);
+	return len + put_bytes(msg + len, 2, end, (size_t)klen);
+}
+
+int native_leases_refresh(struct native *n, lease_cb *cb, void *ctx)
+{
+	uint8_t msg[512];
+	size_t len = records_range(n, msg);
+	struct lease_op *op = lease_op_new(cb, ctx, 0);
+	int r;
+
 	len += put_uint(msg + len, 8, 1); /* keys_only */
 	r = native_internal_call(n, "/etcdserverpb.KV/Range", msg, len, on_refresh, op);
 	if (r < 0)
@@ -177,6 +185,44 @@ int native_lease_record(struct native *n, int64_t id, lease_cb *cb, void *ctx)
 	/* attached to the lease itself: revoked or expired, the record goes with it */
 	len += put_uint(msg + len, 3, (uint64_t)id);
 	r = native_internal_call(n, "/etcdserverpb.KV/Put", msg, len, on_recorded, op);
+	if (r < 0)
+		free(op);
+	return r;
+}
+
+struct count_op {
+	lease_count_cb *cb;
+	void *ctx;
+};
+
+/* RangeResponse: count (f4) of a count_only range. */
+static void on_counted(struct native *n, void *ctx, int ok, const uint8_t *resp, size_t len)
+{
+	struct count_op *op = ctx;
+	const uint8_t *p = resp, *end = resp + len;
+	struct ep_pb_field f;
+	uint64_t count = 0;
+
+	while (ok && ep_pb_next_field(&p, end, &f) > 0)
+		if (f.wire == EP_PB_VARINT && f.number == 4)
+			count = f.value;
+	op->cb(n, op->ctx, ok, (int64_t)count);
+	free(op);
+}
+
+int native_leases_count(struct native *n, lease_count_cb *cb, void *ctx)
+{
+	uint8_t msg[512];
+	size_t len = records_range(n, msg);
+	struct count_op *op = malloc(sizeof(*op));
+	int r;
+
+	if (op == NULL)
+		abort();
+	op->cb = cb;
+	op->ctx = ctx;
+	len += put_uint(msg + len, 9, 1); /* count_only */
+	r = native_internal_call(n, "/etcdserverpb.KV/Range", msg, len, on_counted, op);
 	if (r < 0)
 		free(op);
 	return r;

@@ -239,6 +239,7 @@ static char *native_counters(void *state)
 		cJSON_AddNumberToObject(o, "rate_delayed", (double)delayed);
 		cJSON_AddNumberToObject(o, "rate_queued", (double)queued);
 	}
+	quota_report(n->quota, o);
 	if (n->audit != NULL) {
 		uint64_t lines, dropped;
 
@@ -348,6 +349,12 @@ static int parse_options(struct native *n, const char **error_r)
 	/* spec.rateLimit, checked by the supervisor */
 	m = cJSON_GetObjectItemCaseSensitive(policy, "rate_limit");
 	if (m != NULL && (n->rl = rl_new(n, m, error_r)) == NULL) {
+		cJSON_Delete(policy);
+		return -EINVAL;
+	}
+	/* spec.quota, checked by the supervisor */
+	m = cJSON_GetObjectItemCaseSensitive(policy, "quota");
+	if (m != NULL && (n->quota = quota_new(n, m, error_r)) == NULL) {
 		cJSON_Delete(policy);
 		return -EINVAL;
 	}
@@ -607,6 +614,7 @@ void native_upstream_changed(struct native *n)
 			return;
 		n->ready_reported = 1;
 		n->host->ready(n->host, n->host->tenant->listen);
+		quota_kick(n->quota);
 	} else if (n->ready_reported) {
 		n->host->health(n->host, 0, "no connection to the core etcd");
 	}
@@ -645,6 +653,13 @@ void native_maybe_stopped(struct native *n)
 		n->rl = NULL;
 		n->open_handles++;
 		rl_close(rl, audit_closed, n);
+	}
+	if (n->upstreams_closed && n->quota != NULL) {
+		struct quota *q = n->quota;
+
+		n->quota = NULL;
+		n->open_handles++;
+		quota_close(q, audit_closed, n);
 	}
 	if (n->upstreams_closed && n->audit != NULL) {
 		/* no client is left to write lines: what is buffered goes to the disk */
@@ -727,6 +742,8 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 		n->audit = NULL;
 		rl_close(n->rl, NULL, NULL);
 		n->rl = NULL;
+		quota_close(n->quota, NULL, NULL);
+		n->quota = NULL;
 		free_native(n);
 		return r;
 	}
@@ -763,6 +780,8 @@ static void native_fini(void *state)
 		n->audit = NULL;
 		rl_close(n->rl, NULL, NULL);
 		n->rl = NULL;
+		quota_close(n->quota, NULL, NULL);
+		n->quota = NULL;
 		uv_run(n->loop, UV_RUN_NOWAIT);
 		while (n->lookups > 0) /* cancelled or not, their callbacks write into n->ups */
 			uv_run(n->loop, UV_RUN_ONCE);

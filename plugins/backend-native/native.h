@@ -28,6 +28,7 @@
 
 #include "etcdproxy/plugin.h"
 #include "audit.h"
+#include "quota.h"
 #include "ratelimit.h"
 #include "rewrite.h"
 
@@ -107,6 +108,8 @@ struct hdr {
 
 /* An internal request the proxy makes on its own (lease ownership records); resp is never NULL. */
 typedef void internal_cb(struct native *n, void *ctx, int ok, const uint8_t *resp, size_t len);
+/* A message of an internal stream (the quota's Watch). */
+typedef void internal_msg_cb(struct native *n, void *ctx, const uint8_t *msg, size_t len);
 
 enum compaction_policy { COMPACT_IGNORE, COMPACT_ALLOW, COMPACT_DENY };
 
@@ -198,6 +201,18 @@ struct call {
 	struct call *rl_next;           /* waiting for a token (ratelimit.c), oldest first */
 	uint64_t rl_since_us;
 	int rl_queued;
+	/* spec.quota (quota.c) */
+	struct call *q_next;            /* waiting for the count, oldest first */
+	uint64_t q_since;               /* uv_now() when it began to wait */
+	int q_waiting;
+	int q_reserved;                 /* admitted: q_keys and q_bytes are reserved */
+	uint64_t q_keys, q_bytes;
+	int64_t q_rev;                  /* the revision the core etcd answered it at */
+	int q_wrote;                    /* the answer says a key was put */
+	uint64_t q_leases;              /* a LeaseGrant admitted under maxLeases */
+	int q_decide;                   /* waited for the watch long enough: judge it now */
+	internal_msg_cb *imsg;          /* an internal stream: each message to it */
+	int istream;
 
 	/* lease IDs this call's messages named that the cache does not know */
 	int64_t *unknown_leases;
@@ -328,6 +343,7 @@ struct native {
 	size_t live_calls;      /* allocated and not yet freed: client and internal calls */
 	struct audit *audit;    /* spec.audit: the tenant's audit log, or NULL */
 	struct ratelimit *rl;   /* spec.rateLimit, or NULL */
+	struct quota *quota;    /* spec.quota, or NULL */
 	struct conn_io *io;     /* every open connection of both sides (conn.c) */
 	struct conn_io *marked; /* those with output to send at the next flush */
 	uv_idle_t flush_idle;   /* sends what callbacks queued, outside nghttp2's callbacks: */
@@ -356,6 +372,13 @@ extern nghttp2_mem native_nghttp2_mem;
 
 /* call.c: a call the rate limit held goes on */
 void native_call_admitted(struct call *c);
+/* call.c: a write the quota held (for the count, or a lease count) is admitted again */
+void call_quota_resumed(struct call *c);
+/*
+ * call.c: an internal call made for c came back: 1 when c still waits for it,
+ * 0 when c ended meanwhile (it is freed once nothing refers to it).
+ */
+int call_internal_returned(struct call *c);
 
 /* downstream.c: the client of a connection as a JSON object, for the audit log */
 const char *down_client_json(struct down_conn *dc);
@@ -530,6 +553,9 @@ typedef void lease_cb(struct native *n, void *ctx, int ok, int64_t id, int owned
 int native_lease_lookup(struct native *n, int64_t id, lease_cb *cb, void *ctx);
 int native_leases_refresh(struct native *n, lease_cb *cb, void *ctx);
 int native_lease_record(struct native *n, int64_t id, lease_cb *cb, void *ctx);
+/* How many lease records the tenant has (spec.quota.maxLeases). */
+typedef void lease_count_cb(struct native *n, void *ctx, int ok, int64_t count);
+int native_leases_count(struct native *n, lease_count_cb *cb, void *ctx);
 
 /* downstream.c: the client connections */
 int down_listen(struct native *n, const char **error_r);
@@ -575,5 +601,14 @@ void up_consume(struct call *c, size_t n);
 int up_any_ready(const struct native *n);
 int native_internal_call(struct native *n, const char *path, const uint8_t *msg, size_t len,
 			 internal_cb *cb, void *ctx);
+/*
+ * An internal stream: msg opens it and the request side stays open; every
+ * message of the answer goes to mcb, and end once when the stream ends.
+ * NULL when no connection is ready.
+ */
+struct call *native_internal_stream(struct native *n, const char *path, const uint8_t *msg,
+				    size_t len, internal_msg_cb *mcb, internal_cb *end, void *ctx);
+/* End it from our side: neither callback runs again. */
+void native_internal_cancel(struct call *c);
 
 #endif /* EP_NATIVE_H */
