@@ -1545,7 +1545,7 @@ static void test_tenant_spec_errors(void **state)
 		{ { .spec = L1 "\"replicas\": 3}" }, 5, 37,
 		  "unknown key \"replicas\" in spec (expected one of: caCertConfigMap, "
 		  "clientCertSecret, signingCertificateValidity, servingCertificateValidity, "
-		  "clientCertificateValidity, backend, listen, policy, tls, audit, rateLimit)",
+		  "clientCertificateValidity, backend, listen, policy, tls, audit, rateLimit, quota)",
 		  "a" },
 		{ { .spec = L1 "\"policy\": []}" }, 5, 37,
 		  "spec.policy: expected an object, got an array", "a" },
@@ -1568,6 +1568,27 @@ static void test_tenant_spec_errors(void **state)
 		  "grpc-proxy) does not see the calls' contents",
 		  "a" },
 		{ { .spec = L1 "\"audit\": \"yes\"}" }, 5, 37, "spec.audit: expected true or false",
+		  "a" },
+		/* the etcd backend passes writes through unseen: a quota there would be a false promise */
+		{ { .spec = L1 "\"quota\": {\"maxKeys\": 10}}" }, 5, 37,
+		  "spec.quota: enforced by the native backend only; the etcd backend (etcd "
+		  "grpc-proxy) passes every write through",
+		  "a" },
+		{ { .spec = L1 "\"quota\": {}}" }, 5, 37,
+		  "spec.quota: expected maxKeys, maxBytes or maxLeases", "a" },
+		{ { .spec = L1 "\"quota\": {\"maxKeys\": 0}}" }, 5, 47,
+		  "spec.quota.maxKeys: expected an integer from 1 to 4000000000", "a" },
+		{ { .spec = L1 "\"quota\": {\"maxBytes\": \"1.5Gi\"}}" }, 5, 47,
+		  "spec.quota.maxBytes: expected a size above zero in bytes, as an integer or a "
+		  "quantity such as \"512Mi\", \"2Gi\" or \"100M\", got \"1.5Gi\"",
+		  "a" },
+		{ { .spec = L1 "\"quota\": {\"maxBytes\": -1}}" }, 5, 47,
+		  "spec.quota.maxBytes: expected a size above zero in bytes, as an integer or a "
+		  "quantity such as \"512Mi\", \"2Gi\" or \"100M\", got a number",
+		  "a" },
+		{ { .spec = L1 "\"quota\": {\"maxObjects\": 3}}" }, 5, 47,
+		  "unknown key \"maxObjects\" in spec.quota (expected one of: maxKeys, maxBytes, "
+		  "maxLeases)",
 		  "a" },
 		{ { .spec = L1 "\"servingCertificateValidity\": 730}" }, 5, 37,
 		  MSG_DURATION("spec.servingCertificateValidity", "a number"), "a" },
@@ -1736,6 +1757,55 @@ static void test_tenant_policy(void **state)
 	assert_null(p->child);
 	cJSON_Delete(w);
 	ep_tenant_config_free(t);
+}
+
+/* spec.quota: the limits reach the worker's policy; maxBytes takes Kubernetes quantities */
+static void test_tenant_quota(void **state)
+{
+	static const struct {
+		const char *text;
+		uint64_t bytes;
+	} sizes[] = {
+		{ "0", 0 },	       { "1500", 1500 }, { "512Ki", 512ull << 10 }, { "2Mi", 2ull << 20 },
+		{ "8Gi", 8ull << 30 }, { "1Ti", 1ull << 40 }, { "100M", 100000000 }, { "3k", 3000 },
+		{ "2G", 2000000000ull },
+	};
+	static const char *const bad[] = { "", "Mi", "1.5Gi", "1 Gi", "1gi", "1KiB", "-1", "1e3",
+					   "99999999999999999999", "20000000Pi" };
+	struct fixture *f = *state;
+	struct tdoc d = { .spec = L1 "\"backend\": \"other\", \"quota\": {\"maxKeys\": 1000, "
+				  "\"maxBytes\": \"64Mi\", \"maxLeases\": 20}}" };
+	struct ep_tenant_config *t = tenant_ok(f, &d);
+	cJSON *w = ep_worker_config_build(f->global, t);
+	const cJSON *q = cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(w, "tenant"),
+						 "policy"),
+		"quota");
+	uint64_t v;
+
+	assert_int_equal(t->quota.set, 1);
+	assert_int_equal(t->quota.max_keys, 1000);
+	assert_int_equal(t->quota.max_bytes, 64ull << 20);
+	assert_int_equal(t->quota.max_leases, 20);
+	assert_int_equal(cJSON_GetObjectItemCaseSensitive(q, "max_keys")->valuedouble, 1000);
+	assert_int_equal(cJSON_GetObjectItemCaseSensitive(q, "max_bytes")->valuedouble,
+			 64 << 20);
+	assert_int_equal(cJSON_GetObjectItemCaseSensitive(q, "max_leases")->valuedouble, 20);
+	cJSON_Delete(w);
+	ep_tenant_config_free(t);
+
+	d.spec = L1 "\"backend\": \"other\", \"quota\": {\"maxBytes\": 4096}}";
+	t = tenant_ok(f, &d);
+	assert_int_equal(t->quota.max_bytes, 4096);
+	assert_int_equal(t->quota.max_keys, 0);
+	ep_tenant_config_free(t);
+
+	for (size_t i = 0; i < N_ELEMENTS(sizes); i++) {
+		assert_int_equal(ep_parse_quantity(sizes[i].text, &v), 0);
+		assert_int_equal(v, sizes[i].bytes);
+	}
+	for (size_t i = 0; i < N_ELEMENTS(bad); i++)
+		assert_int_equal(ep_parse_quantity(bad[i], &v), -1);
 }
 
 /* ---- the worker's configuration ------------------------------------------------------ */
@@ -1909,6 +1979,7 @@ int main(void)
 		T(test_tenant_listen),
 		T(test_tenant_backend),
 		T(test_tenant_spec_errors),
+		T(test_tenant_quota),
 		T(test_tenant_policy),
 		T(test_tenant_tls),
 		T(test_worker_config_build),
