@@ -274,6 +274,7 @@ const char *ep_msg_type_name(uint8_t type)
 	case EP_MSG_STOP: return "STOP";
 	case EP_MSG_STATUS_REQ: return "STATUS_REQ";
 	case EP_MSG_CERTS_REQ: return "CERTS_REQ";
+	case EP_MSG_POLICY: return "POLICY";
 	case EP_MSG_CTL_REQUEST: return "CTL_REQUEST";
 	case EP_MSG_CTL_REPLY: return "CTL_REPLY";
 	default: return "unknown";

@@ -49,6 +49,12 @@
  *               for etcdproxyctl rotate / issue-client-cert: the worker's
  *               certificate source does it (the supervisor never touches a
  *               private key) and answers with CERTS_REPLY
+ *   POLICY      {"policy":{...}}  a reload changed only the tenant's limits
+ *               (tenant.policy.quota, tenant.policy.rate_limit): the new
+ *               tenant.policy, applied by a running backend without a restart
+ *               (ep_backend_ops.policy_changed).  A backend that cannot makes
+ *               the worker exit EP_EXIT_UNAVAILABLE, and it starts again with
+ *               the new configuration.
  *
  * Control socket (etcdproxyctl -> etcdproxyd), one request per connection:
  *   CTL_REQUEST {"command":"status|list|show|reload|restart|rotate|issue-client-cert",
@@ -100,6 +106,7 @@ enum ep_msg_type {
 	EP_MSG_STOP = 17,
 	EP_MSG_STATUS_REQ = 18,
 	EP_MSG_CERTS_REQ = 19,
+	EP_MSG_POLICY = 20,
 	/* control socket */
 	EP_MSG_CTL_REQUEST = 32,
 	EP_MSG_CTL_REPLY = 33,

@@ -23,6 +23,7 @@
 #define F_ERROR "error"
 #define F_RESULT "result"
 #define F_GRACEFUL "graceful"
+#define F_POLICY "policy"
 
 /* ---- reading: absent is the default, the wrong type is a protocol error ---------------- */
 
@@ -241,4 +242,21 @@ cJSON *ep_msg_stop_encode(const struct ep_msg_stop *m)
 int ep_msg_stop_parse(const cJSON *p, struct ep_msg_stop *m)
 {
 	return check_object(p) < 0 || get_bool(p, F_GRACEFUL, &m->graceful) < 0 ? -EPROTO : 0;
+}
+
+cJSON *ep_msg_policy_encode(const struct ep_msg_policy *m)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddItemToObject(o, F_POLICY, m->policy != NULL ? cJSON_Duplicate(m->policy, 1)
+							     : cJSON_CreateObject());
+	return o;
+}
+
+/* The policy is required: a POLICY without one would silently drop every limit. */
+int ep_msg_policy_parse(const cJSON *p, struct ep_msg_policy *m)
+{
+	if (check_object(p) < 0 || get_json(p, F_POLICY, 0, &m->policy) < 0 || m->policy == NULL)
+		return -EPROTO;
+	return 0;
 }

@@ -91,7 +91,14 @@ cJSON *ep_msg_certs_req_encode(const struct ep_msg_certs_req *m);
 int ep_msg_certs_req_parse(const cJSON *payload, struct ep_msg_certs_req *m);
 cJSON *ep_msg_certs_reply_encode(const struct ep_msg_certs_reply *m);
 int ep_msg_certs_reply_parse(const cJSON *payload, struct ep_msg_certs_reply *m);
+/* POLICY, supervisor -> worker: the tenant's new policy object. */
+struct ep_msg_policy {
+	const cJSON *policy;
+};
+
 cJSON *ep_msg_stop_encode(const struct ep_msg_stop *m);
 int ep_msg_stop_parse(const cJSON *payload, struct ep_msg_stop *m);
+cJSON *ep_msg_policy_encode(const struct ep_msg_policy *m);
+int ep_msg_policy_parse(const cJSON *payload, struct ep_msg_policy *m);
 
 #endif /* EP_MESSAGES_H */

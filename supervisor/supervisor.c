@@ -208,6 +208,8 @@ static void send_configure(struct tenant *t)
 	cJSON_AddStringToObject(payload, "log_level", ep_log_level_name(t->sv->global->log_level));
 	if (ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_CONFIGURE, payload) < 0)
 		ep_warn("tenant %s: cannot send CONFIGURE", t->name);
+	else
+		t->configured = 1;
 	cJSON_Delete(payload);
 }
 
@@ -579,6 +581,7 @@ static void tenant_spawn(struct tenant *t)
 	uv_pipe_init(sv->loop, &t->ipc, 1);
 	t->ipc.data = t;
 	t->ipc_open = 1;
+	t->configured = 0;
 	t->handles++;
 	ep_frame_reader_free(&t->reader);
 	ep_frame_reader_init(&t->reader);
@@ -787,6 +790,64 @@ static void tenant_replace(struct tenant *t, const struct ep_tenant_entry *e)
 	tenant_stop(t);
 }
 
+/* A worker payload without the limits a running worker takes (tenant.policy.quota, .rate_limit). */
+static cJSON *without_limits(const char *payload)
+{
+	cJSON *p = cJSON_Parse(payload);
+	cJSON *policy = cJSON_GetObjectItemCaseSensitive(
+		cJSON_GetObjectItemCaseSensitive(p, "tenant"), "policy");
+
+	cJSON_DeleteItemFromObjectCaseSensitive(policy, "quota");
+	cJSON_DeleteItemFromObjectCaseSensitive(policy, "rate_limit");
+	return p;
+}
+
+/*
+ * A change of nothing but spec.quota or spec.rateLimit reaches a running
+ * worker as POLICY, without a restart: its clients, watches and leases go
+ * on.  Returns 1 when done so, 0 when t must be replaced.
+ */
+static int tenant_update_live(struct tenant *t, const struct ep_tenant_entry *e)
+{
+	cJSON *a, *b, *next, *policy;
+	int same;
+
+	if (e->config == NULL || t->payload == NULL || t->successor != NULL ||
+	    strcmp(t->file, e->file) != 0 || !t->process_alive || !t->ipc_open ||
+	    t->stop_phase != 0 ||
+	    (t->state != TENANT_STARTING && t->state != TENANT_READY &&
+	     t->state != TENANT_UNHEALTHY))
+		return 0;
+	a = without_limits(t->payload);
+	b = without_limits(e->fingerprint);
+	same = a != NULL && b != NULL && cJSON_Compare(a, b, 1);
+	cJSON_Delete(a);
+	cJSON_Delete(b);
+	if (!same)
+		return 0;
+	next = cJSON_Parse(e->fingerprint);
+	policy = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(next, "tenant"),
+						  "policy");
+	if (t->configured) {
+		struct ep_msg_policy m = { .policy = policy };
+		cJSON *msg = ep_msg_policy_encode(&m);
+		int r = ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_POLICY, msg);
+
+		cJSON_Delete(msg);
+		if (r < 0) {
+			cJSON_Delete(next);
+			return 0;
+		}
+	}
+	/* the next CONFIGURE (a worker not yet configured, a restart) carries it too */
+	free(t->payload);
+	t->payload = ep_strdup(e->fingerprint);
+	cJSON_Delete(next);
+	ep_info("reload: tenant %s: new limits (spec.quota, spec.rateLimit) applied without a "
+		"restart", t->name);
+	return 1;
+}
+
 struct reload_ctx {
 	struct supervisor *sv;
 	cJSON *added, *removed, *changed, *unchanged;
@@ -850,6 +911,8 @@ static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenan
 			tenant_activate(t);
 			break;
 		}
+		if (o->error == NULL && n->error == NULL && tenant_update_live(t, n))
+			break;
 		tenant_replace(t, n);
 		break;
 	}

@@ -45,6 +45,7 @@ struct tenant {
 	pid_t pid;
 	uv_pipe_t ipc;
 	int ipc_open;
+	int configured;   /* this worker was sent CONFIGURE */
 	struct ep_frame_reader reader;
 	uv_timer_t timer; /* restart backoff and stop escalation */
 	int handles;      /* open handles; the struct is freed when it drops to zero */

@@ -725,6 +725,42 @@ static void handle_certs_req(const cJSON *req)
 		send_status(); /* show reflects it at once */
 }
 
+/* POLICY: a reload changed only the tenant's limits; the running backend takes them. */
+static void apply_policy(const cJSON *payload)
+{
+	const struct ep_backend_ops *ops = W.plugin.plugin ? W.plugin.plugin->ops : NULL;
+	struct ep_msg_policy m;
+	const char *error = NULL;
+	int r;
+
+	if (ep_msg_policy_parse(payload, &m) < 0) {
+		ep_err("the supervisor sent a malformed POLICY");
+		worker_exit(EP_EXIT_PROTOCOL);
+		return;
+	}
+	free(W.policy_json);
+	W.policy_json = cJSON_PrintUnformatted(m.policy);
+	W.info.policy_json = W.policy_json;
+	W.certs_info.policy_json = W.policy_json; /* a copy of info: no pointer to the old text */
+	if (!W.plugin_started || W.exiting)
+		return; /* it reads the new policy when it starts */
+	if (ops->policy_changed == NULL) {
+		ep_notice("backend %s takes a new policy only when it starts: restarting with it",
+			  W.backend);
+		worker_exit(EP_EXIT_UNAVAILABLE);
+		return;
+	}
+	r = ops->policy_changed(W.plugin_state, &error);
+	if (r < 0) {
+		ep_err("backend %s cannot apply the new policy (%s): restarting with it", W.backend,
+		       error ? error : strerror(-r));
+		worker_exit(EP_EXIT_UNAVAILABLE);
+		return;
+	}
+	ep_notice("new policy applied without a restart: %s", W.policy_json);
+	send_status(); /* show reflects it at once */
+}
+
 static int on_message(void *ctx, uint8_t type, cJSON *payload)
 {
 	switch (type) {
@@ -740,6 +776,9 @@ static int on_message(void *ctx, uint8_t type, cJSON *payload)
 		break;
 	case EP_MSG_CERTS_REQ:
 		handle_certs_req(payload);
+		break;
+	case EP_MSG_POLICY:
+		apply_policy(payload);
 		break;
 	default:
 		ep_warn("unexpected message %s from the supervisor", ep_msg_type_name(type));

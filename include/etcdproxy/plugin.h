@@ -296,7 +296,17 @@ struct ep_backend_ops {
 	 */
 	void (*tls_changed)(void *state);
 
-	void *reserved[6];
+	/*
+	 * Optional (NULL: the policy is read once, at init, and a change
+	 * restarts the worker).  A reload changed only the tenant's limits
+	 * (spec.quota, spec.rateLimit): host->tenant->policy_json has the new
+	 * policy.  Apply it to the running backend, open connections and calls
+	 * undisturbed.  Return 0, or a negative errno code with a static reason
+	 * in *error_r: the worker then restarts with the new policy.
+	 */
+	int (*policy_changed)(void *state, const char **error_r);
+
+	void *reserved[5];
 };
 
 /**

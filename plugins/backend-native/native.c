@@ -789,11 +789,48 @@ static void native_fini(void *state)
 	free_native(n);
 }
 
+/* A reload changed spec.quota or spec.rateLimit: the new limits, without a restart. */
+static int native_policy_changed(void *state, const char **error_r)
+{
+	struct native *n = state;
+	cJSON *policy = cJSON_Parse(n->host->tenant->policy_json ? n->host->tenant->policy_json
+								  : "{}");
+	const cJSON *rl = cJSON_GetObjectItemCaseSensitive(policy, "rate_limit");
+	const cJSON *q = cJSON_GetObjectItemCaseSensitive(policy, "quota");
+	int r = 0;
+
+	if (n->stopping) {
+		cJSON_Delete(policy);
+		return 0;
+	}
+	if (n->rl != NULL)
+		r = rl_update(n->rl, rl, error_r);
+	else if (rl != NULL && (n->rl = rl_new(n, rl, error_r)) == NULL)
+		r = -EINVAL;
+	if (r == 0 && n->quota != NULL && q != NULL) {
+		r = quota_update(n->quota, q, error_r);
+	} else if (r == 0 && q != NULL) {
+		if ((n->quota = quota_new(n, q, error_r)) == NULL)
+			r = -EINVAL;
+		else if (n->ready_reported)
+			quota_kick(n->quota);
+	} else if (r == 0 && n->quota != NULL) {
+		struct quota *old = n->quota;
+
+		n->quota = NULL;
+		n->open_handles++;
+		quota_close(old, audit_closed, n);
+	}
+	cJSON_Delete(policy);
+	return r;
+}
+
 static const struct ep_backend_ops native_ops = {
 	.start = native_start,
 	.stop = native_stop,
 	.counters = native_counters,
 	.tls_changed = native_tls_changed,
+	.policy_changed = native_policy_changed,
 };
 
 EP_PLUGIN_EXPORT const struct ep_plugin EP_PLUGIN_SYMBOL = {

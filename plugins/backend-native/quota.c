@@ -75,23 +75,35 @@ static uint64_t json_u64(const cJSON *o, const char *name)
 	return cJSON_IsNumber(v) && v->valuedouble > 0 ? (uint64_t)v->valuedouble : 0;
 }
 
-struct quota *quota_new(struct native *n, const void *obj, const char **error_r)
+static int set_limits(struct quota *q, const cJSON *o, const char **error_r)
 {
-	const cJSON *o = obj;
-	const char *prefix = n->host->tenant->prefix;
-	struct quota *q;
-
 	if (!cJSON_IsObject(o)) {
 		*error_r = "policy.quota: expected {\"max_keys\", \"max_bytes\", \"max_leases\"}";
-		return NULL;
+		return -1;
 	}
-	q = calloc(1, sizeof(*q));
-	if (q == NULL)
-		abort();
-	q->n = n;
 	q->max_keys = json_u64(o, "max_keys");
 	q->max_bytes = json_u64(o, "max_bytes");
 	q->max_leases = json_u64(o, "max_leases");
+	return 0;
+}
+
+int quota_update(struct quota *q, const void *obj, const char **error_r)
+{
+	return set_limits(q, obj, error_r);
+}
+
+struct quota *quota_new(struct native *n, const void *obj, const char **error_r)
+{
+	const char *prefix = n->host->tenant->prefix;
+	struct quota *q = calloc(1, sizeof(*q));
+
+	if (q == NULL)
+		abort();
+	if (set_limits(q, obj, error_r) < 0) {
+		free(q);
+		return NULL;
+	}
+	q->n = n;
 	q->prefix_len = strlen(prefix);
 	q->prefix = (uint8_t *)strdup(prefix);
 	q->end = (uint8_t *)strdup(prefix);
@@ -456,6 +468,8 @@ static void open_watch(struct quota *q)
 		failed(q, "cannot open the watch on the tenant's prefix");
 }
 
+static void maybe_free(struct quota *q);
+
 static void on_page(struct native *n, void *ctx, int ok, const uint8_t *msg, size_t len)
 {
 	struct quota *q = ctx;
@@ -466,7 +480,11 @@ static void on_page(struct native *n, void *ctx, int ok, const uint8_t *msg, siz
 	uint8_t *buf;
 
 	q->busy = 0;
-	if (q->closing || n->stopping)
+	if (q->closing) {
+		maybe_free(q); /* closed while this page was out */
+		return;
+	}
+	if (n->stopping)
 		return;
 	if (!ok || usage_load_page(&q->next, q->prefix_len, msg, len, &rev, &more, &last,
 				   &last_len) < 0) {
@@ -611,13 +629,13 @@ void quota_report(const struct quota *q, void *obj)
 	cJSON_AddNumberToObject(o, "quota_refused", (double)q->refused);
 }
 
-static void on_closed(uv_handle_t *h)
+/* Freed once its timers are closed and no page of the count is out (it points at q). */
+static void maybe_free(struct quota *q)
 {
-	struct quota *q = h->data;
 	void (*done)(void *);
 	void *ctx;
 
-	if (--q->handles > 0)
+	if (q->handles > 0 || q->busy)
 		return;
 	done = q->done;
 	ctx = q->done_ctx;
@@ -632,6 +650,14 @@ static void on_closed(uv_handle_t *h)
 		done(ctx);
 }
 
+static void on_closed(uv_handle_t *h)
+{
+	struct quota *q = h->data;
+
+	q->handles--;
+	maybe_free(q);
+}
+
 void quota_close(struct quota *q, void (*done)(void *ctx), void *ctx)
 {
 	if (q == NULL) {
@@ -644,8 +670,12 @@ void quota_close(struct quota *q, void (*done)(void *ctx), void *ctx)
 		struct call *c = q->wait_head;
 
 		unlink_waiting(q, c);
-		c->waiting_lookup = 0;
-		call_finish(c, 14, "etcdproxy: the worker is stopping");
+		if (q->n->stopping) {
+			c->waiting_lookup = 0;
+			call_finish(c, 14, "etcdproxy: the worker is stopping");
+		} else {
+			call_quota_resumed(c); /* the quota was removed (n->quota is NULL): it goes on */
+		}
 	}
 	if (q->watch != NULL) {
 		struct call *w = q->watch;

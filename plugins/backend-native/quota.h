@@ -31,9 +31,15 @@ struct quota;
 
 /* From the policy's "quota" object; NULL with *error_r (static) when it is not one. */
 struct quota *quota_new(struct native *n, const void *policy_json_object, const char **error_r);
+/* New limits from a reload; the count goes on.  0, or -1 with *error_r (old limits kept). */
+int quota_update(struct quota *q, const void *policy_json_object, const char **error_r);
 /* An upstream connection is up: count, then watch, if that is not under way. */
 void quota_kick(struct quota *q);
-/* Stop the watch, fail what waits, close the timers; done() once closed. */
+/*
+ * Stop the watch and close the timers; done() once closed.  What waits is
+ * refused when the worker stops, and goes on when the quota was removed
+ * (n->quota already NULL).
+ */
 void quota_close(struct quota *q, void (*done)(void *ctx), void *ctx);
 
 /*

@@ -50,33 +50,42 @@ static uint64_t now_us(void)
 	return uv_hrtime() / 1000;
 }
 
-struct ratelimit *rl_new(struct native *n, const void *obj, const char **error_r)
+/* The policy's "rate_limit" object into rl's settings; -1 with *error_r when it is not one. */
+static int set_limits(struct ratelimit *rl, const cJSON *o, const char **error_r)
 {
-	const cJSON *o = obj;
 	const cJSON *rps = cJSON_GetObjectItemCaseSensitive(o, "requests_per_second");
 	const cJSON *burst = cJSON_GetObjectItemCaseSensitive(o, "burst");
 	const cJSON *wait = cJSON_GetObjectItemCaseSensitive(o, "max_wait_ms");
 	const cJSON *queue = cJSON_GetObjectItemCaseSensitive(o, "max_queue");
 	const cJSON *watches = cJSON_GetObjectItemCaseSensitive(o, "max_watches");
-	struct ratelimit *rl;
 
 	if (!cJSON_IsNumber(rps) || !cJSON_IsNumber(burst) || !cJSON_IsNumber(wait) ||
 	    !cJSON_IsNumber(queue) || !cJSON_IsNumber(watches) || rps->valuedouble < 0) {
 		*error_r = "policy.rate_limit: expected {\"requests_per_second\", \"burst\", "
 			   "\"max_wait_ms\", \"max_queue\", \"max_watches\"}";
-		return NULL;
+		return -1;
 	}
-	rl = calloc(1, sizeof(*rl));
-	if (rl == NULL)
-		abort();
-	rl->n = n;
 	rl->rate = rps->valuedouble;
 	rl->burst = burst->valuedouble < 1 ? 1 : burst->valuedouble;
-	rl->tokens = rl->burst; /* a fresh worker starts with a full bucket */
-	rl->last_us = now_us();
 	rl->max_wait_us = (uint64_t)wait->valuedouble * 1000;
 	rl->max_queue = (size_t)queue->valuedouble;
 	rl->max_watches = (unsigned)watches->valuedouble;
+	return 0;
+}
+
+struct ratelimit *rl_new(struct native *n, const void *obj, const char **error_r)
+{
+	struct ratelimit *rl = calloc(1, sizeof(*rl));
+
+	if (rl == NULL)
+		abort();
+	if (set_limits(rl, obj, error_r) < 0) {
+		free(rl);
+		return NULL;
+	}
+	rl->n = n;
+	rl->tokens = rl->burst; /* a fresh worker starts with a full bucket */
+	rl->last_us = now_us();
 	uv_timer_init(n->loop, &rl->timer);
 	rl->timer.data = rl;
 	return rl;
@@ -200,6 +209,29 @@ int rl_admit(struct ratelimit *rl, struct call *c)
 	rl->delayed++;
 	if (rl->head == c)
 		schedule(rl);
+	return 0;
+}
+
+int rl_update(struct ratelimit *rl, const void *obj, const char **error_r)
+{
+	if (obj == NULL) {
+		/* no limit any more: whatever waits goes on */
+		rl->rate = 0;
+		rl->max_watches = 0;
+	} else if (set_limits(rl, obj, error_r) < 0) {
+		return -1;
+	}
+	if (rl->tokens > rl->burst)
+		rl->tokens = rl->burst;
+	if (rl->rate <= 0) {
+		while (rl->head != NULL) {
+			struct call *c = rl->head;
+
+			unlink_call(rl, c);
+			native_call_admitted(c);
+		}
+	}
+	schedule(rl); /* the next token and the deadlines, at the new rate */
 	return 0;
 }
 

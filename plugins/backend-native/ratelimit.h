@@ -30,6 +30,12 @@ uint64_t rl_bucket_wait_us(double tokens, double rate);
 
 /* From the policy's "rate_limit" object; NULL with *error_r (static) when it is not one. */
 struct ratelimit *rl_new(struct native *n, const void *policy_json_object, const char **error_r);
+/*
+ * New settings from a reload (obj NULL: the tenant has no spec.rateLimit any
+ * more; what waits goes on).  The bucket keeps its tokens, up to the new
+ * burst.  0, or -1 with *error_r (static) and the old settings kept.
+ */
+int rl_update(struct ratelimit *rl, const void *policy_json_object, const char **error_r);
 /* Refuse what waits (the backend stops) and close the timer; done() once it is closed. */
 void rl_close(struct ratelimit *rl, void (*done)(void *ctx), void *ctx);
 

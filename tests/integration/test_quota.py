@@ -16,6 +16,9 @@
     both, the overshoot stays within the documented bound: the other worker's writes in flight;
   - maxLeases refuses a grant beyond it, and a revoked lease frees its place;
   - etcdproxyctl show and the metrics carry usage against limits;
+  - a reload that changes only spec.quota or spec.rateLimit reaches the running worker without
+    a restart (same pid, an open watch goes on): a raised limit, a quota removed and added
+    again, a rate limit added;
   - spec.quota on the etcd backend is refused."""
 
 import os
@@ -259,6 +262,59 @@ def test_visible(s, t):
         s.check(name in text, 'the metrics have %s' % name)
 
 
+def test_reload_live(s, t):
+    port = t.ports['v']
+    for i in range(2):
+        s.require_check(put(port, 'k%d' % i, 'v').returncode == 0, 'key %d of 2' % (i + 1))
+    s.check(refused(put(port, 'k2', 'v'), 'maxKeys 2'), 'the tenant is full at maxKeys 2')
+    pid = t.sv.tenant('v')['pid']
+    c = eptest.etcd3_client(port)
+    w = eptest.Watch(c, 'w', range_end='x')
+    try:
+        def respec(quota=None, rate=None):
+            extra = {}
+            if quota:
+                extra['quota'] = quota
+            if rate:
+                extra['rateLimit'] = rate
+            t.sv.add_tenant('v', port=port, backend='native', spec_extra=extra)
+            rc, out, err, data = t.sv.ctl('reload')
+            s.check(rc == 0 and 'v' in ((data or {}).get('changed') or []),
+                    'etcdproxyctl reload reports the tenant changed', (out, err))
+
+        respec({'maxKeys': 4})
+        s.check(wait_until(lambda: counters(t.sv, 'v').get('quota_max_keys') == 4, 10, 0.2),
+                'the raised limit is in force (show: quota_max_keys 4)', counters(t.sv, 'v'))
+        s.eq(t.sv.tenant('v')['pid'], pid, 'without a restart: the same worker')
+        for i in range(2, 4):
+            r = put(port, 'k%d' % i, 'v')
+            s.check(r.returncode == 0, 'key %d of 4 goes in' % (i + 1), r.stderr)
+        s.check(refused(put(port, 'k4', 'v'), 'maxKeys 4'), 'and the 5th is refused')
+        respec()
+        s.check(wait_until(lambda: 'quota_max_keys' not in counters(t.sv, 'v'), 10, 0.2),
+                'the quota removed: show has no limit', counters(t.sv, 'v'))
+        r = put(port, 'k4', 'v')
+        s.check(r.returncode == 0, 'and a 5th key goes in', r.stderr)
+        respec({'maxKeys': 5}, {'requestsPerSecond': 1, 'burst': 1, 'maxQueue': 0})
+        s.check(wait_until(lambda: counters(t.sv, 'v').get('quota_keys') == 5 and
+                           'rate_limited' in counters(t.sv, 'v'), 10, 0.2),
+                'the quota added again counts the 5 keys, and the rate limit is there',
+                counters(t.sv, 'v'))
+        r = put(port, 'k5', 'v')
+        s.check(refused(r, 'maxKeys 5') or 'etcdproxy: rate limit' in r.stderr,
+                'a new key is refused again', r.stderr)
+        rs = [eptest.etcdctl(port, 'get', 'k0') for _ in range(3)]
+        s.check(any('etcdproxy: rate limit' in x.stderr for x in rs),
+                'and calls beyond 1 per second are refused by the new rate limit',
+                [x.stderr for x in rs])
+        s.eq(t.sv.tenant('v')['pid'], pid, 'still the same worker')
+        t.core.put('/v/w1', 'seen')
+        s.check(wait_until(lambda: ('PUT', 'w1', 'seen') in w.events, 10, 0.1),
+                'a watch opened before the reloads still delivers events', w.events)
+    finally:
+        c.close()
+
+
 def test_refused_on_etcd(s, t):
     st = t.sv.tenant('e')
     s.check(st['state'] == 'failed' and 'spec.quota: enforced by the native backend only'
@@ -284,17 +340,18 @@ def body(s):
         'r': t.sv.add_tenant('r', backend='native', spec_extra={'quota': {'maxKeys': 50}}),
         'm': t.sv.add_tenant('m', backend='native', spec_extra={'quota': {'maxKeys': 30}}),
         'l': t.sv.add_tenant('l', backend='native', spec_extra={'quota': {'maxLeases': 2}}),
+        'v': t.sv.add_tenant('v', backend='native', spec_extra={'quota': {'maxKeys': 2}}),
     }
     t.ports2 = {'m': t.sv2.add_tenant('m', backend='native',
                                       spec_extra={'quota': {'maxKeys': 30}})}
     t.sv.add_tenant('e', backend='etcd', spec_extra={'quota': {'maxKeys': 5}})
     t.sv.start()
     t.sv2.start()
-    t.sv.wait_ready('a', 'b', 'x', 'o', 'r', 'm', 'l')
+    t.sv.wait_ready('a', 'b', 'x', 'o', 'r', 'm', 'l', 'v')
     t.sv2.wait_ready('m')
     for fn in (test_keys_boundary, test_bytes_boundary, test_txn, test_outside_writes,
                test_restart, test_race_one_worker, test_two_workers, test_leases, test_visible,
-               test_refused_on_etcd):
+               test_reload_live, test_refused_on_etcd):
         s.run(fn, s, t)
     s.eq(t.sv2.stop(), 0, 'the second etcdproxyd exits 0 on SIGTERM')
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')

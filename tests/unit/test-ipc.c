@@ -926,6 +926,22 @@ static void test_messages_round_trip(void **state)
 	assert_int_equal(ep_msg_stop_parse(p, &so2), 0);
 	assert_int_equal(so2.graceful, 1);
 	cJSON_Delete(p);
+
+	cJSON *pol = cJSON_Parse("{\"quota\": {\"max_keys\": 5}}");
+	struct ep_msg_policy po = { .policy = pol }, po2;
+	p = wire(ep_msg_policy_encode(&po));
+	assert_int_equal(ep_msg_policy_parse(p, &po2), 0);
+	assert_true(cJSON_Compare(po2.policy, pol, 1));
+	cJSON_Delete(p);
+	cJSON_Delete(pol);
+	/* without its policy, or with one that is not an object, it is malformed */
+	p = cJSON_Parse("{}");
+	assert_int_equal(ep_msg_policy_parse(p, &po2), -EPROTO);
+	cJSON_Delete(p);
+	p = cJSON_Parse("{\"policy\": []}");
+	assert_int_equal(ep_msg_policy_parse(p, &po2), -EPROTO);
+	cJSON_Delete(p);
+	assert_string_equal(ep_msg_type_name(EP_MSG_POLICY), "POLICY");
 	cJSON_Delete(counters);
 	cJSON_Delete(certs);
 }
