@@ -801,32 +801,6 @@ static int parse_compaction(struct pctx *c, const cJSON *m, const char *what, vo
 	return 0;
 }
 
-static const struct key rate_limit_keys[] = {
-	KEY_UINT("requestsPerSecond", struct ep_tenant_config, rate_limit.requests_per_second, 1,
-		 1000000),
-	KEY_UINT("burst", struct ep_tenant_config, rate_limit.burst, 1, 1000000),
-	KEY("maxWait", K_DURATION_ZERO, struct ep_tenant_config, rate_limit.max_wait_ms),
-	KEY_UINT("maxQueue", struct ep_tenant_config, rate_limit.max_queue, 0, 100000),
-	KEY_UINT("maxWatches", struct ep_tenant_config, rate_limit.max_watches, 0, 100000),
-};
-
-static int parse_rate_limit(struct pctx *c, const cJSON *v, const char *what, void *base)
-{
-	struct ep_tenant_config *t = base;
-	int r;
-
-	t->rate_limit.set = 1;
-	t->rate_limit.max_wait_ms = 1000;
-	t->rate_limit.max_queue = 1000;
-	if ((r = PARSE_KEYS(c, v, what, rate_limit_keys, base)) < 0)
-		return r;
-	if (t->rate_limit.requests_per_second == 0 && t->rate_limit.max_watches == 0)
-		return fail_at(c, v, "%s: expected requestsPerSecond or maxWatches", what);
-	if (t->rate_limit.burst == 0)
-		t->rate_limit.burst = t->rate_limit.requests_per_second;
-	return 0;
-}
-
 /*
  * A size in bytes: an integer, or a string in Kubernetes' quantity notation
  * ("512Mi", "2Gi", "100M", "1500").  0 and -1 return; the value in *out.
@@ -870,9 +844,9 @@ int ep_parse_quantity(const char *s, uint64_t *out)
 	return -1;
 }
 
-static int parse_max_bytes(struct pctx *c, const cJSON *v, const char *what, void *base)
+/* A size above zero: an integer, or a quantity string (ep_parse_quantity). */
+static int want_size(struct pctx *c, const cJSON *v, const char *what, uint64_t *out)
 {
-	struct ep_tenant_config *t = base;
 	uint64_t bytes = 0;
 	int ok;
 
@@ -887,8 +861,18 @@ static int parse_max_bytes(struct pctx *c, const cJSON *v, const char *what, voi
 			       "quantity such as \"512Mi\", \"2Gi\" or \"100M\", got %s%s%s", what,
 			       cJSON_IsString(v) ? "\"" : json_type_name(v),
 			       cJSON_IsString(v) ? v->valuestring : "", cJSON_IsString(v) ? "\"" : "");
-	t->quota.max_bytes = cJSON_IsNumber(v) ? (uint64_t)v->valuedouble : bytes;
+	*out = cJSON_IsNumber(v) ? (uint64_t)v->valuedouble : bytes;
 	return 0;
+}
+
+static int parse_max_bytes(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	return want_size(c, v, what, &((struct ep_tenant_config *)base)->quota.max_bytes);
+}
+
+static int parse_bytes_per_second(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	return want_size(c, v, what, &((struct ep_tenant_config *)base)->rate_limit.bytes_per_second);
 }
 
 static const struct key quota_keys[] = {
@@ -907,6 +891,35 @@ static int parse_quota(struct pctx *c, const cJSON *v, const char *what, void *b
 		return r;
 	if (t->quota.max_keys == 0 && t->quota.max_bytes == 0 && t->quota.max_leases == 0)
 		return fail_at(c, v, "%s: expected maxKeys, maxBytes or maxLeases", what);
+	return 0;
+}
+
+static const struct key rate_limit_keys[] = {
+	KEY_UINT("requestsPerSecond", struct ep_tenant_config, rate_limit.requests_per_second, 1,
+		 1000000),
+	KEY_UINT("burst", struct ep_tenant_config, rate_limit.burst, 1, 1000000),
+	KEY("maxWait", K_DURATION_ZERO, struct ep_tenant_config, rate_limit.max_wait_ms),
+	KEY_UINT("maxQueue", struct ep_tenant_config, rate_limit.max_queue, 0, 100000),
+	KEY_UINT("maxWatches", struct ep_tenant_config, rate_limit.max_watches, 0, 100000),
+	KEY_CALL("bytesPerSecond", parse_bytes_per_second),
+};
+
+static int parse_rate_limit(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+	int r;
+
+	t->rate_limit.set = 1;
+	t->rate_limit.max_wait_ms = 1000;
+	t->rate_limit.max_queue = 1000;
+	if ((r = PARSE_KEYS(c, v, what, rate_limit_keys, base)) < 0)
+		return r;
+	if (t->rate_limit.requests_per_second == 0 && t->rate_limit.max_watches == 0 &&
+	    t->rate_limit.bytes_per_second == 0)
+		return fail_at(c, v, "%s: expected requestsPerSecond, bytesPerSecond or maxWatches",
+			       what);
+	if (t->rate_limit.burst == 0)
+		t->rate_limit.burst = t->rate_limit.requests_per_second;
 	return 0;
 }
 
@@ -1470,6 +1483,9 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 		cJSON_AddNumberToObject(rl, "max_wait_ms", (double)t->rate_limit.max_wait_ms);
 		cJSON_AddNumberToObject(rl, "max_queue", t->rate_limit.max_queue);
 		cJSON_AddNumberToObject(rl, "max_watches", t->rate_limit.max_watches);
+		if (t->rate_limit.bytes_per_second > 0)
+			cJSON_AddNumberToObject(rl, "bytes_per_second",
+						(double)t->rate_limit.bytes_per_second);
 	}
 	if (t->quota.set) {
 		cJSON *q = cJSON_AddObjectToObject(policy, "quota");

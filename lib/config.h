@@ -136,6 +136,7 @@ struct ep_tenant_config {
 		int set;
 		unsigned requests_per_second, burst, max_queue, max_watches;
 		uint64_t max_wait_ms;
+		uint64_t bytes_per_second; /* 0: none */
 	} rate_limit;
 	/* spec.quota (the native backend's usage limits; 0: no limit); set: the field is there */
 	struct ep_quota {

@@ -600,6 +600,7 @@ void call_process(struct call *c)
 		/* refused (finished), or it waits with its message left in the reader */
 		if (n->quota != NULL && quota_admit(n->quota, c, msg, len) <= 0)
 			return;
+		rl_charge(n->rl, len);
 		if (n->audit != NULL && c->audit == NULL && c->m->path != NULL)
 			c->audit = audit_request(c->m->kind, strrchr(c->m->path, '/') + 1, msg, len,
 						 down_client_json(c->dc));
@@ -861,6 +862,8 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 			return;
 		}
 		c->granted_lease = 0;
+		if (!c->m->server_stream)
+			rl_charge(n->rl, mlen);
 		audit_response(c->audit, msg, mlen);
 		quota_response(n->quota, c, msg, mlen);
 		r = rewrite_framed(n, 1, c->m->kind, &hooks, msg, mlen, &err);

@@ -13,6 +13,9 @@ struct ratelimit {
 	struct native *n;
 	double rate, burst, tokens;
 	uint64_t last_us;
+	/* bytesPerSecond: a bucket of message bytes that may run into debt (see rl_charge) */
+	double byte_rate, byte_burst, byte_tokens;
+	uint64_t byte_last_us;
 	uint64_t max_wait_us;
 	size_t max_queue;
 	unsigned max_watches;
@@ -24,7 +27,8 @@ struct ratelimit {
 	void *done_ctx;
 };
 
-int rl_bucket_take(double *tokens, uint64_t *last_us, double rate, double burst, uint64_t now_us)
+void rl_bucket_refill(double *tokens, uint64_t *last_us, double rate, double burst,
+		      uint64_t now_us)
 {
 	if (now_us > *last_us) {
 		*tokens += (double)(now_us - *last_us) * rate / 1e6;
@@ -32,6 +36,11 @@ int rl_bucket_take(double *tokens, uint64_t *last_us, double rate, double burst,
 			*tokens = burst;
 	}
 	*last_us = now_us;
+}
+
+int rl_bucket_take(double *tokens, uint64_t *last_us, double rate, double burst, uint64_t now_us)
+{
+	rl_bucket_refill(tokens, last_us, rate, burst, now_us);
 	if (*tokens < 1.0)
 		return 0;
 	*tokens -= 1.0;
@@ -45,9 +54,48 @@ uint64_t rl_bucket_wait_us(double tokens, double rate)
 	return (uint64_t)((1.0 - tokens) * 1e6 / rate) + 1;
 }
 
+uint64_t rl_debt_wait_us(double tokens, double rate)
+{
+	if (tokens >= 0 || rate <= 0)
+		return 0;
+	return (uint64_t)(-tokens * 1e6 / rate) + 1;
+}
+
 static uint64_t now_us(void)
 {
 	return uv_hrtime() / 1000;
+}
+
+/* A call may go now: no byte debt (bytesPerSecond), and a request token (requestsPerSecond). */
+static int take(struct ratelimit *rl, uint64_t now)
+{
+	if (rl->byte_rate > 0) {
+		rl_bucket_refill(&rl->byte_tokens, &rl->byte_last_us, rl->byte_rate, rl->byte_burst,
+				 now);
+		if (rl->byte_tokens < 0)
+			return 0;
+	}
+	if (rl->rate <= 0)
+		return 1;
+	return rl_bucket_take(&rl->tokens, &rl->last_us, rl->rate, rl->burst, now);
+}
+
+/* Until take() can succeed. */
+static uint64_t wait_us(const struct ratelimit *rl)
+{
+	uint64_t a = rl->rate > 0 ? rl_bucket_wait_us(rl->tokens, rl->rate) : 0;
+	uint64_t b = rl->byte_rate > 0 ? rl_debt_wait_us(rl->byte_tokens, rl->byte_rate) : 0;
+
+	return a > b ? a : b;
+}
+
+void rl_charge(struct ratelimit *rl, size_t bytes)
+{
+	if (rl == NULL || rl->byte_rate <= 0)
+		return;
+	rl_bucket_refill(&rl->byte_tokens, &rl->byte_last_us, rl->byte_rate, rl->byte_burst,
+			 now_us());
+	rl->byte_tokens -= (double)bytes;
 }
 
 /* The policy's "rate_limit" object into rl's settings; -1 with *error_r when it is not one. */
@@ -58,11 +106,12 @@ static int set_limits(struct ratelimit *rl, const cJSON *o, const char **error_r
 	const cJSON *wait = cJSON_GetObjectItemCaseSensitive(o, "max_wait_ms");
 	const cJSON *queue = cJSON_GetObjectItemCaseSensitive(o, "max_queue");
 	const cJSON *watches = cJSON_GetObjectItemCaseSensitive(o, "max_watches");
+	const cJSON *bps = cJSON_GetObjectItemCaseSensitive(o, "bytes_per_second");
 
-	if (!cJSON_IsNumber(rps) || !cJSON_IsNumber(burst) || !cJSON_IsNumber(wait) ||
+	if ((bps != NULL && (!cJSON_IsNumber(bps) || bps->valuedouble < 0)) || !cJSON_IsNumber(rps) || !cJSON_IsNumber(burst) || !cJSON_IsNumber(wait) ||
 	    !cJSON_IsNumber(queue) || !cJSON_IsNumber(watches) || rps->valuedouble < 0) {
 		*error_r = "policy.rate_limit: expected {\"requests_per_second\", \"burst\", "
-			   "\"max_wait_ms\", \"max_queue\", \"max_watches\"}";
+			   "\"max_wait_ms\", \"max_queue\", \"max_watches\", \"bytes_per_second\"}";
 		return -1;
 	}
 	rl->rate = rps->valuedouble;
@@ -70,6 +119,8 @@ static int set_limits(struct ratelimit *rl, const cJSON *o, const char **error_r
 	rl->max_wait_us = (uint64_t)wait->valuedouble * 1000;
 	rl->max_queue = (size_t)queue->valuedouble;
 	rl->max_watches = (unsigned)watches->valuedouble;
+	rl->byte_rate = bps != NULL ? bps->valuedouble : 0;
+	rl->byte_burst = rl->byte_rate; /* one second's worth */
 	return 0;
 }
 
@@ -86,6 +137,8 @@ struct ratelimit *rl_new(struct native *n, const void *obj, const char **error_r
 	rl->n = n;
 	rl->tokens = rl->burst; /* a fresh worker starts with a full bucket */
 	rl->last_us = now_us();
+	rl->byte_tokens = rl->byte_burst;
+	rl->byte_last_us = rl->last_us;
 	uv_timer_init(n->loop, &rl->timer);
 	rl->timer.data = rl;
 	return rl;
@@ -96,8 +149,16 @@ static void refuse(struct ratelimit *rl, struct call *c, const char *why)
 	char msg[300];
 
 	rl->limited++;
-	snprintf(msg, sizeof(msg), "etcdproxy: rate limit: %s (spec.rateLimit: %.0f requests per "
-		 "second, burst %.0f)", why, rl->rate, rl->burst);
+	if (rl->byte_rate > 0 && rl->rate > 0)
+		snprintf(msg, sizeof(msg), "etcdproxy: rate limit: %s (spec.rateLimit: %.0f requests "
+			 "per second, burst %.0f; %.0f bytes per second)", why, rl->rate, rl->burst,
+			 rl->byte_rate);
+	else if (rl->byte_rate > 0)
+		snprintf(msg, sizeof(msg), "etcdproxy: rate limit: %s (spec.rateLimit: %.0f bytes "
+			 "per second)", why, rl->byte_rate);
+	else
+		snprintf(msg, sizeof(msg), "etcdproxy: rate limit: %s (spec.rateLimit: %.0f requests "
+			 "per second, burst %.0f)", why, rl->rate, rl->burst);
 	call_finish(c, 8, msg); /* RESOURCE_EXHAUSTED */
 }
 
@@ -129,7 +190,7 @@ static void schedule(struct ratelimit *rl)
 		uv_timer_stop(&rl->timer);
 		return;
 	}
-	wait = rl_bucket_wait_us(rl->tokens, rl->rate);
+	wait = wait_us(rl);
 	deadline = rl->head->rl_since_us + rl->max_wait_us;
 	if (deadline > now && deadline - now < wait)
 		wait = deadline - now;
@@ -144,8 +205,7 @@ static void on_timer(uv_timer_t *t)
 	uint64_t now = now_us();
 
 	/* the oldest first, as long as there are tokens */
-	while (rl->head != NULL &&
-	       rl_bucket_take(&rl->tokens, &rl->last_us, rl->rate, rl->burst, now)) {
+	while (rl->head != NULL && take(rl, now)) {
 		struct call *c = rl->head;
 
 		unlink_call(rl, c);
@@ -180,15 +240,16 @@ int rl_admit(struct ratelimit *rl, struct call *c)
 		refuse(rl, c, why);
 		return -1;
 	}
-	if (rl->rate <= 0)
+	if (rl->rate <= 0 && rl->byte_rate <= 0)
 		return 1; /* only a watch limit */
 	if (c->m->kind == RW_LEASE_KEEPALIVE) {
 		/* counted when a token is there, never held: a lease must not expire behind a queue */
-		rl_bucket_take(&rl->tokens, &rl->last_us, rl->rate, rl->burst, now);
+		if (rl->rate > 0)
+			rl_bucket_take(&rl->tokens, &rl->last_us, rl->rate, rl->burst, now);
 		return 1;
 	}
 	/* first come, first served: nobody overtakes a waiting call */
-	if (rl->head == NULL && rl_bucket_take(&rl->tokens, &rl->last_us, rl->rate, rl->burst, now))
+	if (rl->head == NULL && take(rl, now))
 		return 1;
 	if (rl->queued >= rl->max_queue || rl->max_wait_us == 0) {
 		char why[120];
@@ -223,7 +284,9 @@ int rl_update(struct ratelimit *rl, const void *obj, const char **error_r)
 	}
 	if (rl->tokens > rl->burst)
 		rl->tokens = rl->burst;
-	if (rl->rate <= 0) {
+	if (rl->byte_tokens > rl->byte_burst)
+		rl->byte_tokens = rl->byte_burst;
+	if (rl->rate <= 0 && rl->byte_rate <= 0) {
 		while (rl->head != NULL) {
 			struct call *c = rl->head;
 

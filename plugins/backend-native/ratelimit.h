@@ -23,10 +23,15 @@ struct native;
 struct call;
 struct ratelimit;
 
-/* The bucket itself, for the unit test: refill to now, then take one token if there is one. */
+/* The bucket itself, for the unit test: refill to now (at most burst tokens). */
+void rl_bucket_refill(double *tokens, uint64_t *last_us, double rate, double burst,
+		      uint64_t now_us);
+/* Refill, then take one token if there is one. */
 int rl_bucket_take(double *tokens, uint64_t *last_us, double rate, double burst, uint64_t now_us);
 /* Microseconds until a token is there (0: now). */
 uint64_t rl_bucket_wait_us(double tokens, double rate);
+/* Microseconds until a byte bucket in debt (tokens < 0) is out of it (0: now). */
+uint64_t rl_debt_wait_us(double tokens, double rate);
 
 /* From the policy's "rate_limit" object; NULL with *error_r (static) when it is not one. */
 struct ratelimit *rl_new(struct native *n, const void *policy_json_object, const char **error_r);
@@ -44,6 +49,13 @@ void rl_close(struct ratelimit *rl, void (*done)(void *ctx), void *ctx);
  * continuation is native_call_admitted()), -1 refused (it is finished).
  */
 int rl_admit(struct ratelimit *rl, struct call *c);
+/*
+ * bytesPerSecond: message bytes a call moved (a request message, or the
+ * answer of a unary call) are taken from the byte bucket, which may run
+ * into debt; no call goes on while it is in debt.  A message is never held
+ * back itself, so a stream's events are never delayed.
+ */
+void rl_charge(struct ratelimit *rl, size_t bytes);
 /* A call that ends while it waits leaves the queue. */
 void rl_forget(struct ratelimit *rl, struct call *c);
 void rl_counts(const struct ratelimit *rl, uint64_t *limited_r, uint64_t *delayed_r,

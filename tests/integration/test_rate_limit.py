@@ -8,6 +8,8 @@
   - a lease kept alive by etcdctl does not expire while the tenant is flooded far past its
     limit;
   - a Watch stream beyond maxWatches is refused when it opens, the others keep working;
+  - bytesPerSecond: 2 clients putting 2 KiB values flat out for 8 s move within 15% of
+    "20Ki" per second, without errors;
   - spec.rateLimit on the etcd backend is refused."""
 
 import os
@@ -23,7 +25,7 @@ from eptest import wait_until  # noqa: E402
 from h2raw import H2  # noqa: E402
 
 
-def flood(port, threads, seconds, prefix):
+def flood(port, threads, seconds, prefix, value='v'):
     """Puts from several clients as fast as answers come: (ok, errors, messages)."""
     res = {'ok': 0, 'err': 0, 'msgs': set()}
     lock = threading.Lock()
@@ -35,7 +37,7 @@ def flood(port, threads, seconds, prefix):
             n = 0
             while time.monotonic() < end:
                 try:
-                    c.put('%s-%d-%d' % (prefix, i, n), 'v')
+                    c.put('%s-%d-%d' % (prefix, i, n), value)
                     with lock:
                         res['ok'] += 1
                 except Exception as e:  # noqa: BLE001 - the error is what is counted
@@ -115,6 +117,17 @@ def test_watches(s, t):
     s.check(eptest.serves(t.ports['w']), 'and the tenant serves')
 
 
+def test_bytes(s, t):
+    value = 'x' * 2048
+    r = flood(t.ports['b'], 2, 8, 'b', value)
+    moved = r['ok'] * (len(value) + len('b-0-000'))
+    rate = (moved - 20480) / 8.0  # one second's worth is free
+    s.check(r['err'] == 0, 'no put of the 2 flat-out clients failed (they wait their turn)',
+            r['msgs'])
+    s.check(0.85 * 20480 <= rate <= 1.15 * 20480, 'limited to "20Ki" bytes per second: %.0f '
+            'bytes per second over 8 s (%d puts of 2 KiB)' % (rate, r['ok']))
+
+
 def test_refused_on_etcd(s, t):
     st = t.sv.tenant('e')
     s.check(st['state'] == 'failed' and 'spec.rateLimit: enforced by the native backend only'
@@ -139,11 +152,14 @@ def body(s):
             'requestsPerSecond': 5, 'burst': 5, 'maxQueue': 4, 'maxWait': '200ms'}}),
         'w': t.sv.add_tenant('w', backend='native', spec_extra={'rateLimit': {
             'maxWatches': 1}}),
+        'b': t.sv.add_tenant('b', backend='native', spec_extra={'rateLimit': {
+            'bytesPerSecond': '20Ki', 'maxWait': '5s'}}),
     }
     t.sv.add_tenant('e', backend='etcd', spec_extra={'rateLimit': {'requestsPerSecond': 5}})
     t.sv.start()
-    t.sv.wait_ready('r', 'q', 'k', 'w')
-    for fn in (test_rate, test_queue_full, test_keepalive, test_watches, test_refused_on_etcd):
+    t.sv.wait_ready('r', 'q', 'k', 'w', 'b')
+    for fn in (test_rate, test_queue_full, test_keepalive, test_watches, test_bytes,
+               test_refused_on_etcd):
         s.run(fn, s, t)
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 

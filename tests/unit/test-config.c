@@ -1574,6 +1574,12 @@ static void test_tenant_spec_errors(void **state)
 		  "spec.quota: enforced by the native backend only; the etcd backend (etcd "
 		  "grpc-proxy) passes every write through",
 		  "a" },
+		{ { .spec = L1 "\"rateLimit\": {\"bytesPerSecond\": \"1MB\"}}" }, 5, 51,
+		  "spec.rateLimit.bytesPerSecond: expected a size above zero in bytes, as an integer "
+		  "or a quantity such as \"512Mi\", \"2Gi\" or \"100M\", got \"1MB\"",
+		  "a" },
+		{ { .spec = L1 "\"rateLimit\": {\"burst\": 5}}" }, 5, 37,
+		  "spec.rateLimit: expected requestsPerSecond, bytesPerSecond or maxWatches", "a" },
 		{ { .spec = L1 "\"quota\": {}}" }, 5, 37,
 		  "spec.quota: expected maxKeys, maxBytes or maxLeases", "a" },
 		{ { .spec = L1 "\"quota\": {\"maxKeys\": 0}}" }, 5, 47,

@@ -684,9 +684,32 @@ static void test_rate_bucket(void **state)
 	}
 }
 
+/* bytesPerSecond's bucket: a big message runs it into debt, and the debt is paid by time. */
+static void test_rate_bytes(void **state)
+{
+	double tokens = 1000; /* 1000 bytes per second, one second's worth */
+	uint64_t last = 0;
+
+	(void)state;
+	assert_int_equal(rl_debt_wait_us(tokens, 1000), 0);
+	tokens -= 3000; /* a 3000-byte message went through: 2000 bytes of debt */
+	assert_int_equal(rl_debt_wait_us(tokens, 1000) / 1000, 2000);
+	rl_bucket_refill(&tokens, &last, 1000, 1000, 1500000);
+	assert_true(tokens < 0);
+	assert_int_equal(rl_debt_wait_us(tokens, 1000) / 1000, 500);
+	rl_bucket_refill(&tokens, &last, 1000, 1000, 2000000);
+	assert_int_equal(rl_debt_wait_us(tokens, 1000), 0);
+	/* never above the burst */
+	rl_bucket_refill(&tokens, &last, 1000, 1000, 60000000);
+	assert_true(tokens <= 1000.0);
+	/* a bucket without a rate never waits */
+	assert_int_equal(rl_debt_wait_us(-5, 0), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_rate_bytes),
 		cmocka_unit_test_setup_teardown(test_unary_rewritten_both_ways, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_calls_interleaved, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upstream_error_forwarded, setup, teardown),
