@@ -684,6 +684,59 @@ static void test_rate_bucket(void **state)
 	}
 }
 
+/*
+ * spec.rateLimit's queue, set and removed live (policy_changed): first come,
+ * first served, bounded in length (a full queue refuses at once) and in time
+ * (a call that waited max_wait is refused); without the limit all pass.
+ */
+static void test_rate_queue(void **state)
+{
+	struct seen seen = { 0 };
+	struct h_conn *c = h_connect(&H);
+	struct h_stream *st[4], *more[5];
+	uint8_t req[64];
+	const char *err = NULL;
+
+	(void)state;
+	H.script = answer_range;
+	H.script_ctx = &seen;
+	/* 2 per second, burst 1: one call now, the next in 500 ms, the one after in 1000 ms */
+	H.tenant.policy_json = "{\"rate_limit\": {\"requests_per_second\": 2, \"burst\": 1, "
+			       "\"max_wait_ms\": 700, \"max_queue\": 2, \"max_watches\": 0}}";
+	assert_int_equal(H_OPS(&H)->policy_changed(H.native, &err), 0);
+	for (int i = 0; i < 4; i++) {
+		char key[8];
+
+		snprintf(key, sizeof(key), "k%d", i);
+		st[i] = h_call(c, RANGE, req, range_request(req, key), 1);
+	}
+	wait_status(st[3]);
+	assert_int_equal(st[3]->grpc_status, 8); /* RESOURCE_EXHAUSTED: two wait already */
+	assert_non_null(strstr(st[3]->grpc_message, "etcdproxy: rate limit: 2 calls already wait"));
+	wait_status(st[0]);
+	assert_int_equal(st[0]->grpc_status, OK); /* the burst's token */
+	assert_int_equal(st[1]->grpc_status, -1); /* waiting its turn */
+	assert_int_equal(st[2]->grpc_status, -1);
+	wait_status(st[1]);
+	assert_int_equal(st[1]->grpc_status, OK);
+	assert_int_equal(st[2]->grpc_status, -1); /* behind it, nobody overtook */
+	wait_status(st[2]);
+	assert_int_equal(st[2]->grpc_status, 8); /* its token is 1000 ms away, it may wait 700 */
+	assert_non_null(strstr(st[2]->grpc_message, "etcdproxy: rate limit: waited"));
+	assert_int_equal(seen.messages, 2);
+
+	/* the limit removed by a reload: everything passes at once */
+	H.tenant.policy_json = "{}";
+	assert_int_equal(H_OPS(&H)->policy_changed(H.native, &err), 0);
+	for (int i = 0; i < 5; i++)
+		more[i] = h_call(c, RANGE, req, range_request(req, "again"), 1);
+	for (int i = 0; i < 5; i++) {
+		wait_status(more[i]);
+		assert_int_equal(more[i]->grpc_status, OK);
+	}
+	assert_quiescent();
+}
+
 /* bytesPerSecond's bucket: a big message runs it into debt, and the debt is paid by time. */
 static void test_rate_bytes(void **state)
 {
@@ -710,6 +763,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_rate_bytes),
+		cmocka_unit_test_setup_teardown(test_rate_queue, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unary_rewritten_both_ways, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_calls_interleaved, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upstream_error_forwarded, setup, teardown),
