@@ -197,6 +197,25 @@ static void print_show(const cJSON *reply)
 		printf("  %-10s signed by %s\n", "", str(c, "issuer", "?"));
 	}
 	const cJSON *counters = cJSON_GetObjectItemCaseSensitive(t, "counters");
+	if (str(counters, "quota_state", NULL) != NULL) {
+		/* spec.quota: usage against the limits, as the worker counted them */
+		static const char *const what[][2] = { { "quota_keys", "quota_max_keys" },
+						       { "quota_bytes", "quota_max_bytes" },
+						       { "quota_leases", "quota_max_leases" } };
+		static const char *const unit[] = { "keys", "bytes", "leases" };
+
+		printf("quota:      ");
+		for (size_t i = 0; i < 3; i++) {
+			double used = num(counters, what[i][0], -1), max = num(counters, what[i][1], 0);
+
+			if (max > 0 && used >= 0)
+				printf(" %.0f of %.0f %s (%.0f%%),", used, max, unit[i], used * 100 / max);
+			else if (max > 0)
+				printf(" ? of %.0f %s,", max, unit[i]);
+		}
+		printf(" %s; %.0f refused\n", str(counters, "quota_state", "?"),
+		       num(counters, "quota_refused", 0));
+	}
 	if (counters != NULL) {
 		char *text = cJSON_Print(counters);
 

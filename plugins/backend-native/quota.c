@@ -48,6 +48,7 @@ struct quota {
 	uv_timer_t retry;
 	unsigned failures;
 	int busy; /* an internal call of the count is out */
+	int leases_out; /* lease counts out (for show); they point at q too */
 
 	uint64_t res_keys, res_bytes, res_leases; /* reserved by writes not yet settled */
 	struct settling *settling;
@@ -527,6 +528,19 @@ static void on_page(struct native *n, void *ctx, int ok, const uint8_t *msg, siz
 	open_watch(q);
 }
 
+static void on_leases_initial(struct native *n, void *ctx, int ok, int64_t count)
+{
+	struct quota *q = ctx;
+
+	q->leases_out--;
+	if (q->closing) {
+		maybe_free(q);
+		return;
+	}
+	if (ok)
+		q->leases = count;
+}
+
 static void start_count(struct quota *q)
 {
 	uint8_t *buf = malloc(q->prefix_len + q->end_len + 40);
@@ -536,6 +550,9 @@ static void start_count(struct quota *q)
 	usage_free(&q->next);
 	q->count_rev = 0;
 	q->state = Q_COUNTING;
+	/* the leases too, so that show has them before the first grant */
+	if (q->max_leases > 0 && native_leases_count(q->n, on_leases_initial, q) == 0)
+		q->leases_out++;
 	q->busy = 1;
 	if (native_internal_call(q->n, "/etcdserverpb.KV/Range", buf,
 				 range_request(q, buf, q->prefix, q->prefix_len), on_page, q) < 0) {
@@ -635,7 +652,7 @@ static void maybe_free(struct quota *q)
 	void (*done)(void *);
 	void *ctx;
 
-	if (q->handles > 0 || q->busy)
+	if (q->handles > 0 || q->busy || q->leases_out > 0)
 		return;
 	done = q->done;
 	ctx = q->done_ctx;
