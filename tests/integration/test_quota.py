@@ -15,6 +15,8 @@
   - two workers of one tenant (two nodes) both see the writes of the other; racing across
     both, the overshoot stays within the documented bound: the other worker's writes in flight;
   - maxLeases refuses a grant beyond it, and a revoked lease frees its place;
+  - when the connection to the core etcd is lost (a relay the test cuts), the watch ends and
+    the worker counts again: keys written meanwhile straight into the core count;
   - etcdproxyctl show and the metrics carry usage against limits;
   - a reload that changes only spec.quota or spec.rateLimit reaches the running worker without
     a restart (same pid, an open watch goes on): a raised limit, a quota removed and added
@@ -23,6 +25,7 @@
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -329,6 +332,92 @@ def test_refused_on_etcd(s, t):
             in (st.get('last_error') or ''), 'spec.quota on the etcd backend is refused', st)
 
 
+class Relay:
+    """A TCP relay on 127.0.0.1 to the core etcd that the test can cut (every connection
+    closed, new ones refused) and mend."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(('127.0.0.1', 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.cut_ = False
+        self.socks = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self.lsock.accept()
+            except OSError:
+                return
+            if self.cut_:
+                a.close()
+                continue
+            b = socket.create_connection(('127.0.0.1', self.target))
+            with self.lock:
+                self.socks += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(x, y), daemon=True).start()
+
+    def _pump(self, x, y):
+        try:
+            while True:
+                d = x.recv(65536)
+                if not d:
+                    break
+                y.sendall(d)
+        except OSError:
+            pass
+        for z in (x, y):
+            try:
+                z.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self.cut_ = True
+        with self.lock:
+            for z in self.socks:
+                try:
+                    z.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.socks = []
+
+    def mend(self):
+        self.cut_ = False
+
+    def close(self):
+        self.cut()
+        self.lsock.close()
+
+
+def test_connection_lost(s, t):
+    port = t.ports3['c']
+    for i in range(2):
+        s.require_check(put(port, 'k%d' % i, 'v').returncode == 0, 'key %d through the relay'
+                        % (i + 1))
+    s.check(wait_until(lambda: counters(t.sv3, 'c').get('quota_keys') == 2, 15, 0.3),
+            'counted: 2 keys', counters(t.sv3, 'c'))
+    t.relay.cut()
+    for i in range(3):
+        t.core.put('/c/direct%d' % i, 'v')
+    time.sleep(1)
+    r = put(port, 'while-cut', 'v')
+    s.check(r.returncode != 0, 'a write while the core etcd is unreachable fails', r.stderr)
+    t.relay.mend()
+    s.check(wait_until(lambda: counters(t.sv3, 'c').get('quota_keys') == 5 and
+                       counters(t.sv3, 'c').get('quota_state') == 'counted', 30, 0.3),
+            'the connection back, the worker counted again: the 3 keys written meanwhile count',
+            counters(t.sv3, 'c'))
+    r = put(port, 'k5', 'v')
+    s.check(refused(r, 'maxKeys 5'), 'so the tenant is full at maxKeys 5', r.stderr)
+
+
 class T:
     pass
 
@@ -353,14 +442,24 @@ def body(s):
     t.ports2 = {'m': t.sv2.add_tenant('m', backend='native',
                                       spec_extra={'quota': {'maxKeys': 30}})}
     t.sv.add_tenant('e', backend='etcd', spec_extra={'quota': {'maxKeys': 5}})
+    t.relay = Relay(t.core.port)
+    s.cleanups.append(t.relay.close)
+    t.sv3 = eptest.Supervisor(s, t.core, name='sv3')
+    t.sv3.config['core_etcd']['endpoints'] = ['http://127.0.0.1:%d' % t.relay.port]
+    t.sv3.write_config()
+    t.ports3 = {'c': t.sv3.add_tenant('c', backend='native',
+                                      spec_extra={'quota': {'maxKeys': 5}})}
     t.sv.start()
     t.sv2.start()
+    t.sv3.start()
+    t.sv3.wait_ready('c')
     t.sv.wait_ready('a', 'b', 'x', 'o', 'r', 'm', 'l', 'v')
     t.sv2.wait_ready('m')
     for fn in (test_keys_boundary, test_bytes_boundary, test_txn, test_outside_writes,
                test_restart, test_race_one_worker, test_two_workers, test_leases, test_visible,
-               test_reload_live, test_refused_on_etcd):
+               test_reload_live, test_connection_lost, test_refused_on_etcd):
         s.run(fn, s, t)
+    s.eq(t.sv3.stop(), 0, 'the third etcdproxyd exits 0 on SIGTERM')
     s.eq(t.sv2.stop(), 0, 'the second etcdproxyd exits 0 on SIGTERM')
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 
