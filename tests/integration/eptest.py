@@ -702,6 +702,11 @@ class Supervisor:
     def tenant(self, name):
         return self.status().get(name)
 
+    def counters(self, name):
+        """The tenant's backend counters as etcdproxyctl show has them ({} when none yet)."""
+        rc, out, err, obj = self.ctl('show', name)
+        return ((obj or {}).get('tenant') or obj or {}).get('counters') or {}
+
     def wait_tenant(self, name, pred, timeout=15, what='a condition'):
         """Poll until pred(tenant) holds: the tenant, or raise Failure with its last state."""
         last = [None]
@@ -776,6 +781,39 @@ threading.excepthook = _quiet_watch_threads
 def etcd3_client(port):
     import etcd3  # python3-etcd3, Debian's /usr/bin/python3 only
     return etcd3.client(host='127.0.0.1', port=port, timeout=5)
+
+
+def put_flood(ports, writers, seconds=None, tries=None, prefix='k', value='v'):
+    """Puts of new keys from `writers` python-etcd3 clients (client i through ports[i % n]), as
+    fast as answers come, for `seconds` or `tries` puts each, all starting together.
+    Returns {'ok': acknowledged puts, 'errors': [the text of each failed one]}."""
+    res = {'ok': 0, 'errors': []}
+    lock = threading.Lock()
+    start = threading.Barrier(writers)
+
+    def run(i):
+        c = etcd3_client(ports[i % len(ports)])
+        try:
+            start.wait()
+            end = time.monotonic() + seconds if seconds else None
+            n = 0
+            while (end is None or time.monotonic() < end) and (tries is None or n < tries):
+                try:
+                    c.put('%s-%d-%d' % (prefix, i, n), value)
+                    with lock:
+                        res['ok'] += 1
+                except Exception as e:  # noqa: BLE001 - the error is what is counted
+                    with lock:
+                        res['errors'].append(str(e)[:200])
+                n += 1
+        finally:
+            c.close()
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    return res
 
 
 class Watch:

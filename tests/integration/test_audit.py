@@ -171,11 +171,6 @@ def test_rotation(s, t):
     s.eq(sv.stop(), 0, 'etcdproxyd exits 0')
 
 
-def show_counters(sv, name):
-    rc, out, err, obj = sv.ctl('show', name)
-    return ((obj or {}).get('tenant') or obj or {}).get('counters') or {}
-
-
 def test_full_disk(s, t):
     """The audit directory on a tiny tmpfs filled up, in a mount namespace of its own."""
     ad = os.path.join(t.s.tmp, 'full-audit')
@@ -205,9 +200,9 @@ def test_full_disk(s, t):
         ok += eptest.etcdctl(port, 'put', 'full-%d' % i, 'v' * 100).returncode == 0
     s.eq(ok, 40, 'with the audit disk full every put still succeeds')
     s.eq(eptest.etcd_get(t.core.port, '/f/full-39'), 'v' * 100, 'and is in the core etcd')
-    s.check(wait_until(lambda: show_counters(sv, 'f').get('audit_dropped', 0) >= 40, 15, 0.5),
+    s.check(wait_until(lambda: sv.counters('f').get('audit_dropped', 0) >= 40, 15, 0.5),
             'the drop counter rises: etcdproxyctl show counts the lost lines',
-            show_counters(sv, 'f'))
+            sv.counters('f'))
 
     def dropped():
         with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % mport, timeout=5) as r:

@@ -69,13 +69,6 @@ def socket_inodes(pid):
     return out
 
 
-def counters(sv, name):
-    rc, out, err, data = sv.ctl('show', name)
-    if rc != 0 or data is None:
-        return {}
-    return data['tenant'].get('counters') or {}
-
-
 def log_since(sv, mark):
     return sv.log_text()[mark:]
 
@@ -203,10 +196,10 @@ def test_reload_keeps_connections(s, w):
 def test_counters(s, w):
     # the worker reports every 5 s
     k = wait_until(lambda: (lambda c: c if c.get('tls_handshake_failures', 0) >= 5 else None)(
-        counters(w.sv, 'a')), 12, 0.5)
+        w.sv.counters('a')), 12, 0.5)
     s.check(k and k.get('tls_handshakes', 0) >= 5,
             'counters: tls_handshakes and tls_handshake_failures (5 refusals above)',
-            counters(w.sv, 'a'))
+            w.sv.counters('a'))
 
 
 def setup_clients(s, w):

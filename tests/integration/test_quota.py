@@ -37,11 +37,6 @@ import eptest  # noqa: E402
 from eptest import wait_until  # noqa: E402
 
 
-def counters(sv, name):
-    rc, out, err, obj = sv.ctl('show', name)
-    return ((obj or {}).get('tenant') or obj or {}).get('counters') or {}
-
-
 def put(port, key, value):
     return eptest.etcdctl(port, 'put', key, value)
 
@@ -103,8 +98,8 @@ def test_bytes_boundary(s, t):
     s.check(r.returncode == 0, 'a value that shrinks passes', r.stderr)
     r = put(port, 'k3', 'z' * 36)
     s.check(r.returncode == 0, 'and the room it freed is there: 2 + 36 bytes go in', r.stderr)
-    s.check(wait_until(lambda: counters(t.sv, 'b').get('quota_bytes') == 100, 15, 0.3),
-            'etcdproxyctl show: quota_bytes 100 of quota_max_bytes 100', counters(t.sv, 'b'))
+    s.check(wait_until(lambda: t.sv.counters('b').get('quota_bytes') == 100, 15, 0.3),
+            'etcdproxyctl show: quota_bytes 100 of quota_max_bytes 100', t.sv.counters('b'))
 
 
 def test_txn(s, t):
@@ -138,9 +133,9 @@ def test_outside_writes(s, t):
     port = t.ports['o']
     for i in range(3):
         t.core.put('/o/direct%d' % i, 'v')
-    s.check(wait_until(lambda: counters(t.sv, 'o').get('quota_keys') == 3, 15, 0.3),
+    s.check(wait_until(lambda: t.sv.counters('o').get('quota_keys') == 3, 15, 0.3),
             'keys written straight into the core etcd under the prefix are counted',
-            counters(t.sv, 'o'))
+            t.sv.counters('o'))
     r = put(port, 'p', 'v')
     s.check(refused(r, 'maxKeys 3'), 'so the tenant is full', r.stderr)
     g = eptest.etcdctl(port, 'lease', 'grant', '2')
@@ -151,8 +146,8 @@ def test_outside_writes(s, t):
     s.check(r.returncode == 0, 'a key attached to the lease takes the freed place', r.stderr)
     s.check(wait_until(lambda: not t.core.kvs('/o/leased'), 15, 0.3),
             'the lease expires and its key goes')
-    s.check(wait_until(lambda: counters(t.sv, 'o').get('quota_keys') == 2, 15, 0.3),
-            'the expired key is no longer counted', counters(t.sv, 'o'))
+    s.check(wait_until(lambda: t.sv.counters('o').get('quota_keys') == 2, 15, 0.3),
+            'the expired key is no longer counted', t.sv.counters('o'))
     r = put(port, 'after', 'v')
     s.check(r.returncode == 0, 'and its place is free', r.stderr)
 
@@ -164,9 +159,9 @@ def test_restart(s, t):
     os.kill(pid, signal.SIGKILL)
     t.sv.wait_tenant('a', lambda x: x['pid'] not in (None, pid) and x['state'] == 'ready',
                      20, 'a new worker')
-    s.check(wait_until(lambda: counters(t.sv, 'a').get('quota_keys') == have, 15, 0.3),
+    s.check(wait_until(lambda: t.sv.counters('a').get('quota_keys') == have, 15, 0.3),
             'after kill -9 the new worker counts %d keys, as the core etcd has' % have,
-            counters(t.sv, 'a'))
+            t.sv.counters('a'))
     for i in range(5 - have):
         r = put(port, 'r%d' % i, 'v')
         s.check(r.returncode == 0, 'a key up to the limit goes in', r.stderr)
@@ -175,34 +170,11 @@ def test_restart(s, t):
 
 
 def race(ports, writers, tries, prefix):
-    """writers threads, each putting `tries` new keys through ports[i % len]: (ok, refused, other)."""
-    res = {'ok': 0, 'refused': 0, 'other': []}
-    lock = threading.Lock()
-    start = threading.Barrier(writers)
-
-    def run(i):
-        c = eptest.etcd3_client(ports[i % len(ports)])
-        try:
-            start.wait()
-            for n in range(tries):
-                try:
-                    c.put('%s-%d-%d' % (prefix, i, n), 'v')
-                    with lock:
-                        res['ok'] += 1
-                except Exception as e:  # noqa: BLE001 - the error is what is counted
-                    with lock:
-                        if 'etcdproxy: quota' in str(e):
-                            res['refused'] += 1
-                        else:
-                            res['other'].append(str(e)[:200])
-        finally:
-            c.close()
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
-    for th in ts:
-        th.start()
-    for th in ts:
-        th.join()
-    return res
+    """writers putting `tries` new keys each through ports: {'ok', 'refused', 'other'}."""
+    r = eptest.put_flood(ports, writers, tries=tries, prefix=prefix)
+    quota = [e for e in r['errors'] if 'etcdproxy: quota' in e]
+    return {'ok': r['ok'], 'refused': len(quota),
+            'other': [e for e in r['errors'] if e not in quota]}
 
 
 def test_race_one_worker(s, t):
@@ -219,8 +191,8 @@ def test_two_workers(s, t):
     p1, p2 = t.ports['m'], t.ports2['m']
     r = put(p1, 'one', 'v')
     s.check(r.returncode == 0, 'a key through the first node\'s worker', r.stderr)
-    s.check(wait_until(lambda: counters(t.sv2, 'm').get('quota_keys') == 1, 15, 0.3),
-            'the second node\'s worker counts it', counters(t.sv2, 'm'))
+    s.check(wait_until(lambda: t.sv2.counters('m').get('quota_keys') == 1, 15, 0.3),
+            'the second node\'s worker counts it', t.sv2.counters('m'))
     writers = 10
     r = race([p1, p2], writers, 10, 'two')
     n = core_count(t, 'm')
@@ -229,9 +201,9 @@ def test_two_workers(s, t):
     s.check(n <= 30 + bound, '10 writers racing at maxKeys 30 across two workers: %d keys, at '
             'most the limit plus the other worker\'s writes in flight (%d)' % (n, 30 + bound))
     s.eq(r['ok'] + 1, n, 'every acknowledged put is there')
-    s.check(wait_until(lambda: counters(t.sv, 'm').get('quota_keys') == n and
-                       counters(t.sv2, 'm').get('quota_keys') == n, 15, 0.3),
-            'both workers count the %d keys' % n, (counters(t.sv, 'm'), counters(t.sv2, 'm')))
+    s.check(wait_until(lambda: t.sv.counters('m').get('quota_keys') == n and
+                       t.sv2.counters('m').get('quota_keys') == n, 15, 0.3),
+            'both workers count the %d keys' % n, (t.sv.counters('m'), t.sv2.counters('m')))
     for port in (p1, p2):
         r = put(port, 'late', 'v')
         s.check(refused(r, 'maxKeys 30'), 'and both refuse the next key', r.stderr)
@@ -254,11 +226,11 @@ def test_leases(s, t):
 
 
 def test_visible(s, t):
-    s.check(wait_until(lambda: counters(t.sv, 'a').get('quota_max_keys') == 5 and
-                       'quota_keys' in counters(t.sv, 'a'), 10, 0.3),
-            'etcdproxyctl show: usage against the limits', counters(t.sv, 'a'))
-    s.check(counters(t.sv, 'a').get('quota_refused', 0) > 0 or os.environ.get('EP_ONLY'),
-            'and the refusals of the tests before', counters(t.sv, 'a'))
+    s.check(wait_until(lambda: t.sv.counters('a').get('quota_max_keys') == 5 and
+                       'quota_keys' in t.sv.counters('a'), 10, 0.3),
+            'etcdproxyctl show: usage against the limits', t.sv.counters('a'))
+    s.check(t.sv.counters('a').get('quota_refused', 0) > 0 or os.environ.get('EP_ONLY'),
+            'and the refusals of the tests before', t.sv.counters('a'))
     rc, out, err, _ = t.sv.ctl('show', 'a', json_out=False)
     line = [x for x in out.splitlines() if x.startswith('quota:')]
     s.check(rc == 0 and line and ' of 5 keys (' in line[0] and 'counted' in line[0],
@@ -294,23 +266,23 @@ def test_reload_live(s, t):
                     'etcdproxyctl reload reports the tenant changed', (out, err))
 
         respec({'maxKeys': 4})
-        s.check(wait_until(lambda: counters(t.sv, 'v').get('quota_max_keys') == 4, 10, 0.2),
-                'the raised limit is in force (show: quota_max_keys 4)', counters(t.sv, 'v'))
+        s.check(wait_until(lambda: t.sv.counters('v').get('quota_max_keys') == 4, 10, 0.2),
+                'the raised limit is in force (show: quota_max_keys 4)', t.sv.counters('v'))
         s.eq(t.sv.tenant('v')['pid'], pid, 'without a restart: the same worker')
         for i in range(2, 4):
             r = put(port, 'k%d' % i, 'v')
             s.check(r.returncode == 0, 'key %d of 4 goes in' % (i + 1), r.stderr)
         s.check(refused(put(port, 'k4', 'v'), 'maxKeys 4'), 'and the 5th is refused')
         respec()
-        s.check(wait_until(lambda: 'quota_max_keys' not in counters(t.sv, 'v'), 10, 0.2),
-                'the quota removed: show has no limit', counters(t.sv, 'v'))
+        s.check(wait_until(lambda: 'quota_max_keys' not in t.sv.counters('v'), 10, 0.2),
+                'the quota removed: show has no limit', t.sv.counters('v'))
         r = put(port, 'k4', 'v')
         s.check(r.returncode == 0, 'and a 5th key goes in', r.stderr)
         respec({'maxKeys': 5}, {'requestsPerSecond': 1, 'burst': 1, 'maxQueue': 0})
-        s.check(wait_until(lambda: counters(t.sv, 'v').get('quota_keys') == 5 and
-                           'rate_limited' in counters(t.sv, 'v'), 10, 0.2),
+        s.check(wait_until(lambda: t.sv.counters('v').get('quota_keys') == 5 and
+                           'rate_limited' in t.sv.counters('v'), 10, 0.2),
                 'the quota added again counts the 5 keys, and the rate limit is there',
-                counters(t.sv, 'v'))
+                t.sv.counters('v'))
         r = put(port, 'k5', 'v')
         s.check(refused(r, 'maxKeys 5') or 'etcdproxy: rate limit' in r.stderr,
                 'a new key is refused again', r.stderr)
@@ -401,8 +373,8 @@ def test_connection_lost(s, t):
     for i in range(2):
         s.require_check(put(port, 'k%d' % i, 'v').returncode == 0, 'key %d through the relay'
                         % (i + 1))
-    s.check(wait_until(lambda: counters(t.sv3, 'c').get('quota_keys') == 2, 15, 0.3),
-            'counted: 2 keys', counters(t.sv3, 'c'))
+    s.check(wait_until(lambda: t.sv3.counters('c').get('quota_keys') == 2, 15, 0.3),
+            'counted: 2 keys', t.sv3.counters('c'))
     t.relay.cut()
     for i in range(3):
         t.core.put('/c/direct%d' % i, 'v')
@@ -410,10 +382,10 @@ def test_connection_lost(s, t):
     r = put(port, 'while-cut', 'v')
     s.check(r.returncode != 0, 'a write while the core etcd is unreachable fails', r.stderr)
     t.relay.mend()
-    s.check(wait_until(lambda: counters(t.sv3, 'c').get('quota_keys') == 5 and
-                       counters(t.sv3, 'c').get('quota_state') == 'counted', 30, 0.3),
+    s.check(wait_until(lambda: t.sv3.counters('c').get('quota_keys') == 5 and
+                       t.sv3.counters('c').get('quota_state') == 'counted', 30, 0.3),
             'the connection back, the worker counted again: the 3 keys written meanwhile count',
-            counters(t.sv3, 'c'))
+            t.sv3.counters('c'))
     r = put(port, 'k5', 'v')
     s.check(refused(r, 'maxKeys 5'), 'so the tenant is full at maxKeys 5', r.stderr)
 

@@ -13,10 +13,7 @@
   - spec.rateLimit on the etcd backend is refused."""
 
 import os
-import subprocess
 import sys
-import threading
-import time
 
 sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -27,37 +24,8 @@ from h2raw import H2  # noqa: E402
 
 def flood(port, threads, seconds, prefix, value='v'):
     """Puts from several clients as fast as answers come: (ok, errors, messages)."""
-    res = {'ok': 0, 'err': 0, 'msgs': set()}
-    lock = threading.Lock()
-    end = time.monotonic() + seconds
-
-    def run(i):
-        c = eptest.etcd3_client(port)
-        try:
-            n = 0
-            while time.monotonic() < end:
-                try:
-                    c.put('%s-%d-%d' % (prefix, i, n), value)
-                    with lock:
-                        res['ok'] += 1
-                except Exception as e:  # noqa: BLE001 - the error is what is counted
-                    with lock:
-                        res['err'] += 1
-                        res['msgs'].add(str(e)[:200])
-                n += 1
-        finally:
-            c.close()
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return res
-
-
-def counters(sv, name):
-    rc, out, err, obj = sv.ctl('show', name)
-    return ((obj or {}).get('tenant') or obj or {}).get('counters') or {}
+    r = eptest.put_flood([port], threads, seconds=seconds, prefix=prefix, value=value)
+    return {'ok': r['ok'], 'err': len(r['errors']), 'msgs': set(r['errors'])}
 
 
 def test_rate(s, t):
@@ -76,10 +44,10 @@ def test_queue_full(s, t):
             'refused)' % (r['ok'], r['err']), r['msgs'])
     s.check(any('RESOURCE_EXHAUSTED' in m or 'ResourceExhausted' in m for m in r['msgs']),
             'as RESOURCE_EXHAUSTED', r['msgs'])
-    s.check(wait_until(lambda: counters(t.sv, 'q').get('rate_limited', 0) >= r['err'] and
-                       counters(t.sv, 'q').get('rate_delayed', 0) > 0, 15, 0.5),
+    s.check(wait_until(lambda: t.sv.counters('q').get('rate_limited', 0) >= r['err'] and
+                       t.sv.counters('q').get('rate_delayed', 0) > 0, 15, 0.5),
             'etcdproxyctl show counts the refused and the delayed calls (at the next report)',
-            counters(t.sv, 'q'))
+            t.sv.counters('q'))
 
 
 def test_keepalive(s, t):
