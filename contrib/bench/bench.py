@@ -30,7 +30,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ sys.path.insert(0, os.path.join(SRCDIR, 'tests', 'integration'))
 sys.dont_write_bytecode = True  # nothing written into the source tree
 from h2raw import H2, grpc_msg, pb_bytes, varint  # noqa: E402
 from procs import descendants  # noqa: E402
+import eptest  # noqa: E402  (free_port, write_json: the test harness's own)
+from eptest import free_port, write_json  # noqa: E402
 ETCD = os.environ.get('EP_ETCD') or '/usr/bin/etcd'
 ETCDCTL = os.environ.get('EP_ETCDCTL') or '/usr/bin/etcdctl'
 CLK_TCK = os.sysconf('SC_CLK_TCK')
@@ -98,36 +99,9 @@ class BenchError(Exception):
 
 # ---- small utilities --------------------------------------------------------------------------
 
-def free_port(taken=set()):  # noqa: B006 - one set for the whole run, on purpose
-    """A TCP port on 127.0.0.1 that nobody listens on and that this run has not handed out."""
-    while True:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(('127.0.0.1', 0))
-            port = s.getsockname()[1]
-        finally:
-            s.close()
-        if port not in taken:
-            taken.add(port)
-            return port
-
-
 def wait_until(pred, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
-def write_json(path, obj):
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f, indent=2)
-        f.write('\n')
-    os.rename(path + '.tmp', path)
+    """The test harness's wait_until, polling more often."""
+    return eptest.wait_until(pred, timeout, interval)
 
 
 def median_min_max(values):
