@@ -18,10 +18,9 @@
 
 #define EP_LOG_SUBSYS "ctl"
 #include "config.h"
+#include "ctl.h"
 #include "ipc.h"
 #include "util.h"
-
-enum { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2, EXIT_NO_DAEMON = 3, EXIT_NOT_READY = 4 };
 
 static void usage(FILE *out)
 {
@@ -37,6 +36,16 @@ static void usage(FILE *out)
 		"  issue-client-cert NAME --cn CN --out DIR\n"
 		"                 issue an extra client certificate into DIR (tls.crt, tls.key,\n"
 		"                 ca.crt)\n"
+		"Data commands (they talk to core_etcd of the configuration themselves):\n"
+		"  export NAME [--out FILE]\n"
+		"                 the tenant's keys at one revision, as JSON lines (etcdproxyctl(8))\n"
+		"  import NAME --from-file FILE [--force]\n"
+		"  import NAME --from-etcd URL [--prefix P] [--cacert F --cert F --key F] [--force]\n"
+		"                 into an empty tenant (--force: also a tenant with keys), in\n"
+		"                 batches under --max-request-bytes (default 1572864, etcd's)\n"
+		"  purge NAME [--yes]\n"
+		"                 delete the keys of a tenant that no longer runs and revoke its\n"
+		"                 leases (asks first, on a terminal, unless --yes)\n"
 		"Options:\n"
 		"  -s, --socket SOCKET  control socket (default: control_socket of the config)\n"
 		"  -c, --config FILE    global configuration to find the socket in (default %s)\n"
@@ -253,6 +262,31 @@ static void print_reload(const cJSON *reply)
 	}
 }
 
+static int connect_socket(const char *path);
+
+int ctl_request(const char *sock, cJSON *req, cJSON **reply_r, const char **why_r)
+{
+	int fd = connect_socket(sock), r;
+	uint8_t type;
+
+	*reply_r = NULL;
+	*why_r = NULL;
+	if (fd < 0) {
+		*why_r = strerror(errno);
+		return -1;
+	}
+	r = ep_ipc_write_frame_fd(fd, EP_MSG_CTL_REQUEST, req);
+	if (r == 0)
+		r = ep_ipc_read_frame_fd(fd, 30000, &type, reply_r, why_r);
+	close(fd);
+	if (r < 0) {
+		if (*why_r == NULL)
+			*why_r = strerror(-r);
+		return -1;
+	}
+	return 0;
+}
+
 static int connect_socket(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -286,8 +320,19 @@ int main(int argc, char **argv)
 		{ "version", no_argument, NULL, 'V' },
 		{ "cn", required_argument, NULL, 'N' },
 		{ "out", required_argument, NULL, 'O' },
+		{ "from-file", required_argument, NULL, 'F' },
+		{ "from-etcd", required_argument, NULL, 'E' },
+		{ "prefix", required_argument, NULL, 'P' },
+		{ "cacert", required_argument, NULL, 'A' },
+		{ "cert", required_argument, NULL, 'C' },
+		{ "key", required_argument, NULL, 'K' },
+		{ "max-request-bytes", required_argument, NULL, 'M' },
+		{ "force", no_argument, NULL, 'f' },
+		{ "yes", no_argument, NULL, 'y' },
 		{ NULL, 0, NULL, 0 },
 	};
+	struct data_opts d = { 0 };
+	int data_opt = 0;
 	const char *cn = NULL, *out = NULL;
 	char *out_abs = NULL;
 	const char *sock = NULL, *config = EP_DEFAULT_CONFIG, *cmd, *name = NULL, *why = NULL;
@@ -311,6 +356,22 @@ int main(int argc, char **argv)
 		case 'V': printf("etcdproxyctl %s\n", PACKAGE_VERSION); return 0;
 		case 'N': cn = optarg; break;
 		case 'O': out = optarg; break;
+		case 'F': d.from_file = optarg; data_opt = 1; break;
+		case 'E': d.from_etcd = optarg; data_opt = 1; break;
+		case 'P': d.prefix = optarg; data_opt = 1; break;
+		case 'A': d.cacert = optarg; data_opt = 1; break;
+		case 'C': d.cert = optarg; data_opt = 1; break;
+		case 'K': d.key = optarg; data_opt = 1; break;
+		case 'f': d.force = 1; data_opt = 1; break;
+		case 'y': d.yes = 1; data_opt = 1; break;
+		case 'M':
+			if (ep_parse_quantity(optarg, &d.max_request) < 0 || d.max_request < 4096) {
+				fprintf(stderr, "etcdproxyctl: --max-request-bytes: expected a size of "
+						"at least 4096 bytes, such as 1572864 or \"1Mi\"\n");
+				return EXIT_USAGE;
+			}
+			data_opt = 1;
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}
@@ -320,6 +381,28 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	cmd = argv[optind++];
+	if (strcmp(cmd, "export") == 0 || strcmp(cmd, "import") == 0 || strcmp(cmd, "purge") == 0) {
+		if (optind != argc - 1) {
+			fprintf(stderr, "etcdproxyctl: %s needs exactly one tenant name\n", cmd);
+			return EXIT_USAGE;
+		}
+		if (cn != NULL || (out != NULL && strcmp(cmd, "export") != 0) ||
+		    (strcmp(cmd, "import") != 0 && (d.from_file || d.from_etcd || d.prefix ||
+						     d.cacert || d.cert || d.key || d.force ||
+						     d.max_request)) ||
+		    (strcmp(cmd, "purge") != 0 && d.yes)) {
+			fprintf(stderr, "etcdproxyctl: an option that does not belong to %s\n", cmd);
+			return EXIT_USAGE;
+		}
+		d.config = config;
+		d.sock = sock;
+		d.out = out;
+		return ctl_data(cmd, argv[optind], &d);
+	}
+	if (data_opt) {
+		fprintf(stderr, "etcdproxyctl: an option of the data commands given to %s\n", cmd);
+		return EXIT_USAGE;
+	}
 	if ((cn != NULL || out != NULL) && strcmp(cmd, "issue-client-cert") != 0) {
 		fprintf(stderr, "etcdproxyctl: --cn and --out belong to issue-client-cert\n");
 		return EXIT_USAGE;

@@ -10,10 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lease-records.h"
 #include "native.h"
 #include "pb.h"
 
-#define RECORD_PREFIX EP_OWN_PREFIX "leases/"
+#define RECORD_PREFIX EP_LEASE_RECORDS
 
 /* The proxy's own requests are written and their answers read with lib/pb.h. */
 static size_t put_bytes(uint8_t *p, unsigned field, const void *data, size_t len)
@@ -63,7 +64,7 @@ struct lease_op {
 
 static size_t record_key(const struct native *n, int64_t id, uint8_t *buf, size_t size)
 {
-	int len = snprintf((char *)buf, size, RECORD_PREFIX "%s/%016" PRIx64, n->name, (uint64_t)id);
+	int len = snprintf((char *)buf, size, EP_LEASE_RECORD_FMT, n->name, (uint64_t)id);
 
 	return (size_t)len < size ? (size_t)len : size - 1;
 }

@@ -1,0 +1,244 @@
+#!/usr/bin/python3
+"""A tenant's data from birth to death with etcdproxyctl, against real etcds:
+
+  - import --from-etcd: a standalone etcd (a second real etcd) holding 10,000 keys under a
+    prefix, some larger than 100 KiB, one attached to a lease, lands them all under the
+    tenant's prefix and nothing else, read at one revision, in batches under the core's
+    request limit; the lease comes along, owned by the tenant (the native backend answers its
+    TimeToLive); it says that revisions change and the API server must relist;
+  - a tenant that holds keys is refused unless --force;
+  - export then import --from-file reproduces every key and value exactly, into another
+    tenant, and the lease's TTL; the export streams: exporting 60 MB of values keeps
+    etcdproxyctl under 30 MB of memory;
+  - a file cut short, or of another format version, is refused with the line;
+  - purge refuses a running tenant, a reserved name, and (without a terminal) anything
+    without --yes; it deletes the tenant's keys, revokes its leases and removes their records,
+    and touches nothing outside its prefix (neighbouring tenants "a" and "a-b")."""
+
+import json
+import os
+import subprocess
+import sys
+
+sys.dont_write_bytecode = True  # nothing written into the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eptest  # noqa: E402
+from eptest import wait_until  # noqa: E402
+
+
+def ctl(t, *args, stdin=subprocess.DEVNULL, timeout=300):
+    r = subprocess.run([eptest.ETCDPROXYCTL, '-c', t.sv.conf] + list(args), capture_output=True,
+                       text=True, timeout=timeout, stdin=stdin)
+    return r
+
+
+def core_prefix(t, prefix):
+    """{key: value bytes} under prefix in the core etcd."""
+    c = eptest.etcd3_client(t.core.port)
+    try:
+        return {m.key.decode(): v for v, m in c.get_prefix(prefix)}
+    finally:
+        c.close()
+
+
+def fill_source(t):
+    c = eptest.etcd3_client(t.src.port)
+    try:
+        for start in range(0, 10000, 125):
+            c.transaction(compare=[], success=[
+                c.transactions.put('/app/k%05d' % i, 'value-%d' % i)
+                for i in range(start, start + 125)], failure=[])
+        for i in range(5):
+            c.put('/app/big%d' % i, bytes([65 + i]) * (150 * 1024))
+        t.src_lease = c.lease(300)
+        c.put('/app/leased', 'with a lease', lease=t.src_lease)
+        c.put('/other/outside', 'not under the prefix')
+        c.put('/apple', 'a neighbour of the prefix')
+    finally:
+        c.close()
+
+
+def test_import_etcd(s, t):
+    fill_source(t)
+    r = ctl(t, 'import', 'imp', '--from-etcd', t.src.url, '--prefix', '/app/')
+    s.check(r.returncode == 0, 'import --from-etcd of 10,006 keys', r.stderr)
+    s.check('imported 10006 keys' in r.stdout and '1 leases' in r.stdout,
+            'it reports the count, the bytes and the lease', r.stdout)
+    s.check('relist' in r.stdout or 'lists everything again' in r.stdout,
+            'and says that revisions change and the API server must start fresh', r.stdout)
+    keys = core_prefix(t, '/imp/')
+    s.eq(len(keys), 10006, 'the core etcd holds all 10,006 keys under /imp/')
+    s.check(keys.get('/imp/k00000') == b'value-0' and keys.get('/imp/k09999') == b'value-9999',
+            'small values are exact')
+    s.check(all(keys.get('/imp/big%d' % i) == bytes([65 + i]) * (150 * 1024) for i in range(5)),
+            'values of 150 KiB are exact')
+    s.check('/imp/outside' not in keys and not core_prefix(t, '/other/') and
+            '/imp/apple' not in keys, 'keys outside --prefix stay where they are')
+    c = eptest.etcd3_client(t.ports['imp'])
+    try:
+        v, meta = c.get('leased')
+        s.check(v == b'with a lease' and meta.lease_id != 0, 'the leased key has a lease')
+        ttl = c.get_lease_info(meta.lease_id)
+        s.check(0 < ttl.TTL <= 300, 'which the tenant owns: TimeToLive through it says %d s '
+                'remain' % ttl.TTL)
+    finally:
+        c.close()
+    s.check(len(core_prefix(t, '/__etcdproxy/leases/imp/')) == 1,
+            'the lease is recorded as the tenant\'s')
+
+
+def test_import_refuses_nonempty(s, t):
+    r = ctl(t, 'import', 'imp', '--from-etcd', t.src.url, '--prefix', '/app/')
+    s.check(r.returncode == 1 and 'already holds 10006 keys' in r.stderr and '--force'
+            in r.stderr, 'a tenant with keys is refused, naming --force', r.stderr)
+    r = ctl(t, 'import', 'imp', '--from-etcd', t.src.url, '--prefix', '/app/', '--force')
+    s.check(r.returncode == 0 and len(core_prefix(t, '/imp/')) == 10006,
+            'with --force it writes over the keys of the same name', r.stderr)
+
+
+def test_roundtrip(s, t):
+    path = os.path.join(s.tmp, 'imp.export')
+    r = ctl(t, 'export', 'imp', '--out', path)
+    s.check(r.returncode == 0 and 'exported 10006 keys' in r.stderr, 'export into a file',
+            r.stderr)
+    with open(path) as f:
+        lines = f.read().splitlines()
+    head, end = json.loads(lines[0]), json.loads(lines[-1])
+    s.check(head.get('format') == 'etcdproxy-export' and head.get('version') == 1 and
+            head.get('tenant') == 'imp' and head.get('revision', 0) > 0,
+            'the file starts with its header: format, version, tenant, revision', lines[0])
+    s.check(end == {'end': True, 'keys': 10006, 'bytes': end.get('bytes')} and
+            len(lines) == 10008, 'and ends with its end record', lines[-1])
+    leased = [json.loads(x) for x in lines if '"lease"' in x]
+    s.check(len(leased) == 1 and leased[0].get('ttl', 0) > 0,
+            'the leased key notes its lease and remaining TTL', leased)
+    r = ctl(t, 'import', 'copy', '--from-file', path)
+    s.check(r.returncode == 0 and 'imported 10006 keys' in r.stdout, 'import --from-file',
+            r.stderr)
+    a, b = core_prefix(t, '/imp/'), core_prefix(t, '/copy/')
+    s.check(len(a) == len(b) == 10006 and
+            all(b.get('/copy/' + k[5:]) == v for k, v in a.items()),
+            'the round trip reproduces every key and value exactly')
+    c = eptest.etcd3_client(t.core.port)
+    try:
+        _, meta = c.get('/copy/leased')
+        s.check(meta.lease_id != 0 and c.get_lease_info(meta.lease_id).TTL > 0,
+                'and the lease, with its TTL')
+    finally:
+        c.close()
+    r = subprocess.run([eptest.ETCDPROXYCTL, '-c', t.sv.conf, 'export', 'copy'],
+                       capture_output=True, timeout=300)
+    out = r.stdout.decode().splitlines()
+    s.check(r.returncode == 0 and len(out) == 10008, 'export to standard output streams the '
+            'same lines', r.stderr[-300:])
+
+
+def test_bad_files(s, t):
+    path = os.path.join(s.tmp, 'imp.export')
+    with open(path) as f:
+        lines = f.read().splitlines()
+    cut = os.path.join(s.tmp, 'cut.export')
+    with open(cut, 'w') as f:
+        f.write('\n'.join(lines[:500]) + '\n')
+    r = ctl(t, 'import', 'cut', '--from-file', cut)
+    s.check(r.returncode == 1 and 'cut short' in r.stderr, 'a file cut short is refused', r.stderr)
+    v2 = os.path.join(s.tmp, 'v2.export')
+    with open(v2, 'w') as f:
+        f.write(json.dumps(dict(json.loads(lines[0]), version=2)) + '\n' + lines[-1] + '\n')
+    r = ctl(t, 'import', 'v2', '--from-file', v2)
+    s.check(r.returncode == 1 and ':1: export format version 2' in r.stderr,
+            'a file of another format version is refused at line 1', r.stderr)
+    bad = os.path.join(s.tmp, 'bad.export')
+    with open(bad, 'w') as f:
+        f.write(lines[0] + '\n{"key": 1}\n')
+    r = ctl(t, 'import', 'bad', '--from-file', bad)
+    s.check(r.returncode == 1 and 'bad.export:2:' in r.stderr, 'a bad record names its line',
+            r.stderr)
+    r = ctl(t, 'import', 'x', '--from-file', bad, '--from-etcd', t.src.url)
+    s.eq(r.returncode, 2, 'import with two sources is a usage error')
+
+
+def test_flat_memory(s, t):
+    c = eptest.etcd3_client(t.core.port)
+    try:
+        for i in range(600):
+            c.put('/big/v%03d' % i, os.urandom(100 * 1024))
+    finally:
+        c.close()
+    probe = ('import resource, subprocess, sys\n'
+             'r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, '
+             'stderr=subprocess.PIPE)\n'
+             'print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n')
+    r = subprocess.run(['/usr/bin/python3', '-c', probe, eptest.ETCDPROXYCTL, '-c', t.sv.conf,
+                        'export', 'big'], capture_output=True, text=True, timeout=300)
+    rc, kib = (int(x) for x in r.stdout.split())
+    s.check(rc == 0 and kib < 30 * 1024, 'exporting 60 MB of values, etcdproxyctl peaks at '
+            '%.1f MB (pages, not the whole tenant)' % (kib / 1024.0), r.stderr)
+
+
+def test_purge(s, t):
+    for name in ('a', 'a-b'):
+        c = eptest.etcd3_client(t.ports[name])
+        try:
+            for i in range(20):
+                c.put('k%d' % i, name)
+            lease = c.lease(600)
+            c.put('leased', 'x', lease=lease)
+            if name == 'a':
+                t.a_lease = lease.id
+        finally:
+            c.close()
+    t.core.put('/x/y', 'someone else')
+    r = ctl(t, 'purge', 'a', '--yes')
+    s.check(r.returncode == 1 and 'is running' in r.stderr, 'purge refuses a running tenant',
+            r.stderr)
+    t.sv.remove_tenant('a')
+    s.eq(t.sv.ctl('reload')[0], 0, 'the tenant removed')
+    t.sv.wait_gone('a')
+    r = ctl(t, 'purge', 'a')
+    s.check(r.returncode == 1 and '--yes' in r.stderr and len(core_prefix(t, '/a/')) == 21,
+            'without a terminal and without --yes nothing is deleted', r.stderr)
+    r = ctl(t, 'purge', 'a', '--yes')
+    s.check(r.returncode == 0 and 'revoked 1 leases (and their keys' in r.stdout and
+            'deleted 20 keys under /a/' in r.stdout, 'purge --yes: every step said (the leased '
+            'key went with its lease, the 20 others by the delete)', r.stdout + r.stderr)
+    s.eq(core_prefix(t, '/a/'), {}, 'tenant a has no key left')
+    s.eq(core_prefix(t, '/__etcdproxy/leases/a/'), {}, 'nor a lease record')
+    c = eptest.etcd3_client(t.core.port)
+    try:
+        s.check(c.get_lease_info(t.a_lease).TTL == -1, 'its lease is revoked')
+    finally:
+        c.close()
+    s.eq(len(core_prefix(t, '/a-b/')), 21, 'tenant a-b keeps all its keys')
+    s.eq(len(core_prefix(t, '/__etcdproxy/leases/a-b/')), 1, 'and its lease record')
+    s.eq(t.core.get('/x/y'), 'someone else', 'and a key of nobody\'s tenant is there')
+    r = ctl(t, 'purge', 'registry', '--yes')
+    s.check(r.returncode == 1 and '/registry/' in r.stderr, 'a reserved name is refused',
+            r.stderr)
+    r = ctl(t, 'purge', 'Bad_Name', '--yes')
+    s.eq(r.returncode, 2, 'an invalid name is a usage error')
+
+
+class T:
+    pass
+
+
+def body(s):
+    t = T()
+    t.s = s
+    t.core = eptest.CoreEtcd(s).start()
+    t.src = eptest.CoreEtcd(s, name='src').start()
+    t.sv = eptest.Supervisor(s, t.core)
+    t.ports = {n: t.sv.add_tenant(n, backend='native') for n in ('imp', 'a', 'a-b')}
+    t.sv.start()
+    t.sv.wait_ready('imp', 'a', 'a-b')
+    for fn in (test_import_etcd, test_import_refuses_nonempty, test_roundtrip, test_bad_files,
+               test_flat_memory, test_purge):
+        s.run(fn, s, t)
+    s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
+
+
+if __name__ == '__main__':
+    s = eptest.Suite('data', timeout=600)
+    s.require(eptest.ETCD, eptest.ETCDCTL, eptest.ETCDPROXYD, eptest.ETCDPROXYCTL, eptest.WORKER)
+    s.main(body)
