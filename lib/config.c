@@ -25,6 +25,9 @@
 #ifndef PKGLIBDIR
 #define PKGLIBDIR "/usr/lib/etcdproxy"
 #endif
+#ifndef BINDIR
+#define BINDIR "/usr/bin"
+#endif
 #ifndef PKGLIBEXECDIR
 #define PKGLIBEXECDIR "/usr/libexec/etcdproxy"
 #endif
@@ -307,6 +310,7 @@ static const struct key supervisor_keys[] = {
 	KEY("restart_backoff_max", K_DURATION, struct ep_global_config, backoff_max_ms),
 	KEY("stable_after", K_DURATION, struct ep_global_config, stable_after_ms),
 	KEY_UINT("max_failures", struct ep_global_config, max_failures, 1, 1000),
+	KEY("purge_delay", K_DURATION_ZERO, struct ep_global_config, purge_delay_ms),
 };
 
 static int parse_kubeconfig(struct pctx *c, const cJSON *v, const char *what, void *base)
@@ -515,6 +519,7 @@ static const struct key global_keys[] = {
 	KEY("runtime_dir", K_PATH, struct ep_global_config, runtime_dir),
 	KEY("plugin_dir", K_PATH, struct ep_global_config, plugin_dir),
 	KEY("worker", K_PATH, struct ep_global_config, worker_path),
+	KEY("etcdproxyctl", K_PATH, struct ep_global_config, ctl_path),
 	KEY("control_socket", K_PATH, struct ep_global_config, control_socket),
 	KEY_CALL("log_level", parse_log_level),
 	KEY_CALL("core_etcd", parse_core_etcd),
@@ -535,6 +540,8 @@ static void global_defaults(struct ep_global_config *g)
 	g->runtime_dir = ep_strdup(RUNSTATEDIR "/etcdproxy");
 	g->plugin_dir = ep_strdup(PKGLIBDIR);
 	g->worker_path = ep_strdup(PKGLIBEXECDIR "/etcdproxy-worker");
+	g->ctl_path = ep_strdup(BINDIR "/etcdproxyctl");
+	g->purge_delay_ms = 10 * 60 * 1000;
 	g->log_level = EP_LOG_INFO;
 	g->core.endpoints = ep_malloc0(sizeof(char *));
 	g->core.endpoints[0] = ep_strdup("https://127.0.0.1:2379");
@@ -634,6 +641,7 @@ void ep_global_config_free(struct ep_global_config *g)
 	free(g->runtime_dir);
 	free(g->plugin_dir);
 	free(g->worker_path);
+	free(g->ctl_path);
 	free(g->control_socket);
 	for (size_t i = 0; i < g->core.n_endpoints; i++)
 		free(g->core.endpoints[i]);
@@ -1118,6 +1126,19 @@ static int check_ca_grace(struct pctx *c, const cJSON *spec, const struct ep_glo
 	return r;
 }
 
+static int parse_deletion_policy(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+
+	if (!cJSON_IsString(v) ||
+	    (strcmp(v->valuestring, "Retain") != 0 && strcmp(v->valuestring, "Purge") != 0))
+		return fail_at(c, v, "%s: expected \"Retain\" (keep the keys when the tenant goes, the "
+			       "default) or \"Purge\" (delete them after supervisor.purge_delay)",
+			       what);
+	t->deletion_purge = strcmp(v->valuestring, "Purge") == 0;
+	return 0;
+}
+
 static const struct key spec_keys[] = {
 	KEY_CALL("caCertConfigMap", parse_ca_config_maps),
 	KEY_CALL("clientCertSecret", parse_client_cert_secrets),
@@ -1131,6 +1152,7 @@ static const struct key spec_keys[] = {
 	KEY("audit", K_BOOL, struct ep_tenant_config, audit),
 	KEY_CALL("rateLimit", parse_rate_limit),
 	KEY_CALL("quota", parse_quota),
+	KEY_CALL("deletionPolicy", parse_deletion_policy),
 };
 
 static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,

@@ -43,6 +43,7 @@ struct ep_global_config {
 	char *runtime_dir;
 	char *plugin_dir;
 	char *worker_path;
+	char *ctl_path;     /* etcdproxyctl, which runs the purges of deletionPolicy Purge */
 	char *control_socket;
 	enum ep_log_level log_level;
 	struct ep_core_etcd_config core;
@@ -63,6 +64,7 @@ struct ep_global_config {
 	uint64_t backoff_max_ms;      /* cap of the doubling delay */
 	uint64_t stable_after_ms;     /* a worker up this long has its failures forgotten */
 	unsigned max_failures;        /* consecutive failures before a tenant is marked failed */
+	uint64_t purge_delay_ms;      /* from a Purge tenant's removal to its purge */
 
 	/* the Kubernetes source (etcdproxyd.json(5), "kubernetes"): off when kubeconfig is NULL */
 	struct ep_kube_settings {
@@ -145,6 +147,7 @@ struct ep_tenant_config {
 		uint64_t max_bytes;
 	} quota;
 	struct ep_tls_config tls;
+	int deletion_purge; /* spec.deletionPolicy: 1 Purge, 0 Retain (the default) */
 };
 
 /* A size: an integer or a Kubernetes quantity ("512Mi", "2G").  0, or -1 when it is not one. */

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "messages.h"
 #include "kube-source.h"
+#include "purge.h"
 #include "supervisor.h"
 #include "util.h"
 
@@ -113,6 +114,7 @@ static cJSON *status_reply(struct supervisor *sv, int detailed)
 		cJSON_AddStringToObject(d, "last_reload_error", sv->last_reload_error);
 	if (sv->kube != NULL)
 		cJSON_AddItemToObject(d, "kubernetes", kube_source_describe(sv->kube));
+	cJSON_AddItemToObject(d, "pending_purges", purge_list(sv));
 	for (struct tenant *t = sv->tenants; t != NULL; t = t->next)
 		cJSON_AddItemToArray(list, tenant_to_json(t, detailed));
 	cJSON_AddItemToObject(o, "tenants", list);

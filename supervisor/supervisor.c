@@ -27,6 +27,7 @@
 #include "sdnotify.h"
 #include "kube-source.h"
 #include "metrics.h"
+#include "purge.h"
 #include "kubeconfig.h"
 #include "supervisor.h"
 #include "util.h"
@@ -867,6 +868,7 @@ static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenan
 	case EP_DIFF_ADD:
 		ep_info("reload: new tenant %s (%s)", n->name, n->file);
 		cJSON_AddItemToArray(rc->added, cJSON_CreateString(n->name));
+		purge_cancel(sv, n->name);
 		t = supervisor_find(sv, n->name);
 		if (t != NULL) {
 			/*
@@ -897,6 +899,8 @@ static void on_diff(void *ctx, enum ep_diff_action action, const struct ep_tenan
 			t->remove_on_exit = 1;
 			tenant_stop(t);
 		}
+		if (o->config != NULL && o->config->deletion_purge)
+			purge_schedule(sv, o->name);
 		break;
 	case EP_DIFF_CHANGE:
 		if (n->error != NULL && o->error == NULL) /* a reserved prefix, or a broken file */
@@ -1101,6 +1105,7 @@ static void supervisor_shutdown(struct supervisor *sv, const char *why)
 	}
 	ep_notice("%s: stopping %s", why, sv->tenants ? "every worker" : "");
 	sv->shutting_down = 1;
+	purge_shutdown(sv);
 	kube_source_stop(sv->kube);
 	sv->kube = NULL;
 	metrics_stop(sv);
@@ -1443,6 +1448,7 @@ int main(int argc, char **argv)
 		tenant_append(&sv, t);
 		tenant_activate(t);
 	}
+	purge_restore(&sv);
 	kube_restart(&sv);
 	metrics_start(&sv);
 	ep_sd_notify("READY=1");

@@ -92,6 +92,7 @@ struct supervisor {
 	struct ctl_conn *control_conns; /* open connections (control.c), closed by control_stop() */
 	struct kube_source *kube; /* the Kubernetes source, or NULL */
 	struct metrics *metrics;  /* the metrics and health endpoints, or NULL */
+	struct purge *purges;     /* pending purges of removed tenants (purge.c) */
 	int shutting_down;
 	int exit_code;
 };

@@ -13,7 +13,10 @@
   - a file cut short, or of another format version, is refused with the line;
   - purge refuses a running tenant, a reserved name, and (without a terminal) anything
     without --yes; it deletes the tenant's keys, revokes its leases and removes their records,
-    and touches nothing outside its prefix (neighbouring tenants "a" and "a-b")."""
+    and touches nothing outside its prefix (neighbouring tenants "a" and "a-b");
+  - spec.deletionPolicy Purge: a removed tenant is purged after supervisor.purge_delay, unless
+    it comes back first; the pending purge survives a restart of etcdproxyd; Retain (the
+    default) keeps the keys."""
 
 import json
 import os
@@ -219,6 +222,59 @@ def test_purge(s, t):
     s.eq(r.returncode, 2, 'an invalid name is a usage error')
 
 
+def fill(t, name, n=10):
+    c = eptest.etcd3_client(t.ports[name])
+    try:
+        for i in range(n):
+            c.put('k%d' % i, name)
+        c.put('leased', 'x', lease=c.lease(600))
+    finally:
+        c.close()
+
+
+def pending(t):
+    st = t.sv.ctl('status')[3] or {}
+    return [p['tenant'] for p in (st.get('daemon') or {}).get('pending_purges') or []]
+
+
+def test_deletion_policy(s, t):
+    for name in ('p', 'r', 'q'):
+        fill(t, name)
+    t.sv.remove_tenant('p')
+    t.sv.remove_tenant('r')
+    s.eq(t.sv.ctl('reload')[0], 0, 'tenants p (Purge) and r (Retain) removed')
+    s.eq(pending(t), ['p'], 'etcdproxyctl status lists the pending purge of p only')
+    t.sv.add_tenant('p', port=t.ports['p'], backend='native',
+                    spec_extra={'deletionPolicy': 'Purge'})
+    t.sv.ctl('reload')
+    s.eq(pending(t), [], 'p added again within the delay: its purge is cancelled')
+    t.sv.wait_ready('p')
+    s.check(wait_until(lambda: False, 4, 0.5) is None and len(core_prefix(t, '/p/')) == 11,
+            'and after the delay its 11 keys are all there')
+    t.sv.remove_tenant('p')
+    t.sv.ctl('reload')
+    s.check(wait_until(lambda: not core_prefix(t, '/p/') and
+                       not core_prefix(t, '/__etcdproxy/leases/p/'), 20, 0.3),
+            'removed again: after purge_delay its keys and lease records are gone')
+    s.check(wait_until(lambda: 'tenant p purged from the core etcd' in t.sv.log_text(), 10, 0.3),
+            'the log says so, step by step', t.sv.log_text()[-2000:])
+    s.check('purge p: deleted 10 keys under /p/' in t.sv.log_text(),
+            'with etcdproxyctl\'s lines')
+    s.eq(len(core_prefix(t, '/r/')), 11, 'tenant r (Retain) keeps its keys')
+    t.sv.remove_tenant('q')
+    t.sv.ctl('reload')
+    s.eq(t.sv.stop(), 0, 'etcdproxyd stopped right after removing q')
+    s.check(os.path.exists(os.path.join(t.sv.state, 'purges', 'q.json')),
+            'the pending purge is kept in state_dir/purges/q.json')
+    s.eq(len(core_prefix(t, '/q/')), 11, 'q\'s keys are still there')
+    t.sv.start()
+    s.check(wait_until(lambda: not core_prefix(t, '/q/'), 20, 0.3),
+            'started again, etcdproxyd purges q when its delay is over')
+    s.check(wait_until(lambda: not os.path.exists(os.path.join(t.sv.state, 'purges', 'q.json')),
+                       10, 0.3), 'and forgets the pending purge')
+    s.eq(len(core_prefix(t, '/a-b/')), 21, 'nothing else was touched')
+
+
 class T:
     pass
 
@@ -228,12 +284,15 @@ def body(s):
     t.s = s
     t.core = eptest.CoreEtcd(s).start()
     t.src = eptest.CoreEtcd(s, name='src').start()
-    t.sv = eptest.Supervisor(s, t.core)
-    t.ports = {n: t.sv.add_tenant(n, backend='native') for n in ('imp', 'a', 'a-b')}
+    t.sv = eptest.Supervisor(s, t.core, supervisor={'purge_delay': '3s'},
+                             extra={'etcdproxyctl': eptest.ETCDPROXYCTL})
+    t.ports = {n: t.sv.add_tenant(n, backend='native') for n in ('imp', 'a', 'a-b', 'r')}
+    for n in ('p', 'q'):
+        t.ports[n] = t.sv.add_tenant(n, backend='native', spec_extra={'deletionPolicy': 'Purge'})
     t.sv.start()
-    t.sv.wait_ready('imp', 'a', 'a-b')
+    t.sv.wait_ready('imp', 'a', 'a-b', 'p', 'q', 'r')
     for fn in (test_import_etcd, test_import_refuses_nonempty, test_roundtrip, test_bad_files,
-               test_flat_memory, test_purge):
+               test_flat_memory, test_purge, test_deletion_policy):
         s.run(fn, s, t)
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 

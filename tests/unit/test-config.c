@@ -28,7 +28,7 @@
 
 /* Messages that many cases share. */
 #define TOP_KEYS \
-	"(expected one of: storages_dir, state_dir, runtime_dir, plugin_dir, worker, " \
+	"(expected one of: storages_dir, state_dir, runtime_dir, plugin_dir, worker, etcdproxyctl, " \
 	"control_socket, log_level, core_etcd, reserved_prefixes, defaults, supervisor, backends, " \
 	"certs, kubernetes, metrics, audit)"
 #define MSG_LOG_LEVEL \
@@ -594,7 +594,8 @@ static void test_global_unknown_keys(void **state)
 		  "clientCertificateValidity)" },
 		{ "{\n  \"supervisor\": {\n    \"max_restarts\": 3\n  }\n}\n", 3, 5,
 		  "unknown key \"max_restarts\" in supervisor (expected one of: stop_timeout, "
-		  "restart_backoff_initial, restart_backoff_max, stable_after, max_failures)" },
+		  "restart_backoff_initial, restart_backoff_max, stable_after, max_failures, "
+		  "purge_delay)" },
 		{ "{\n  \"metrics\": {\"port\": 9379}\n}\n", 2, 15,
 		  "unknown key \"port\" in metrics (expected one of: listen)" },
 		{ "{\n  \"metrics\": {\"listen\": \"9379\"}\n}\n", 2, 15,
@@ -1545,7 +1546,8 @@ static void test_tenant_spec_errors(void **state)
 		{ { .spec = L1 "\"replicas\": 3}" }, 5, 37,
 		  "unknown key \"replicas\" in spec (expected one of: caCertConfigMap, "
 		  "clientCertSecret, signingCertificateValidity, servingCertificateValidity, "
-		  "clientCertificateValidity, backend, listen, policy, tls, audit, rateLimit, quota)",
+		  "clientCertificateValidity, backend, listen, policy, tls, audit, rateLimit, quota, "
+		  "deletionPolicy)",
 		  "a" },
 		{ { .spec = L1 "\"policy\": []}" }, 5, 37,
 		  "spec.policy: expected an object, got an array", "a" },
@@ -1580,6 +1582,10 @@ static void test_tenant_spec_errors(void **state)
 		  "a" },
 		{ { .spec = L1 "\"rateLimit\": {\"burst\": 5}}" }, 5, 37,
 		  "spec.rateLimit: expected requestsPerSecond, bytesPerSecond or maxWatches", "a" },
+		{ { .spec = L1 "\"deletionPolicy\": \"Delete\"}" }, 5, 37,
+		  "spec.deletionPolicy: expected \"Retain\" (keep the keys when the tenant goes, the "
+		  "default) or \"Purge\" (delete them after supervisor.purge_delay)",
+		  "a" },
 		{ { .spec = L1 "\"quota\": {}}" }, 5, 37,
 		  "spec.quota: expected maxKeys, maxBytes or maxLeases", "a" },
 		{ { .spec = L1 "\"quota\": {\"maxKeys\": 0}}" }, 5, 47,
