@@ -1126,6 +1126,55 @@ static int check_ca_grace(struct pctx *c, const cJSON *spec, const struct ep_glo
 	return r;
 }
 
+static int parse_external_check(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+
+	if (!cJSON_IsString(v) ||
+	    (strcmp(v->valuestring, "grpc") != 0 && strcmp(v->valuestring, "http") != 0))
+		return fail_at(c, v, "%s: expected \"grpc\" (a Range through the proxy, the "
+			       "default) or \"http\" (GET healthURL, as etcd's /health)", what);
+	free(t->external.check);
+	t->external.check = ep_strdup(v->valuestring);
+	return 0;
+}
+
+static int parse_external_url(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+
+	if (!cJSON_IsString(v) || (strncmp(v->valuestring, "http://", 7) != 0 &&
+				   strncmp(v->valuestring, "https://", 8) != 0))
+		return fail_at(c, v, "%s: expected an http:// or https:// URL, such as "
+			       "\"http://127.0.0.1:9379/health\"", what);
+	free(t->external.health_url);
+	t->external.health_url = ep_strdup(v->valuestring);
+	return 0;
+}
+
+static const struct key external_keys[] = {
+	KEY_CALL("check", parse_external_check),
+	KEY_CALL("healthURL", parse_external_url),
+	KEY("interval", K_DURATION, struct ep_tenant_config, external.interval_ms),
+	KEY("timeout", K_DURATION, struct ep_tenant_config, external.timeout_ms),
+	KEY("clientCertificateDir", K_PATH, struct ep_tenant_config, external.client_dir),
+	KEY("certificatesDir", K_PATH, struct ep_tenant_config, external.certs_dir),
+};
+
+static int parse_external(struct pctx *c, const cJSON *v, const char *what, void *base)
+{
+	struct ep_tenant_config *t = base;
+	int r;
+
+	t->external.set = 1;
+	if ((r = PARSE_KEYS(c, v, what, external_keys, base)) < 0)
+		return r;
+	if (t->external.check != NULL && strcmp(t->external.check, "http") == 0 &&
+	    t->external.health_url == NULL)
+		return fail_at(c, v, "%s: check \"http\" needs healthURL", what);
+	return 0;
+}
+
 static int parse_deletion_policy(struct pctx *c, const cJSON *v, const char *what, void *base)
 {
 	struct ep_tenant_config *t = base;
@@ -1153,7 +1202,47 @@ static const struct key spec_keys[] = {
 	KEY_CALL("rateLimit", parse_rate_limit),
 	KEY_CALL("quota", parse_quota),
 	KEY_CALL("deletionPolicy", parse_deletion_policy),
+	KEY_CALL("external", parse_external),
 };
+
+/* spec.external belongs to the external backend, which carries no traffic: it enforces nothing. */
+static int check_external(struct pctx *c, const cJSON *spec, struct ep_tenant_config *t)
+{
+	static const char *const native_only[] = { "policy", "rateLimit", "quota", "audit" };
+	const cJSON *ext = cJSON_GetObjectItemCaseSensitive(spec, "external");
+	int external = strcmp(t->backend, "external") == 0;
+
+	if (!external) {
+		if (t->external.set)
+			return fail_at(c, ext, "spec.external: belongs to the external backend "
+				       "(spec.backend: \"external\"), not to \"%s\"", t->backend);
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(native_only) / sizeof(native_only[0]); i++) {
+		const cJSON *m = cJSON_GetObjectItemCaseSensitive(spec, native_only[i]);
+
+		if (m != NULL && !(cJSON_IsFalse(m) && strcmp(native_only[i], "audit") == 0))
+			return fail_at(c, m, "spec.%s: enforced by the native backend only; the external "
+				       "backend carries none of the tenant's traffic", native_only[i]);
+	}
+	if (t->external.check == NULL)
+		t->external.check = ep_strdup("grpc");
+	if (t->external.interval_ms == 0)
+		t->external.interval_ms = 5000;
+	if (t->external.timeout_ms == 0)
+		t->external.timeout_ms = 2000;
+	if (t->tls.enabled && t->external.certs_dir == NULL)
+		return fail_at(c, ext != NULL ? ext : spec, "spec.external.certificatesDir: required "
+			       "with TLS: where etcdproxyd publishes the proxy's serving certificate, "
+			       "key and client CA bundle");
+	if (t->tls.enabled && strcmp(t->external.check, "grpc") == 0 &&
+	    t->external.client_dir == NULL)
+		return fail_at(c, ext != NULL ? ext : spec, "spec.external.clientCertificateDir: "
+			       "required for the \"grpc\" check with TLS: a directory with tls.crt and "
+			       "tls.key the proxy accepts (one of spec.tls.clientCertificates' "
+			       "outputDir), or check \"http\"");
+	return 0;
+}
 
 static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_config *g,
 		      struct ep_tenant_config *t)
@@ -1223,6 +1312,8 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 	if (!backend_name_valid(t->backend))
 		return fail_at(c, backend_node, "spec.backend: \"%s\" is not a plugin name "
 			       "(lower-case letters, digits, '-' and '_')", t->backend);
+	if ((r = check_external(c, spec, t)) < 0)
+		return r;
 	if (strcmp(t->backend, "etcd") == 0 && t->compaction != NULL && policy_node != NULL)
 		return fail_at(c, policy_node,
 			       "spec.policy: enforced by the native backend only; the etcd backend "
@@ -1388,6 +1479,10 @@ void ep_tenant_config_free(struct ep_tenant_config *t)
 	free_refs(t->ca_cert_config_maps, t->n_ca_cert_config_maps);
 	free_refs(t->client_cert_secrets, t->n_client_cert_secrets);
 	free(t->compaction);
+	free(t->external.check);
+	free(t->external.health_url);
+	free(t->external.client_dir);
+	free(t->external.certs_dir);
 	for (size_t i = 0; i < t->tls.n_server_names; i++)
 		free(t->tls.server_names[i]);
 	free(t->tls.server_names);
@@ -1508,6 +1603,19 @@ cJSON *ep_worker_config_build(const struct ep_global_config *g, const struct ep_
 		if (t->rate_limit.bytes_per_second > 0)
 			cJSON_AddNumberToObject(rl, "bytes_per_second",
 						(double)t->rate_limit.bytes_per_second);
+	}
+	if (strcmp(t->backend, "external") == 0) {
+		cJSON *x = cJSON_AddObjectToObject(policy, "external");
+
+		cJSON_AddStringToObject(x, "check", t->external.check);
+		if (t->external.health_url != NULL)
+			cJSON_AddStringToObject(x, "health_url", t->external.health_url);
+		cJSON_AddNumberToObject(x, "interval_ms", (double)t->external.interval_ms);
+		cJSON_AddNumberToObject(x, "timeout_ms", (double)t->external.timeout_ms);
+		if (t->external.client_dir != NULL)
+			cJSON_AddStringToObject(x, "client_dir", t->external.client_dir);
+		if (t->external.certs_dir != NULL)
+			cJSON_AddStringToObject(x, "certificates_dir", t->external.certs_dir);
 	}
 	if (t->quota.set) {
 		cJSON *q = cJSON_AddObjectToObject(policy, "quota");

@@ -148,6 +148,15 @@ struct ep_tenant_config {
 	} quota;
 	struct ep_tls_config tls;
 	int deletion_purge; /* spec.deletionPolicy: 1 Purge, 0 Retain (the default) */
+	/* spec.external (the external backend: a proxy someone else runs); set: the field is there */
+	struct ep_external {
+		int set;
+		char *check;       /* "grpc" (default) or "http" */
+		char *health_url;  /* check "http": the URL */
+		uint64_t interval_ms, timeout_ms;
+		char *client_dir;  /* check "grpc" over TLS: tls.crt, tls.key, ca.crt */
+		char *certs_dir;   /* where the proxy's certificates are published */
+	} external;
 };
 
 /* A size: an integer or a Kubernetes quantity ("512Mi", "2G").  0, or -1 when it is not one. */

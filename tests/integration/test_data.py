@@ -175,8 +175,11 @@ def test_flat_memory(s, t):
     r = subprocess.run(['/usr/bin/python3', '-c', probe, eptest.ETCDPROXYCTL, '-c', t.sv.conf,
                         'export', 'big'], capture_output=True, text=True, timeout=300)
     rc, kib = (int(x) for x in r.stdout.split())
-    s.check(rc == 0 and kib < 30 * 1024, 'exporting 60 MB of values, etcdproxyctl peaks at '
-            '%.1f MB (pages, not the whole tenant)' % (kib / 1024.0), r.stderr)
+    s.eq(rc, 0, 'export of 60 MB of values')
+    # ASan keeps freed memory in quarantine: the bound is checked by the normal build
+    if not os.environ.get('EP_SANITIZED'):
+        s.check(kib < 30 * 1024, 'exporting 60 MB of values, etcdproxyctl peaks at %.1f MB '
+                '(pages, not the whole tenant)' % (kib / 1024.0), r.stderr)
 
 
 def test_purge(s, t):

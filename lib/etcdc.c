@@ -165,6 +165,12 @@ void etcdc_close(struct etcdc *e)
 	free(e);
 }
 
+void etcdc_set_timeout(struct etcdc *e, uint64_t ms)
+{
+	curl_easy_setopt(e->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)ms);
+	curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, (long)ms);
+}
+
 const char *etcdc_endpoint(const struct etcdc *e)
 {
 	return e->urls[e->cur];

@@ -1,10 +1,12 @@
 /*
- * A small blocking etcd v3 client for etcdproxyctl's data commands (export,
- * import, purge): unary gRPC calls over HTTP/2 with libcurl (h2c for http://,
- * ALPN h2 for https://), messages written and read with lib/pb.h.
+ * A small blocking etcd v3 client: unary gRPC calls over HTTP/2 with libcurl
+ * (h2c for http://, ALPN h2 for https://), messages written and read with
+ * lib/pb.h.  etcdproxyctl's data commands (export, import, purge) use it, and
+ * the external backend's health check, on the thread pool.  Not part of
+ * libep: only what needs libcurl compiles it in.
  */
-#ifndef EP_CTL_ETCDC_H
-#define EP_CTL_ETCDC_H
+#ifndef EP_ETCDC_H
+#define EP_ETCDC_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -24,6 +26,8 @@ struct etcdc_tls {
 struct etcdc *etcdc_open(char *const *urls, size_t n_urls, const struct etcdc_tls *tls,
 			 char **error_r);
 void etcdc_close(struct etcdc *e);
+/* Each call's limit, connecting included (default: 5 s to connect, 120 s in all). */
+void etcdc_set_timeout(struct etcdc *e, uint64_t ms);
 /* The endpoint in use, for messages. */
 const char *etcdc_endpoint(const struct etcdc *e);
 
@@ -61,4 +65,4 @@ int etcdc_count(struct etcdc *e, const uint8_t *key, size_t klen, const uint8_t 
 /* The end of the range of every key that starts with prefix (etcd's prefix end). */
 size_t etcdc_prefix_end(const uint8_t *prefix, size_t len, uint8_t *out);
 
-#endif /* EP_CTL_ETCDC_H */
+#endif /* EP_ETCDC_H */
