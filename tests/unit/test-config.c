@@ -167,6 +167,9 @@ static int setup(void **state)
 	p = ep_strdup_printf("%s/backend-other.so", f->plugins);
 	write_file(p, "");
 	free(p);
+	p = ep_strdup_printf("%s/backend-external.so", f->plugins);
+	write_file(p, "");
+	free(p);
 	p = ep_strdup_printf("%s/certs-ca.so", f->plugins);
 	write_file(p, "");
 	free(p);
@@ -1547,7 +1550,7 @@ static void test_tenant_spec_errors(void **state)
 		  "unknown key \"replicas\" in spec (expected one of: caCertConfigMap, "
 		  "clientCertSecret, signingCertificateValidity, servingCertificateValidity, "
 		  "clientCertificateValidity, backend, listen, policy, tls, audit, rateLimit, quota, "
-		  "deletionPolicy)",
+		  "deletionPolicy, external)",
 		  "a" },
 		{ { .spec = L1 "\"policy\": []}" }, 5, 37,
 		  "spec.policy: expected an object, got an array", "a" },
@@ -1582,6 +1585,22 @@ static void test_tenant_spec_errors(void **state)
 		  "a" },
 		{ { .spec = L1 "\"rateLimit\": {\"burst\": 5}}" }, 5, 37,
 		  "spec.rateLimit: expected requestsPerSecond, bytesPerSecond or maxWatches", "a" },
+		/* spec.external belongs to the external backend, which enforces nothing */
+		{ { .spec = L1 "\"external\": {\"check\": \"grpc\"}}" }, 5, 37,
+		  "spec.external: belongs to the external backend (spec.backend: \"external\"), not "
+		  "to \"etcd\"",
+		  "a" },
+		{ { .spec = L1 "\"backend\": \"external\", \"quota\": {\"maxKeys\": 1}}" }, 5, 60,
+		  "spec.quota: enforced by the native backend only; the external backend carries "
+		  "none of the tenant's traffic",
+		  "a" },
+		{ { .spec = L1 "\"backend\": \"external\", \"external\": {\"check\": \"tcp\"}}" }, 5,
+		  73,
+		  "spec.external.check: expected \"grpc\" (a Range through the proxy, the default) or "
+		  "\"http\" (GET healthURL, as etcd's /health)",
+		  "a" },
+		{ { .spec = L1 "\"backend\": \"external\", \"external\": {\"check\": \"http\"}}" }, 5,
+		  60, "spec.external: check \"http\" needs healthURL", "a" },
 		{ { .spec = L1 "\"deletionPolicy\": \"Delete\"}" }, 5, 37,
 		  "spec.deletionPolicy: expected \"Retain\" (keep the keys when the tenant goes, the "
 		  "default) or \"Purge\" (delete them after supervisor.purge_delay)",
