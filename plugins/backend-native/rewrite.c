@@ -68,7 +68,6 @@ struct method_entry {
 
 #define WHY_MEMBERS  "cluster membership is not the tenant's to change"
 #define WHY_AUTH     "authentication and roles are managed for the whole cluster"
-#define WHY_LOCK     "Lock and Election are not served by this proxy"
 
 static const struct method_entry methods[] = {
 	FWD("/etcdserverpb.KV/Range", RW_RANGE, 0, 0),
@@ -123,13 +122,14 @@ static const struct method_entry methods[] = {
 	DENY("/etcdserverpb.Auth/RoleGrantPermission", 0, WHY_AUTH),
 	DENY("/etcdserverpb.Auth/RoleRevokePermission", 0, WHY_AUTH),
 
-	DENY("/v3lockpb.Lock/Lock", 0, WHY_LOCK),
-	DENY("/v3lockpb.Lock/Unlock", 0, WHY_LOCK),
-	DENY("/v3electionpb.Election/Campaign", 0, WHY_LOCK),
-	DENY("/v3electionpb.Election/Proclaim", 0, WHY_LOCK),
-	DENY("/v3electionpb.Election/Leader", 0, WHY_LOCK),
-	DENY("/v3electionpb.Election/Observe", 1, WHY_LOCK),
-	DENY("/v3electionpb.Election/Resign", 0, WHY_LOCK),
+	/* namespaced like KV: names and keys gain the prefix, leases must be the tenant's */
+	FWD("/v3lockpb.Lock/Lock", RW_LOCK, 0, 0),
+	FWD("/v3lockpb.Lock/Unlock", RW_UNLOCK, 0, 0),
+	FWD("/v3electionpb.Election/Campaign", RW_CAMPAIGN, 0, 0),
+	FWD("/v3electionpb.Election/Proclaim", RW_PROCLAIM, 0, 0),
+	FWD("/v3electionpb.Election/Leader", RW_LEADER, 0, 0),
+	FWD("/v3electionpb.Election/Observe", RW_LEADER, 0, 1),
+	FWD("/v3electionpb.Election/Resign", RW_RESIGN, 0, 0),
 
 	LOCAL("/grpc.health.v1.Health/Check", RW_HEALTH_CHECK),
 };
@@ -265,6 +265,16 @@ enum schema_id {
 	SC_TTL_RESP,
 	SC_LEASES_RESP,
 	SC_GRANT_RESP,
+	SC_LOCK_REQ,
+	SC_UNLOCK_REQ,
+	SC_CAMPAIGN_REQ,
+	SC_LEADER_KEY_REQ,
+	SC_PROCLAIM_REQ,
+	SC_LEADER_REQ,
+	SC_LOCK_RESP,
+	SC_CAMPAIGN_RESP,
+	SC_LEADER_KEY_RESP,
+	SC_LEADER_RESP,
 };
 
 struct rule {
@@ -312,6 +322,18 @@ static const struct rule r_event[] = {MSG(2, SC_KV), MSG(3, SC_KV)};
 static const struct rule r_ttl_resp[] = {LENF(5, ACT_FILTER)};
 static const struct rule r_leases_resp[] = {LENF(2, ACT_LEASE_STATUS)};
 static const struct rule r_grant_resp[] = {VARF(2, ACT_GRANT_ID), LENF(4, ACT_GRANT_ERROR)};
+/* v3lockpb, v3electionpb: a name is a key prefix etcd appends the lease's ID to */
+static const struct rule r_lock_req[] = {LENF(1, ACT_KEY), VARF(2, ACT_LEASE)};
+static const struct rule r_unlock_req[] = {LENF(1, ACT_KEY)};
+static const struct rule r_campaign_req[] = {LENF(1, ACT_KEY), VARF(2, ACT_LEASE)};
+static const struct rule r_leader_key_req[] = {LENF(1, ACT_KEY), LENF(2, ACT_KEY),
+					       VARF(4, ACT_LEASE)};
+static const struct rule r_proclaim_req[] = {MSG(1, SC_LEADER_KEY_REQ)};
+static const struct rule r_leader_req[] = {LENF(1, ACT_KEY)};
+static const struct rule r_lock_resp[] = {LENF(2, ACT_STRIP)};
+static const struct rule r_campaign_resp[] = {MSG(2, SC_LEADER_KEY_RESP)};
+static const struct rule r_leader_key_resp[] = {LENF(1, ACT_STRIP), LENF(2, ACT_STRIP)};
+static const struct rule r_leader_resp[] = {MSG(2, SC_KV)};
 
 #define RULES(r) r, sizeof(r) / sizeof(r[0])
 
@@ -338,6 +360,16 @@ static const struct schema schemas[] = {
 	[SC_TTL_RESP] = {RULES(r_ttl_resp), 0},
 	[SC_LEASES_RESP] = {RULES(r_leases_resp), 0},
 	[SC_GRANT_RESP] = {RULES(r_grant_resp), SF_GRANT},
+	[SC_LOCK_REQ] = {RULES(r_lock_req), SF_NEEDS_KEY},
+	[SC_UNLOCK_REQ] = {RULES(r_unlock_req), SF_NEEDS_KEY},
+	[SC_CAMPAIGN_REQ] = {RULES(r_campaign_req), SF_NEEDS_KEY},
+	[SC_LEADER_KEY_REQ] = {RULES(r_leader_key_req), 0},
+	[SC_PROCLAIM_REQ] = {RULES(r_proclaim_req), 0},
+	[SC_LEADER_REQ] = {RULES(r_leader_req), SF_NEEDS_KEY},
+	[SC_LOCK_RESP] = {RULES(r_lock_resp), 0},
+	[SC_CAMPAIGN_RESP] = {RULES(r_campaign_resp), 0},
+	[SC_LEADER_KEY_RESP] = {RULES(r_leader_key_resp), 0},
+	[SC_LEADER_RESP] = {RULES(r_leader_resp), 0},
 };
 /* clang-format on */
 
@@ -662,6 +694,12 @@ static int request_schema(enum rw_kind kind, enum schema_id *id)
 	case RW_LEASE_KEEPALIVE:
 	case RW_LEASE_TTL: *id = SC_LEASE_ID_REQ; return 0;
 	case RW_ALARM: *id = SC_ALARM_REQ; return 0;
+	case RW_LOCK: *id = SC_LOCK_REQ; return 0;
+	case RW_UNLOCK: *id = SC_UNLOCK_REQ; return 0;
+	case RW_CAMPAIGN: *id = SC_CAMPAIGN_REQ; return 0;
+	case RW_PROCLAIM:
+	case RW_RESIGN: *id = SC_PROCLAIM_REQ; return 0; /* both: leader (field 1) */
+	case RW_LEADER: *id = SC_LEADER_REQ; return 0;
 	}
 	return -1;
 }
@@ -685,6 +723,12 @@ static int response_schema(enum rw_kind kind, enum schema_id *id)
 	case RW_LEASE_GRANT: *id = SC_GRANT_RESP; return 0;
 	case RW_LEASE_TTL: *id = SC_TTL_RESP; return 0;
 	case RW_LEASE_LEASES: *id = SC_LEASES_RESP; return 0;
+	case RW_UNLOCK:
+	case RW_PROCLAIM:
+	case RW_RESIGN: *id = SC_PASS; return 0;
+	case RW_LOCK: *id = SC_LOCK_RESP; return 0;
+	case RW_CAMPAIGN: *id = SC_CAMPAIGN_RESP; return 0;
+	case RW_LEADER: *id = SC_LEADER_RESP; return 0;
 	}
 	return -1;
 }

@@ -40,6 +40,12 @@ enum rw_kind {
 	RW_ALARM,             /* Maintenance/Alarm: only action GET (0) is forwarded */
 	RW_MEMBER_LIST,       /* Cluster/MemberList: answered locally */
 	RW_HEALTH_CHECK,      /* grpc.health.v1.Health/Check: answered locally */
+	RW_LOCK,              /* v3lockpb.Lock/Lock */
+	RW_UNLOCK,            /* v3lockpb.Lock/Unlock */
+	RW_CAMPAIGN,          /* v3electionpb.Election/Campaign */
+	RW_PROCLAIM,          /* v3electionpb.Election/Proclaim */
+	RW_LEADER,            /* v3electionpb.Election/Leader, and Observe (server stream) */
+	RW_RESIGN,            /* v3electionpb.Election/Resign */
 };
 
 struct rw_method {

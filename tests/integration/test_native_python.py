@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """The native backend through python3-etcd3 (and its generated gRPC stubs for what the
-library does not expose: count_only, watch progress requests, Alarm actions, the Lock
-and Election services, metadata): put/get/get_prefix/get_all/get_range/delete/
-delete_prefix/transaction/watch/watch_prefix/leases/members/status, each checked
-against what the core etcd holds."""
+library does not expose: count_only, watch progress requests, Alarm actions, metadata):
+put/get/get_prefix/get_all/get_range/delete/delete_prefix/transaction/watch/watch_prefix/
+leases/members/status, each checked against what the core etcd holds; and the Lock and
+Election services (v3lockpb, v3electionpb) by raw gRPC calls: namespaced, with the
+tenant's leases only, invisible to another tenant."""
 
 import os
 import queue
@@ -14,6 +15,7 @@ sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eptest  # noqa: E402
 from eptest import wait_until  # noqa: E402
+from h2raw import pb_bytes, varint  # noqa: E402
 
 OUTSIDE = {'/zz': 'zz', '/a-other/py/1': 'other', '/b/zz': 'bx', '/': 'root', '/a': 'a',
            '/a0': 'a0', '/py/1': 'unprefixed'}
@@ -397,9 +399,7 @@ def test_cluster(s, t):
     for path in ('/etcdserverpb.Maintenance/HashKV', '/etcdserverpb.Maintenance/MoveLeader',
                  '/etcdserverpb.Maintenance/Downgrade', '/etcdserverpb.Cluster/MemberPromote',
                  '/etcdserverpb.Auth/Authenticate', '/etcdserverpb.Auth/UserAdd',
-                 '/etcdserverpb.Auth/AuthEnable', '/etcdserverpb.Auth/RoleGrantPermission',
-                 '/v3lockpb.Lock/Lock', '/v3lockpb.Lock/Unlock',
-                 '/v3electionpb.Election/Campaign', '/v3electionpb.Election/Leader'):
+                 '/etcdserverpb.Auth/AuthEnable', '/etcdserverpb.Auth/RoleGrantPermission'):
         code, det = raw_unary(t, t.pa, path, b'\x0a\x01x')
         s.check(code == grpc.StatusCode.PERMISSION_DENIED and
                 (det or '').startswith('etcdproxy: refused %s: ' % path),
@@ -424,6 +424,94 @@ def test_cluster(s, t):
     s.check(held and all(k.startswith('/a/') for k in held),
             'the lock\'s key is under /a/ in the core', held)
     lock.release()
+
+
+def pb_uint(field, v):
+    return varint(field << 3) + varint(v)
+
+
+def pb_fields(msg):
+    """{field: [value, ...]} of a protobuf message: ints for varints, bytes otherwise."""
+    out, i = {}, 0
+    while i < len(msg):
+        tag, i = read_varint(msg, i)
+        if tag & 7 == 0:
+            v, i = read_varint(msg, i)
+        elif tag & 7 == 2:
+            n, i = read_varint(msg, i)
+            v, i = msg[i:i + n], i + n
+        else:
+            raise ValueError('wire type %d' % (tag & 7))
+        out.setdefault(tag >> 3, []).append(v)
+    return out
+
+
+def read_varint(b, i):
+    v = shift = 0
+    while True:
+        v |= (b[i] & 0x7f) << shift
+        i += 1
+        if b[i - 1] < 0x80:
+            return v, i
+        shift += 7
+
+
+def test_lock_election(s, t):
+    import grpc
+    la, lb = t.a.lease(60), t.b.lease(60)
+    code, resp = raw_unary(t, t.pa, '/v3lockpb.Lock/Lock', pb_bytes(1, b'mylock') +
+                           pb_uint(2, la.id))
+    key_a = pb_fields(resp).get(2, [b''])[0] if code == grpc.StatusCode.OK else b''
+    s.check(code == grpc.StatusCode.OK and key_a == b'mylock/%x' % la.id,
+            'Lock through a: held, its key as a sees it (%r)' % key_a, (code, resp))
+    s.check(('/a/mylock/%x' % la.id) in core_keys(t), 'the lock\'s key is under /a/ in the core')
+    code, resp = raw_unary(t, t.pb, '/v3lockpb.Lock/Lock', pb_bytes(1, b'mylock') +
+                           pb_uint(2, lb.id))
+    s.check(code == grpc.StatusCode.OK and ('/b/mylock/%x' % lb.id) in core_keys(t),
+            'the same lock name through b is b\'s own lock: held at once, under /b/', (code, resp))
+    code, det = raw_unary(t, t.pb, '/v3lockpb.Lock/Lock', pb_bytes(1, b'mylock') +
+                          pb_uint(2, la.id))
+    s.check(code == grpc.StatusCode.NOT_FOUND and 'lease not found' in (det or ''),
+            'b cannot lock with a\'s lease (NOT_FOUND, as for a lease that does not exist)',
+            (code, det))
+    code, _ = raw_unary(t, t.pa, '/v3lockpb.Lock/Unlock', pb_bytes(1, key_a))
+    s.check(code == grpc.StatusCode.OK and ('/a/mylock/%x' % la.id) not in core_keys(t),
+            'Unlock through a: the key is gone')
+
+    code, resp = raw_unary(t, t.pa, '/v3electionpb.Election/Campaign', pb_bytes(1, b'el') +
+                           pb_uint(2, la.id) + pb_bytes(3, b'v1'))
+    leader = pb_fields(resp).get(2, [b''])[0] if code == grpc.StatusCode.OK else b''
+    lk = pb_fields(leader) if leader else {}
+    s.check(code == grpc.StatusCode.OK and lk.get(1) == [b'el'] and
+            lk.get(2) == [b'el/%x' % la.id], 'Campaign through a: leader, with its name and key '
+            'as a sees them', (code, lk))
+    code, resp = raw_unary(t, t.pa, '/v3electionpb.Election/Leader', pb_bytes(1, b'el'))
+    kv = pb_fields(pb_fields(resp)[2][0]) if code == grpc.StatusCode.OK else {}
+    s.check(kv.get(1) == [b'el/%x' % la.id] and kv.get(5) == [b'v1'],
+            'Leader through a names it', (code, kv))
+    code, det = raw_unary(t, t.pb, '/v3electionpb.Election/Leader', pb_bytes(1, b'el'))
+    s.check(code != grpc.StatusCode.OK and 'no leader' in (det or ''),
+            'b sees no leader of "el": it is another tenant\'s election', (code, det))
+    code, _ = raw_unary(t, t.pa, '/v3electionpb.Election/Proclaim', pb_bytes(1, leader) +
+                        pb_bytes(2, b'v2'))
+    s.eq(code, grpc.StatusCode.OK, 'Proclaim through a')
+    ch = grpc.insecure_channel('127.0.0.1:%d' % t.pa)
+    try:
+        obs = ch.unary_stream('/v3electionpb.Election/Observe', request_serializer=lambda b: b,
+                              response_deserializer=lambda b: b)(pb_bytes(1, b'el'), timeout=5)
+        first = pb_fields(pb_fields(next(obs))[2][0])
+        obs.cancel()
+    finally:
+        ch.close()
+    s.check(first.get(1) == [b'el/%x' % la.id] and first.get(5) == [b'v2'],
+            'Observe through a streams the proclaimed value, the key as a sees it', first)
+    code, _ = raw_unary(t, t.pa, '/v3electionpb.Election/Resign', pb_bytes(1, leader))
+    code2, det = raw_unary(t, t.pa, '/v3electionpb.Election/Leader', pb_bytes(1, b'el'))
+    s.check(code == grpc.StatusCode.OK and code2 != grpc.StatusCode.OK and
+            'no leader' in (det or ''), 'Resign through a: no leader any more', (code, code2, det))
+    theirs = [k for k in core_keys(t) if 'mylock' in k or '/el/' in k]
+    s.check(theirs and all(k.startswith(('/a/', '/b/')) for k in theirs),
+            'every key the services wrote is under a tenant prefix', theirs)
 
 
 def test_metadata(s, t):
@@ -507,7 +595,7 @@ def body(s):
     t.core_client = eptest.etcd3_client(t.core.port)
     try:
         for fn in (test_kv, test_txn, test_watch, test_watch_progress, test_lease, test_cluster,
-                   test_metadata, test_errors, test_unix_grpc):
+                   test_lock_election, test_metadata, test_errors, test_unix_grpc):
             s.run(fn, s, t)
     except etcd3.exceptions.Etcd3Exception as e:
         s.check(False, 'etcd3 call failed: %r' % e)

@@ -305,7 +305,6 @@ static void test_method_known(void **state UNUSED)
 	    "RoleGrantPermission",
 	    "RoleRevokePermission",
 	};
-	static const char *const election[] = {"Campaign", "Proclaim", "Leader", "Resign"};
 	char path[128];
 
 	check_method("/etcdserverpb.KV/Range", RW_FORWARD, RW_RANGE, 0, 0);
@@ -343,14 +342,13 @@ static void test_method_known(void **state UNUSED)
 		snprintf(path, sizeof(path), "/etcdserverpb.Auth/%s", auth[i]);
 		check_deny(path, "authentication and roles are managed for the whole cluster", 0);
 	}
-	check_deny("/v3lockpb.Lock/Lock", "Lock and Election are not served by this proxy", 0);
-	check_deny("/v3lockpb.Lock/Unlock", "Lock and Election are not served by this proxy", 0);
-	for (size_t i = 0; i < sizeof(election) / sizeof(election[0]); i++) {
-		snprintf(path, sizeof(path), "/v3electionpb.Election/%s", election[i]);
-		check_deny(path, "Lock and Election are not served by this proxy", 0);
-	}
-	check_deny("/v3electionpb.Election/Observe",
-	           "Lock and Election are not served by this proxy", 1);
+	check_method("/v3lockpb.Lock/Lock", RW_FORWARD, RW_LOCK, 0, 0);
+	check_method("/v3lockpb.Lock/Unlock", RW_FORWARD, RW_UNLOCK, 0, 0);
+	check_method("/v3electionpb.Election/Campaign", RW_FORWARD, RW_CAMPAIGN, 0, 0);
+	check_method("/v3electionpb.Election/Proclaim", RW_FORWARD, RW_PROCLAIM, 0, 0);
+	check_method("/v3electionpb.Election/Leader", RW_FORWARD, RW_LEADER, 0, 0);
+	check_method("/v3electionpb.Election/Observe", RW_FORWARD, RW_LEADER, 0, 1);
+	check_method("/v3electionpb.Election/Resign", RW_FORWARD, RW_RESIGN, 0, 0);
 	check_method("/grpc.health.v1.Health/Check", RW_LOCAL, RW_HEALTH_CHECK, 0, 0);
 }
 
@@ -1023,6 +1021,46 @@ static void test_lease_check_ids(void **state UNUSED)
 	assert_int_equal(s.nchecked, 0);
 }
 
+/* v3lockpb and v3electionpb: names and keys namespaced, leases the tenant's. */
+static void test_lock_election(void **state UNUSED)
+{
+	struct lease_state s = {.allowed = {7}, .nallowed = 1};
+	struct rw_hooks h = {hook_check, hook_visible, hook_granted, &s};
+
+	/* LockRequest {name "l", lease 7} and CampaignRequest {name, lease, value "v"} */
+	expect_hex(REQ, RW_LOCK, &ns_t, &h, "0a016c 1007", "0a042f742f6c 1007");
+	assert_int_equal(s.nchecked, 1);
+	expect_fail_hex(REQ, RW_LOCK, &ns_t, &h, "0a016c 1008", -ENOENT, 5, MSG_NO_LEASE);
+	expect_fail_hex(REQ, RW_LOCK, &ns_t, &h, "1007", -EINVAL, 3, MSG_NO_KEY);
+	expect_hex(REQ, RW_CAMPAIGN, &ns_t, &h, "0a0165 1007 1a0176", "0a042f742f65 1007 1a0176");
+	expect_fail_hex(REQ, RW_CAMPAIGN, &ns_t, &h, "0a0165 1009 1a0176", -ENOENT, 5,
+	                MSG_NO_LEASE);
+	/* UnlockRequest {key}, LeaderRequest {name} (Leader and Observe) */
+	expect_hex(REQ, RW_UNLOCK, &ns_t, &h, "0a036c2f37", "0a062f742f6c2f37");
+	expect_hex(REQ, RW_LEADER, &ns_t, &h, "0a0165", "0a042f742f65");
+	/* ProclaimRequest {leader {name, key, rev 3, lease 7}, value}; ResignRequest {leader} */
+	expect_hex(REQ, RW_PROCLAIM, &ns_t, &h, "0a0c 0a0165 12036500 37 1803 2007 1201 77",
+	           "0a12 0a042f742f65 12062f742f650037 1803 2007 1201 77");
+	expect_hex(REQ, RW_RESIGN, &ns_t, &h, "0a0a 0a0165 12036500 37 2007",
+	           "0a10 0a042f742f65 12062f742f650037 2007");
+	expect_fail_hex(REQ, RW_RESIGN, &ns_t, &h, "0a0a 0a0165 12036500 37 2008", -ENOENT, 5,
+	                MSG_NO_LEASE);
+	/* LockResponse {header, key}: the key loses the prefix; a foreign one is refused */
+	expect_hex(RSP, RW_LOCK, &ns_t, &h, "0a02180d 12062f742f6c2f37", "0a02180d 12036c2f37");
+	expect_fail_hex(RSP, RW_LOCK, &ns_t, &h, "0a02180d 12062f752f6c2f37", -EPROTO, 13,
+	                MSG_FOREIGN_KEY);
+	/* CampaignResponse {header, leader {name, key, rev, lease}} */
+	expect_hex(RSP, RW_CAMPAIGN, &ns_t, &h, "0a02180d 1210 0a042f742f65 12062f742f650037 1803",
+	           "0a02180d 120a 0a0165 12036500 37 1803");
+	/* LeaderResponse {header, kv}: Leader and each message of Observe */
+	expect_hex(RSP, RW_LEADER, &ns_t, &h, "0a02180d 120b 0a062f742f650037 2a0176",
+	           "0a02180d 1208 0a036500 37 2a0176");
+	/* Unlock, Proclaim and Resign answer with a header only */
+	expect_hex(RSP, RW_UNLOCK, &ns_t, &h, "0a02180d", "0a02180d");
+	expect_hex(RSP, RW_PROCLAIM, &ns_t, &h, "0a02180d", "0a02180d");
+	expect_hex(RSP, RW_RESIGN, &ns_t, &h, "0a02180d", "0a02180d");
+}
+
 static void test_lease_granted(void **state UNUSED)
 {
 	struct lease_state s = {.nallowed = 0};
@@ -1331,6 +1369,7 @@ int main(void)
 	    cmocka_unit_test(test_ttl_keys_filtered),
 	    cmocka_unit_test(test_lease_check_put),
 	    cmocka_unit_test(test_lease_check_ids),
+	    cmocka_unit_test(test_lock_election),
 	    cmocka_unit_test(test_lease_granted),
 	    cmocka_unit_test(test_lease_leases_filtered),
 	    cmocka_unit_test(test_alarm),
