@@ -862,6 +862,8 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 			return;
 		}
 		c->granted_lease = 0;
+		if (n->cluster_id == 0)
+			native_learn_header(n, msg, mlen);
 		if (!c->m->server_stream)
 			rl_charge(n->rl, mlen);
 		audit_response(c->audit, msg, mlen);
@@ -1002,6 +1004,8 @@ void native_internal_done(struct call *c, uint32_t error_code)
 
 	if (ok && !c->istream && !grpc_reader_next(&c->resp_in, &flag, &msg, &len, &declared))
 		ok = 0;
+	if (ok && n->cluster_id == 0 && len > 0)
+		native_learn_header(n, msg, len);
 	c->icb(n, c->ictx, ok, msg, len);
 	call_free(c);
 }

@@ -44,9 +44,55 @@
 #include "pb.h"
 
 /* MemberListResponse with this proxy as the only member: clients that sync endpoints stay here. */
+/*
+ * The one member a tenant's clients see: the proxy itself, with an ID of its
+ * own (from the tenant and its address, so stable across restarts), used in
+ * MemberList, in every response header's member_id and in Status's leader.
+ * Clients that check that the leader is a member (python-etcd3's status())
+ * then agree.
+ */
+static uint64_t native_member_id(const char *name, const char *listen)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	const char *parts[2] = { name, listen };
+
+	for (int i = 0; i < 2; i++) {
+		for (const unsigned char *p = (const unsigned char *)parts[i]; *p; p++) {
+			h ^= *p;
+			h *= 0x100000001b3ull;
+		}
+		h ^= ' ';
+		h *= 0x100000001b3ull;
+	}
+	return h != 0 ? h : 1;
+}
+
+void native_learn_header(struct native *n, const uint8_t *msg, size_t len)
+{
+	const uint8_t *p = msg, *end = msg + len;
+	struct ep_pb_field f, h;
+
+	while (ep_pb_next_field(&p, end, &f) > 0) {
+		const uint8_t *q, *qend;
+
+		if (f.number != 1 || f.wire != EP_PB_LEN)
+			continue;
+		q = f.data;
+		qend = f.data + f.len;
+		/* ResponseHeader: cluster_id 1, raft_term 4 */
+		while (ep_pb_next_field(&q, qend, &h) > 0) {
+			if (h.number == 1 && h.wire == EP_PB_VARINT)
+				n->cluster_id = h.value;
+			else if (h.number == 4 && h.wire == EP_PB_VARINT)
+				n->raft_term = h.value;
+		}
+		return;
+	}
+}
+
 size_t native_member_list(struct native *n, uint8_t *buf, size_t size)
 {
-	uint8_t member[400], name[100], url[300];
+	uint8_t member[400], name[100], url[300], header[40], *hp = header;
 	const char *listen = n->host->tenant->listen;
 	int nl = snprintf((char *)name, sizeof(name), "etcdproxy-%s", n->name);
 	int ul = strncmp(listen, "unix:", 5) == 0
@@ -60,12 +106,19 @@ size_t native_member_list(struct native *n, uint8_t *buf, size_t size)
 		nl = sizeof(name) - 1;
 	if (ul < 0 || (size_t)ul >= sizeof(url))
 		ul = sizeof(url) - 1;
-	ml = (size_t)(ep_pb_put_uint(member, 1, 1) - member);			    /* ID */
+	ml = (size_t)(ep_pb_put_uint(member, 1, n->ns.member_id) - member);	    /* ID */
 	ml = (size_t)(ep_pb_put_bytes(member + ml, 2, name, (size_t)nl) - member); /* name */
 	ml = (size_t)(ep_pb_put_bytes(member + ml, 4, url, (size_t)ul) - member);  /* clientURLs */
-	if (ml + 8 > size)
+	/* ResponseHeader: the core's cluster ID and term, the proxy as the member */
+	if (n->cluster_id != 0)
+		hp = ep_pb_put_uint(hp, 1, n->cluster_id);
+	hp = ep_pb_put_uint(hp, 2, n->ns.member_id);
+	if (n->raft_term != 0)
+		hp = ep_pb_put_uint(hp, 4, n->raft_term);
+	if ((size_t)(hp - header) + ml + 16 > size)
 		return 0;
-	return (size_t)(ep_pb_put_bytes(buf, 2, member, ml) - buf); /* members */
+	hp = ep_pb_put_bytes(buf, 1, header, (size_t)(hp - header));
+	return (size_t)(ep_pb_put_bytes(hp, 2, member, ml) - buf); /* members */
 }
 
 /* ---- TLS: the OpenSSL part is a module of its own (tls.c), loaded when a side uses TLS ---- */
@@ -747,6 +800,7 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 		free_native(n);
 		return r;
 	}
+	n->ns.member_id = native_member_id(n->name, host->tenant->listen);
 	native_scratch_shrink(n); /* its first NATIVE_SCRATCH bytes, kept for the worker's life */
 	uv_idle_init(n->loop, &n->flush_idle);
 	n->flush_idle.data = n;

@@ -289,9 +289,10 @@ struct up_conn {
 struct native {
 	struct ep_host *host;
 	uv_loop_t *loop;
-	struct rw_ns ns;
+	struct rw_ns ns; /* ns.member_id: the one member the tenant sees (native_member_id()) */
 	struct rw_hooks hooks;
 	char *name;
+	uint64_t cluster_id, raft_term; /* the core's, from the first answer: for MemberList */
 
 	/* options */
 	enum compaction_policy compaction;
@@ -539,6 +540,8 @@ void conn_io_ack_take(struct conn_io *io, nghttp2_session *s);
 
 /* ---- native.c ---- */
 size_t native_member_list(struct native *n, uint8_t *buf, size_t size);
+/* A response from the core etcd: learn its cluster ID (once) for MemberList's header. */
+void native_learn_header(struct native *n, const uint8_t *msg, size_t len);
 void native_count_method(struct native *n, const char *path, int status, uint64_t us);
 /* The latency bucket of a call that took us microseconds: < 100 us, < 250 us, ... */
 size_t native_latency_bucket(uint64_t us);

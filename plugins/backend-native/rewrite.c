@@ -240,6 +240,7 @@ enum action {
 	ACT_LEASE_STATUS, /* LeaseLeasesResponse entry: kept if lease_visible */
 	ACT_GRANT_ID,     /* LeaseGrantResponse.ID */
 	ACT_GRANT_ERROR,  /* LeaseGrantResponse.error */
+	ACT_MEMBER_ID,    /* a member ID in a response: ns->member_id when set */
 };
 
 enum schema_id {
@@ -275,6 +276,9 @@ enum schema_id {
 	SC_CAMPAIGN_RESP,
 	SC_LEADER_KEY_RESP,
 	SC_LEADER_RESP,
+	SC_HEADER,
+	SC_HEADER_ONLY,
+	SC_STATUS_RESP,
 };
 
 struct rule {
@@ -312,16 +316,21 @@ static const struct rule r_watch_create[] = {LENF(1, ACT_WATCH_KEY), LENF(2, ACT
 static const struct rule r_lease_id_req[] = {VARF(1, ACT_LEASE)};
 static const struct rule r_alarm_req[] = {VARF(1, ACT_ALARM_ACTION)};
 static const struct rule r_kv[] = {LENF(1, ACT_STRIP)};
-static const struct rule r_range_resp[] = {MSG(2, SC_KV)};
-static const struct rule r_delete_resp[] = {MSG(3, SC_KV)};
-static const struct rule r_txn_resp[] = {MSG(3, SC_RESPONSE_OP)};
+/* every response's ResponseHeader (field 1): member_id (2) is the tenant's one member */
+static const struct rule r_header[] = {VARF(2, ACT_MEMBER_ID)};
+static const struct rule r_header_only[] = {MSG(1, SC_HEADER)};
+static const struct rule r_status_resp[] = {MSG(1, SC_HEADER), VARF(4, ACT_MEMBER_ID)};
+static const struct rule r_range_resp[] = {MSG(1, SC_HEADER), MSG(2, SC_KV)};
+static const struct rule r_delete_resp[] = {MSG(1, SC_HEADER), MSG(3, SC_KV)};
+static const struct rule r_txn_resp[] = {MSG(1, SC_HEADER), MSG(3, SC_RESPONSE_OP)};
 static const struct rule r_response_op[] = {MSG(1, SC_RANGE_RESP), MSG(2, SC_PUT_RESP),
 					    MSG(3, SC_DELETE_RESP), MSG(4, SC_TXN_RESP)};
-static const struct rule r_watch_resp[] = {MSG(11, SC_EVENT)};
+static const struct rule r_watch_resp[] = {MSG(1, SC_HEADER), MSG(11, SC_EVENT)};
 static const struct rule r_event[] = {MSG(2, SC_KV), MSG(3, SC_KV)};
-static const struct rule r_ttl_resp[] = {LENF(5, ACT_FILTER)};
-static const struct rule r_leases_resp[] = {LENF(2, ACT_LEASE_STATUS)};
-static const struct rule r_grant_resp[] = {VARF(2, ACT_GRANT_ID), LENF(4, ACT_GRANT_ERROR)};
+static const struct rule r_ttl_resp[] = {MSG(1, SC_HEADER), LENF(5, ACT_FILTER)};
+static const struct rule r_leases_resp[] = {MSG(1, SC_HEADER), LENF(2, ACT_LEASE_STATUS)};
+static const struct rule r_grant_resp[] = {MSG(1, SC_HEADER), VARF(2, ACT_GRANT_ID),
+					   LENF(4, ACT_GRANT_ERROR)};
 /* v3lockpb, v3electionpb: a name is a key prefix etcd appends the lease's ID to */
 static const struct rule r_lock_req[] = {LENF(1, ACT_KEY), VARF(2, ACT_LEASE)};
 static const struct rule r_unlock_req[] = {LENF(1, ACT_KEY)};
@@ -330,10 +339,10 @@ static const struct rule r_leader_key_req[] = {LENF(1, ACT_KEY), LENF(2, ACT_KEY
 					       VARF(4, ACT_LEASE)};
 static const struct rule r_proclaim_req[] = {MSG(1, SC_LEADER_KEY_REQ)};
 static const struct rule r_leader_req[] = {LENF(1, ACT_KEY)};
-static const struct rule r_lock_resp[] = {LENF(2, ACT_STRIP)};
-static const struct rule r_campaign_resp[] = {MSG(2, SC_LEADER_KEY_RESP)};
+static const struct rule r_lock_resp[] = {MSG(1, SC_HEADER), LENF(2, ACT_STRIP)};
+static const struct rule r_campaign_resp[] = {MSG(1, SC_HEADER), MSG(2, SC_LEADER_KEY_RESP)};
 static const struct rule r_leader_key_resp[] = {LENF(1, ACT_STRIP), LENF(2, ACT_STRIP)};
-static const struct rule r_leader_resp[] = {MSG(2, SC_KV)};
+static const struct rule r_leader_resp[] = {MSG(1, SC_HEADER), MSG(2, SC_KV)};
 
 #define RULES(r) r, sizeof(r) / sizeof(r[0])
 
@@ -370,6 +379,9 @@ static const struct schema schemas[] = {
 	[SC_CAMPAIGN_RESP] = {RULES(r_campaign_resp), 0},
 	[SC_LEADER_KEY_RESP] = {RULES(r_leader_key_resp), 0},
 	[SC_LEADER_RESP] = {RULES(r_leader_resp), 0},
+	[SC_HEADER] = {RULES(r_header), 0},
+	[SC_HEADER_ONLY] = {RULES(r_header_only), 0},
+	[SC_STATUS_RESP] = {RULES(r_status_resp), 0},
 };
 /* clang-format on */
 
@@ -578,6 +590,17 @@ static int rewrite_msg(struct ctx *c, enum schema_id id, const uint8_t *in, size
 				return fail(c, -EPERM, ST_PERMISSION_DENIED, MSG_ALARM);
 			continue;
 		case ACT_GRANT_ID: grant_id = f.value; continue;
+		case ACT_MEMBER_ID:
+			if (ns->member_id == 0 || f.value == ns->member_id)
+				continue; /* stays in the run */
+			if (copy_run(c, run, f.start) || reserve(c, (size_t)(f.tag_end - f.start) + 10))
+				return -ENOMEM;
+			run = p;
+			memcpy(c->out->data + c->out->len, f.start, (size_t)(f.tag_end - f.start));
+			c->out->len = (size_t)(ep_pb_put_varint(c->out->data + c->out->len +
+			                                        (size_t)(f.tag_end - f.start),
+			                                        ns->member_id) - c->out->data);
+			continue;
 		case ACT_GRANT_ERROR: grant_error_len = f.len; continue;
 		case ACT_LEASE_STATUS: {
 			int64_t lease;
@@ -708,13 +731,13 @@ static int response_schema(enum rw_kind kind, enum schema_id *id)
 {
 	switch (kind) {
 	case RW_NONE:
+	case RW_MEMBER_LIST:
+	case RW_HEALTH_CHECK: *id = SC_PASS; return 0; /* answered locally */
 	case RW_COMPACT:
-	case RW_STATUS:
 	case RW_ALARM:
 	case RW_LEASE_REVOKE:
-	case RW_LEASE_KEEPALIVE:
-	case RW_MEMBER_LIST:
-	case RW_HEALTH_CHECK: *id = SC_PASS; return 0;
+	case RW_LEASE_KEEPALIVE: *id = SC_HEADER_ONLY; return 0;
+	case RW_STATUS: *id = SC_STATUS_RESP; return 0;
 	case RW_RANGE: *id = SC_RANGE_RESP; return 0;
 	case RW_PUT: *id = SC_PUT_RESP; return 0;
 	case RW_DELETE_RANGE: *id = SC_DELETE_RESP; return 0;
@@ -725,7 +748,7 @@ static int response_schema(enum rw_kind kind, enum schema_id *id)
 	case RW_LEASE_LEASES: *id = SC_LEASES_RESP; return 0;
 	case RW_UNLOCK:
 	case RW_PROCLAIM:
-	case RW_RESIGN: *id = SC_PASS; return 0;
+	case RW_RESIGN: *id = SC_HEADER_ONLY; return 0;
 	case RW_LOCK: *id = SC_LOCK_RESP; return 0;
 	case RW_CAMPAIGN: *id = SC_CAMPAIGN_RESP; return 0;
 	case RW_LEADER: *id = SC_LEADER_RESP; return 0;

@@ -77,6 +77,11 @@ struct rw_ns {
 	size_t prefix_len;
 	uint8_t *prefix_end;   /* the truncating prefix end ("/a0"); owned */
 	size_t prefix_end_len;
+	/*
+	 * The one member the tenant sees (0: leave the core's): every response
+	 * header's member_id and Status's leader become it, as MemberList names it.
+	 */
+	uint64_t member_id;
 };
 
 /*

@@ -372,6 +372,21 @@ def test_cluster(s, t):
     s.check(st.version == core_st.version and st.db_size > 0 and
             st.raft_term == core_st.raft_term, 'status through a: the core\'s version, db size '
             'and raft term', (st.version, st.db_size, st.raft_term))
+    # one identity: the member the tenant sees is the leader Status names, in every header
+    s.check(st.leader is not None and st.leader.id == members[0].id,
+            'status().leader through a is the member MemberList names (%x)' % members[0].id,
+            st.leader)
+    from etcd3 import etcdrpc as rpc
+    hdrs = [a.kvstub.Range(rpc.RangeRequest(key=b'x'), timeout=5).header,
+            a.maintenancestub.Status(rpc.StatusRequest(), timeout=5).header,
+            a.clusterstub.MemberList(rpc.MemberListRequest(), timeout=5).header,
+            a.kvstub.Put(rpc.PutRequest(key=b'hdr', value=b'v'), timeout=5).header]
+    core_hdr = t.core_client.kvstub.Range(rpc.RangeRequest(key=b'x'), timeout=5).header
+    s.check(all(h.member_id == members[0].id for h in hdrs),
+            'Range, Status, MemberList and Put headers through a carry that member\'s ID',
+            [h.member_id for h in hdrs])
+    s.check(all(h.cluster_id == core_hdr.cluster_id for h in hdrs),
+            'and the core\'s cluster ID, MemberList\'s included', [h.cluster_id for h in hdrs])
     s.eq(list(a.list_alarms()), [], 'list_alarms (Alarm GET) through a: none')
     from etcd3 import etcdrpc
     for action, name in ((etcdrpc.AlarmRequest.ACTIVATE, 'ACTIVATE'),
