@@ -892,8 +892,11 @@ static void test_response_kinds(void **state UNUSED)
 	           "0a02180d 1002 1a 03 0a0161 1a 03 0a0162");
 	expect_hex(RSP, RW_RANGE, &ns_t, NULL, "0a02180d 12 06 0a042f742f61 1801 2005",
 	           "0a02180d 12 03 0a0161 1801 2005");
-	/* the header's own field 2 is never read as a key */
-	expect_hex(RSP, RW_RANGE, &ns_t, NULL, "0a05 1203 6b6b6b", "0a05 1203 6b6b6b");
+	/* the header's own field 2 (member_id) is never read as a key, and a key-shaped one is
+	 * malformed: it is a number */
+	expect_hex(RSP, RW_RANGE, &ns_t, NULL, "0a04 1007 180d", "0a04 1007 180d");
+	expect_fail_hex(RSP, RW_RANGE, &ns_t, NULL, "0a05 1203 6b6b6b", -EINVAL, 13,
+	                MSG_BAD_RESPONSE);
 	/* Txn: put, delete and nested txn responses */
 	expect_hex(RSP, RW_TXN, &ns_t, NULL,
 	           "1001 1a0a 1208 1206 0a042f742f61 1a0a 1a08 1a06 0a042f742f62"
@@ -1132,11 +1135,40 @@ static void test_pass_kinds(void **state UNUSED)
 		expect_hex(REQ, kinds[i], &ns_t, NULL, msg, msg);
 		expect_hex(REQ, kinds[i], &ns_t, NULL, "", "");
 		expect_fail_hex(REQ, kinds[i], &ns_t, NULL, "0a05 61", -EINVAL, 3, MSG_BAD_REQUEST);
-		if (kinds[i] != RW_LEASE_GRANT)
+		/* answered locally, never from the core: their answers are not read */
+		if (kinds[i] == RW_NONE || kinds[i] == RW_MEMBER_LIST || kinds[i] == RW_HEALTH_CHECK)
 			expect_hex(RSP, kinds[i], &ns_t, NULL, msg, msg);
 		expect_fail_hex(RSP, kinds[i], &ns_t, NULL, "0b", -EINVAL, 13, MSG_BAD_RESPONSE);
 	}
 	expect_hex(RSP, RW_HEALTH_CHECK, &ns_t, NULL, "0801", "0801");
+}
+
+/* One member: with ns.member_id set, every header's member_id and Status's leader are it. */
+static void test_member_identity(void **state UNUSED)
+{
+	struct rw_ns ns;
+
+	assert_int_equal(rw_ns_init(&ns, (const uint8_t *)"/t/", 3), 0);
+	/* unset: the core's IDs stay */
+	expect_hex(RSP, RW_STATUS, &ns, NULL, "0a06 0801 1007 180d 1205 332e342e30 2007",
+	           "0a06 0801 1007 180d 1205 332e342e30 2007");
+	ns.member_id = 0x99;
+	/* Status: header member_id 7 -> 0x99 (2 bytes), leader 7 -> 0x99; the rest as it is */
+	expect_hex(RSP, RW_STATUS, &ns, NULL, "0a06 0801 1007 180d 1205 332e342e30 2007",
+	           "0a07 0801 109901 180d 1205 332e342e30 209901");
+	/* Range, Put, Watch, KeepAlive, Compact, Lock: the header, and nothing else changes */
+	expect_hex(RSP, RW_RANGE, &ns, NULL, "0a04 1007 180d 12 06 0a042f742f61",
+	           "0a05 109901 180d 12 03 0a0161");
+	expect_hex(RSP, RW_PUT, &ns, NULL, "0a02 1007", "0a03 109901");
+	expect_hex(RSP, RW_WATCH, &ns, NULL, "0a02 1007 1001 1801", "0a03 109901 1001 1801");
+	expect_hex(RSP, RW_LEASE_KEEPALIVE, &ns, NULL, "0a02 1007 1005 183c",
+	           "0a03 109901 1005 183c");
+	expect_hex(RSP, RW_COMPACT, &ns, NULL, "0a02 1007", "0a03 109901");
+	expect_hex(RSP, RW_LOCK, &ns, NULL, "0a02 1007 1206 2f742f6c2f37",
+	           "0a03 109901 1203 6c2f37");
+	/* a header without a member_id gains none */
+	expect_hex(RSP, RW_PUT, &ns, NULL, "0a02 180d", "0a02 180d");
+	rw_ns_free(&ns);
 }
 
 /* ---- malformed input ------------------------------------------------------------ */
@@ -1370,6 +1402,7 @@ int main(void)
 	    cmocka_unit_test(test_lease_check_put),
 	    cmocka_unit_test(test_lease_check_ids),
 	    cmocka_unit_test(test_lock_election),
+	    cmocka_unit_test(test_member_identity),
 	    cmocka_unit_test(test_lease_granted),
 	    cmocka_unit_test(test_lease_leases_filtered),
 	    cmocka_unit_test(test_alarm),
