@@ -311,6 +311,7 @@ static const struct key supervisor_keys[] = {
 	KEY("stable_after", K_DURATION, struct ep_global_config, stable_after_ms),
 	KEY_UINT("max_failures", struct ep_global_config, max_failures, 1, 1000),
 	KEY("purge_delay", K_DURATION_ZERO, struct ep_global_config, purge_delay_ms),
+	KEY("start_timeout", K_DURATION, struct ep_global_config, start_timeout_ms),
 };
 
 static int parse_kubeconfig(struct pctx *c, const cJSON *v, const char *what, void *base)
@@ -542,6 +543,7 @@ static void global_defaults(struct ep_global_config *g)
 	g->worker_path = ep_strdup(PKGLIBEXECDIR "/etcdproxy-worker");
 	g->ctl_path = ep_strdup(BINDIR "/etcdproxyctl");
 	g->purge_delay_ms = 10 * 60 * 1000;
+	g->start_timeout_ms = 30000;
 	g->log_level = EP_LOG_INFO;
 	g->core.endpoints = ep_malloc0(sizeof(char *));
 	g->core.endpoints[0] = ep_strdup("https://127.0.0.1:2379");

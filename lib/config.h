@@ -65,6 +65,7 @@ struct ep_global_config {
 	uint64_t stable_after_ms;     /* a worker up this long has its failures forgotten */
 	unsigned max_failures;        /* consecutive failures before a tenant is marked failed */
 	uint64_t purge_delay_ms;      /* from a Purge tenant's removal to its purge */
+	uint64_t start_timeout_ms;    /* from spawn to the worker's HELLO */
 
 	/* the Kubernetes source (etcdproxyd.json(5), "kubernetes"): off when kubeconfig is NULL */
 	struct ep_kube_settings {

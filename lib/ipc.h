@@ -17,6 +17,8 @@
  * when the callback returns.  Return 0 to go on; anything else stops
  * ep_frame_reader_feed() at once and is returned by it, so a callback may
  * free the reader (and the connection it belongs to) if it returns non-zero.
+ * A reader that lives on after a non-zero return still holds the frames from
+ * that one on (that one included): it must not be fed again.
  */
 typedef int ep_frame_cb(void *ctx, uint8_t type, cJSON *payload);
 

@@ -35,8 +35,10 @@
 extern char **environ;
 
 static void tenant_spawn(struct tenant *t);
+static void on_start_timeout(uv_timer_t *timer);
 static void on_restart_timer(uv_timer_t *timer);
 static void tenant_stop(struct tenant *t);
+static void tenant_hurry(struct tenant *t);
 static void tenant_release(struct tenant *t);
 static void maybe_finish_shutdown(struct supervisor *sv);
 static void notify_status(struct supervisor *sv);
@@ -244,6 +246,8 @@ static int on_worker_message(void *ctx, uint8_t type, cJSON *payload)
 
 		if (ep_msg_hello_parse(payload, &m) < 0)
 			return bad_message(t, type);
+		if (t->stop_phase == 0)
+			uv_timer_stop(&t->timer); /* the start timeout: it said HELLO */
 		if (m.version == NULL || strcmp(m.version, PACKAGE_VERSION) != 0)
 			ep_warn("tenant %s: worker %s is version %s, the supervisor %s: restart etcdproxyd "
 				"after an upgrade", t->name, sv_worker_path(t),
@@ -635,9 +639,28 @@ static void tenant_spawn(struct tenant *t)
 	if (t->spawns++ > 0)
 		t->restarts++;
 	uv_read_start((uv_stream_t *)&t->ipc, ipc_alloc, on_ipc_read);
+	uv_timer_start(&t->timer, on_start_timeout, sv->global->start_timeout_ms, 0);
 	ep_info("tenant %s: started worker pid %ld (backend %s, listen %s)", t->name, (long)t->pid,
 		t->backend, t->listen);
 	tenant_set_state(t, TENANT_STARTING);
+}
+
+/* A worker that never says HELLO (hung in a plugin's constructor, say) is killed. */
+static void on_start_timeout(uv_timer_t *timer)
+{
+	struct tenant *t = timer->data;
+	char took[32];
+
+	if (!t->process_alive || t->configured || t->stop_phase != 0)
+		return;
+	ep_format_duration_ms(t->sv->global->start_timeout_ms, took, sizeof(took));
+	free(t->fatal_reason);
+	t->fatal_reason = ep_strdup_printf("the worker sent no HELLO within %s "
+					   "(supervisor.start_timeout)", took);
+	ep_err("tenant %s: worker pid %ld sent no HELLO within %s (supervisor.start_timeout); "
+	       "killing it", t->name, (long)t->pid, took);
+	tenant_error(t, ep_strdup(t->fatal_reason));
+	uv_process_kill(&t->process, SIGKILL);
 }
 
 static void on_stop_timer(uv_timer_t *timer)
@@ -691,6 +714,21 @@ static void tenant_stop(struct tenant *t)
 	cJSON_Delete(p);
 	uv_timer_start(&t->timer, on_stop_timer,
 		       t->sv->global->stop_timeout_ms / 2 ? t->sv->global->stop_timeout_ms / 2 : 1, 0);
+}
+
+/* A stopping worker is told to stop without draining (STOP graceful false). */
+static void tenant_hurry(struct tenant *t)
+{
+	struct ep_msg_stop m = { .graceful = 0 };
+	cJSON *p;
+
+	if (!t->process_alive || !t->ipc_open || t->stop_phase != 1)
+		return;
+	p = ep_msg_stop_encode(&m);
+	ep_info("tenant %s: telling worker pid %ld to stop at once", t->name, (long)t->pid);
+	if (ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_STOP, p) < 0)
+		uv_process_kill(&t->process, SIGTERM);
+	cJSON_Delete(p);
 }
 
 /* ---- status -------------------------------------------------------------------------- */
@@ -1100,7 +1138,9 @@ static void supervisor_shutdown(struct supervisor *sv, const char *why)
 	struct tenant *t, *next;
 
 	if (sv->shutting_down) {
-		ep_notice("%s again: still waiting for workers", why);
+		ep_notice("%s again: the workers stop at once, without draining their clients", why);
+		for (t = sv->tenants; t != NULL; t = t->next)
+			tenant_hurry(t);
 		return;
 	}
 	ep_notice("%s: stopping %s", why, sv->tenants ? "every worker" : "");

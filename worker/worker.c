@@ -767,10 +767,17 @@ static int on_message(void *ctx, uint8_t type, cJSON *payload)
 	case EP_MSG_CONFIGURE:
 		apply_configure(payload);
 		break;
-	case EP_MSG_STOP:
-		ep_info("STOP from the supervisor");
+	case EP_MSG_STOP: {
+		struct ep_msg_stop m = { .graceful = 1 };
+
+		if (ep_msg_stop_parse(payload, &m) < 0)
+			m.graceful = 1; /* a malformed flag: the gentle way */
+		ep_info("STOP from the supervisor%s", m.graceful ? "" : " (at once, not graceful)");
 		worker_exit(EP_EXIT_OK);
+		if (!m.graceful)
+			worker_exit(EP_EXIT_OK); /* asked twice: the backend stops without draining */
 		break;
+	}
 	case EP_MSG_STATUS_REQ:
 		send_status();
 		break;
@@ -784,7 +791,13 @@ static int on_message(void *ctx, uint8_t type, cJSON *payload)
 		ep_warn("unexpected message %s from the supervisor", ep_msg_type_name(type));
 		break;
 	}
-	return W.exiting ? 1 : 0;
+	/*
+	 * Always 0: the reader (W.reader) lives until main() returns, and a
+	 * non-zero value would leave this frame in it, to be delivered again
+	 * with the next bytes.  Frames after STOP are still read: a second STOP
+	 * (not graceful) makes the backend hurry.
+	 */
+	return 0;
 }
 
 static void ipc_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)

@@ -108,6 +108,45 @@ def test_stop_escalation(s, core):
             'the hung worker%s gone' % (' and its grpc-proxy are' if proxy else ' is'))
 
 
+def test_start_timeout(s, mute):
+    t = mute.wait_tenant('m', lambda t: 'sent no HELLO within 1s' in (t['last_error'] or ''),
+                         timeout=15, what='a worker killed for saying no HELLO')
+    s.check('supervisor.start_timeout' in t['last_error'],
+            'a worker that never says HELLO is killed after supervisor.start_timeout, and '
+            'last_error says so', t['last_error'])
+    s.check(mute.wait_tenant('m', lambda t: t['restarts'] >= 1, timeout=15, what='a restart'),
+            'and it is started again (with backoff)')
+    s.eq(mute.stop(), 0, 'that etcdproxyd exits 0 on SIGTERM')
+
+
+def test_stop_not_graceful(s, core):
+    """A second SIGTERM: workers still draining their clients stop at once (STOP graceful
+    false) instead of waiting out backends.native.drain_timeout."""
+    sv = eptest.Supervisor(s, core, name='drain', backends={
+        'native': {'drain_timeout': '60s'}})
+    port = sv.add_tenant('d', backend='native')
+    sv.start()
+    sv.wait_ready('d')
+    c = eptest.etcd3_client(port)
+    w = eptest.Watch(c, 'held')  # an open call: a graceful stop waits for it to end
+    try:
+        s.check(wait_until(lambda: eptest.serves(port), 10), 'a watch is open through d')
+        sv.send(signal.SIGTERM)
+        sv.wait_state('d', 'stopping')
+        t0 = time.monotonic()
+        time.sleep(1)
+        s.check(sv.proc.poll() is None, 'after SIGTERM the worker drains (the watch is open)')
+        sv.send(signal.SIGTERM)
+        rc = sv.proc.wait(20)
+        s.eq(rc, 0, 'a second SIGTERM: etcdproxyd exits 0 without waiting out the 60 s drain '
+             '(%.1f s)' % (time.monotonic() - t0))
+        s.check('STOP from the supervisor (at once, not graceful)' in sv.log_text(),
+                'the worker was told to stop at once')
+    finally:
+        c.close()
+    del w
+
+
 def test_protocol_error(s, garbage):
     t = garbage.wait_tenant('g', lambda t: 'signal 9' in (t['last_error'] or ''), timeout=10,
                             what='a worker killed for a protocol error')
@@ -249,7 +288,13 @@ def body(s):
                       0o755)
     garbage = eptest.Supervisor(s, core, name='garbage', worker=garbage_worker)
     garbage.add_tenant('g')
-    for x in (crashy, flaky, fatal, garbage):
+    # a "worker" that never says HELLO
+    mute_worker = os.path.join(s.tmp, 'mute-worker.sh')
+    eptest.write_text(mute_worker, '#!/bin/sh\nexec sleep 600\n', 0o755)
+    mute = eptest.Supervisor(s, core, name='mute', worker=mute_worker,
+                             supervisor={'start_timeout': '1s'})
+    mute.add_tenant('m')
+    for x in (crashy, flaky, fatal, garbage, mute):
         if x is not None:
             x.start()
 
@@ -267,7 +312,9 @@ def body(s):
         s.run(test_child_keeps_failing, s, flaky)
     s.run(test_fatal_config, s, fatal, missing)
     s.run(test_protocol_error, s, garbage)
+    s.run(test_start_timeout, s, mute)
     s.run(test_stop_escalation, s, core)
+    s.run(test_stop_not_graceful, s, core)
     s.run(test_sigkill_supervisor, s, core)
 
 

@@ -598,7 +598,7 @@ static void test_global_unknown_keys(void **state)
 		{ "{\n  \"supervisor\": {\n    \"max_restarts\": 3\n  }\n}\n", 3, 5,
 		  "unknown key \"max_restarts\" in supervisor (expected one of: stop_timeout, "
 		  "restart_backoff_initial, restart_backoff_max, stable_after, max_failures, "
-		  "purge_delay)" },
+		  "purge_delay, start_timeout)" },
 		{ "{\n  \"metrics\": {\"port\": 9379}\n}\n", 2, 15,
 		  "unknown key \"port\" in metrics (expected one of: listen)" },
 		{ "{\n  \"metrics\": {\"listen\": \"9379\"}\n}\n", 2, 15,

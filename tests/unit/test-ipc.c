@@ -926,6 +926,12 @@ static void test_messages_round_trip(void **state)
 	assert_int_equal(ep_msg_stop_parse(p, &so2), 0);
 	assert_int_equal(so2.graceful, 1);
 	cJSON_Delete(p);
+	so.graceful = 0; /* the second SIGTERM's: stop without draining */
+	p = wire(ep_msg_stop_encode(&so));
+	so2.graceful = 1;
+	assert_int_equal(ep_msg_stop_parse(p, &so2), 0);
+	assert_int_equal(so2.graceful, 0);
+	cJSON_Delete(p);
 
 	cJSON *pol = cJSON_Parse("{\"quota\": {\"max_keys\": 5}}");
 	struct ep_msg_policy po = { .policy = pol }, po2;
