@@ -67,7 +67,7 @@ if [ "$target" = h2server ]; then
 		"$here/fuzz-h2server.c" "$top/tests/native/harness.c" "$top/lib/options.c" \
 		"$top/lib/util.c" "$nb/native.c" "$nb/conn.c" "$nb/leases.c" "$nb/call.c" \
 		"$nb/downstream.c" "$nb/upstream.c" "$nb/pool.c" "$nb/rewrite.c" "$nb/audit.c" \
-		"$nb/ratelimit.c" \
+		"$nb/ratelimit.c" "$nb/quota.c" "$nb/usage.c" \
 		$(pkg-config --cflags --libs libnghttp2 libuv libcjson)
 	mkdir -p "$work/corpus"
 	echo "run-fuzz: fuzzing h2server for ${secs}s in $work"
