@@ -11,6 +11,21 @@
  */
 int ep_sd_notify(const char *state);
 int ep_sd_notifyf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same with a file descriptor attached (SCM_RIGHTS), for "FDSTORE=1". */
+int ep_sd_notify_fd(const char *state, int fd);
+
+/* A socket systemd passed at start ($LISTEN_FDS, $LISTEN_FDNAMES). */
+struct ep_sd_fd {
+	int fd;
+	char *name; /* "unknown" when systemd gave none */
+};
+
+/*
+ * The sockets systemd passed to this process (fds 3, 4, ... when $LISTEN_PID
+ * is ours), made close-on-exec; the variables are removed from the
+ * environment.  Returns how many, with a malloc'ed array in *fds_r.
+ */
+size_t ep_sd_listen_fds(struct ep_sd_fd **fds_r);
 
 /*
  * The watchdog interval in microseconds when systemd wants keep-alives for

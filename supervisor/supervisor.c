@@ -141,11 +141,64 @@ static struct tenant *tenant_new(struct supervisor *sv, const struct ep_tenant_e
 	return t;
 }
 
+/*
+ * A tenant's listening socket in systemd's file descriptor store: its name,
+ * "ep-TENANT@LISTEN" with ':' (which FDNAME may not hold) as '_'.
+ */
+static char *fd_name(const struct tenant *t)
+{
+	char *name = ep_strdup_printf("ep-%s@%s", t->name, t->listen);
+
+	for (char *p = name; *p; p++)
+		if (*p == ':' || *p < 0x21 || *p > 0x7e)
+			*p = '_';
+	if (strlen(name) > 255)
+		name[255] = '\0';
+	return name;
+}
+
+/* Kept by systemd (FileDescriptorStoreMax): a restart of etcdproxyd gets it back. */
+static void fd_store(const struct tenant *t)
+{
+	char *name = fd_name(t), *msg = ep_strdup_printf("FDSTORE=1\nFDNAME=%s", name);
+	int r = ep_sd_notify_fd(msg, t->listen_fd);
+
+	if (r < 0)
+		ep_warn("tenant %s: cannot hand its listening socket to systemd's store: %s", t->name,
+			strerror(-r));
+	free(msg);
+	free(name);
+}
+
+/* The socket a previous etcdproxyd bound for this tenant, kept by systemd; or -1. */
+static int fd_take_inherited(struct supervisor *sv, const struct tenant *t)
+{
+	char *name = fd_name(t);
+	int fd = -1;
+
+	for (size_t i = 0; i < sv->n_inherited && fd < 0; i++) {
+		if (sv->inherited[i].fd >= 0 && strcmp(sv->inherited[i].name, name) == 0) {
+			fd = sv->inherited[i].fd;
+			sv->inherited[i].fd = -1;
+		}
+	}
+	free(name);
+	return fd;
+}
+
 /* Close the listening socket this tenant's workers were given: clients are refused from now on. */
 static void tenant_close_socket(struct tenant *t)
 {
 	if (t->listen_fd < 0)
 		return;
+	if (!t->sv->shutting_down) {
+		/* gone for good (a shutdown keeps the store for the next start) */
+		char *name = fd_name(t), *msg = ep_strdup_printf("FDSTOREREMOVE=1\nFDNAME=%s", name);
+
+		ep_sd_notify(msg);
+		free(msg);
+		free(name);
+	}
 	close(t->listen_fd);
 	t->listen_fd = -1;
 	if (strncmp(t->listen, "unix:", 5) == 0)
@@ -556,11 +609,21 @@ static void tenant_spawn(struct tenant *t)
 	char *error;
 	int r;
 
-	/* bound once and kept across worker restarts: clients wait in the backlog meanwhile */
-	if (ep_backend_takes_socket(t->backend) && t->listen_fd < 0 &&
-	    ep_listen_bind(t->listen, &t->listen_fd, &error) < 0) {
-		spawn_failed(t, error);
-		return;
+	/*
+	 * Bound once and kept across worker restarts, and across restarts of
+	 * etcdproxyd itself through systemd's file descriptor store: clients
+	 * wait in the backlog meanwhile.
+	 */
+	if (ep_backend_takes_socket(t->backend) && t->listen_fd < 0) {
+		t->listen_fd = fd_take_inherited(sv, t);
+		if (t->listen_fd >= 0) {
+			ep_notice("tenant %s: listening on %s with the socket systemd kept across the "
+				  "restart (no connection was refused meanwhile)", t->name, t->listen);
+		} else if (ep_listen_bind(t->listen, &t->listen_fd, &error) < 0) {
+			spawn_failed(t, error);
+			return;
+		}
+		fd_store(t);
 	}
 
 	for (char **e = environ; *e != NULL; e++)
@@ -1131,6 +1194,7 @@ static void maybe_finish_shutdown(struct supervisor *sv)
 	close_if_open((uv_handle_t *)&sv->sigterm);
 	close_if_open((uv_handle_t *)&sv->sigint);
 	close_if_open((uv_handle_t *)&sv->watchdog);
+	close_if_open((uv_handle_t *)&sv->inherited_timer);
 }
 
 static void supervisor_shutdown(struct supervisor *sv, const char *why)
@@ -1156,6 +1220,28 @@ static void supervisor_shutdown(struct supervisor *sv, const char *why)
 		tenant_stop(t);
 	}
 	maybe_finish_shutdown(sv);
+}
+
+#define INHERITED_GRACE_MS 60000 /* for the kept sockets of tenants that come back late */
+
+/* Inherited sockets no tenant claimed: their tenants are gone, so are the sockets. */
+static void on_inherited_timer(uv_timer_t *h)
+{
+	struct supervisor *sv = h->data;
+
+	for (size_t i = 0; i < sv->n_inherited; i++) {
+		if (sv->inherited[i].fd >= 0) {
+			char *msg = ep_strdup_printf("FDSTOREREMOVE=1\nFDNAME=%s",
+						     sv->inherited[i].name);
+
+			ep_info("closing the kept listening socket %s: no tenant has it any more",
+				sv->inherited[i].name);
+			ep_sd_notify(msg);
+			free(msg);
+			close(sv->inherited[i].fd);
+			sv->inherited[i].fd = -1;
+		}
+	}
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1429,6 +1515,8 @@ int main(int argc, char **argv)
 
 	memset(&sv, 0, sizeof(sv));
 	/* daemon() changes to /: a reload must still find a relative -c */
+	/* systemd's file descriptor store gives back the sockets of a previous etcdproxyd */
+	sv.n_inherited = ep_sd_listen_fds(&sv.inherited);
 	sv.config_path = realpath(config, NULL);
 	if (sv.config_path == NULL)
 		sv.config_path = ep_strdup(config);
@@ -1476,6 +1564,8 @@ int main(int argc, char **argv)
 	uv_signal_start(&sv.sigterm, on_signal, SIGTERM);
 	uv_signal_start(&sv.sigint, on_signal, SIGINT);
 	uv_timer_init(sv.loop, &sv.watchdog);
+	uv_timer_init(sv.loop, &sv.inherited_timer);
+	sv.inherited_timer.data = &sv;
 	wd = ep_sd_watchdog_usec();
 	if (wd > 0)
 		uv_timer_start(&sv.watchdog, on_watchdog, 0, wd / 2000 ? wd / 2000 : 1);
@@ -1489,6 +1579,8 @@ int main(int argc, char **argv)
 		tenant_activate(t);
 	}
 	purge_restore(&sv);
+	if (sv.n_inherited > 0) /* tenants the cluster brings back later may still claim theirs */
+		uv_timer_start(&sv.inherited_timer, on_inherited_timer, INHERITED_GRACE_MS, 0);
 	kube_restart(&sv);
 	metrics_start(&sv);
 	ep_sd_notify("READY=1");
@@ -1500,6 +1592,12 @@ int main(int argc, char **argv)
 	uv_loop_close(sv.loop);
 	ep_tenant_set_free(&sv.set);
 	ep_global_config_free(sv.global);
+	for (size_t i = 0; i < sv.n_inherited; i++) {
+		if (sv.inherited[i].fd >= 0)
+			close(sv.inherited[i].fd);
+		free(sv.inherited[i].name);
+	}
+	free(sv.inherited);
 	free(sv.config_path);
 	free(sv.last_reload_error);
 	return sv.exit_code;

@@ -10,6 +10,7 @@
 
 #include "backoff.h"
 #include "config.h"
+#include "sdnotify.h"
 #include "ipc.h"
 #include "tenant-set.h"
 
@@ -93,6 +94,10 @@ struct supervisor {
 	struct kube_source *kube; /* the Kubernetes source, or NULL */
 	struct metrics *metrics;  /* the metrics and health endpoints, or NULL */
 	struct purge *purges;     /* pending purges of removed tenants (purge.c) */
+	/* listening sockets systemd kept for us across a restart (FDSTORE), not yet claimed */
+	struct ep_sd_fd *inherited;
+	size_t n_inherited;
+	uv_timer_t inherited_timer;
 	int shutting_down;
 	int exit_code;
 };
