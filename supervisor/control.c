@@ -30,12 +30,19 @@ struct ctl_conn {
 	/* a rotate or issue-client-cert relayed to a worker: its CERTS_REQ id and tenant */
 	uint64_t certs_id;
 	char *certs_tenant;
+	uv_timer_t timer; /* the supervisor's own limit on the worker's answer */
+	int handles;      /* the pipe and the timer: freed when both are closed */
 };
+
+/* The worker answers a relayed rotate or issue within this, or the client hears why. */
+#define CERTS_ANSWER_MS (EP_CERTS_REQ_TIMEOUT_MS - 5000)
 
 static void conn_closed(uv_handle_t *h)
 {
 	struct ctl_conn *c = h->data;
 
+	if (--c->handles > 0)
+		return;
 	if (c->next != NULL)
 		c->next->prevp = c->prevp;
 	*c->prevp = c->next;
@@ -48,6 +55,8 @@ static void conn_close(struct ctl_conn *c)
 {
 	if (!uv_is_closing((uv_handle_t *)&c->pipe))
 		uv_close((uv_handle_t *)&c->pipe, conn_closed);
+	if (!uv_is_closing((uv_handle_t *)&c->timer))
+		uv_close((uv_handle_t *)&c->timer, conn_closed);
 }
 
 static void reply_written(uv_shutdown_t *req, int status)
@@ -63,6 +72,7 @@ static void reply(struct ctl_conn *c, cJSON *answer)
 	uv_shutdown_t *req;
 
 	c->answered = 1;
+	uv_timer_stop(&c->timer);
 	ep_ipc_send((uv_stream_t *)&c->pipe, EP_MSG_CTL_REPLY, answer);
 	cJSON_Delete(answer);
 	uv_read_stop((uv_stream_t *)&c->pipe);
@@ -125,6 +135,19 @@ static cJSON *status_reply(struct supervisor *sv, int detailed)
  * rotate / issue-client-cert: the worker's certificate source does it.  The
  * answer comes later (control_certs_reply); NULL means "deferred".
  */
+static void on_certs_timeout(uv_timer_t *h)
+{
+	struct ctl_conn *c = h->data;
+
+	if (c->answered)
+		return;
+	ep_warn("tenant %s: its worker did not answer a %s request within %d s", c->certs_tenant,
+		"certificate", CERTS_ANSWER_MS / 1000);
+	reply(c, error_reply("the worker of tenant \"%s\" did not answer within %d s; it may "
+			     "still finish the work: see etcdproxyctl show %s", c->certs_tenant,
+			     CERTS_ANSWER_MS / 1000, c->certs_tenant));
+}
+
 static cJSON *relay_certs(struct ctl_conn *c, const cJSON *req, const char *cmd)
 {
 	static uint64_t next_id = 1;
@@ -171,6 +194,7 @@ static cJSON *relay_certs(struct ctl_conn *c, const cJSON *req, const char *cmd)
 	msg = ep_msg_certs_req_encode(&m);
 	ep_ipc_send((uv_stream_t *)&t->ipc, EP_MSG_CERTS_REQ, msg);
 	cJSON_Delete(msg);
+	uv_timer_start(&c->timer, on_certs_timeout, CERTS_ANSWER_MS, 0);
 	return NULL;
 }
 
@@ -317,6 +341,9 @@ static void on_connection(uv_stream_t *server, int status)
 	ep_frame_reader_init(&c->reader);
 	uv_pipe_init(sv->loop, &c->pipe, 0);
 	c->pipe.data = c;
+	uv_timer_init(sv->loop, &c->timer);
+	c->timer.data = c;
+	c->handles = 2;
 	if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
 		conn_close(c);
 		return;

@@ -91,6 +91,11 @@ def test_stop_escalation(s, core):
     proxy = sv.grpc_proxy('h') if eptest.etcd_backend() else None
     os.kill(worker, signal.SIGSTOP)  # it cannot read STOP: only SIGKILL ends it
     try:
+        t0 = time.monotonic()
+        rc, out, err, _ = sv.ctl('rotate', 'h', timeout=40)
+        s.check(rc == 1 and 'did not answer within 25 s' in err,
+                'rotate relayed to a hung worker: etcdproxyd answers by itself after 25 s '
+                '(%.0f s), before etcdproxyctl gives up' % (time.monotonic() - t0), (rc, err))
         rc, out, err, _ = sv.ctl('restart', 'h')
         s.check(rc == 0, 'etcdproxyctl restart h of a hung worker: exit 0', (rc, out, err))
         sv.wait_state('h', 'stopping')
