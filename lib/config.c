@@ -1298,17 +1298,25 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 		return fail_at(c, certs_node, "spec.tls.clientCertificates: only the \"ca\" source "
 			       "issues client certificates; the source is \"%s\"", t->tls.source);
 	for (size_t i = 0; i < t->tls.n_client_certs; i++) {
-		size_t n = strlen(g->state_dir);
+		/* where it really is: a symbolic link or ".." must not lead into state_dir */
+		char *state = ep_path_resolve(g->state_dir);
+		char *out = ep_path_resolve(t->tls.client_certs[i].output_dir);
+		size_t n = strlen(state);
+		int inside = strncmp(out, state, n) == 0 &&
+			     (out[n] == '/' || out[n] == '\0' || strcmp(state, "/") == 0);
 
-		while (n > 1 && g->state_dir[n - 1] == '/')
-			n--;
-
-		if (strncmp(t->tls.client_certs[i].output_dir, g->state_dir, n) == 0 &&
-		    (t->tls.client_certs[i].output_dir[n] == '/' ||
-		     t->tls.client_certs[i].output_dir[n] == '\0'))
-			return fail_at(c, certs_node, "spec.tls.clientCertificates: outputDir \"%s\" "
-				       "is inside state_dir %s, which belongs to etcdproxy",
-				       t->tls.client_certs[i].output_dir, g->state_dir);
+		if (inside) {
+			r = fail_at(c, certs_node, "spec.tls.clientCertificates: outputDir \"%s\" "
+				    "is inside state_dir %s%s%s%s, which belongs to etcdproxy",
+				    t->tls.client_certs[i].output_dir, g->state_dir,
+				    strcmp(out, t->tls.client_certs[i].output_dir) != 0 ? " (it is " : "",
+				    strcmp(out, t->tls.client_certs[i].output_dir) != 0 ? out : "",
+				    strcmp(out, t->tls.client_certs[i].output_dir) != 0 ? ")" : "");
+		}
+		free(state);
+		free(out);
+		if (inside)
+			return r;
 	}
 
 	if (!backend_name_valid(t->backend))

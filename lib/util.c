@@ -481,3 +481,49 @@ fail:
 	*error_r = ep_strdup_printf("cannot listen on %s: %s", addr, strerror(err));
 	return -err;
 }
+
+char *ep_path_resolve(const char *path)
+{
+	char *buf = ep_strdup(path), *real = NULL, *out, *comp, *save = NULL;
+	size_t cut = strlen(buf), olen;
+
+	/* the longest part that exists, with its symbolic links resolved */
+	while (real == NULL) {
+		char keep = buf[cut];
+
+		buf[cut] = '\0';
+		real = realpath(cut == 0 ? "/" : buf, NULL);
+		buf[cut] = keep;
+		if (real != NULL || cut == 0)
+			break;
+		while (cut > 0 && buf[cut - 1] != '/')
+			cut--;
+		while (cut > 0 && buf[cut - 1] == '/')
+			cut--;
+	}
+	if (real == NULL)
+		real = ep_strdup("/");
+	olen = strlen(real);
+	out = ep_malloc0(olen + strlen(buf + cut) + 2);
+	memcpy(out, real, olen);
+	free(real);
+	/* the rest, which does not exist (yet): "." and ".." taken out by the letter */
+	for (comp = strtok_r(buf + cut, "/", &save); comp != NULL; comp = strtok_r(NULL, "/", &save)) {
+		if (strcmp(comp, ".") == 0)
+			continue;
+		if (strcmp(comp, "..") == 0) {
+			char *slash = strrchr(out, '/');
+
+			if (slash != NULL)
+				*(slash == out ? slash + 1 : slash) = '\0';
+			olen = strlen(out);
+			continue;
+		}
+		if (olen > 1 || out[0] != '/')
+			out[olen++] = '/';
+		strcpy(out + olen, comp);
+		olen += strlen(comp);
+	}
+	free(buf);
+	return out;
+}

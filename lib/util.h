@@ -62,6 +62,12 @@ int ep_listen_unix_prepare(const char *path, char **error_r);
  */
 int ep_listen_bind(const char *listen, int *fd_r, char **error_r);
 
+/*
+ * Where path really is: the part of it that exists with its symbolic links
+ * resolved (realpath), the rest with "." and ".." taken out.  Malloc'ed.
+ */
+char *ep_path_resolve(const char *path);
+
 /* Monotonic milliseconds. */
 uint64_t ep_now_ms(void);
 

@@ -84,6 +84,43 @@ static void check_cluster_paths(struct ep_tenant_entry *e)
 					      what));
 }
 
+/* The directories a tenant writes certificates into, resolved (NULL-terminated, malloc'ed). */
+static char **output_dirs(const struct ep_tenant_config *t)
+{
+	char **dirs = ep_malloc0(sizeof(char *) * (t->tls.n_client_certs + 2));
+	size_t n = 0;
+
+	for (size_t i = 0; i < t->tls.n_client_certs; i++)
+		dirs[n++] = ep_path_resolve(t->tls.client_certs[i].output_dir);
+	if (t->external.certs_dir != NULL)
+		dirs[n++] = ep_path_resolve(t->external.certs_dir);
+	return dirs;
+}
+
+static void free_dirs(char **dirs)
+{
+	for (size_t i = 0; dirs[i] != NULL; i++)
+		free(dirs[i]);
+	free(dirs);
+}
+
+/* Two tenants writing into one directory would replace each other's certificates. */
+static void check_shared_dirs(struct ep_tenant_entry *e, const struct ep_tenant_entry *o)
+{
+	char **mine = output_dirs(e->config), **theirs = output_dirs(o->config);
+
+	for (size_t i = 0; mine[i] != NULL && e->config != NULL; i++)
+		for (size_t j = 0; theirs[j] != NULL && e->config != NULL; j++)
+			if (strcmp(mine[i], theirs[j]) == 0)
+				set_error(e, ep_strdup_printf("%s: the certificate directory %s is "
+							      "also tenant \"%s\"'s (%s): two "
+							      "tenants may not share one",
+							      e->file, mine[i], o->config->name,
+							      o->file));
+	free_dirs(mine);
+	free_dirs(theirs);
+}
+
 static void check_conflicts(struct ep_tenant_set *set, struct ep_tenant_entry *e)
 {
 	for (size_t i = 0; i < set->n && e->config != NULL; i++) {
@@ -99,6 +136,8 @@ static void check_conflicts(struct ep_tenant_set *set, struct ep_tenant_entry *e
 						      "tenant \"%s\" (%s)",
 						      e->file, e->config->listen, o->config->name,
 						      o->file));
+		else
+			check_shared_dirs(e, o);
 	}
 }
 

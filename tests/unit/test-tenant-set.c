@@ -398,6 +398,80 @@ static void test_load_duplicate_listen(void **state)
 	ep_tenant_set_free(&set);
 }
 
+/* A tenant with one client certificate written into dir. */
+static void put_client_dir(const struct fixture *f, const char *file, const char *name,
+			   const char *listen, const char *dir)
+{
+	char *text = ep_strdup_printf("{\n"
+				      "  \"apiVersion\": \"" EP_API_VERSION "\",\n"
+				      "  \"kind\": \"" EP_KIND "\",\n"
+				      "  \"metadata\": {\"name\": \"%s\"},\n"
+				      "  \"spec\": {\"listen\": \"%s\", \"tls\": {\"clientCertificates\": "
+				      "[{\"name\": \"c\", \"outputDir\": \"%s\"}]}}\n"
+				      "}\n",
+				      name, listen, dir);
+
+	put_raw(f, file, text);
+	free(text);
+}
+
+/* Two tenants may not write certificates into one directory, however it is spelt. */
+static void test_load_shared_output_dir(void **state)
+{
+	struct fixture *f = *state;
+	struct ep_tenant_set set;
+	char *out = ep_strdup_printf("%s/out", f->dir), *link = ep_strdup_printf("%s/link", f->dir);
+	char *b_dir = ep_strdup_printf("%s/./x/../out", f->dir);
+	char *c_dir = ep_strdup_printf("%s/out/", link); /* link -> dir: link/out is dir/out */
+	char *d_dir = ep_strdup_printf("%s/out2", f->dir);
+
+	assert_int_equal(symlink(f->dir, link), 0);
+	put_client_dir(f, "a.json", "a", "127.0.0.1:2001", out);
+	put_client_dir(f, "b.json", "b", "127.0.0.1:2002", b_dir);
+	put_client_dir(f, "c.json", "c", "127.0.0.1:2003", c_dir);
+	put_client_dir(f, "d.json", "d", "127.0.0.1:2004", d_dir);
+	load(f, f->global, &set);
+	assert_int_equal(set.n, 4);
+	assert_non_null(set.entries[0].config);
+	for (size_t i = 1; i < 3; i++) {
+		assert_null(set.entries[i].config);
+		assert_non_null(strstr(set.entries[i].error, "is also tenant \"a\"'s"));
+		assert_non_null(strstr(set.entries[i].error, "two tenants may not share one"));
+	}
+	assert_non_null(set.entries[3].config);
+	ep_tenant_set_free(&set);
+	free(out);
+	free(link);
+	free(b_dir);
+	free(c_dir);
+	free(d_dir);
+}
+
+/* ep_path_resolve: symbolic links of what exists, "." and ".." of what does not yet. */
+static void test_path_resolve(void **state)
+{
+	struct fixture *f = *state;
+	char *link = ep_strdup_printf("%s/l", f->dir), *p, *got, *want, *real_dir;
+
+	assert_int_equal(symlink(f->storages, link), 0);
+	p = ep_strdup_printf("%s/new/../a/./b", link);
+	got = ep_path_resolve(p);
+	real_dir = realpath(f->storages, NULL);
+	want = ep_strdup_printf("%s/a/b", real_dir);
+	assert_string_equal(got, want);
+	free(got);
+	free(want);
+	free(real_dir);
+	free(p);
+	p = ep_path_resolve("/nonexistent-ep/../nonexistent-ep2/x");
+	assert_string_equal(p, "/nonexistent-ep2/x");
+	free(p);
+	p = ep_path_resolve("/../..");
+	assert_string_equal(p, "/");
+	free(p);
+	free(link);
+}
+
 /* ---- diff -------------------------------------------------------------------------- */
 
 struct diff_log {
@@ -573,6 +647,8 @@ int main(void)
 		T(test_load_duplicate_name),
 		T(test_load_broken_claims_good_name),
 		T(test_load_duplicate_listen),
+		T(test_load_shared_output_dir),
+		T(test_path_resolve),
 		cmocka_unit_test(test_diff_action_names),
 		T(test_diff),
 		T(test_diff_errors),
