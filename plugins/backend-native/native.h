@@ -284,6 +284,7 @@ struct up_conn {
 	int closing;
 	struct conn_io io;
 	struct native_tls tls; /* TLS to the core etcd */
+	uint64_t ping_sent; /* uv_now() of our PING that has no ACK yet, 0: none (keepalive) */
 };
 
 struct native {

@@ -15,10 +15,13 @@
 
 #define UP_BACKOFF_INITIAL_MS 100
 #define UP_BACKOFF_MAX_MS 5000
+#define UP_PING_INTERVAL_MS 5000 /* keepalive: a PING this often ... */
+#define UP_PING_TIMEOUT_MS 5000  /* ... that must be answered within this */
 #define UP_WINDOW (16 * 1024 * 1024)
 
 static void up_connect(struct up_conn *uc);
 static void up_failed(struct up_conn *uc, const char *why);
+static void on_retry(uv_timer_t *t);
 
 int up_any_ready(const struct native *n)
 {
@@ -163,6 +166,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 		conn_io_ack_hold(&uc->io, s, frame->ping.opaque_data);
 		return 0;
 	}
+	if (frame->hd.type == NGHTTP2_PING) {
+		uc->ping_sent = 0; /* the member answers */
+		return 0;
+	}
 	if (frame->hd.type == NGHTTP2_GOAWAY) {
 		/* no new streams here; the ones below last_stream_id finish */
 		if (uc->state == UP_READY) {
@@ -280,11 +287,40 @@ static void on_timer_closed(uv_handle_t *h)
 	native_release(uc->n);
 }
 
+/*
+ * Keepalive: a member that stops answering (a stopped process, a dead link
+ * that still holds the TCP connection) would keep every call on this
+ * connection waiting.  A PING every UP_PING_INTERVAL_MS that gets no ACK
+ * within UP_PING_TIMEOUT_MS ends the connection: its calls fail with
+ * UNAVAILABLE, and the next connection goes to the next endpoint.
+ */
+static void keepalive_tick(struct up_conn *uc)
+{
+	uint64_t now = uv_now(uc->n->loop);
+	static const uint8_t opaque[8] = { 'e', 'p', 'x', 'y', 'k', 'a', 'l', 'v' };
+
+	if (uc->ping_sent != 0 && now - uc->ping_sent >= UP_PING_TIMEOUT_MS) {
+		up_failed(uc, "no answer to an HTTP/2 PING within 5 s: the member does not respond");
+		return;
+	}
+	if (uc->ping_sent == 0 && uc->session != NULL &&
+	    nghttp2_submit_ping(uc->session, NGHTTP2_FLAG_NONE, opaque) == 0) {
+		uc->ping_sent = now != 0 ? now : 1;
+		up_flush(uc);
+	}
+	uv_timer_start(&uc->retry, on_retry,
+		       uc->ping_sent != 0 ? UP_PING_TIMEOUT_MS : UP_PING_INTERVAL_MS, 0);
+}
+
 static void on_retry(uv_timer_t *t)
 {
 	struct up_conn *uc = t->data;
 
 	uv_timer_stop(t);
+	if (!uc->n->stopping && (uc->state == UP_READY || uc->state == UP_DRAINING)) {
+		keepalive_tick(uc);
+		return;
+	}
 	if (uc->n->stopping || uc->state != UP_IDLE)
 		return;
 	if (uc->closing) /* the old socket is not closed yet: the handle cannot be reused */
@@ -316,6 +352,7 @@ static void up_failed(struct up_conn *uc, const char *why)
 	}
 	uc->state = n->stopping ? UP_CLOSED : UP_IDLE;
 	uc->io.ping.pending = 0;
+	uc->ping_sent = 0;
 	if (uc->session != NULL) {
 		nghttp2_session *s = uc->session;
 
@@ -467,6 +504,8 @@ static void up_ready(struct up_conn *uc)
 		n->host->log(n->host, EP_LOG_NOTICE, "core etcd %s:%s: connected again",
 			     n->ep_host[uc->endpoint], n->ep_port[uc->endpoint]);
 	uc->failures = 0;
+	uc->ping_sent = 0;
+	uv_timer_start(&uc->retry, on_retry, UP_PING_INTERVAL_MS, 0); /* keepalive */
 	up_flush(uc);
 	native_upstream_changed(n);
 }

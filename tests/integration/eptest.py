@@ -816,6 +816,84 @@ def put_flood(ports, writers, seconds=None, tries=None, prefix='k', value='v'):
     return res
 
 
+class Relay:
+    """A TCP relay on 127.0.0.1 to a port (an etcd member) that a test can cut (every
+    connection closed, new ones refused), stall (bytes held, connections kept) and mend."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(('127.0.0.1', 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.cut_ = False
+        self.stalled = threading.Event()
+        self.stalled.set()  # set: bytes flow
+        self.socks = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self.lsock.accept()
+            except OSError:
+                return
+            if self.cut_:
+                a.close()
+                continue
+            try:
+                b = socket.create_connection(('127.0.0.1', self.target), timeout=5)
+                b.settimeout(None)
+            except OSError:
+                a.close()  # the member is down: so is this connection
+                continue
+            with self.lock:
+                self.socks += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(x, y), daemon=True).start()
+
+    def _pump(self, x, y):
+        try:
+            while True:
+                d = x.recv(65536)
+                if not d:
+                    break
+                self.stalled.wait()
+                y.sendall(d)
+        except OSError:
+            pass
+        for z in (x, y):
+            try:
+                z.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self.cut_ = True
+        with self.lock:
+            for z in self.socks:
+                try:
+                    z.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.socks = []
+
+    def stall(self):
+        """Hold every byte, keep every connection: a network that stops delivering."""
+        self.stalled.clear()
+
+    def mend(self):
+        self.cut_ = False
+        self.stalled.set()
+
+    def close(self):
+        self.mend()
+        self.cut()
+        self.lsock.close()
+
+
 class Watch:
     """A python-etcd3 watch collecting (type, key, value) in a list."""
 

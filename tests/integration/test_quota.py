@@ -25,9 +25,7 @@
 
 import os
 import signal
-import socket
 import sys
-import threading
 import time
 import urllib.request
 
@@ -304,70 +302,6 @@ def test_refused_on_etcd(s, t):
             in (st.get('last_error') or ''), 'spec.quota on the etcd backend is refused', st)
 
 
-class Relay:
-    """A TCP relay on 127.0.0.1 to the core etcd that the test can cut (every connection
-    closed, new ones refused) and mend."""
-
-    def __init__(self, target_port):
-        self.target = target_port
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(('127.0.0.1', 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.cut_ = False
-        self.socks = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                a, _ = self.lsock.accept()
-            except OSError:
-                return
-            if self.cut_:
-                a.close()
-                continue
-            b = socket.create_connection(('127.0.0.1', self.target))
-            with self.lock:
-                self.socks += [a, b]
-            for x, y in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(x, y), daemon=True).start()
-
-    def _pump(self, x, y):
-        try:
-            while True:
-                d = x.recv(65536)
-                if not d:
-                    break
-                y.sendall(d)
-        except OSError:
-            pass
-        for z in (x, y):
-            try:
-                z.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self):
-        self.cut_ = True
-        with self.lock:
-            for z in self.socks:
-                try:
-                    z.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            self.socks = []
-
-    def mend(self):
-        self.cut_ = False
-
-    def close(self):
-        self.cut()
-        self.lsock.close()
-
-
 def test_connection_lost(s, t):
     port = t.ports3['c']
     for i in range(2):
@@ -414,7 +348,7 @@ def body(s):
     t.ports2 = {'m': t.sv2.add_tenant('m', backend='native',
                                       spec_extra={'quota': {'maxKeys': 30}})}
     t.sv.add_tenant('e', backend='etcd', spec_extra={'quota': {'maxKeys': 5}})
-    t.relay = Relay(t.core.port)
+    t.relay = eptest.Relay(t.core.port)
     s.cleanups.append(t.relay.close)
     t.sv3 = eptest.Supervisor(s, t.core, name='sv3')
     t.sv3.config['core_etcd']['endpoints'] = ['http://127.0.0.1:%d' % t.relay.port]
