@@ -14,6 +14,7 @@ Invariants, checked after the faults:
   - a compare-and-swap counter ends within [acknowledged, acknowledged + in-doubt];
   - the watcher saw strictly increasing revisions, and every acknowledged put, or its
     stream failed loudly and it resumed from the last revision it had;
+  - no put outlives its 5 s deadline by more than 1 s;
   - after each fault writes succeed again within HEAL seconds (the time it took is reported).
 
 EP_FAULT_ROUNDS repeats the fault sequence (contrib/faults/soak.sh runs it long)."""
@@ -102,6 +103,7 @@ class History:
         self.stop = False        # the writers
         self.stop_watch = False  # the watcher, once it has caught up
         self.start_rev = 0
+        self.longest = 0.0  # the longest put, its deadline being the client's 5 s
 
 
 def writer(port, i, h):
@@ -110,12 +112,15 @@ def writer(port, i, h):
     try:
         while not h.stop:
             key = 'k-%d-%d' % (i, n)
+            t0 = time.monotonic()
             try:
                 c.put(key, 'v')
                 with h.lock:
                     h.acked.add(key)
             except Exception:  # noqa: BLE001 - unacknowledged: may or may not be there
                 time.sleep(0.05)
+            with h.lock:
+                h.longest = max(h.longest, time.monotonic() - t0)
             n += 1
     finally:
         c.close()
@@ -315,6 +320,8 @@ def body(s):
     unseen = sorted(k for k in h.acked if k not in h.seen)
     s.check(not unseen, 'the watcher saw every acknowledged put, across its resumptions',
             unseen[:5])
+    s.check(h.longest <= 6.0, 'no put outlived its 5 s deadline by more than 1 s (the longest '
+            'took %.1f s)' % h.longest)
     s.check(True, 'heal times: ' + ', '.join('%s %.1f s' % kv for kv in t.heal.items()))
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 
