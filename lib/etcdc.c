@@ -271,13 +271,7 @@ size_t etcdc_prefix_end(const uint8_t *prefix, size_t len, uint8_t *out)
 /* ResponseHeader.revision (3). */
 static int64_t header_revision(const uint8_t *msg, size_t len)
 {
-	const uint8_t *p = msg, *end = msg + len;
-	struct ep_pb_field f;
-
-	while (ep_pb_next_field(&p, end, &f) > 0)
-		if (f.number == 3 && f.wire == EP_PB_VARINT)
-			return (int64_t)f.value;
-	return 0;
+	return (int64_t)ep_pb_find_varint(msg, len, 3);
 }
 
 int etcdc_range_page(struct etcdc *e, const uint8_t *key, size_t klen, const uint8_t *endk,

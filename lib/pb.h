@@ -142,4 +142,16 @@ static inline int ep_pb_next_field(const uint8_t **pp, const uint8_t *end, struc
 	return 1;
 }
 
+/* The first varint field `number` of a message (a ResponseHeader's revision, ...), or 0. */
+static inline uint64_t ep_pb_find_varint(const uint8_t *msg, size_t len, uint32_t number)
+{
+	const uint8_t *p = msg, *end = msg + len;
+	struct ep_pb_field f;
+
+	while (ep_pb_next_field(&p, end, &f) > 0)
+		if (f.number == number && f.wire == EP_PB_VARINT)
+			return f.value;
+	return 0;
+}
+
 #endif /* EP_PB_H */

@@ -85,13 +85,8 @@ static struct lease_op *lease_op_new(lease_cb *cb, void *ctx, int64_t id)
 static void on_lookup(struct native *n, void *ctx, int ok, const uint8_t *resp, size_t len)
 {
 	struct lease_op *op = ctx;
-	const uint8_t *p = resp, *end = resp + len;
-	struct ep_pb_field f;
-	uint64_t count = 0;
+	uint64_t count = ok ? ep_pb_find_varint(resp, len, 4) : 0; /* RangeResponse.count */
 
-	while (ok && ep_pb_next_field(&p, end, &f) > 0)
-		if (f.wire == EP_PB_VARINT && f.number == 4) /* RangeResponse.count */
-			count = f.value;
 	op->cb(n, op->ctx, ok, op->id, count > 0);
 	free(op);
 }
@@ -200,13 +195,8 @@ struct count_op {
 static void on_counted(struct native *n, void *ctx, int ok, const uint8_t *resp, size_t len)
 {
 	struct count_op *op = ctx;
-	const uint8_t *p = resp, *end = resp + len;
-	struct ep_pb_field f;
-	uint64_t count = 0;
+	uint64_t count = ok ? ep_pb_find_varint(resp, len, 4) : 0; /* RangeResponse.count */
 
-	while (ok && ep_pb_next_field(&p, end, &f) > 0)
-		if (f.wire == EP_PB_VARINT && f.number == 4)
-			count = f.value;
 	op->cb(n, op->ctx, ok, (int64_t)count);
 	free(op);
 }

@@ -233,13 +233,7 @@ int usage_request_delta(const struct usage *u, enum rw_kind kind, const uint8_t 
 /* ResponseHeader.revision (3). */
 static int64_t header_revision(const uint8_t *msg, size_t len)
 {
-	const uint8_t *p = msg, *end = msg + len;
-	struct ep_pb_field f;
-
-	while (ep_pb_next_field(&p, end, &f) > 0)
-		if (f.number == 3 && f.wire == EP_PB_VARINT)
-			return (int64_t)f.value;
-	return 0;
+	return (int64_t)ep_pb_find_varint(msg, len, 3);
 }
 
 /* KeyValue: key 1, mod_revision 3, value 5. */
