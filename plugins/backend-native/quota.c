@@ -288,10 +288,11 @@ void quota_response(struct quota *q, struct call *c, const uint8_t *msg, size_t 
 	    (c->m->kind != RW_PUT && c->m->kind != RW_TXN && c->m->kind != RW_DELETE_RANGE))
 		return;
 	if (usage_write_response(c->m->kind, msg, len, &rev, &wrote) < 0) {
-		rev = INT64_MAX; /* unreadable: held until a count (never released early) */
-		wrote = 1;
+		/* unreadable (etcd never sends that): nothing to wait for, the watch counts it */
+		rev = 0;
+		wrote = 0;
 	}
-	if (wrote && rev > q->seen_rev && rev != INT64_MAX)
+	if (wrote && rev > q->seen_rev)
 		q->seen_rev = rev;
 	if (c->q_reserved) {
 		c->q_rev = rev;
