@@ -62,8 +62,9 @@ def test_not_ready_without_proxy(s, t):
 
 def test_ready_with_proxy(s, t):
     start_proxy(t)
-    t.sv.wait_state('ext', 'ready', 30)
-    s.check(True, 'with the proxy running on the published certificates the tenant is ready')
+    st = t.sv.wait_state('ext', 'ready', 30)
+    s.check(st['state'] == 'ready' and st.get('listen') == '127.0.0.1:%d' % t.port,
+            'with the proxy running on the published certificates the tenant is ready', st)
     r = etcdctl_tls(t, 'put', 'through', 'the-proxy')
     s.check(r.returncode == 0, 'etcdctl with the tenant\'s client certificate writes through it',
             r.stderr)

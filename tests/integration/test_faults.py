@@ -322,7 +322,7 @@ def body(s):
             unseen[:5])
     s.check(h.longest <= 6.0, 'no put outlived its 5 s deadline by more than 1 s (the longest '
             'took %.1f s)' % h.longest)
-    s.check(True, 'heal times: ' + ', '.join('%s %.1f s' % kv for kv in t.heal.items()))
+    print('# heal times: ' + ', '.join('%s %.1f s' % kv for kv in t.heal.items()), flush=True)
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 
 
