@@ -658,18 +658,33 @@ void native_scratch_shrink(struct native *n)
  * An upstream connection came up or went down.  Clients are accepted once the
  * first one is up, and the host hears of readiness or its loss.
  */
+static void on_upstream_down(uv_timer_t *t)
+{
+	struct native *n = t->data;
+
+	if (!n->stopping && !up_any_ready(n))
+		n->host->health(n->host, 0, "no connection to the core etcd");
+}
+
+/*
+ * A connection that closes is usually back at once (a GOAWAY, a member that
+ * restarts, the next endpoint): the tenant is reported unhealthy only when no
+ * connection has been ready for NATIVE_DOWN_GRACE_MS, so that its state (and
+ * the alerts on it) does not flap.
+ */
 void native_upstream_changed(struct native *n)
 {
 	if (n->stopping || !n->listening)
 		return;
 	if (up_any_ready(n)) {
+		uv_timer_stop(&n->down_timer);
 		if (down_accept_start(n) < 0)
 			return;
 		n->ready_reported = 1;
 		n->host->ready(n->host, n->host->tenant->listen);
 		quota_kick(n->quota);
-	} else if (n->ready_reported) {
-		n->host->health(n->host, 0, "no connection to the core etcd");
+	} else if (n->ready_reported && !uv_is_active((uv_handle_t *)&n->down_timer)) {
+		uv_timer_start(&n->down_timer, on_upstream_down, NATIVE_DOWN_GRACE_MS, 0);
 	}
 }
 
@@ -698,6 +713,7 @@ void native_maybe_stopped(struct native *n)
 		uv_close((uv_handle_t *)&n->flush_check, NULL);
 		uv_close((uv_handle_t *)&n->ack_timer, NULL);
 		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
+		uv_close((uv_handle_t *)&n->down_timer, NULL);
 		return;
 	}
 	if (n->upstreams_closed && n->rl != NULL) {
@@ -812,6 +828,8 @@ static int native_init(struct ep_host *host, void **state_r, const char **error_
 	n->ack_timer.data = n;
 	uv_timer_init(n->loop, &n->cred_quiet);
 	n->cred_quiet.data = n;
+	uv_timer_init(n->loop, &n->down_timer);
+	n->down_timer.data = n;
 	*state_r = n;
 	return 0;
 }
@@ -828,6 +846,7 @@ static void native_fini(void *state)
 		uv_close((uv_handle_t *)&n->flush_check, NULL);
 		uv_close((uv_handle_t *)&n->ack_timer, NULL);
 		uv_close((uv_handle_t *)&n->cred_quiet, NULL);
+		uv_close((uv_handle_t *)&n->down_timer, NULL);
 		if (n->ups != NULL)
 			up_shutdown(n);
 		audit_close(n->audit, NULL, NULL);

@@ -44,6 +44,7 @@
 #define NATIVE_HANDSHAKE_TIMEOUT_MS 10000 /* a client's TLS handshake, from accept to done */
 #define NATIVE_CRED_POLL_MS 2000 /* default stat() interval of the core etcd credentials */
 #define NATIVE_CRED_QUIET_MS 200 /* after a change, so that a cert and its key are read together */
+#define NATIVE_DOWN_GRACE_MS 1000 /* no connection to the core this long: unhealthy */
 
 struct native;
 struct down_conn;
@@ -284,7 +285,11 @@ struct up_conn {
 	int closing;
 	struct conn_io io;
 	struct native_tls tls; /* TLS to the core etcd */
-	uint64_t ping_sent; /* uv_now() of our PING that has no ACK yet, 0: none (keepalive) */
+	/* keepalive, see keepalive_tick() in upstream.c; times are uv_now() */
+	uint64_t ping_sent; /* our PING that has no ACK yet, 0: none */
+	uint64_t last_ping; /* the last PING sent */
+	uint64_t last_recv; /* the last bytes received */
+	uint64_t ping_gap;  /* the least time between two PINGs */
 };
 
 struct native {
@@ -317,6 +322,7 @@ struct native {
 	uv_fs_poll_t cred_poll[3];
 	int n_cred_poll;
 	uv_timer_t cred_quiet; /* the quiet period before a reload */
+	uv_timer_t down_timer; /* no connection to the core this long: unhealthy */
 
 	/* endpoints: host, port, and host:port as the URL has it (the :authority, [v6] included) */
 	char **ep_host;

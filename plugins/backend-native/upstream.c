@@ -15,8 +15,13 @@
 
 #define UP_BACKOFF_INITIAL_MS 100
 #define UP_BACKOFF_MAX_MS 5000
-#define UP_PING_INTERVAL_MS 5000 /* keepalive: a PING this often ... */
-#define UP_PING_TIMEOUT_MS 5000  /* ... that must be answered within this */
+/* keepalive, see keepalive_tick() */
+#define UP_TICK_MS 500		 /* how often a connection looks at itself */
+#define UP_PING_IDLE_MS 1000	 /* calls waiting and nothing received this long: PING */
+#define UP_PING_GAP_MS 5500	 /* at most one PING this often (etcd's keepalive min time: 5 s) */
+#define UP_PING_GAP_MAX_MS 300000 /* the gap doubles at each too_many_pings, up to this */
+#define UP_PING_TIMEOUT_MS 3000	 /* a PING out and nothing received this long: dead */
+#define UP_CONNECT_TIMEOUT_MS 5000 /* TCP and TLS handshakes */
 #define UP_WINDOW (16 * 1024 * 1024)
 
 static void up_connect(struct up_conn *uc);
@@ -171,6 +176,15 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 		return 0;
 	}
 	if (frame->hd.type == NGHTTP2_GOAWAY) {
+		if (frame->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM &&
+		    uc->ping_gap < UP_PING_GAP_MAX_MS) {
+			uc->ping_gap *= 2; /* too_many_pings: this core wants fewer (gRPC does so) */
+			uc->n->host->log(uc->n->host, EP_LOG_WARNING,
+					 "core etcd %s:%s: GOAWAY too_many_pings: keepalive "
+					 "PINGs now at least %llu ms apart",
+					 uc->n->ep_host[uc->endpoint], uc->n->ep_port[uc->endpoint],
+					 (unsigned long long)uc->ping_gap);
+		}
 		/* no new streams here; the ones below last_stream_id finish */
 		if (uc->state == UP_READY) {
 			uc->state = UP_DRAINING;
@@ -287,29 +301,47 @@ static void on_timer_closed(uv_handle_t *h)
 	native_release(uc->n);
 }
 
+/* Send a keepalive PING now. */
+static void send_ping(struct up_conn *uc, uint64_t now)
+{
+	static const uint8_t opaque[8] = { 'e', 'p', 'x', 'y', 'k', 'a', 'l', 'v' };
+
+	if (uc->session == NULL ||
+	    nghttp2_submit_ping(uc->session, NGHTTP2_FLAG_NONE, opaque) != 0)
+		return;
+	uc->ping_sent = now != 0 ? now : 1;
+	uc->last_ping = uc->ping_sent;
+	up_flush(uc);
+}
+
 /*
  * Keepalive: a member that stops answering (a stopped process, a dead link
  * that still holds the TCP connection) would keep every call on this
- * connection waiting.  A PING every UP_PING_INTERVAL_MS that gets no ACK
- * within UP_PING_TIMEOUT_MS ends the connection: its calls fail with
- * UNAVAILABLE, and the next connection goes to the next endpoint.
+ * connection waiting.  A connection that has calls waiting and has received
+ * nothing for UP_PING_IDLE_MS sends a PING; when nothing at all arrives
+ * within UP_PING_TIMEOUT_MS of it, the connection ends: its calls fail with
+ * UNAVAILABLE, and the next connection goes to the next endpoint.  Anything
+ * received counts as life, so a slow but moving link is not cut.
+ *
+ * etcd (gRPC) counts a PING sooner than --grpc-keepalive-min-time (5 s) after
+ * the previous one, or any PING on a connection without streams, as abuse, and
+ * closes the connection with GOAWAY "too_many_pings" at the third: PINGs are
+ * at least ping_gap apart (5.5 s, doubled at each such GOAWAY), and a
+ * connection without calls sends none, except the first, at connection time.
  */
 static void keepalive_tick(struct up_conn *uc)
 {
 	uint64_t now = uv_now(uc->n->loop);
-	static const uint8_t opaque[8] = { 'e', 'p', 'x', 'y', 'k', 'a', 'l', 'v' };
+	uint64_t heard = uc->last_recv > uc->ping_sent ? uc->last_recv : uc->ping_sent;
 
-	if (uc->ping_sent != 0 && now - uc->ping_sent >= UP_PING_TIMEOUT_MS) {
-		up_failed(uc, "no answer to an HTTP/2 PING within 5 s: the member does not respond");
+	if (uc->ping_sent != 0 && now - heard >= UP_PING_TIMEOUT_MS) {
+		up_failed(uc, "no answer to an HTTP/2 PING within 3 s: the member does not respond");
 		return;
 	}
-	if (uc->ping_sent == 0 && uc->session != NULL &&
-	    nghttp2_submit_ping(uc->session, NGHTTP2_FLAG_NONE, opaque) == 0) {
-		uc->ping_sent = now != 0 ? now : 1;
-		up_flush(uc);
-	}
-	uv_timer_start(&uc->retry, on_retry,
-		       uc->ping_sent != 0 ? UP_PING_TIMEOUT_MS : UP_PING_INTERVAL_MS, 0);
+	if (uc->ping_sent == 0 && uc->n_calls > 0 && now - uc->last_recv >= UP_PING_IDLE_MS &&
+	    now - uc->last_ping >= uc->ping_gap)
+		send_ping(uc, now);
+	uv_timer_start(&uc->retry, on_retry, UP_TICK_MS, 0);
 }
 
 static void on_retry(uv_timer_t *t)
@@ -319,6 +351,11 @@ static void on_retry(uv_timer_t *t)
 	uv_timer_stop(t);
 	if (!uc->n->stopping && (uc->state == UP_READY || uc->state == UP_DRAINING)) {
 		keepalive_tick(uc);
+		return;
+	}
+	if (!uc->n->stopping && (uc->state == UP_CONNECTING || uc->state == UP_HANDSHAKE)) {
+		up_failed(uc, uc->state == UP_CONNECTING ? "no TCP connection within 5 s"
+							 : "no TLS handshake within 5 s");
 		return;
 	}
 	if (uc->n->stopping || uc->state != UP_IDLE)
@@ -441,6 +478,7 @@ static void up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 					      : uv_strerror((int)nread));
 		return;
 	}
+	uc->last_recv = uv_now(uc->n->loop);
 	if (uc->tls.ssl != NULL)
 		up_recv_tls(uc, (const uint8_t *)buf->base, (size_t)nread);
 	else
@@ -505,7 +543,10 @@ static void up_ready(struct up_conn *uc)
 			     n->ep_host[uc->endpoint], n->ep_port[uc->endpoint]);
 	uc->failures = 0;
 	uc->ping_sent = 0;
-	uv_timer_start(&uc->retry, on_retry, UP_PING_INTERVAL_MS, 0); /* keepalive */
+	uc->last_recv = uv_now(n->loop);
+	uc->last_ping = 0;
+	send_ping(uc, uc->last_recv); /* a member that never answers is found at once */
+	uv_timer_start(&uc->retry, on_retry, UP_TICK_MS, 0); /* keepalive */
 	up_flush(uc);
 	native_upstream_changed(n);
 }
@@ -577,6 +618,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		uv_freeaddrinfo(res);
 		if (r < 0)
 			up_failed(uc, uv_strerror(r));
+		else /* and the TLS handshake after it */
+			uv_timer_start(&uc->retry, on_retry, UP_CONNECT_TIMEOUT_MS, 0);
 	}
 	n->lookups--;
 	native_release(n); /* the lookup */
@@ -613,6 +656,7 @@ int up_init(struct native *n)
 		uc->index = (int)i;
 		uc->endpoint = i % n->n_endpoints;
 		uc->state = UP_IDLE;
+		uc->ping_gap = UP_PING_GAP_MS;
 		conn_io_open(n, &uc->io, up_io_flush);
 		uv_timer_init(n->loop, &uc->retry);
 		uc->retry.data = uc;

@@ -14,6 +14,7 @@ can be run alone:
     EP_ONLY=test_ipv6 make check TESTS=tests/integration/test_listen.py
 """
 
+import array
 import base64
 import json
 import os
@@ -817,8 +818,11 @@ def put_flood(ports, writers, seconds=None, tries=None, prefix='k', value='v'):
 
 
 class Relay:
-    """A TCP relay on 127.0.0.1 to a port (an etcd member) that a test can cut (every
-    connection closed, new ones refused), stall (bytes held, connections kept) and mend."""
+    """A TCP relay on 127.0.0.1 to a port (an etcd member) with the faults a test injects:
+    cut (every connection reset, new ones refused), stall (bytes held, connections kept),
+    delay (every chunk held for a while), slow reads (a trickle of bytes per second each way),
+    blackhole (bytes swallowed, new connections accepted and never answered; when mended,
+    the connections that lost bytes are reset, as TCP would give up on them) and mend."""
 
     def __init__(self, target_port):
         self.target = target_port
@@ -830,7 +834,12 @@ class Relay:
         self.cut_ = False
         self.stalled = threading.Event()
         self.stalled.set()  # set: bytes flow
+        self.delay_ = 0.0
+        self.rate = 0  # bytes per second each way, 0: no limit
+        self.hole = False
+        self.lost = []  # connections that lost bytes into the blackhole
         self.socks = []
+        self.live = set()  # the connection pairs both of whose pumps still run
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -843,6 +852,12 @@ class Relay:
             if self.cut_:
                 a.close()
                 continue
+            if self.hole:
+                with self.lock:
+                    self.socks.append(a)
+                    self.lost.append(a)
+                threading.Thread(target=self._swallow, args=(a,), daemon=True).start()
+                continue
             try:
                 b = socket.create_connection(('127.0.0.1', self.target), timeout=5)
                 b.settimeout(None)
@@ -851,24 +866,57 @@ class Relay:
                 continue
             with self.lock:
                 self.socks += [a, b]
+                self.live.add((a, b))
             for x, y in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(x, y), daemon=True).start()
+                threading.Thread(target=self._pump, args=(x, y, (a, b)), daemon=True).start()
 
-    def _pump(self, x, y):
+    def _swallow(self, x):
+        try:
+            while x.recv(65536):
+                pass
+        except OSError:
+            pass
+        with self.lock:
+            self.socks = [z for z in self.socks if z is not x]
+        x.close()
+
+    def _pump(self, x, y, pair):
         try:
             while True:
-                d = x.recv(65536)
+                rate = self.rate
+                d = x.recv(max(1, rate // 10) if rate else 65536)
                 if not d:
                     break
                 self.stalled.wait()
+                if self.hole:
+                    with self.lock:
+                        self.lost += [x, y]
+                    continue
+                if self.delay_:
+                    time.sleep(self.delay_)
                 y.sendall(d)
+                if rate:
+                    time.sleep(len(d) / rate)
         except OSError:
             pass
+        with self.lock:
+            last = pair not in self.live  # the other pump is done: close the pair
+            self.live.discard(pair)
         for z in (x, y):
             try:
                 z.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        if last:
+            with self.lock:
+                self.socks = [z for z in self.socks if z not in pair]
+            for z in pair:
+                z.close()
+
+    def active(self):
+        """The connections open through the relay."""
+        with self.lock:
+            return len(self.live)
 
     def cut(self):
         self.cut_ = True
@@ -884,14 +932,134 @@ class Relay:
         """Hold every byte, keep every connection: a network that stops delivering."""
         self.stalled.clear()
 
+    def delay(self, seconds):
+        """Hold every chunk of bytes SECONDS before it goes on, each way."""
+        self.delay_ = seconds
+
+    def slow(self, rate):
+        """Read RATE bytes per second each way on every connection: a peer that reads slowly."""
+        self.rate = rate
+
+    def blackhole(self):
+        """Swallow every byte and every new connection, and say nothing."""
+        self.hole = True
+
     def mend(self):
+        self.delay_ = 0.0
+        self.rate = 0
         self.cut_ = False
         self.stalled.set()
+        if self.hole:
+            self.hole = False
+            with self.lock:
+                lost, self.lost = self.lost, []
+            for z in lost:
+                try:
+                    z.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self):
         self.mend()
         self.cut()
         self.lsock.close()
+
+
+SYSTEMD_START = '''#!/usr/bin/python3
+import fcntl, os, sys
+# systemd's side of a start with a file descriptor store: the fds at 3, 4, ... in order
+fds = [int(x) for x in os.environ.pop('EP_TEST_FDS').split(',')]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]  # out of the way of 3, 4, ...
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
+    os.set_inheritable(3 + i, True)
+for fd in high + [fd for fd in fds if fd >= 3 + len(fds)]:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+os.environ['LISTEN_FDS'] = str(len(fds))
+os.environ['LISTEN_PID'] = str(os.getpid())
+os.execv(sys.argv[1], sys.argv[1:])
+'''
+
+
+class FakeSystemd:
+    """systemd's part of a file descriptor store, played by a test: the notify socket
+    (READY=1, FDSTORE=1 keeping the fds, FDSTOREREMOVE=1), and a start of etcdproxyd with the
+    stored fds in $LISTEN_FDS/$LISTEN_FDNAMES, as after Restart=."""
+
+    def __init__(self, suite):
+        self.suite = suite
+        self.path = os.path.join(suite.tmp, 'notify.sock')
+        self.wrapper = os.path.join(suite.tmp, 'systemd-start.py')
+        write_text(self.wrapper, SYSTEMD_START, 0o755)
+        suite.cleanups.append(self.close)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.store = {}  # name -> fd
+        self.messages = []
+        self.lock = threading.Lock()
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
+
+    def _run(self):
+        while True:
+            try:
+                msg, anc, _, _ = self.sock.recvmsg(8192, socket.CMSG_SPACE(4 * 8))
+            except OSError:
+                return
+            fds = array.array('i')
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            fields = dict(x.split('=', 1) for x in msg.decode().split('\n') if '=' in x)
+            with self.lock:
+                self.messages.append(fields)
+                name = fields.get('FDNAME', 'stored')
+                if fields.get('FDSTORE') == '1' and fds:
+                    old = self.store.pop(name, None)
+                    self.store[name] = fds[0]
+                    if old is not None and old != fds[0]:
+                        os.close(old)
+                    for extra in fds[1:]:
+                        os.close(extra)
+                elif fields.get('FDSTOREREMOVE') == '1':
+                    old = self.store.pop(name, None)
+                    if old is not None:
+                        os.close(old)
+                else:
+                    for fd in fds:
+                        os.close(fd)
+
+    def names(self):
+        with self.lock:
+            return sorted(self.store)
+
+    def close(self):
+        self.sock.close()
+        for fd in self.store.values():
+            os.close(fd)
+        self.store = {}
+
+    def start(self, sv):
+        """The first start of etcdproxyd SV under this systemd."""
+        os.environ['NOTIFY_SOCKET'] = self.path
+        try:
+            sv.start()
+        finally:
+            del os.environ['NOTIFY_SOCKET']
+
+    def restart(self, sv):
+        """Start etcdproxyd SV again with the stored sockets (its previous process gone)."""
+        names = self.names()
+        fds = [self.store[n] for n in names]
+        sv.proc = self.suite.popen([self.wrapper, sv.daemon, '-c', sv.conf, '-f'], log=sv.log,
+                                   label='etcdproxyd %s (restarted)' % sv.name, pass_fds=fds,
+                                   env=dict(os.environ, EP_TEST_FDS=','.join(map(str, fds)),
+                                            LISTEN_FDNAMES=':'.join(names),
+                                            NOTIFY_SOCKET=self.path))
+        return sv.proc
 
 
 class Watch:

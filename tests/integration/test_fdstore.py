@@ -11,11 +11,9 @@ $LISTEN_FDS, $LISTEN_FDNAMES and $LISTEN_PID at the next start):
     acknowledged before or after is in the core etcd;
   - a tenant removed while etcdproxyd runs has its socket taken out of the store."""
 
-import array
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,78 +22,6 @@ sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eptest  # noqa: E402
 from eptest import wait_until  # noqa: E402
-
-
-class FakeSystemd:
-    """The notify socket: READY=1, FDSTORE=1 (keeping the fds) and FDSTOREREMOVE=1."""
-
-    def __init__(self, path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.store = {}  # name -> fd
-        self.messages = []
-        self.lock = threading.Lock()
-        self.th = threading.Thread(target=self._run, daemon=True)
-        self.th.start()
-
-    def _run(self):
-        while True:
-            try:
-                msg, anc, _, _ = self.sock.recvmsg(8192, socket.CMSG_SPACE(4 * 8))
-            except OSError:
-                return
-            fds = array.array('i')
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-            fields = dict(x.split('=', 1) for x in msg.decode().split('\n') if '=' in x)
-            with self.lock:
-                self.messages.append(fields)
-                name = fields.get('FDNAME', 'stored')
-                if fields.get('FDSTORE') == '1' and fds:
-                    old = self.store.pop(name, None)
-                    self.store[name] = fds[0]
-                    if old is not None and old != fds[0]:
-                        os.close(old)
-                    for extra in fds[1:]:
-                        os.close(extra)
-                elif fields.get('FDSTOREREMOVE') == '1':
-                    old = self.store.pop(name, None)
-                    if old is not None:
-                        os.close(old)
-                else:
-                    for fd in fds:
-                        os.close(fd)
-
-    def names(self):
-        with self.lock:
-            return sorted(self.store)
-
-    def close(self):
-        self.sock.close()
-        for fd in self.store.values():
-            os.close(fd)
-        self.store = {}
-
-
-WRAPPER = '''#!/usr/bin/python3
-import fcntl, os, sys
-# systemd's side of a start with a file descriptor store: the fds at 3, 4, ... in order
-fds = [int(x) for x in os.environ.pop('EP_TEST_FDS').split(',')]
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]  # out of the way of 3, 4, ...
-for i, fd in enumerate(high):
-    os.dup2(fd, 3 + i)
-    os.set_inheritable(3 + i, True)
-for fd in high + [fd for fd in fds if fd >= 3 + len(fds)]:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-os.environ['LISTEN_FDS'] = str(len(fds))
-os.environ['LISTEN_PID'] = str(os.getpid())
-os.execv(sys.argv[1], sys.argv[1:])
-'''
 
 
 class Load:
@@ -158,13 +84,7 @@ def test_crash_restart(s, t):
     s.check(wait_until(lambda: not any(eptest.pid_alive(p) for p in workers), 15),
             'etcdproxyd killed with SIGKILL; its workers stop (their IPC socket closed)')
     time.sleep(1)  # systemd's RestartSec: the sockets are only in the store now
-    names = t.sd.names()
-    fds = [t.sd.store[n] for n in names]
-    t.sv.proc = t.s.popen([t.wrapper, eptest.ETCDPROXYD, '-c', t.sv.conf, '-f'], log=t.sv.log,
-                          label='etcdproxyd (restarted)', pass_fds=fds,
-                          env=dict(os.environ, EP_TEST_FDS=','.join(map(str, fds)),
-                                   LISTEN_FDNAMES=':'.join(names),
-                                   NOTIFY_SOCKET=t.sd.path))
+    t.sd.restart(t.sv)
     s.require_check(wait_until(lambda: t.sv.proc.poll() is None and
                                t.sv.ctl('status')[0] in (0, 4), 20),
                     'etcdproxyd started again with the stored sockets')
@@ -198,17 +118,10 @@ def body(s):
     t = T()
     t.s = s
     t.core = eptest.CoreEtcd(s).start()
-    t.sd = FakeSystemd(os.path.join(s.tmp, 'notify.sock'))
-    s.cleanups.append(t.sd.close)
-    t.wrapper = os.path.join(s.tmp, 'systemd-start.py')
-    eptest.write_text(t.wrapper, WRAPPER, 0o755)
+    t.sd = eptest.FakeSystemd(s)
     t.sv = eptest.Supervisor(s, t.core)
     t.ports = {n: t.sv.add_tenant(n, backend='native') for n in ('a', 'b')}
-    os.environ['NOTIFY_SOCKET'] = t.sd.path
-    try:
-        t.sv.start()
-    finally:
-        del os.environ['NOTIFY_SOCKET']
+    t.sd.start(t.sv)
     t.sv.wait_ready('a', 'b')
     for fn in (test_store, test_crash_restart, test_removed):
         s.run(fn, s, t)

@@ -405,15 +405,16 @@ def watch_events(data):
 SS = shutil.which('ss') or '/usr/bin/ss'
 
 
-def upstream_bytes(t):
-    """{local port: bytes_sent} of the worker's TCP connections to the core etcd (ss -i)."""
+def upstream_bytes(t, pid=None):
+    """{local port: bytes_sent} of the worker's (or PID's) TCP connections to the core etcd
+    (ss -i)."""
     r = subprocess.run([SS, '-tnpiH', 'state', 'established',
                         '( dport = :%d )' % t.core.port], capture_output=True, text=True)
     out, port = {}, None
     for line in r.stdout.splitlines():
         if not line[:1].isspace():
             port = None
-            if 'pid=%d,' % t.pid in line:
+            if 'pid=%d,' % (pid or t.pid) in line:
                 port = int(line.split()[2].rsplit(':', 1)[1])
         elif port is not None:
             m = re.search(r'\bbytes_sent:(\d+)', line)
@@ -514,17 +515,39 @@ def test_slow_watcher(s, t):
     still_serves(s, t, 'the slow watchers')
 
 
+QUIET = 25  # seconds: etcd closed a connection at its third PING without a call, 5 s apart
+
+
+def test_quiet_tenant(s, t):
+    """A tenant nobody uses keeps the connection to the core it opened: its keepalive sends
+    no PING while no call waits (etcd counts those as abuse and closes the connection with
+    GOAWAY too_many_pings at the third), and it never reports itself unhealthy."""
+    time.sleep(max(0.0, t.quiet_since + QUIET - time.monotonic()))
+    now = set(upstream_bytes(t, t.quiet_pid))
+    s.check(t.quiet_conns and now == t.quiet_conns, 'after %d s without a call, the quiet '
+            'tenant still has the connection to the core it opened' % QUIET,
+            (t.quiet_conns, now))
+    said = [x for x in t.sv.log_text().splitlines() if 'tenant quiet' in x and
+            ('unhealthy' in x or 'too_many_pings' in x or 'core etcd' in x)]
+    s.check(not said, 'and it never said it was unhealthy or lost its connection', said[:3])
+    s.check(eptest.serves(t.pq), 'and it serves')
+
+
 def body(s):
     t = T()
     t.core = eptest.CoreEtcd(s).start()
     t.sv = eptest.Supervisor(s, t.core)
     t.pa = t.sv.add_tenant('a', backend='native')
+    t.pq = t.sv.add_tenant('quiet', backend='native')
     t.sv.start()
-    t.sv.wait_ready('a')
+    t.sv.wait_ready('a', 'quiet')
     t.pid = t.sv.status()['a']['pid']
+    t.quiet_pid = t.sv.status()['quiet']['pid']
+    t.quiet_since = time.monotonic()
+    t.quiet_conns = set(upstream_bytes(t, t.quiet_pid))
     for fn in (test_sanity, test_http1_garbage, test_bad_frames, test_grpc_abuse,
                test_token_header, test_big_metadata, test_bad_metadata, test_lease_races,
-               test_upstream_packing, test_slow_watcher):
+               test_upstream_packing, test_slow_watcher, test_quiet_tenant):
         s.run(fn, s, t)
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 
