@@ -34,6 +34,15 @@
  * child the same planned way.  Planned restarts are no failures: no backoff,
  * no count towards giving up.
  *
+ * A stuck child is restarted the same way.  grpc-proxy sends no keepalives
+ * to the core: a connection to a member that stops answering without closing
+ * it (a stopped process, a link that swallows packets) stays in its
+ * round-robin, and every call it picks hangs until the client's deadline.
+ * Each health check therefore asks HEALTH_PROBES times at once (each /health
+ * is a Get through the proxy's client, so they spread over its connections);
+ * when some answer and some do not, twice in a row, the child is restarted:
+ * the new one uses only the members that finish its handshake.
+ *
  * Options (global config "backends": {"etcd": {...}}):
  *   "binary":          path of etcd (default /usr/bin/etcd)
  *   "health_interval": Go duration between health checks (default "5s")
@@ -68,6 +77,9 @@
 #define CHILD_STOP_GRACE_MS 3000  /* SIGTERM -> SIGKILL */
 #define ENDPOINTS_MAX 4096        /* the --endpoints argument, with its NUL */
 #define CORE_CA_POLL_MS 2000      /* how often core_etcd.ca_file is checked for changes */
+#define HEALTH_PROBES 4           /* /health requests at once per check */
+#define STUCK_CHECKS 2            /* checks in a row with some probes unanswered: restart */
+#define STUCK_RESTART_GAP_MS 10000 /* at most one such restart this often */
 #define PEM_MAX (1024 * 1024)     /* a PEM file larger than this is not TLS material */
 /* the child's copies of the TLS material, in the tenant's runtime directory */
 #define TLS_CERT_NAME "grpc-proxy-tls.crt"
@@ -112,7 +124,10 @@ struct etcd_backend {
 	int work_pending;
 	unsigned check_child; /* spawn_count of the child the pending check probed */
 	int check_healthy;
+	int check_partial; /* some probes answered, some did not */
 	char check_reason[256];
+	unsigned stuck_checks;  /* consecutive partial checks */
+	uint64_t stuck_restart; /* uv_now() of the last restart for it */
 
 	char error[600]; /* start()'s reason */
 
@@ -210,63 +225,111 @@ static int tcp_probe(const char *listen, int timeout_ms)
 	return r;
 }
 
+/* {"health":"true","reason":""} when the proxy reaches the core etcd */
+static int health_true(const char *body)
+{
+	cJSON *doc = cJSON_Parse(body);
+	const cJSON *health = cJSON_GetObjectItemCaseSensitive(doc, "health");
+	int healthy = cJSON_IsString(health) && strcmp(health->valuestring, "true") == 0;
+
+	cJSON_Delete(doc);
+	return healthy;
+}
+
 static void check_work(uv_work_t *req)
 {
 	struct etcd_backend *b = req->data;
 	const struct ep_tenant_info *t = b->host->tenant;
-	char body[256] = "";
-	CURL *curl;
-	CURLcode cc;
-	long status = 0;
-	int r;
+	char body[HEALTH_PROBES][256];
+	CURL *curl[HEALTH_PROBES] = { NULL };
+	CURLcode cc[HEALTH_PROBES];
+	CURLM *multi;
+	CURLMsg *msg;
+	int r, running = 0, left, ok = 0, bad = -1;
+	long status, bad_status = 0;
 
 	b->check_healthy = 0;
+	b->check_partial = 0;
 	r = tcp_probe(t->listen, 1000);
 	if (r < 0) {
 		snprintf(b->check_reason, sizeof(b->check_reason), "%s does not accept connections: %s",
 			 t->listen, strerror(-r));
 		return;
 	}
-	curl = curl_easy_init();
-	if (curl == NULL) {
-		snprintf(b->check_reason, sizeof(b->check_reason), "curl_easy_init failed");
+	multi = curl_multi_init();
+	if (multi == NULL) {
+		snprintf(b->check_reason, sizeof(b->check_reason), "curl_multi_init failed");
 		return;
 	}
-	curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, b->metrics_path);
-	curl_easy_setopt(curl, CURLOPT_URL, "http://localhost/health");
-	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 3000L);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect_body);
-	curl_easy_setopt(curl, CURLOPT_WRITEDATA, body);
-	cc = curl_easy_perform(curl);
-	if (cc == CURLE_OK)
-		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-	curl_easy_cleanup(curl);
-	if (cc != CURLE_OK) {
-		snprintf(b->check_reason, sizeof(b->check_reason),
-			 "grpc-proxy metrics endpoint %s: %s", b->metrics_path, curl_easy_strerror(cc));
-		return;
+	for (int i = 0; i < HEALTH_PROBES; i++) {
+		body[i][0] = '\0';
+		cc[i] = CURLE_FAILED_INIT;
+		curl[i] = curl_easy_init();
+		if (curl[i] == NULL)
+			continue;
+		curl_easy_setopt(curl[i], CURLOPT_UNIX_SOCKET_PATH, b->metrics_path);
+		curl_easy_setopt(curl[i], CURLOPT_URL, "http://localhost/health");
+		curl_easy_setopt(curl[i], CURLOPT_TIMEOUT_MS, 3000L);
+		curl_easy_setopt(curl[i], CURLOPT_NOSIGNAL, 1L);
+		curl_easy_setopt(curl[i], CURLOPT_WRITEFUNCTION, collect_body);
+		curl_easy_setopt(curl[i], CURLOPT_WRITEDATA, body[i]);
+		curl_easy_setopt(curl[i], CURLOPT_PRIVATE, (char *)NULL + i);
+		curl_multi_add_handle(multi, curl[i]);
 	}
-	/* {"health":"true","reason":""} when the proxy reaches the core etcd */
-	cJSON *doc = status == 200 ? cJSON_Parse(body) : NULL;
-	const cJSON *health = cJSON_GetObjectItemCaseSensitive(doc, "health");
-	int healthy = cJSON_IsString(health) && strcmp(health->valuestring, "true") == 0;
+	do {
+		if (curl_multi_perform(multi, &running) != CURLM_OK)
+			break;
+		if (running > 0 && curl_multi_poll(multi, NULL, 0, 1000, NULL) != CURLM_OK)
+			break;
+	} while (running > 0);
+	while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
+		char *priv = NULL;
 
-	cJSON_Delete(doc);
-	if (healthy) {
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+		cc[priv - (char *)NULL] = msg->data.result;
+	}
+	for (int i = 0; i < HEALTH_PROBES; i++) {
+		status = 0;
+		if (curl[i] != NULL && cc[i] == CURLE_OK)
+			curl_easy_getinfo(curl[i], CURLINFO_RESPONSE_CODE, &status);
+		if (status == 200 && health_true(body[i])) {
+			ok++;
+		} else if (bad < 0) {
+			bad = i;
+			bad_status = status;
+		}
+		if (curl[i] != NULL) {
+			curl_multi_remove_handle(multi, curl[i]);
+			curl_easy_cleanup(curl[i]);
+		}
+	}
+	curl_multi_cleanup(multi);
+	if (ok == HEALTH_PROBES) {
 		b->check_healthy = 1;
 		return;
 	}
-	for (char *p = body; *p; p++)
+	b->check_partial = ok > 0;
+	if (cc[bad] != CURLE_OK) {
+		snprintf(b->check_reason, sizeof(b->check_reason),
+			 "grpc-proxy metrics endpoint %.100s: %d of %d probes: %.80s", b->metrics_path,
+			 HEALTH_PROBES - ok, HEALTH_PROBES, curl_easy_strerror(cc[bad]));
+		return;
+	}
+	for (char *p = body[bad]; *p; p++)
 		if (!isprint((unsigned char)*p))
 			*p = ' ';
 	snprintf(b->check_reason, sizeof(b->check_reason),
-		 "grpc-proxy reports unhealthy (HTTP %ld: %s): is the core etcd reachable?", status,
-		 body);
+		 "grpc-proxy reports unhealthy on %d of %d probes (HTTP %ld: %.100s): %s",
+		 HEALTH_PROBES - ok, HEALTH_PROBES, bad_status, body[bad],
+		 ok > 0 ? "a member of the core etcd does not answer it"
+			: "is the core etcd reachable?");
 }
 
 static void maybe_finish_stop(struct etcd_backend *b);
 static void schedule_check(struct etcd_backend *b);
+static void planned_restart(struct etcd_backend *b, const char *why);
 
 static void check_done(uv_work_t *req, int status)
 {
@@ -284,6 +347,19 @@ static void check_done(uv_work_t *req, int status)
 		schedule_check(b);
 		return;
 	}
+	if (b->check_partial && ++b->stuck_checks >= STUCK_CHECKS &&
+	    (b->stuck_restart == 0 ||
+	     uv_now(b->host->loop) - b->stuck_restart >= STUCK_RESTART_GAP_MS)) {
+		char why[300];
+
+		b->stuck_checks = 0;
+		b->stuck_restart = uv_now(b->host->loop);
+		snprintf(why, sizeof(why), "stuck on a member (%.250s)", b->check_reason);
+		planned_restart(b, why);
+		return;
+	}
+	if (b->check_healthy)
+		b->stuck_checks = 0;
 	if (b->check_healthy) {
 		if (b->healthy_since == 0) {
 			b->healthy_since = uv_now(b->host->loop);

@@ -864,6 +864,8 @@ class Relay:
             except OSError:
                 a.close()  # the member is down: so is this connection
                 continue
+            for z in (a, b):  # pass each write on as it comes, as a router does
+                z.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
                 self.socks += [a, b]
                 self.live.add((a, b))

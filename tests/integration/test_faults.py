@@ -1,21 +1,27 @@
 #!/usr/bin/python3
-"""Faults under load, with a history checker: a three-member core etcd on 127.0.0.1, a native
-tenant that reaches each member through a relay the test controls, writers and a watcher
-through the tenant, and one fault after another:
+"""Faults under load, with a history checker: a three-member core etcd on 127.0.0.1, a
+native tenant and an etcd-backend tenant (grpc-proxy) that reach each member through a
+relay the test controls, writers and a watcher through each tenant, and one fault after
+another:
 
-  - kill -9 of the tenant's worker;
-  - every connection to the core cut (relays reset), then a stall of every link longer than
-    the election timeout (bytes held, connections kept);
+  - kill -9 of the tenants' workers, then of the etcd backend's grpc-proxy child;
+  - every connection to the core cut (relays reset); every link stalled longer than the
+    election timeout (bytes held, connections kept);
+  - every link delayed by 200 ms, then read at 16 KiB/s, with writes going on meanwhile;
+  - two of the three links blackholed (bytes swallowed, new connections never answered):
+    writes must go on through the third member while it lasts;
   - a leader change forced with `etcdctl move-leader` against the core;
-  - a member killed and started again; a member stopped (SIGSTOP) past the election timeout.
+  - a member killed and started again; a member stopped (SIGSTOP) past the election timeout;
+  - kill -9 of etcdproxyd, started again with the sockets "systemd" kept (FakeSystemd).
 
-Invariants, checked after the faults:
+Invariants, checked for each tenant after the faults:
   - every acknowledged put is in the core etcd;
   - a compare-and-swap counter ends within [acknowledged, acknowledged + in-doubt];
   - the watcher saw strictly increasing revisions, and every acknowledged put, or its
     stream failed loudly and it resumed from the last revision it had;
   - no put outlives its 5 s deadline by more than 1 s;
-  - after each fault writes succeed again within HEAL seconds (the time it took is reported).
+  - after each fault (or while it lasts) writes succeed again within HEAL seconds (the time
+    it took is reported).
 
 EP_FAULT_ROUNDS repeats the fault sequence (contrib/faults/soak.sh runs it long)."""
 
@@ -195,19 +201,38 @@ def watcher(port, h):
         c.close()
 
 
-def healed(s, t, what):
-    """Writes succeed again: the time it took."""
-    t0 = time.monotonic()
-    ok = wait_until(lambda: eptest.serves(t.port, key='heal'), HEAL, 0.2)
-    took = time.monotonic() - t0
-    s.check(ok, '%s: writes succeed again after %.1f s (at most %d)' % (what, took, HEAL))
-    t.heal[what] = took
+def healed(s, t, what, names=('f', 'g')):
+    """Writes through each of the tenants NAMES succeed again: the time it took."""
+    for name in names:
+        t0 = time.monotonic()
+        ok = wait_until(lambda: eptest.serves(t.ports[name], key='heal'), HEAL, 0.2)
+        took = time.monotonic() - t0
+        s.check(ok, '%s: writes through %s (%s) succeed again after %.1f s (at most %d)' %
+                (what, name, BACKENDS[name], took, HEAL))
+        t.heal.setdefault(what, {})[name] = took
 
 
 def fault_worker(s, t):
-    pid = t.sv.tenant('f')['pid']
-    os.kill(pid, signal.SIGKILL)
-    healed(s, t, 'kill -9 of the worker')
+    for name in ('f', 'g'):
+        os.kill(t.sv.tenant(name)['pid'], signal.SIGKILL)
+    healed(s, t, 'kill -9 of the workers')
+
+
+def fault_grpc_proxy(s, t):
+    kids = eptest.proc_children(t.sv.tenant('g')['pid'])
+    s.require_check(kids, 'the etcd backend\'s worker has its grpc-proxy child')
+    for pid in kids:
+        os.kill(pid, signal.SIGKILL)
+    healed(s, t, 'kill -9 of the grpc-proxy', ('g',))
+
+
+def fault_daemon(s, t):
+    """etcdproxyd killed and started again by "systemd" with its stored sockets."""
+    os.kill(t.sv.pid, signal.SIGKILL)
+    t.sv.proc.wait(10)
+    time.sleep(0.5)  # RestartSec
+    t.sd.restart(t.sv)
+    healed(s, t, 'kill -9 of etcdproxyd')
 
 
 def fault_cut(s, t):
@@ -226,6 +251,37 @@ def fault_stall(s, t):
     for r in t.relays.values():
         r.mend()
     healed(s, t, 'every link stalled for 2.5 s')
+
+
+def while_faulty(s, t, what, names=('f', 'g')):
+    """Writes go on while the fault lasts: the time to the first that succeeds."""
+    try:
+        healed(s, t, what, names)
+        time.sleep(2)  # the load goes on under the fault
+    finally:
+        for r in t.relays.values():
+            r.mend()
+
+
+def fault_delay(s, t):
+    for r in t.relays.values():
+        r.delay(0.2)
+    while_faulty(s, t, 'every link delayed by 200 ms')
+
+
+def fault_slow(s, t):
+    for r in t.relays.values():
+        r.slow(16384)
+    while_faulty(s, t, 'every link read at 16 KiB/s')
+
+
+def fault_blackhole(s, t):
+    """Two of the three links swallow everything: the one the native tenant uses among them,
+    so that it must notice (keepalive) and go to the third member."""
+    order = sorted(t.relays, key=lambda n: -t.relays[n].active())
+    for n in order[:2]:
+        t.relays[n].blackhole()
+    while_faulty(s, t, 'the links to %s and %s blackholed' % tuple(order[:2]))
 
 
 def fault_move_leader(s, t):
@@ -256,6 +312,65 @@ def fault_member_stop(s, t):
         t.cl.procs[victim].send_signal(signal.SIGCONT)
 
 
+FAULTS = (fault_worker, fault_grpc_proxy, fault_cut, fault_stall, fault_delay, fault_slow,
+          fault_blackhole, fault_move_leader, fault_member_restart, fault_member_stop,
+          fault_daemon)
+
+
+class Load:
+    """Three writers, a compare-and-swap counter and a watcher through one tenant."""
+
+    def __init__(self, name, port):
+        self.name = name
+        self.h = History()
+        # the watch starts where the history does: from the revision before the first write
+        c = eptest.etcd3_client(port)
+        try:
+            self.h.start_rev = c.get_response('k-').header.revision
+        finally:
+            c.close()
+        self.threads = [threading.Thread(target=writer, args=(port, i, self.h))
+                        for i in range(3)]
+        self.threads += [threading.Thread(target=counter, args=(port, self.h))]
+        self.watch = threading.Thread(target=watcher, args=(port, self.h))
+        for th in self.threads + [self.watch]:
+            th.start()
+
+    def stop(self):
+        self.h.stop = True
+        for th in self.threads:
+            th.join(30)
+
+    def stop_watch(self):
+        # the events of the last acknowledged writes may still be on their way
+        wait_until(lambda: self.h.acked <= self.h.seen, 15, 0.2)
+        self.h.stop_watch = True
+        self.watch.join(30)
+
+    def check(self, s, core):
+        h, what = self.h, '%s (%s)' % (self.name, BACKENDS[self.name])
+        prefix = '/%s/' % self.name
+        have = {m.key.decode()[len(prefix):]: v for v, m in core.get_prefix(prefix)}
+        lost = sorted(k for k in h.acked if k not in have)
+        s.check(h.acked and not lost, '%s: every acknowledged put (%d) is in the core etcd' %
+                (what, len(h.acked)), lost[:5])
+        final = int(have.get('counter', b'0'))
+        s.check(h.cas_acked <= final <= h.cas_acked + h.cas_doubt,
+                '%s: the compare-and-swap counter ends at %d, within [acknowledged %d, '
+                '+ in doubt %d]' % (what, final, h.cas_acked, h.cas_doubt))
+        s.check(not h.order_errors, '%s: the watcher saw strictly increasing revisions (%d '
+                'events, %d loud failures resumed)' % (what, len(h.revisions), h.watch_failures),
+                h.order_errors[:5])
+        unseen = sorted(k for k in h.acked if k not in h.seen)
+        s.check(not unseen, '%s: the watcher saw every acknowledged put, across its '
+                'resumptions' % what, unseen[:5])
+        s.check(h.longest <= 6.0, '%s: no put outlived its 5 s deadline by more than 1 s '
+                '(the longest took %.1f s)' % (what, h.longest))
+
+
+BACKENDS = {'f': 'native', 'g': 'etcd'}
+
+
 def body(s):
     class T:
         pass
@@ -267,62 +382,36 @@ def body(s):
     t.relays = {n: eptest.Relay(t.cl.client[n]) for n in t.cl.names}
     for r in t.relays.values():
         s.cleanups.append(r.close)
+    t.sd = eptest.FakeSystemd(s)
     t.sv = eptest.Supervisor(s, None)
     t.sv.config['core_etcd']['endpoints'] = ['http://127.0.0.1:%d' % r.port
                                              for r in t.relays.values()]
     t.sv.write_config()
-    t.port = t.sv.add_tenant('f', backend='native')
-    t.sv.start()
-    t.sv.wait_ready('f')
-    h = History()
-    # the watch starts where the history does: from the revision before the first write
-    c = eptest.etcd3_client(t.port)
-    try:
-        h.start_rev = c.get_response('k-').header.revision
-    finally:
-        c.close()
-    threads = [threading.Thread(target=writer, args=(t.port, i, h)) for i in range(3)]
-    threads += [threading.Thread(target=counter, args=(t.port, h))]
-    watch = threading.Thread(target=watcher, args=(t.port, h))
-    for th in threads + [watch]:
-        th.start()
+    t.ports = {n: t.sv.add_tenant(n, backend=b) for n, b in BACKENDS.items()}
+    t.sd.start(t.sv)
+    t.sv.wait_ready(*BACKENDS)
+    loads = [Load(n, t.ports[n]) for n in BACKENDS]
     try:
         time.sleep(1)
         for _ in range(ROUNDS):
-            for fn in (fault_worker, fault_cut, fault_stall, fault_move_leader,
-                       fault_member_restart, fault_member_stop):
+            for fn in FAULTS:
                 s.run(fn, s, t)
                 time.sleep(0.5)
         time.sleep(1)
     finally:
-        h.stop = True
-        for th in threads:
-            th.join(30)
-        # the events of the last acknowledged writes may still be on their way
-        wait_until(lambda: h.acked <= h.seen, 15, 0.2)
-        h.stop_watch = True
-        watch.join(30)
+        for load in loads:
+            load.stop()
+        for load in loads:
+            load.stop_watch()
     core = eptest.etcd3_client(t.cl.client[t.cl.leader() or 'm1'])
     try:
-        have = {m.key.decode()[len('/f/'):]: v for v, m in core.get_prefix('/f/')}
+        for load in loads:
+            load.check(s, core)
     finally:
         core.close()
-    lost = sorted(k for k in h.acked if k not in have)
-    s.check(h.acked and not lost, 'every acknowledged put (%d) is in the core etcd' %
-            len(h.acked), lost[:5])
-    final = int(have.get('counter', b'0'))
-    s.check(h.cas_acked <= final <= h.cas_acked + h.cas_doubt,
-            'the compare-and-swap counter ends at %d, within [acknowledged %d, + in doubt %d]'
-            % (final, h.cas_acked, h.cas_doubt))
-    s.check(not h.order_errors, 'the watcher saw strictly increasing revisions (%d events, '
-            '%d loud failures resumed)' % (len(h.revisions), h.watch_failures),
-            h.order_errors[:5])
-    unseen = sorted(k for k in h.acked if k not in h.seen)
-    s.check(not unseen, 'the watcher saw every acknowledged put, across its resumptions',
-            unseen[:5])
-    s.check(h.longest <= 6.0, 'no put outlived its 5 s deadline by more than 1 s (the longest '
-            'took %.1f s)' % h.longest)
-    print('# heal times: ' + ', '.join('%s %.1f s' % kv for kv in t.heal.items()), flush=True)
+    for what, took in t.heal.items():
+        print('# heal time of %s: %s' % (what, ', '.join('%s %.1f s' % (BACKENDS[n], x)
+                                                          for n, x in took.items())), flush=True)
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 
 
