@@ -66,7 +66,13 @@ static int rewrite_framed(struct native *n, int response, enum rw_kind kind,
 {
 	int r;
 
-	n->scratch.len = 5; /* native_init made the buffer at least this large */
+	/* the rewritten message is about as long as the original: grown once, not doubled */
+	if (n->scratch.cap < 5 + len + 256) {
+		n->scratch.len = 0;
+		n->scratch.data = pool_realloc(n->scratch.data, 5 + len + 256);
+		n->scratch.cap = 5 + len + 256;
+	}
+	n->scratch.len = 5;
 	if (response)
 		r = rw_response(kind, &n->ns, hooks, msg, len, &n->scratch, err);
 	else
@@ -87,6 +93,20 @@ static void scratch_take(struct native *n, struct bq *q)
 	b->data[2] = (uint8_t)(len >> 16);
 	b->data[3] = (uint8_t)(len >> 8);
 	b->data[4] = (uint8_t)len;
+	if (bq_pending(q) == 0 && b->len > NATIVE_SCRATCH) {
+		/* a large message into an empty queue: hand the buffer over, copy nothing */
+		uint8_t *data = q->data;
+		size_t cap = q->cap;
+
+		q->data = b->data;
+		q->cap = b->cap;
+		q->off = 0;
+		q->len = b->len;
+		b->data = data != NULL ? data : pool_alloc(NATIVE_SCRATCH);
+		b->cap = data != NULL ? cap : NATIVE_SCRATCH;
+		b->len = 0;
+		return;
+	}
 	bq_append(q, b->data, b->len);
 	b->len = 0;
 	/* one huge message must not pin its memory */
@@ -123,6 +143,25 @@ int grpc_reader_next(struct grpc_reader *r, uint8_t *flag, const uint8_t **msg,
 void grpc_reader_drop(struct grpc_reader *r, size_t len)
 {
 	bq_consume(&r->buf, 5 + len);
+}
+
+/*
+ * A message has begun: make room for all of it at once (when it is at most
+ * LIMIT bytes), so that a large one is not copied at each doubling of the
+ * buffer, and its buffer is its size, not up to twice it.
+ */
+void grpc_reader_expect(struct grpc_reader *r, size_t limit)
+{
+	size_t have = bq_pending(&r->buf);
+	const uint8_t *p;
+	size_t l;
+
+	if (have < 5)
+		return;
+	p = r->buf.data + r->buf.off;
+	l = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+	if (have < 5 + l && l <= limit)
+		bq_reserve(&r->buf, 5 + l);
 }
 
 /* ---- calls ------------------------------------------------------------------------------ */
@@ -852,6 +891,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 	n = c->dc->n;
 	n->counters.bytes_out += len;
 	bq_append(&c->resp_in.buf, data, len);
+	grpc_reader_expect(&c->resp_in, SIZE_MAX); /* the core's: as large as it says */
 	while (grpc_reader_next(&c->resp_in, &flag, &msg, &mlen, &declared)) {
 		struct rw_error err = { 0 };
 		struct rw_hooks hooks = call_hooks(c);

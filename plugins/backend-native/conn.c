@@ -44,6 +44,23 @@ void bq_append(struct bq *q, const void *p, size_t n)
 	q->len += n;
 }
 
+void bq_reserve(struct bq *q, size_t want)
+{
+	size_t pending = q->len - q->off;
+
+	if (want <= q->cap - q->off)
+		return;
+	if (q->off > 0) {
+		memmove(q->data, q->data + q->off, pending);
+		q->len = pending;
+		q->off = 0;
+	}
+	if (want > q->cap) {
+		q->data = pool_realloc(q->data, want);
+		q->cap = want;
+	}
+}
+
 size_t bq_pending(const struct bq *q)
 {
 	return q->len - q->off;

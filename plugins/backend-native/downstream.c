@@ -239,6 +239,7 @@ static int d_on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id,
 		return 0;
 	}
 	bq_append(&c->req_in.buf, data, len);
+	grpc_reader_expect(&c->req_in, dc->n->max_message);
 	/*
 	 * partial messages are acknowledged (bounded by max_message); queued output is not,
 	 * and neither is what arrives during a lease lookup: call_process does not take

@@ -266,6 +266,8 @@ static char *native_counters(void *state)
 	};
 	struct native *n = state;
 	struct native_counters *k = &n->counters;
+
+	pool_trim(); /* at every STATUS, 5 s */
 	cJSON *o = cJSON_CreateObject(), *lat, *methods, *fails;
 	char *text;
 
@@ -645,12 +647,11 @@ static void free_native(struct native *n)
 
 void native_scratch_shrink(struct native *n)
 {
-	uint8_t *data = malloc(NATIVE_SCRATCH);
-
-	if (data == NULL)
-		abort();
+	/* pool blocks, as the byte queues' are: scratch_take() may swap them */
+	n->scratch.realloc_fn = pool_realloc;
+	n->scratch.free_fn = pool_free;
 	rw_buf_free(&n->scratch);
-	n->scratch.data = data;
+	n->scratch.data = pool_alloc(NATIVE_SCRATCH);
 	n->scratch.cap = NATIVE_SCRATCH;
 }
 

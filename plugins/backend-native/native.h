@@ -57,6 +57,8 @@ struct bq {
 	size_t off, len, cap;
 };
 void bq_append(struct bq *q, const void *p, size_t n);
+/* Room for WANT pending bytes in all, so that appends up to it copy nothing more. */
+void bq_reserve(struct bq *q, size_t want);
 size_t bq_pending(const struct bq *q);
 void bq_consume(struct bq *q, size_t n);
 void bq_free(struct bq *q);
@@ -372,6 +374,7 @@ struct native {
 
 /* pool.c: a cache of freed blocks by size class, for calls, their queues and nghttp2 */
 void *pool_alloc(size_t size);  /* never NULL (aborts) */
+void pool_trim(void);           /* give back the large blocks kept when none was used lately */
 void *pool_calloc(size_t size); /* zeroed */
 void *pool_realloc(void *p, size_t size);
 void pool_free(void *p);
@@ -592,6 +595,7 @@ void frame_message(struct bq *q, const uint8_t *msg, size_t len);
 int grpc_reader_next(struct grpc_reader *r, uint8_t *flag, const uint8_t **msg, size_t *len,
 		     size_t *declared);
 void grpc_reader_drop(struct grpc_reader *r, size_t len);
+void grpc_reader_expect(struct grpc_reader *r, size_t limit);
 void call_resume_down(struct call *c);
 void call_finish(struct call *c, int grpc_status, const char *message);
 void call_upstream_ready(struct call *c);

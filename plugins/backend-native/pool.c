@@ -13,9 +13,17 @@
  * class, it is plain malloc and free.  A worker has one loop thread, so the
  * cache is a process global without locks.
  *
+ * Large blocks (a message of 64 KiB and more, its rewrite) are kept too, a
+ * few of them and POOL_BIG_KEEP_BYTES in all, while large messages flow:
+ * glibc serves such sizes from fresh mmap()s or trims them back to the
+ * kernel, and touching new pages cost a fifth of the worker's CPU on 1 MiB
+ * messages (page faults, zeroing).  pool_trim(), at every STATUS (5 s), gives
+ * them back when none was used since the previous one.
+ *
  * Under AddressSanitizer every block is its own malloc, so that a use after
  * free is still found.
  */
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +35,9 @@
 #define POOL_BIG 0xffu
 #define POOL_KEEP_BYTES (128 * 1024)
 #define POOL_KEEP_MIN 16
+#define POOL_BIG_SLOTS 4
+#define POOL_BIG_MIN (64 * 1024)
+#define POOL_BIG_KEEP_BYTES (4 * 1024 * 1024)
 
 #if defined(__SANITIZE_ADDRESS__)
 #define POOL_PASSTHROUGH 1
@@ -49,7 +60,54 @@ struct pool_head {
 static struct {
 	struct pool_head *free[POOL_CLASSES];
 	size_t n[POOL_CLASSES];
+	struct pool_head *big[POOL_BIG_SLOTS]; /* kept large blocks */
+	size_t big_cap[POOL_BIG_SLOTS];        /* their malloc_usable_size() */
+	size_t n_big, big_bytes;
+	int big_used; /* since the last pool_trim() */
 } pool;
+
+/* A kept large block of at least TOTAL bytes (the smallest), or NULL. */
+static struct pool_head *big_take(size_t total)
+{
+	size_t best = POOL_BIG_SLOTS;
+	struct pool_head *h;
+
+	for (size_t i = 0; i < pool.n_big; i++)
+		if (pool.big_cap[i] >= total && (best == POOL_BIG_SLOTS ||
+						  pool.big_cap[i] < pool.big_cap[best]))
+			best = i;
+	if (best == POOL_BIG_SLOTS)
+		return NULL;
+	h = pool.big[best];
+	pool.big_bytes -= pool.big_cap[best];
+	pool.n_big--;
+	pool.big[best] = pool.big[pool.n_big];
+	pool.big_cap[best] = pool.big_cap[pool.n_big];
+	return h;
+}
+
+/* Keep a large block, making room by giving back the oldest; 0 when it is not kept. */
+static int big_keep(struct pool_head *h)
+{
+	size_t cap = malloc_usable_size(h);
+
+	if (cap < POOL_BIG_MIN || cap > POOL_BIG_KEEP_BYTES)
+		return 0;
+	while (pool.n_big > 0 &&
+	       (pool.n_big == POOL_BIG_SLOTS || pool.big_bytes + cap > POOL_BIG_KEEP_BYTES)) {
+		free(pool.big[0]);
+		pool.big_bytes -= pool.big_cap[0];
+		pool.n_big--;
+		memmove(pool.big, pool.big + 1, pool.n_big * sizeof(pool.big[0]));
+		memmove(pool.big_cap, pool.big_cap + 1, pool.n_big * sizeof(pool.big_cap[0]));
+	}
+	pool.big[pool.n_big] = h;
+	pool.big_cap[pool.n_big] = cap;
+	pool.n_big++;
+	pool.big_bytes += cap;
+	pool.big_used = 1;
+	return 1;
+}
 
 
 static size_t class_of(size_t total)
@@ -89,6 +147,8 @@ void *pool_alloc(size_t size)
 		pool.n[cls]--;
 		/* the next block's link, so that the next pop does not wait for memory */
 		__builtin_prefetch(pool.free[cls]);
+	} else if (cls == POOL_BIG && total >= POOL_BIG_MIN && (h = big_take(total)) != NULL) {
+		pool.big_used = 1;
 	} else {
 		h = malloc(cls == POOL_BIG ? total : (size_t)1 << (POOL_MIN_SHIFT + cls));
 		if (h == NULL)
@@ -120,7 +180,12 @@ void pool_free(void *p)
 		return;
 	h = (struct pool_head *)p - 1;
 	cls = h->u.cls;
-	if (cls == POOL_BIG || pool.n[cls] >= class_keep(cls)) {
+	if (cls == POOL_BIG) {
+		if (!big_keep(h))
+			free(h);
+		return;
+	}
+	if (pool.n[cls] >= class_keep(cls)) {
 		free(h);
 		return;
 	}
@@ -201,3 +266,16 @@ static void *ng_realloc(void *p, size_t size, void *ud)
 }
 
 nghttp2_mem native_nghttp2_mem = { NULL, ng_malloc, ng_free, ng_calloc, ng_realloc };
+
+void pool_trim(void)
+{
+#ifndef POOL_PASSTHROUGH
+	if (!pool.big_used) {
+		for (size_t i = 0; i < pool.n_big; i++)
+			free(pool.big[i]);
+		pool.n_big = 0;
+		pool.big_bytes = 0;
+	}
+	pool.big_used = 0;
+#endif
+}

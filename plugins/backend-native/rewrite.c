@@ -154,7 +154,10 @@ void rw_buf_free(struct rw_buf *b)
 {
 	if (b == NULL)
 		return;
-	free(b->data);
+	if (b->free_fn != NULL)
+		b->free_fn(b->data);
+	else
+		free(b->data);
 	b->data = NULL;
 	b->len = 0;
 	b->cap = 0;
@@ -424,7 +427,7 @@ static int grow(struct ctx *c, size_t need)
 		}
 		cap *= 2;
 	}
-	data = realloc(b->data, cap);
+	data = b->realloc_fn != NULL ? b->realloc_fn(b->data, cap) : realloc(b->data, cap);
 	if (data == NULL)
 		return fail(c, -ENOMEM, ST_RESOURCE_EXHAUSTED, MSG_NOMEM);
 	b->data = data;

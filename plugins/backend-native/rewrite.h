@@ -68,6 +68,9 @@ struct rw_buf {
 	uint8_t *data;
 	size_t len;
 	size_t cap;
+	/* the allocator of data; NULL: the C library's (a caller may hand data on) */
+	void *(*realloc_fn)(void *p, size_t size);
+	void (*free_fn)(void *p);
 };
 void rw_buf_free(struct rw_buf *b);
 
