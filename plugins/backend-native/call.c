@@ -209,6 +209,10 @@ void call_free(struct call *c)
 	bq_free(&c->req_in.buf);
 	bq_free(&c->up_out);
 	bq_free(&c->resp_in.buf);
+	if (c->rs != NULL) {
+		rs_free(c->rs);
+		pool_free(c->rs);
+	}
 	bq_free(&c->down_out);
 	bq_free(&c->held);
 	bq_free(&c->held_resp);
@@ -864,7 +868,76 @@ void call_on_up_headers_done(struct call *c)
 		submit_response_headers(c);
 		return;
 	}
+	if (c->up_eos && c->rs != NULL) {
+		/* a streamed response cut short: what is not sent yet is half a message */
+		bq_consume(&c->down_out, bq_pending(&c->down_out));
+		call_finish(c, 13, "etcdproxy: the core etcd ended the call inside a message");
+		return;
+	}
 	resume_down_data(c);
+}
+
+static void rs_emit(void *ctx, const uint8_t *p, size_t len)
+{
+	bq_append(&((struct call *)ctx)->down_out, p, len);
+}
+
+/*
+ * A large Range response is rewritten as it arrives (rs_feed() in rewrite.c),
+ * straight into the queue towards the client: the client gets its first
+ * bytes at once, and the worker holds the high-water mark, not the message
+ * twice.  Starts when the gRPC prefix of such a message is in resp_in.
+ */
+static int stream_start(struct call *c)
+{
+	struct native *n = c->n;
+	const uint8_t *p = c->resp_in.buf.data + c->resp_in.buf.off;
+	size_t have = bq_pending(&c->resp_in.buf), declared;
+
+	/* a pad takes 3 bytes at least: a tenant's prefix ("/a/") is never shorter */
+	if (c->m->kind != RW_RANGE || have < 5 || p[0] != 0 || n->ns.prefix_len < 3)
+		return 0;
+	declared = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+	if (declared < NATIVE_STREAM_MIN)
+		return 0;
+	c->rs = pool_alloc(sizeof(*c->rs));
+	c->hooks = call_hooks(c);
+	rs_init(c->rs, &n->ns, &c->hooks, declared, rs_emit, c);
+	rl_charge(n->rl, declared);
+	bq_consume(&c->resp_in.buf, 5);
+	return 1;
+}
+
+/* Bytes of a streamed response; 0, or -1 when the call ended. */
+static int stream_feed(struct call *c, const uint8_t *data, size_t len)
+{
+	struct native *n = c->n;
+	struct rw_error err = { 0 };
+	size_t used = 0;
+	int r = rs_feed(c->rs, data, len, &used, &err);
+
+	if (r == 0)
+		return 0;
+	if (r > 0 && c->rs->header != NULL) {
+		if (n->cluster_id == 0)
+			native_learn_header(n, c->rs->header, c->rs->header_len);
+		audit_response(c->audit, c->rs->header, c->rs->header_len);
+	}
+	rs_free(c->rs);
+	pool_free(c->rs);
+	c->rs = NULL;
+	if (r < 0 || used < len) {
+		const char *why = r < 0 ? (err.message ? err.message : "etcdproxy: cannot rewrite the response")
+				       : "etcdproxy: the core etcd answered a unary call with more "
+					 "than one message";
+
+		n->host->log(n->host, EP_LOG_ERR, "%s: %s", c->path, why);
+		/* what is not sent yet is half a message: the client gets the error instead */
+		bq_consume(&c->down_out, bq_pending(&c->down_out));
+		call_finish(c, r < 0 && err.grpc_status ? err.grpc_status : 13, why);
+		return -1;
+	}
+	return 0;
 }
 
 void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
@@ -890,7 +963,29 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 	}
 	n = c->dc->n;
 	n->counters.bytes_out += len;
+	if (c->rs != NULL) {
+		if (stream_feed(c, data, len) < 0)
+			return;
+		goto flow;
+	}
 	bq_append(&c->resp_in.buf, data, len);
+	if (stream_start(c)) {
+		size_t have = bq_pending(&c->resp_in.buf);
+
+		/* what came with the prefix: fed from a copy, resp_in is emptied first */
+		if (have > 0) {
+			uint8_t *first = pool_alloc(have);
+
+			memcpy(first, c->resp_in.buf.data + c->resp_in.buf.off, have);
+			bq_consume(&c->resp_in.buf, have);
+			if (stream_feed(c, first, have) < 0) {
+				pool_free(first);
+				return;
+			}
+			pool_free(first);
+		}
+		goto flow;
+	}
 	grpc_reader_expect(&c->resp_in, SIZE_MAX); /* the core's: as large as it says */
 	while (grpc_reader_next(&c->resp_in, &flag, &msg, &mlen, &declared)) {
 		struct rw_error err = { 0 };
@@ -932,6 +1027,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 		}
 		scratch_take(n, &c->down_out);
 	}
+flow:
 	if (bq_pending(&c->down_out) < NATIVE_HIGH_WATER)
 		up_consume(c, len);
 	else

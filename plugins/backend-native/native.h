@@ -45,6 +45,7 @@
 #define NATIVE_CRED_POLL_MS 2000 /* default stat() interval of the core etcd credentials */
 #define NATIVE_CRED_QUIET_MS 200 /* after a change, so that a cert and its key are read together */
 #define NATIVE_DOWN_GRACE_MS 1000 /* no connection to the core this long: unhealthy */
+#define NATIVE_STREAM_MIN (256 * 1024) /* a Range response this large is rewritten as it streams */
 
 struct native;
 struct down_conn;
@@ -180,6 +181,8 @@ struct call {
 	int up_data_deferred;        /* upstream data provider is waiting for bytes */
 
 	struct grpc_reader resp_in;  /* core etcd -> proxy */
+	struct rstream *rs;          /* a large Range response being rewritten as it streams */
+	struct rw_hooks hooks;       /* rs's */
 	struct bq down_out;          /* rewritten, to the client */
 	size_t up_unconsumed;
 	int up_status;               /* :status of the upstream response */

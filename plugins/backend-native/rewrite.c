@@ -804,3 +804,351 @@ int rw_response(enum rw_kind kind, const struct rw_ns *ns, const struct rw_hooks
 {
 	return rewrite(1, kind, ns, hooks, in, len, out, err);
 }
+
+/* ---- a large RangeResponse, as it streams ------------------------------------ */
+
+void rs_init(struct rstream *s, const struct rw_ns *ns, const struct rw_hooks *hooks,
+	     uint64_t len, void (*emit)(void *ctx, const uint8_t *p, size_t len), void *ctx)
+{
+	memset(s, 0, sizeof(*s));
+	s->ns = ns;
+	s->hooks = hooks;
+	s->state = RS_FIELD;
+	s->in_len = len;
+	s->left = len;
+	s->emit = emit;
+	s->ctx = ctx;
+}
+
+void rs_free(struct rstream *s)
+{
+	rw_buf_free(&s->hold);
+	rw_buf_free(&s->out);
+	free(s->header);
+	s->header = NULL;
+}
+
+static int rs_fail(struct rw_error *err, int rc, const char *message)
+{
+	err->grpc_status = ST_INTERNAL;
+	err->message = message;
+	return rc;
+}
+
+/* The gRPC prefix of the output, DELTA bytes longer than the input. */
+static int rs_start(struct rstream *s, int64_t delta, struct rw_error *err)
+{
+	uint64_t len = s->in_len + (uint64_t)delta;
+	uint8_t h[5];
+
+	if (delta < 0 && (uint64_t)-delta > s->in_len)
+		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+	if (len > 0xffffffffu)
+		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+	h[0] = 0;
+	h[1] = (uint8_t)(len >> 24);
+	h[2] = (uint8_t)(len >> 16);
+	h[3] = (uint8_t)(len >> 8);
+	h[4] = (uint8_t)len;
+	s->emit(s->ctx, h, 5);
+	s->started = 1;
+	return 0;
+}
+
+/*
+ * PAD bytes (at least 3: a prefix is never shorter) of an unknown
+ * length-delimited field: a 2-byte tag, a length of one to three bytes
+ * (maybe an overlong varint, which every protobuf reader takes), and zeros.
+ */
+static int rs_pad(struct rstream *s, size_t pad, struct rw_error *err)
+{
+	static const uint8_t zeros[256];
+	uint8_t head[5];
+	size_t body, k;
+
+	if (pad < 3 || pad > 2000000)
+		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+	head[0] = (uint8_t)((RW_PAD_FIELD << 3 | EP_PB_LEN) | 0x80);
+	head[1] = (uint8_t)((RW_PAD_FIELD << 3 | EP_PB_LEN) >> 7);
+	k = pad - 3 <= 0x7f ? 1 : pad - 4 <= 0x3fff ? 2 : 3; /* bytes of the length */
+	body = pad - 2 - k;
+	for (size_t i = 0; i < k; i++)
+		head[2 + i] = (uint8_t)((body >> (7 * i)) & 0x7f) | (i + 1 < k ? 0x80 : 0);
+	s->emit(s->ctx, head, 2 + k);
+	while (body > 0) {
+		size_t n = body < sizeof(zeros) ? body : sizeof(zeros);
+
+		s->emit(s->ctx, zeros, n);
+		body -= n;
+	}
+	return 0;
+}
+
+/*
+ * Take bytes into acc until it holds a whole tag and, for a length-delimited
+ * field, its length: 1 and the field, 0 for more, <0 when malformed.
+ */
+static int rs_field_head(struct rstream *s, uint8_t byte, uint32_t *number, unsigned *wire,
+			 uint64_t *length, struct rw_error *err)
+{
+	const uint8_t *p = s->acc, *end;
+	uint64_t tag;
+
+	if (s->acc_len >= sizeof(s->acc))
+		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+	s->acc[s->acc_len++] = byte;
+	end = s->acc + s->acc_len;
+	if (ep_pb_get_varint(&p, end, &tag) < 0)
+		return s->acc_len >= 10 ? rs_fail(err, -EPROTO, MSG_BAD_RESPONSE) : 0;
+	*number = (uint32_t)(tag >> 3);
+	*wire = (unsigned)(tag & 7);
+	if (tag >> 3 == 0 || tag >> 3 > 0x1fffffff ||
+	    (*wire != EP_PB_VARINT && *wire != EP_PB_I64 && *wire != EP_PB_LEN && *wire != EP_PB_I32))
+		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+	*length = 0;
+	if (*wire == EP_PB_LEN && ep_pb_get_varint(&p, end, length) < 0)
+		return s->acc_len >= 20 ? rs_fail(err, -EPROTO, MSG_BAD_RESPONSE) : 0;
+	return 1;
+}
+
+static int rs_hold(struct rstream *s, const uint8_t *p, size_t n, struct rw_error *err)
+{
+	struct rw_buf *b = &s->hold;
+
+	if (n == 0)
+		return 0;
+	if (b->cap - b->len < n) {
+		size_t cap = b->len + n < 256 ? 256 : b->len + n;
+		uint8_t *d = realloc(b->data, cap);
+
+		if (d == NULL)
+			return rs_fail(err, -ENOMEM, MSG_NOMEM);
+		b->data = d;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+/* The header is in hold (its tag and length first): rewrite it, and start. */
+static int rs_header_done(struct rstream *s, struct rw_error *err)
+{
+	int r;
+
+	s->out.len = 0;
+	r = rw_response(RW_RANGE, s->ns, s->hooks, s->hold.data, s->hold.len, &s->out, err);
+	if (r < 0)
+		return r;
+	s->header = malloc(s->hold.len);
+	if (s->header == NULL)
+		return rs_fail(err, -ENOMEM, MSG_NOMEM);
+	memcpy(s->header, s->hold.data, s->hold.len);
+	s->header_len = s->hold.len;
+	r = rs_start(s, (int64_t)s->out.len - (int64_t)s->hold.len, err);
+	if (r < 0)
+		return r;
+	s->emit(s->ctx, s->out.data, s->out.len);
+	s->hold.len = 0;
+	return 0;
+}
+
+/* The key is in hold: the tenant's prefix must be there, and goes. */
+static int rs_key_done(struct rstream *s, struct rw_error *err)
+{
+	const struct rw_ns *ns = s->ns;
+	uint8_t head[12], *h = head;
+	size_t keep, in_bytes = s->acc_len + s->hold.len, out_bytes;
+
+	if (!has_prefix(ns, s->hold.data, s->hold.len))
+		return rs_fail(err, -EPROTO, MSG_FOREIGN_KEY);
+	keep = s->hold.len - ns->prefix_len;
+	h = ep_pb_put_varint(h, 1 << 3 | EP_PB_LEN);
+	h = ep_pb_put_varint(h, keep);
+	out_bytes = (size_t)(h - head) + keep;
+	s->pad += in_bytes - out_bytes;
+	s->emit(s->ctx, head, (size_t)(h - head));
+	s->emit(s->ctx, s->hold.data + ns->prefix_len, keep);
+	s->hold.len = 0;
+	return 0;
+}
+
+int rs_feed(struct rstream *s, const uint8_t *in, size_t len, size_t *used,
+	    struct rw_error *err)
+{
+	const uint8_t *start = in;
+	uint32_t number;
+	unsigned wire;
+	uint64_t length;
+	size_t n;
+	int r;
+
+	if (s->ns == NULL || s->ns->prefix == NULL)
+		return rs_fail(err, -EINVAL, MSG_BAD_NS);
+	if (len > s->left)
+		len = (size_t)s->left;
+	while (len > 0) {
+		switch (s->state) {
+		case RS_FIELD:
+			r = rs_field_head(s, *in, &number, &wire, &length, err);
+			in++, len--, s->left--;
+			if (r <= 0) {
+				if (r < 0)
+					return r;
+				break;
+			}
+			if (wire == EP_PB_LEN && length > s->left)
+				return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+			if ((number == 1 || number == 2) && wire != EP_PB_LEN)
+				return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE); /* as rewrite_msg() */
+			if (number == 1 && wire == EP_PB_LEN) {
+				/* the header, which etcd sends first: its change of size is the message's */
+				if (s->started || length > RW_STREAM_HEADER_MAX)
+					return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+				if ((r = rs_hold(s, s->acc, s->acc_len, err)) < 0)
+					return r;
+				s->run = length;
+				s->state = RS_HEADER;
+			} else {
+				if (!s->started && (r = rs_start(s, 0, err)) < 0)
+					return r;
+				s->emit(s->ctx, s->acc, s->acc_len);
+				if (number == 2 && wire == EP_PB_LEN) {
+					s->kv_left = length;
+					s->pad = 0;
+					s->kv_keys = 0;
+					s->state = RS_KV_FIELD;
+				} else if (wire == EP_PB_VARINT) {
+					s->state = RS_VARINT;
+				} else {
+					s->run = wire == EP_PB_LEN ? length : wire == EP_PB_I64 ? 8 : 4;
+					if (s->run > s->left)
+						return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+					s->state = RS_COPY;
+				}
+			}
+			s->acc_len = 0;
+			if (s->state == RS_HEADER && s->run == 0 && (r = rs_header_done(s, err)) < 0)
+				return r;
+			if ((s->state == RS_HEADER || s->state == RS_COPY) && s->run == 0)
+				s->state = RS_FIELD;
+			if (s->state == RS_KV_FIELD && s->kv_left == 0)
+				return rs_fail(err, -EPROTO, MSG_FOREIGN_KEY); /* a KeyValue without a key */
+			break;
+		case RS_HEADER:
+			n = len < s->run ? len : (size_t)s->run;
+			if ((r = rs_hold(s, in, n, err)) < 0)
+				return r;
+			in += n, len -= n, s->left -= n, s->run -= n;
+			if (s->run == 0) {
+				if ((r = rs_header_done(s, err)) < 0)
+					return r;
+				s->state = RS_FIELD;
+			}
+			break;
+		case RS_COPY:
+			n = len < s->run ? len : (size_t)s->run;
+			s->emit(s->ctx, in, n);
+			in += n, len -= n, s->left -= n, s->run -= n;
+			if (s->run == 0)
+				s->state = RS_FIELD;
+			break;
+		case RS_VARINT:
+			/* at most 10 bytes, the 10th 0 or 1, as ep_pb_get_varint() reads them */
+			if (++s->run > 10 || (s->run == 10 && *in > 1))
+				return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+			s->emit(s->ctx, in, 1);
+			if (*in < 0x80) {
+				s->run = 0;
+				s->state = RS_FIELD;
+			}
+			in++, len--, s->left--;
+			break;
+		case RS_KV_FIELD:
+			if (s->kv_left == 0) {
+				/* the KeyValue is whole: its key (or keys) lost bytes, the pad gives them back */
+				if (s->kv_keys == 0)
+					return rs_fail(err, -EPROTO, MSG_FOREIGN_KEY);
+				if ((r = rs_pad(s, s->pad, err)) < 0)
+					return r;
+				s->state = RS_FIELD;
+				break;
+			}
+			r = rs_field_head(s, *in, &number, &wire, &length, err);
+			in++, len--, s->left--, s->kv_left--;
+			if (r < 0)
+				return r;
+			if (r == 0) {
+				if (s->kv_left == 0)
+					return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+				break;
+			}
+			if (wire == EP_PB_LEN && length > s->kv_left)
+				return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+			if (number == 1 && wire != EP_PB_LEN)
+				return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+			if (number == 1) {
+				s->run = length;
+				s->state = RS_KV_KEY;
+			} else {
+				s->emit(s->ctx, s->acc, s->acc_len);
+				s->acc_len = 0;
+				if (wire == EP_PB_VARINT) {
+					s->state = RS_KV_VARINT;
+				} else {
+					s->run = wire == EP_PB_LEN ? length : wire == EP_PB_I64 ? 8 : 4;
+					if (s->run > s->kv_left)
+						return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+					s->state = RS_KV_COPY;
+				}
+			}
+			break;
+		case RS_KV_KEY:
+			n = len < s->run ? len : (size_t)s->run;
+			if ((r = rs_hold(s, in, n, err)) < 0)
+				return r;
+			in += n, len -= n, s->left -= n, s->run -= n, s->kv_left -= n;
+			if (s->run > 0)
+				break;
+			if ((r = rs_key_done(s, err)) < 0)
+				return r;
+			s->acc_len = 0;
+			s->kv_keys++;
+			s->state = RS_KV_FIELD;
+			break;
+		case RS_KV_COPY: /* a value is most of a large answer: it goes on as it comes */
+			n = len < s->run ? len : (size_t)s->run;
+			s->emit(s->ctx, in, n);
+			in += n, len -= n, s->left -= n, s->run -= n, s->kv_left -= n;
+			if (s->run == 0)
+				s->state = RS_KV_FIELD;
+			break;
+		case RS_KV_VARINT:
+			if (++s->run > 10 || (s->run == 10 && *in > 1) || s->kv_left == 0)
+				return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+			s->emit(s->ctx, in, 1);
+			if (*in < 0x80) {
+				s->run = 0;
+				s->state = RS_KV_FIELD;
+			}
+			in++, len--, s->left--, s->kv_left--;
+			break;
+		}
+		/* a KeyValue that ends with the message still gets its pad */
+		if (len == 0 && s->left == 0 && s->state == RS_KV_FIELD && s->kv_left == 0) {
+			if (s->kv_keys == 0)
+				return rs_fail(err, -EPROTO, MSG_FOREIGN_KEY);
+			if ((r = rs_pad(s, s->pad, err)) < 0)
+				return r;
+			s->state = RS_FIELD;
+		}
+	}
+	*used = (size_t)(in - start);
+	if (s->left > 0)
+		return 0;
+	if (s->state != RS_FIELD || s->acc_len != 0)
+		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE); /* cut inside a field */
+	if (!s->started && (r = rs_start(s, 0, err)) < 0)
+		return r;
+	return 1;
+}

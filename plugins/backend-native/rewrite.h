@@ -142,6 +142,61 @@ int rw_request(enum rw_kind kind, const struct rw_ns *ns, const struct rw_hooks 
 int rw_response(enum rw_kind kind, const struct rw_ns *ns, const struct rw_hooks *hooks,
 		const uint8_t *in, size_t len, struct rw_buf *out, struct rw_error *err);
 
+/*
+ * A large RangeResponse rewritten as it streams, so that the worker neither
+ * waits for the whole message nor holds it twice (rewrite.c, doc/wire.md
+ * section 3b).  The output has the input's length but for the header's
+ * change (known from the header, which etcd sends first): each KeyValue keeps
+ * its size, the bytes its key loses going to an unknown field
+ * (RW_PAD_FIELD, skipped by every protobuf reader) at its end.
+ */
+#define RW_PAD_FIELD 2047 /* the largest field number with a 2-byte tag */
+#define RW_STREAM_HEADER_MAX (64 * 1024)
+
+enum rs_state {
+	RS_FIELD,     /* a field of the RangeResponse begins */
+	RS_HEADER,    /* the header, held whole */
+	RS_COPY,      /* a field passed on as it comes */
+	RS_VARINT,    /* a varint passed on */
+	RS_KV_FIELD,  /* a field of a KeyValue begins */
+	RS_KV_KEY,    /* its key, held whole */
+	RS_KV_COPY,   /* another of its fields, passed on as it comes (the value) */
+	RS_KV_VARINT, /* one of its varints */
+};
+
+struct rstream {
+	const struct rw_ns *ns;
+	const struct rw_hooks *hooks;
+	enum rs_state state;
+	uint64_t in_len;    /* the message's length (its gRPC prefix) */
+	uint64_t left;      /* message bytes not yet read */
+	uint64_t run;       /* bytes left of the field (or key, or header) being read */
+	uint64_t kv_left;   /* bytes left of the current KeyValue */
+	size_t pad;         /* owed at the end of the current KeyValue */
+	unsigned kv_keys;   /* keys seen in it (etcd sends one) */
+	int started;        /* the gRPC prefix went out */
+	uint8_t acc[24];    /* a tag and a length being read */
+	size_t acc_len;
+	struct rw_buf hold; /* the header, or a key, being read */
+	struct rw_buf out;  /* the rewritten header */
+	uint8_t *header;    /* the core's ResponseHeader as a message of its own, or NULL */
+	size_t header_len;
+	void (*emit)(void *ctx, const uint8_t *p, size_t len);
+	void *ctx;
+};
+
+/* Start one: LEN is the message's length, EMIT gets the output (gRPC prefix included). */
+void rs_init(struct rstream *s, const struct rw_ns *ns, const struct rw_hooks *hooks,
+	     uint64_t len, void (*emit)(void *ctx, const uint8_t *p, size_t len), void *ctx);
+/*
+ * Feed bytes of the message: 0 when more are wanted, 1 when the message is
+ * complete, <0 with err when it cannot be rewritten.  *used: the bytes taken
+ * (fewer than len only at the end of the message).
+ */
+int rs_feed(struct rstream *s, const uint8_t *in, size_t len, size_t *used,
+	    struct rw_error *err);
+void rs_free(struct rstream *s);
+
 /* Nested Txn depth limit (etcd itself has none but max-txn-ops bounds it). */
 #define RW_MAX_DEPTH 16
 

@@ -6,6 +6,8 @@ leases/members/status, each checked against what the core etcd holds; and the Lo
 Election services (v3lockpb, v3electionpb) by raw gRPC calls: namespaced, with the
 tenant's leases only, invisible to another tenant."""
 
+import base64
+import json
 import os
 import queue
 import sys
@@ -129,6 +131,29 @@ def test_kv(s, t):
                              timeout=5)
     s.eq(r.deleted, 0, 'DeleteRange zzz.. (from-key): nothing of a\'s')
     outside_intact(s, t, 'deletes')
+
+
+def test_large_range(s, t):
+    """A Range answer above 256 KiB is rewritten as it streams (doc/wire.md section 3b):
+    the same keys, values, more and count as the core's, byte for byte."""
+    values = {'big/%d' % i: os.urandom(700 * 1024 + i) for i in range(3)}
+    for k, v in values.items():
+        t.a.put(k, v)
+    got = {m.key.decode(): v for v, m in t.a.get_prefix('big/')}
+    s.check(got == values, 'python-etcd3 reads 3 values of 700 KiB through the tenant in one '
+            'Range, byte for byte, keys without the prefix', sorted(got))
+    core = {m.key.decode(): v for v, m in t.core_client.get_prefix('/a/big/')}
+    s.check({k[len('/a/'):]: v for k, v in core.items()} == values,
+            'and they are in the core under /a/')
+    r = eptest.etcdctl(t.pa, 'get', '--prefix', 'big/', '--limit', '2', '-w', 'json')
+    doc = json.loads(r.stdout) if r.returncode == 0 else {}
+    keys = [base64.b64decode(kv['key']).decode() for kv in doc.get('kvs', [])]
+    s.check(keys == ['big/0', 'big/1'] and doc.get('more') is True and doc.get('count') == 3,
+            'etcdctl get --limit 2: two keys, more and count 3 (%d bytes of JSON)' %
+            len(r.stdout), (keys, doc.get('more'), doc.get('count'), r.stderr[-300:]))
+    v = base64.b64decode(doc['kvs'][1]['value']) if len(doc.get('kvs', [])) == 2 else b''
+    s.check(v == values['big/1'], 'and the second value is whole')
+    t.a.delete_prefix('big/')
 
 
 def test_txn(s, t):
@@ -609,7 +634,7 @@ def body(s):
     t.b = eptest.etcd3_client(t.pb)
     t.core_client = eptest.etcd3_client(t.core.port)
     try:
-        for fn in (test_kv, test_txn, test_watch, test_watch_progress, test_lease, test_cluster,
+        for fn in (test_kv, test_large_range, test_txn, test_watch, test_watch_progress, test_lease, test_cluster,
                    test_lock_election, test_metadata, test_errors, test_unix_grpc):
             s.run(fn, s, t)
     except etcd3.exceptions.Etcd3Exception as e:

@@ -1144,6 +1144,222 @@ static void test_pass_kinds(void **state UNUSED)
 }
 
 /* One member: with ns.member_id set, every header's member_id and Status's leader are it. */
+/* ---- a large RangeResponse, streamed (rs_feed) ------------------------------------ */
+
+struct sink {
+	uint8_t d[16384];
+	size_t n;
+};
+
+static void sink_emit(void *ctx, const uint8_t *p, size_t len)
+{
+	struct sink *k = ctx;
+
+	assert_true(k->n + len <= sizeof(k->d));
+	memcpy(k->d + k->n, p, len);
+	k->n += len;
+}
+
+/* MSG with every KeyValue's RW_PAD_FIELD left out (each KeyValue re-encoded). */
+static void without_pads(const uint8_t *msg, size_t len, struct pb *out)
+{
+	const uint8_t *p = msg, *end = msg + len;
+	struct ep_pb_field f, g;
+
+	out->n = 0;
+	while (ep_pb_next_field(&p, end, &f) > 0) {
+		if (f.number == 2 && f.wire == EP_PB_LEN) {
+			struct pb *kv = pb_new();
+			const uint8_t *q = f.data;
+
+			while (ep_pb_next_field(&q, f.data + f.len, &g) > 0) {
+				assert_true(g.number != RW_PAD_FIELD || g.wire == EP_PB_LEN);
+				if (g.number != RW_PAD_FIELD)
+					pb_raw(kv, g.start, (size_t)(q - g.start));
+			}
+			pb_msg(out, 2, kv);
+			free(kv);
+		} else {
+			pb_raw(out, f.start, (size_t)(p - f.start));
+		}
+	}
+	assert_true(p == end);
+}
+
+/* The KeyValues of MSG, field by field, have the sizes in SIZES (n of them). */
+static void kv_sizes(const uint8_t *msg, size_t len, size_t *sizes, size_t *n)
+{
+	const uint8_t *p = msg, *end = msg + len;
+	struct ep_pb_field f;
+
+	*n = 0;
+	while (ep_pb_next_field(&p, end, &f) > 0)
+		if (f.number == 2 && f.wire == EP_PB_LEN)
+			sizes[(*n)++] = f.len;
+}
+
+static int stream(const struct rw_ns *ns, const uint8_t *msg, size_t len, size_t chunk,
+		  struct sink *out, struct rw_error *err)
+{
+	struct rstream s;
+	size_t off = 0, used;
+	int r = 0;
+
+	out->n = 0;
+	rs_init(&s, ns, NULL, len, sink_emit, out);
+	while (off < len) {
+		size_t n = len - off < chunk ? len - off : chunk;
+
+		r = rs_feed(&s, msg + off, n, &used, err);
+		if (r < 0)
+			break;
+		assert_int_equal(used, n);
+		off += n;
+		assert_true(r == 0 || off == len);
+	}
+	rs_free(&s);
+	return r;
+}
+
+/*
+ * Streamed in pieces of every size, a RangeResponse comes out as the buffered
+ * rewrite makes it, but for one unknown field per KeyValue that keeps its size;
+ * the gRPC prefix names the output's length, the header's growth included.
+ */
+static void test_range_stream(void **state UNUSED)
+{
+	static const size_t chunks[] = { 1, 2, 3, 5, 7, 64, 1000, 100000 };
+	struct rw_ns ns;
+	struct pb *msg = pb_new(), *hdr = pb_new(), *kv = pb_new(), *norm = pb_new();
+	struct rw_buf want = { 0 };
+	struct rw_error err = { 0 };
+	struct sink *out = calloc(1, sizeof(*out));
+	char key[200], value[3000];
+	size_t in_sizes[8], out_sizes[8], n_in, n_out, len;
+
+	assert_non_null(out);
+	assert_int_equal(rw_ns_init(&ns, (const uint8_t *)"/t/", 3), 0);
+	ns.member_id = 0x8000000000000001ull; /* 10 bytes where the core's took 1 */
+	pb_uint(hdr, 1, 1234);
+	pb_uint(hdr, 2, 7);
+	pb_uint(hdr, 3, 99);
+	pb_msg(msg, 1, hdr);
+	memset(value, 'v', sizeof(value));
+	for (int i = 0; i < 3; i++) {
+		kv->n = 0;
+		if (i == 0)
+			snprintf(key, sizeof(key), "/t/a");
+		else if (i == 1) /* 130 bytes: its length loses a byte of varint with the prefix */
+			snprintf(key, sizeof(key), "/t/%0127d", 5);
+		else
+			snprintf(key, sizeof(key), "/t/"); /* the tenant's empty key */
+		pb_str(kv, 1, key);
+		pb_uint(kv, 2, 10 + (uint64_t)i);
+		pb_uint(kv, 3, 20);
+		pb_uint(kv, 4, 1);
+		pb_bytes(kv, 5, value, i == 0 ? sizeof(value) : (size_t)(100 * i));
+		pb_uint(kv, 6, 0x1234);
+		pb_msg(msg, 2, kv);
+	}
+	pb_uint(msg, 3, 1);      /* more */
+	pb_uint(msg, 4, 3);      /* count */
+	pb_str(msg, 99, "later"); /* unknown fields pass */
+	pb_varint(msg, 98 << 3 | 1);
+	pb_raw(msg, "12345678", 8);
+	assert_int_equal(rw_response(RW_RANGE, &ns, NULL, msg->d, msg->n, &want, &err), 0);
+	kv_sizes(msg->d, msg->n, in_sizes, &n_in);
+	for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+		assert_int_equal(stream(&ns, msg->d, msg->n, chunks[c], out, &err), 1);
+		len = (size_t)out->d[1] << 24 | (size_t)out->d[2] << 16 | (size_t)out->d[3] << 8 |
+		      out->d[4];
+		assert_int_equal(out->d[0], 0);
+		assert_int_equal(len, out->n - 5);
+		assert_int_equal(len, msg->n + 9); /* the header's member_id grew by 9 */
+		without_pads(out->d + 5, len, norm);
+		assert_bytes(norm->d, norm->n, want.data, want.len);
+		kv_sizes(out->d + 5, len, out_sizes, &n_out);
+		assert_int_equal(n_out, n_in);
+		for (size_t i = 0; i < n_in; i++)
+			assert_int_equal(out_sizes[i], in_sizes[i]);
+	}
+
+	/* refused as the buffered rewrite refuses them */
+	msg->n = 0;
+	kv->n = 0;
+	pb_str(kv, 1, "/u/a");
+	pb_msg(msg, 2, kv);
+	assert_true(stream(&ns, msg->d, msg->n, 3, out, &err) < 0);
+	assert_string_equal(err.message, MSG_FOREIGN_KEY);
+	/* fields in any order, a key given twice: as the buffered rewrite does */
+	msg->n = 0;
+	kv->n = 0;
+	pb_str(kv, 5, "value first");
+	pb_str(kv, 1, "/t/a");
+	pb_uint(kv, 2, 300);
+	pb_str(kv, 1, "/t/bb");
+	pb_msg(msg, 2, kv);
+	rw_buf_free(&want);
+	assert_int_equal(rw_response(RW_RANGE, &ns, NULL, msg->d, msg->n, &want, &err), 0);
+	for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+		assert_int_equal(stream(&ns, msg->d, msg->n, chunks[c], out, &err), 1);
+		assert_int_equal(out->n - 5, msg->n);
+		without_pads(out->d + 5, out->n - 5, norm);
+		assert_bytes(norm->d, norm->n, want.data, want.len);
+	}
+	pb_str(msg, 2, ""); /* a KeyValue without a key */
+	assert_true(stream(&ns, msg->d, msg->n, 5, out, &err) < 0);
+	assert_string_equal(err.message, MSG_FOREIGN_KEY);
+	msg->n = 0;
+	kv->n = 0;
+	pb_str(kv, 1, "/t/a");
+	pb_str(kv, 1, "/u/a"); /* the second key of another tenant */
+	pb_msg(msg, 2, kv);
+	assert_true(stream(&ns, msg->d, msg->n, 1, out, &err) < 0);
+	assert_string_equal(err.message, MSG_FOREIGN_KEY);
+	msg->n = 0;
+	pb_varint(msg, 2 << 3 | 2);
+	pb_varint(msg, 50); /* a KeyValue longer than the message */
+	pb_str(msg, 1, "/t/a");
+	assert_true(stream(&ns, msg->d, msg->n, 1, out, &err) < 0);
+	assert_string_equal(err.message, MSG_BAD_RESPONSE);
+	msg->n = 0;
+	pb_msg(msg, 1, hdr);
+	pb_msg(msg, 1, hdr); /* a second header: its size would change a length already sent */
+	assert_true(stream(&ns, msg->d, msg->n, 4, out, &err) < 0);
+
+	/* a long prefix: a pad whose length takes two bytes */
+	for (size_t plen = 120; plen <= 250; plen += 13) {
+		struct rw_ns ns2;
+		char prefix[260];
+
+		memset(prefix, 'x', plen);
+		prefix[0] = prefix[plen - 1] = '/';
+		assert_int_equal(rw_ns_init(&ns2, (const uint8_t *)prefix, plen), 0);
+		msg->n = 0;
+		kv->n = 0;
+		memcpy(key, prefix, plen);
+		memcpy(key + plen, "k", 2);
+		pb_str(kv, 1, key);
+		pb_bytes(kv, 5, value, 500);
+		pb_msg(msg, 2, kv);
+		rw_buf_free(&want);
+		assert_int_equal(rw_response(RW_RANGE, &ns2, NULL, msg->d, msg->n, &want, &err), 0);
+		assert_int_equal(stream(&ns2, msg->d, msg->n, 7, out, &err), 1);
+		assert_int_equal(out->n - 5, msg->n);
+		without_pads(out->d + 5, out->n - 5, norm);
+		assert_bytes(norm->d, norm->n, want.data, want.len);
+		rw_ns_free(&ns2);
+	}
+
+	rw_buf_free(&want);
+	rw_ns_free(&ns);
+	free(msg);
+	free(hdr);
+	free(kv);
+	free(norm);
+	free(out);
+}
+
 static void test_member_identity(void **state UNUSED)
 {
 	struct rw_ns ns;
@@ -1403,6 +1619,7 @@ int main(void)
 	    cmocka_unit_test(test_lease_check_ids),
 	    cmocka_unit_test(test_lock_election),
 	    cmocka_unit_test(test_member_identity),
+	    cmocka_unit_test(test_range_stream),
 	    cmocka_unit_test(test_lease_granted),
 	    cmocka_unit_test(test_lease_leases_filtered),
 	    cmocka_unit_test(test_alarm),
