@@ -877,9 +877,19 @@ void call_on_up_headers_done(struct call *c)
 	resume_down_data(c);
 }
 
+static size_t stream_queue(uint64_t left)
+{
+	return left + 64 < NATIVE_STREAM_QUEUE ? (size_t)left + 64 : NATIVE_STREAM_QUEUE;
+}
+
 static void rs_emit(void *ctx, const uint8_t *p, size_t len)
 {
-	bq_append(&((struct call *)ctx)->down_out, p, len);
+	struct call *c = ctx;
+
+	/* emptied by a quick client (and given back): room for the rest at once again */
+	if (c->down_out.cap < 65536 && c->rs != NULL)
+		bq_reserve(&c->down_out, stream_queue(c->rs->left + len));
+	bq_append(&c->down_out, p, len);
 }
 
 /*
@@ -905,6 +915,8 @@ static int stream_start(struct call *c)
 	rs_init(c->rs, &n->ns, &c->hooks, declared, rs_emit, c);
 	rl_charge(n->rl, declared);
 	bq_consume(&c->resp_in.buf, 5);
+	/* what is in flight at once (the stream's window) arrives faster than a client reads */
+	bq_reserve(&c->down_out, stream_queue(declared));
 	return 1;
 }
 

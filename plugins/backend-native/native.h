@@ -46,6 +46,7 @@
 #define NATIVE_CRED_QUIET_MS 200 /* after a change, so that a cert and its key are read together */
 #define NATIVE_DOWN_GRACE_MS 1000 /* no connection to the core this long: unhealthy */
 #define NATIVE_STREAM_MIN (256 * 1024) /* a Range response this large is rewritten as it streams */
+#define NATIVE_STREAM_QUEUE (1280 * 1024) /* its queue to the client, made at once (a window) */
 
 struct native;
 struct down_conn;

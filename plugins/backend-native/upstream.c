@@ -239,6 +239,16 @@ static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error
 
 	if (c == NULL)
 		return 0;
+	/*
+	 * Bytes of this stream held back while the client read slowly: the
+	 * stream is gone, but they still count in the connection's window, which
+	 * every other call on it shares.  Give them back, or it shrinks for good.
+	 */
+	if (c->up_unconsumed > 0) {
+		nghttp2_session_consume_connection(s, c->up_unconsumed);
+		c->up_unconsumed = 0;
+		up_flush(uc);
+	}
 	unlink_from_up(uc, c);
 	c->uc = NULL;
 	c->up_id = 0;
