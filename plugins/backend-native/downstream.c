@@ -277,6 +277,12 @@ static int d_on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t err
 
 	if (c == NULL)
 		return 0;
+	/* request bytes held back (the core read slowly) still count in the connection's window */
+	if (c->down_unconsumed > 0) {
+		nghttp2_session_consume_connection(s, c->down_unconsumed);
+		c->down_unconsumed = 0;
+		down_flush(c->dc);
+	}
 	call_client_gone(c);
 	unlink_from_down(c);
 	call_maybe_free(c);
