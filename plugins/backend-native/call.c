@@ -315,14 +315,29 @@ static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf
 	}
 	if (have > length)
 		have = length;
-	memcpy(buf, c->down_out.data + c->down_out.off, have);
-	bq_consume(&c->down_out, have);
+	(void)buf; /* the frame is written by down_send_data() */
+	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+	return (ssize_t)have;
+}
+
+int down_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd,
+		   size_t length, nghttp2_data_source *source, void *ud)
+{
+	struct call *c = source->ptr;
+	int r;
+
+	(void)s;
+	(void)ud;
+	r = native_gather_frame(c->n, frame, framehd, c->down_out.data + c->down_out.off, length);
+	if (r != 0)
+		return r;
+	bq_consume(&c->down_out, length);
 	/* the client took some: let the core etcd send more */
 	if (c->up_unconsumed > 0 && bq_pending(&c->down_out) < NATIVE_HIGH_WATER) {
 		up_consume(c, c->up_unconsumed);
 		c->up_unconsumed = 0;
 	}
-	return (ssize_t)have;
+	return 0;
 }
 
 static void submit_response_headers(struct call *c)

@@ -88,13 +88,29 @@ void bq_free(struct bq *q)
 
 /* ---- sending ---------------------------------------------------------------------------------------- */
 
+static void gather_append(struct native *n, const uint8_t *data, size_t len)
+{
+	if (n->gather_len + len > n->gather_cap) {
+		size_t cap = n->gather_cap ? n->gather_cap * 2 : NATIVE_GATHER;
+
+		while (cap < n->gather_len + len)
+			cap *= 2;
+		n->gather = realloc(n->gather, cap);
+		if (n->gather == NULL)
+			abort();
+		n->gather_cap = cap;
+	}
+	memcpy(n->gather + n->gather_len, data, len);
+	n->gather_len += len;
+}
+
 const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r, int *error_r)
 {
-	size_t len = 0;
-
 	*error_r = 0;
+	n->gather_len = 0;
 	for (;;) {
 		const uint8_t *data;
+		/* DATA frames are appended by native_gather_frame() from within */
 		ssize_t got = nghttp2_session_mem_send(s, &data);
 
 		if (got < 0) {
@@ -104,23 +120,37 @@ const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r
 		}
 		if (got == 0)
 			break;
-		if (len + (size_t)got > n->gather_cap) {
-			size_t cap = n->gather_cap ? n->gather_cap * 2 : NATIVE_GATHER;
-
-			while (cap < len + (size_t)got)
-				cap *= 2;
-			n->gather = realloc(n->gather, cap);
-			if (n->gather == NULL)
-				abort();
-			n->gather_cap = cap;
-		}
-		memcpy(n->gather + len, data, (size_t)got);
-		len += (size_t)got;
-		if (len >= NATIVE_GATHER)
+		gather_append(n, data, (size_t)got);
+		if (n->gather_len >= NATIVE_GATHER)
 			break; /* a frame is at most 16 KiB: the buffer stays under 2 * NATIVE_GATHER */
 	}
-	*len_r = len;
-	return len > 0 ? n->gather : NULL;
+	*len_r = n->gather_len;
+	return n->gather_len > 0 ? n->gather : NULL;
+}
+
+int native_gather_frame(struct native *n, const nghttp2_frame *frame, const uint8_t *framehd,
+			const uint8_t *data, size_t len)
+{
+	static const uint8_t zeros[256];
+	size_t padlen = frame->data.padlen;
+	uint8_t pad_length;
+
+	if (n->gather_len >= NATIVE_GATHER)
+		return NGHTTP2_ERR_WOULDBLOCK; /* this write is full: asked again for the next */
+	gather_append(n, framehd, 9);
+	if (padlen > 0) { /* never asked for, but a frame is what nghttp2 says it is */
+		pad_length = (uint8_t)(padlen - 1);
+		gather_append(n, &pad_length, 1);
+	}
+	if (len > 0)
+		gather_append(n, data, len);
+	for (size_t left = padlen > 1 ? padlen - 1 : 0; left > 0;) {
+		size_t k = left < sizeof(zeros) ? left : sizeof(zeros);
+
+		gather_append(n, zeros, k);
+		left -= k;
+	}
+	return 0;
 }
 
 int native_write(uv_stream_t *stream, const uint8_t *data, size_t len, size_t *pending,

@@ -593,6 +593,7 @@ static int make_server_session(struct down_conn *dc)
 	nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, d_on_frame_recv);
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, d_on_data_chunk);
 	nghttp2_session_callbacks_set_on_stream_close_callback(cbs, d_on_stream_close);
+	nghttp2_session_callbacks_set_send_data_callback(cbs, down_send_data);
 	nghttp2_session_callbacks_set_on_frame_send_callback(cbs, d_on_frame_send);
 	nghttp2_option_new(&opt);
 	nghttp2_option_set_no_auto_window_update(opt, 1);

@@ -365,6 +365,7 @@ struct native {
 	int flush_scheduled;    /* both are started */
 	uint8_t *gather;        /* native_gather's buffer */
 	size_t gather_cap;
+	size_t gather_len;      /* while native_gather runs */
 	struct rw_buf scratch;  /* the message being rewritten, behind its 5-byte gRPC prefix */
 	uv_timer_t ack_timer; /* sends PING acknowledgements no write took along */
 	uv_timer_t stop_timer;
@@ -421,6 +422,14 @@ void native_flush_marked(struct native *n);
  * nothing (or on an nghttp2 error, in *error_r).
  */
 const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r, int *error_r);
+/*
+ * A DATA frame sent with NGHTTP2_DATA_FLAG_NO_COPY (nghttp2_send_data_callback):
+ * its header and LEN bytes of DATA go straight into native_gather's buffer,
+ * without the copy into nghttp2's own.  0, or NGHTTP2_ERR_WOULDBLOCK when the
+ * buffer is full (nghttp2 asks again at the next native_gather()).
+ */
+int native_gather_frame(struct native *n, const nghttp2_frame *frame, const uint8_t *framehd,
+			const uint8_t *data, size_t len);
 
 /* One block on its way to a socket; the stream's data is its owner (down_conn, up_conn). */
 struct native_write {
@@ -604,6 +613,9 @@ void call_resume_down(struct call *c);
 void call_finish(struct call *c, int grpc_status, const char *message);
 void call_upstream_ready(struct call *c);
 void call_on_up_headers_done(struct call *c);
+/* nghttp2_send_data_callback of the client sessions: a response's DATA frame */
+int down_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd,
+		   size_t length, nghttp2_data_source *source, void *ud);
 void call_on_up_data(struct call *c, const uint8_t *data, size_t len);
 void call_on_up_close(struct call *c, uint32_t error_code);
 void native_internal_done(struct call *c, uint32_t error_code);

@@ -273,13 +273,28 @@ static ssize_t read_request(nghttp2_session *s, int32_t stream_id, uint8_t *buf,
 	}
 	if (have > length)
 		have = length;
-	memcpy(buf, c->up_out.data + c->up_out.off, have);
-	bq_consume(&c->up_out, have);
-	if (bq_pending(&c->up_out) == 0 && c->down_eos && !c->waiting_lookup)
+	(void)buf; /* the frame is written by up_send_data() */
+	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+	if (have == bq_pending(&c->up_out) && c->down_eos && !c->waiting_lookup)
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
+	return (ssize_t)have;
+}
+
+static int up_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd,
+			size_t length, nghttp2_data_source *source, void *ud)
+{
+	struct call *c = source->ptr;
+	int r;
+
+	(void)s;
+	(void)ud;
+	r = native_gather_frame(c->n, frame, framehd, c->up_out.data + c->up_out.off, length);
+	if (r != 0)
+		return r;
+	bq_consume(&c->up_out, length);
 	/* the queue went down: the client may send more */
 	call_resume_down(c);
-	return (ssize_t)have;
+	return 0;
 }
 
 /* ---- connection life ---------------------------------------------------------------- */
@@ -515,6 +530,7 @@ static int make_session(struct up_conn *uc)
 	nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
 	nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+	nghttp2_session_callbacks_set_send_data_callback(cbs, up_send_data);
 	nghttp2_option_new(&opt);
 	/* response bytes are acknowledged as the client takes them: end-to-end flow control */
 	nghttp2_option_set_no_auto_window_update(opt, 1);
