@@ -1234,7 +1234,7 @@ static void test_range_stream(void **state UNUSED)
 	struct rw_buf want = { 0 };
 	struct rw_error err = { 0 };
 	struct sink *out = calloc(1, sizeof(*out));
-	char key[200], value[3000];
+	char key[300], value[3000];
 	size_t in_sizes[8], out_sizes[8], n_in, n_out, len;
 
 	assert_non_null(out);
