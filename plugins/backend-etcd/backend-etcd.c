@@ -56,6 +56,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +80,9 @@
 #define CORE_CA_POLL_MS 2000      /* how often core_etcd.ca_file is checked for changes */
 #define HEALTH_PROBES 4           /* /health requests at once per check */
 #define STUCK_CHECKS 2            /* checks in a row with some probes unanswered: restart */
-#define STUCK_RESTART_GAP_MS 10000 /* at most one such restart this often */
+#define STUCK_RESTART_GAP_MS 10000 /* at most one such restart this often ... */
+#define STUCK_RESTART_GAP_MAX_MS 300000 /* ... doubling while they do not help, up to this */
+#define STUCK_HEALED_MS 60000 /* healthy this long: the gap is STUCK_RESTART_GAP_MS again */
 #define PEM_MAX (1024 * 1024)     /* a PEM file larger than this is not TLS material */
 /* the child's copies of the TLS material, in the tenant's runtime directory */
 #define TLS_CERT_NAME "grpc-proxy-tls.crt"
@@ -128,6 +131,7 @@ struct etcd_backend {
 	char check_reason[256];
 	unsigned stuck_checks;  /* consecutive partial checks */
 	uint64_t stuck_restart; /* uv_now() of the last restart for it */
+	uint64_t stuck_gap;     /* the least time to the next one */
 
 	char error[600]; /* start()'s reason */
 
@@ -273,7 +277,7 @@ static void check_work(uv_work_t *req)
 		curl_easy_setopt(curl[i], CURLOPT_NOSIGNAL, 1L);
 		curl_easy_setopt(curl[i], CURLOPT_WRITEFUNCTION, collect_body);
 		curl_easy_setopt(curl[i], CURLOPT_WRITEDATA, body[i]);
-		curl_easy_setopt(curl[i], CURLOPT_PRIVATE, (char *)NULL + i);
+		curl_easy_setopt(curl[i], CURLOPT_PRIVATE, (void *)(intptr_t)i);
 		curl_multi_add_handle(multi, curl[i]);
 	}
 	do {
@@ -283,12 +287,12 @@ static void check_work(uv_work_t *req)
 			break;
 	} while (running > 0);
 	while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
-		char *priv = NULL;
+		void *priv = NULL;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-		cc[priv - (char *)NULL] = msg->data.result;
+		cc[(intptr_t)priv] = msg->data.result;
 	}
 	for (int i = 0; i < HEALTH_PROBES; i++) {
 		status = 0;
@@ -347,19 +351,26 @@ static void check_done(uv_work_t *req, int status)
 		schedule_check(b);
 		return;
 	}
+	if (!b->check_partial)
+		b->stuck_checks = 0; /* two partial checks in a row, nothing between */
+	if (b->healthy_since && uv_now(b->host->loop) - b->healthy_since >= STUCK_HEALED_MS)
+		b->stuck_gap = 0;
 	if (b->check_partial && ++b->stuck_checks >= STUCK_CHECKS &&
 	    (b->stuck_restart == 0 ||
-	     uv_now(b->host->loop) - b->stuck_restart >= STUCK_RESTART_GAP_MS)) {
+	     uv_now(b->host->loop) - b->stuck_restart >=
+		     (b->stuck_gap ? b->stuck_gap : STUCK_RESTART_GAP_MS))) {
 		char why[300];
 
 		b->stuck_checks = 0;
 		b->stuck_restart = uv_now(b->host->loop);
+		/* a member that is slow rather than gone stays: do not drop clients every 10 s */
+		b->stuck_gap = !b->stuck_gap ? STUCK_RESTART_GAP_MS
+			       : b->stuck_gap * 2 < STUCK_RESTART_GAP_MAX_MS ? b->stuck_gap * 2
+									     : STUCK_RESTART_GAP_MAX_MS;
 		snprintf(why, sizeof(why), "stuck on a member (%.250s)", b->check_reason);
 		planned_restart(b, why);
 		return;
 	}
-	if (b->check_healthy)
-		b->stuck_checks = 0;
 	if (b->check_healthy) {
 		if (b->healthy_since == 0) {
 			b->healthy_since = uv_now(b->host->loop);

@@ -146,13 +146,15 @@ void grpc_reader_drop(struct grpc_reader *r, size_t len)
 }
 
 /*
- * A message has begun: make room for all of it at once (when it is at most
- * LIMIT bytes), so that a large one is not copied at each doubling of the
- * buffer, and its buffer is its size, not up to twice it.
+ * A message has begun: make room for more of it than bq_append() would, up to
+ * its declared size (when that is at most LIMIT), so that its buffer ends at
+ * its size rather than up to twice it.  Room grows with what arrived (twice
+ * it, 64 KiB at least), not with what the peer declares: a client that only
+ * sends 5-byte prefixes on many streams makes the worker reserve nothing big.
  */
 void grpc_reader_expect(struct grpc_reader *r, size_t limit)
 {
-	size_t have = bq_pending(&r->buf);
+	size_t have = bq_pending(&r->buf), want, room;
 	const uint8_t *p;
 	size_t l;
 
@@ -160,8 +162,11 @@ void grpc_reader_expect(struct grpc_reader *r, size_t limit)
 		return;
 	p = r->buf.data + r->buf.off;
 	l = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
-	if (have < 5 + l && l <= limit)
-		bq_reserve(&r->buf, 5 + l);
+	if (have >= 5 + l || l > limit)
+		return;
+	want = 5 + l;
+	room = have < 32768 ? 65536 : 2 * have;
+	bq_reserve(&r->buf, want < room ? want : room);
 }
 
 /* ---- calls ------------------------------------------------------------------------------ */
@@ -317,6 +322,7 @@ static ssize_t read_response(nghttp2_session *s, int32_t stream_id, uint8_t *buf
 		have = length;
 	(void)buf; /* the frame is written by down_send_data() */
 	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+	c->down_inflight = have;
 	return (ssize_t)have;
 }
 
@@ -328,9 +334,12 @@ int down_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *fram
 
 	(void)s;
 	(void)ud;
+	if (length > bq_pending(&c->down_out))
+		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* never: the stream is reset */
 	r = native_gather_frame(c->n, frame, framehd, c->down_out.data + c->down_out.off, length);
 	if (r != 0)
 		return r;
+	c->down_inflight = 0;
 	bq_consume(&c->down_out, length);
 	/* the client took some: let the core etcd send more */
 	if (c->up_unconsumed > 0 && bq_pending(&c->down_out) < NATIVE_HIGH_WATER) {
@@ -857,6 +866,8 @@ void call_headers_done(struct call *c)
 
 /* ---- responses from the core etcd ---------------------------------------------------------------- */
 
+static void stream_abort(struct call *c, int grpc_status, const char *why);
+
 void call_on_up_headers_done(struct call *c)
 {
 	if (c->icb != NULL || c->dc == NULL || c->finished || c->local_status >= 0)
@@ -884,12 +895,34 @@ void call_on_up_headers_done(struct call *c)
 		return;
 	}
 	if (c->up_eos && c->rs != NULL) {
-		/* a streamed response cut short: what is not sent yet is half a message */
-		bq_consume(&c->down_out, bq_pending(&c->down_out));
-		call_finish(c, 13, "etcdproxy: the core etcd ended the call inside a message");
+		stream_abort(c, 13, "etcdproxy: the core etcd ended the call inside a message");
 		return;
 	}
 	resume_down_data(c);
+}
+
+/*
+ * A streamed answer that cannot go on.  What is queued and not yet promised
+ * to nghttp2 is dropped.  When nothing went out yet the client gets the status
+ * as usual; otherwise it has part of a message, which it must never take for a
+ * whole one: its stream is reset, REFUSED_STREAM for a lost or reset
+ * connection to the core (grpc-go reports UNAVAILABLE, and a Range is safe to
+ * retry), INTERNAL_ERROR for an answer that cannot be rewritten.
+ */
+static void stream_abort(struct call *c, int grpc_status, const char *why)
+{
+	struct bq *q = &c->down_out;
+	int started = c->resp_headers_sent;
+
+	if (bq_pending(q) > c->down_inflight)
+		q->len = q->off + c->down_inflight;
+	call_finish(c, grpc_status, why);
+	if (started && c->dc != NULL && c->dc->session != NULL) {
+		nghttp2_submit_rst_stream(c->dc->session, NGHTTP2_FLAG_NONE, c->down_id,
+					  grpc_status == 14 ? NGHTTP2_REFUSED_STREAM
+							    : NGHTTP2_INTERNAL_ERROR);
+		down_flush(c->dc);
+	}
 }
 
 static size_t stream_queue(uint64_t left)
@@ -959,9 +992,7 @@ static int stream_feed(struct call *c, const uint8_t *data, size_t len)
 					 "than one message";
 
 		n->host->log(n->host, EP_LOG_ERR, "%s: %s", c->path, why);
-		/* what is not sent yet is half a message: the client gets the error instead */
-		bq_consume(&c->down_out, bq_pending(&c->down_out));
-		call_finish(c, r < 0 && err.grpc_status ? err.grpc_status : 13, why);
+		stream_abort(c, r < 0 && err.grpc_status ? err.grpc_status : 13, why);
 		return -1;
 	}
 	return 0;
@@ -990,9 +1021,12 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 	}
 	n = c->dc->n;
 	n->counters.bytes_out += len;
+	/* from here every path counts LEN: consumed, or held back until the stream ends */
 	if (c->rs != NULL) {
-		if (stream_feed(c, data, len) < 0)
+		if (stream_feed(c, data, len) < 0) {
+			c->up_unconsumed += len;
 			return;
+		}
 		goto flow;
 	}
 	bq_append(&c->resp_in.buf, data, len);
@@ -1007,13 +1041,14 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 			bq_consume(&c->resp_in.buf, have);
 			if (stream_feed(c, first, have) < 0) {
 				pool_free(first);
+				c->up_unconsumed += len;
 				return;
 			}
 			pool_free(first);
 		}
 		goto flow;
 	}
-	grpc_reader_expect(&c->resp_in, SIZE_MAX); /* the core's: as large as it says */
+	grpc_reader_expect(&c->resp_in, SIZE_MAX); /* the core's: as large as it says, as it comes */
 	while (grpc_reader_next(&c->resp_in, &flag, &msg, &mlen, &declared)) {
 		struct rw_error err = { 0 };
 		struct rw_hooks hooks = call_hooks(c);
@@ -1021,6 +1056,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 
 		if (flag != 0) {
 			call_finish(c, 13, "etcdproxy: the core etcd sent a compressed message");
+			c->up_unconsumed += len;
 			return;
 		}
 		c->granted_lease = 0;
@@ -1037,6 +1073,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 				     err.message ? err.message : "cannot rewrite a response");
 			call_finish(c, err.grpc_status ? err.grpc_status : 13,
 				    err.message ? err.message : "etcdproxy: cannot rewrite the response");
+			c->up_unconsumed += len;
 			return;
 		}
 		if (c->granted_lease != 0) {
@@ -1048,6 +1085,7 @@ void call_on_up_data(struct call *c, const uint8_t *data, size_t len)
 				c->pending_internal--;
 				call_finish(c, 14, "etcdproxy: the lease was granted but its owner could "
 						   "not be recorded in the core etcd; try again");
+				c->up_unconsumed += len;
 				return;
 			}
 			continue;
@@ -1071,7 +1109,13 @@ void call_on_up_close(struct call *c, uint32_t error_code)
 	}
 	if (!c->up_eos && !c->finished && c->local_status < 0) {
 		c->up_eos = 1;
-		if (c->dc != NULL) {
+		if (c->dc != NULL && c->rs != NULL) {
+			c->dc->n->counters.upstream_errors++;
+			stream_abort(c, error_code == UP_CONNECTION_LOST ||
+						error_code == NGHTTP2_REFUSED_STREAM ? 14 : 13,
+				     "etcdproxy: the connection to the core etcd was lost inside an "
+				     "answer");
+		} else if (c->dc != NULL) {
 			char why[120];
 
 			c->dc->n->counters.upstream_errors++;

@@ -189,6 +189,7 @@ struct call {
 	int up_status;               /* :status of the upstream response */
 	int resp_headers_sent;       /* downstream response HEADERS submitted */
 	int down_data_deferred;
+	size_t down_inflight; /* bytes of down_out promised to nghttp2 (NO_COPY), not yet taken */
 	int up_eos;                  /* upstream stream ended */
 	char *grpc_status, *grpc_message; /* upstream trailers */
 	int up_bad_status;           /* etcd sent one of them malformed: replaced by our error */
@@ -296,6 +297,7 @@ struct up_conn {
 	uint64_t last_ping; /* the last PING sent */
 	uint64_t last_recv; /* the last bytes received */
 	uint64_t ping_gap;  /* the least time between two PINGs */
+	size_t last_outq;   /* our bytes its TCP had not acknowledged at the last look */
 };
 
 struct native {

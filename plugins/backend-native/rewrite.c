@@ -918,9 +918,12 @@ static int rs_hold(struct rstream *s, const uint8_t *p, size_t n, struct rw_erro
 	if (n == 0)
 		return 0;
 	if (b->cap - b->len < n) {
-		size_t cap = b->len + n < 256 ? 256 : b->len + n;
-		uint8_t *d = realloc(b->data, cap);
+		size_t cap = b->len + n < 2 * b->cap ? 2 * b->cap : b->len + n;
+		uint8_t *d;
 
+		if (cap < 256)
+			cap = 256;
+		d = realloc(b->data, cap);
 		if (d == NULL)
 			return rs_fail(err, -ENOMEM, MSG_NOMEM);
 		b->data = d;
@@ -957,13 +960,19 @@ static int rs_header_done(struct rstream *s, struct rw_error *err)
 static int rs_key_done(struct rstream *s, struct rw_error *err)
 {
 	const struct rw_ns *ns = s->ns;
-	uint8_t head[12], *h = head;
+	uint8_t head[32], *h = head;
+	const uint8_t *p = s->acc;
 	size_t keep, in_bytes = s->acc_len + s->hold.len, out_bytes;
+	uint64_t tag;
 
 	if (!has_prefix(ns, s->hold.data, s->hold.len))
 		return rs_fail(err, -EPROTO, MSG_FOREIGN_KEY);
 	keep = s->hold.len - ns->prefix_len;
-	h = ep_pb_put_varint(h, 1 << 3 | EP_PB_LEN);
+	/* the tag as it came (put_len_field() keeps it too), a new length */
+	if (ep_pb_get_varint(&p, s->acc + s->acc_len, &tag) < 0)
+		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+	memcpy(h, s->acc, (size_t)(p - s->acc));
+	h += p - s->acc;
 	h = ep_pb_put_varint(h, keep);
 	out_bytes = (size_t)(h - head) + keep;
 	s->pad += in_bytes - out_bytes;
@@ -1090,6 +1099,10 @@ int rs_feed(struct rstream *s, const uint8_t *in, size_t len, size_t *used,
 			if (number == 1) {
 				s->run = length;
 				s->state = RS_KV_KEY;
+				if (length == 0) { /* an empty key: refused by rs_key_done() */
+					if ((r = rs_key_done(s, err)) < 0)
+						return r;
+				}
 			} else {
 				s->emit(s->ctx, s->acc, s->acc_len);
 				s->acc_len = 0;
@@ -1099,7 +1112,8 @@ int rs_feed(struct rstream *s, const uint8_t *in, size_t len, size_t *used,
 					s->run = wire == EP_PB_LEN ? length : wire == EP_PB_I64 ? 8 : 4;
 					if (s->run > s->kv_left)
 						return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
-					s->state = RS_KV_COPY;
+					/* an empty field is whole already */
+					s->state = s->run > 0 ? RS_KV_COPY : RS_KV_FIELD;
 				}
 			}
 			break;

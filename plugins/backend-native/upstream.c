@@ -5,10 +5,12 @@
  * once: it never hangs.
  */
 #include <errno.h>
+#include <linux/sockios.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 
 #include "native.h"
@@ -178,7 +180,9 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 	if (frame->hd.type == NGHTTP2_GOAWAY) {
 		if (frame->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM &&
 		    uc->ping_gap < UP_PING_GAP_MAX_MS) {
-			uc->ping_gap *= 2; /* too_many_pings: this core wants fewer (gRPC does so) */
+			/* too_many_pings: this core wants fewer (gRPC does so) */
+			uc->ping_gap = uc->ping_gap * 2 < UP_PING_GAP_MAX_MS ? uc->ping_gap * 2
+									     : UP_PING_GAP_MAX_MS;
 			uc->n->host->log(uc->n->host, EP_LOG_WARNING,
 					 "core etcd %s:%s: GOAWAY too_many_pings: keepalive "
 					 "PINGs now at least %llu ms apart",
@@ -288,6 +292,8 @@ static int up_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t 
 
 	(void)s;
 	(void)ud;
+	if (length > bq_pending(&c->up_out))
+		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* never: the stream is reset */
 	r = native_gather_frame(c->n, frame, framehd, c->up_out.data + c->up_out.off, length);
 	if (r != 0)
 		return r;
@@ -346,7 +352,9 @@ static void send_ping(struct up_conn *uc, uint64_t now)
  * nothing for UP_PING_IDLE_MS sends a PING; when nothing at all arrives
  * within UP_PING_TIMEOUT_MS of it, the connection ends: its calls fail with
  * UNAVAILABLE, and the next connection goes to the next endpoint.  Anything
- * received counts as life, so a slow but moving link is not cut.
+ * received counts as life, and so do bytes of ours the member's TCP
+ * acknowledged (SIOCOUTQ going down): a slow but moving link is not cut, even
+ * while a large upload keeps the PING behind it and etcd has nothing to say.
  *
  * etcd (gRPC) counts a PING sooner than --grpc-keepalive-min-time (5 s) after
  * the previous one, or any PING on a connection without streams, as abuse, and
@@ -356,8 +364,17 @@ static void send_ping(struct up_conn *uc, uint64_t now)
  */
 static void keepalive_tick(struct up_conn *uc)
 {
-	uint64_t now = uv_now(uc->n->loop);
-	uint64_t heard = uc->last_recv > uc->ping_sent ? uc->last_recv : uc->ping_sent;
+	uint64_t now = uv_now(uc->n->loop), heard;
+	uv_os_fd_t fd;
+	int outq;
+
+	if (uc->tcp_open && uv_fileno((uv_handle_t *)&uc->tcp, &fd) == 0 &&
+	    ioctl(fd, SIOCOUTQ, &outq) == 0) {
+		if ((size_t)outq < uc->last_outq)
+			uc->last_recv = now; /* acknowledged: the member's side moves */
+		uc->last_outq = (size_t)outq;
+	}
+	heard = uc->last_recv > uc->ping_sent ? uc->last_recv : uc->ping_sent;
 
 	if (uc->ping_sent != 0 && now - heard >= UP_PING_TIMEOUT_MS) {
 		up_failed(uc, "no answer to an HTTP/2 PING within 3 s: the member does not respond");
@@ -571,6 +588,7 @@ static void up_ready(struct up_conn *uc)
 	uc->ping_sent = 0;
 	uc->last_recv = uv_now(n->loop);
 	uc->last_ping = 0;
+	uc->last_outq = 0;
 	send_ping(uc, uc->last_recv); /* a member that never answers is found at once */
 	uv_timer_start(&uc->retry, on_retry, UP_TICK_MS, 0); /* keepalive */
 	up_flush(uc);

@@ -1306,6 +1306,27 @@ static void test_range_stream(void **state UNUSED)
 		without_pads(out->d + 5, out->n - 5, norm);
 		assert_bytes(norm->d, norm->n, want.data, want.len);
 	}
+	/* a KeyValue that ends the message with an empty field; a key with an overlong tag */
+	{
+		static const char *const cases[] = { "12080a042f742f612a00", "12078a00042f742f61" };
+
+		for (size_t k = 0; k < 2; k++) {
+			msg->n = unhex(cases[k], msg->d, sizeof(msg->d));
+			rw_buf_free(&want);
+			assert_int_equal(rw_response(RW_RANGE, &ns, NULL, msg->d, msg->n, &want, &err),
+					 0);
+			for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+				assert_int_equal(stream(&ns, msg->d, msg->n, chunks[c], out, &err), 1);
+				without_pads(out->d + 5, out->n - 5, norm);
+				assert_bytes(norm->d, norm->n, want.data, want.len);
+			}
+		}
+	}
+	msg->n = 0;
+	kv->n = 0;
+	pb_str(kv, 5, "value first");
+	pb_str(kv, 1, "/t/a");
+	pb_msg(msg, 2, kv);
 	pb_str(msg, 2, ""); /* a KeyValue without a key */
 	assert_true(stream(&ns, msg->d, msg->n, 5, out, &err) < 0);
 	assert_string_equal(err.message, MSG_FOREIGN_KEY);
