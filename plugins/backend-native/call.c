@@ -334,13 +334,10 @@ int down_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *fram
 
 	(void)s;
 	(void)ud;
-	if (length > bq_pending(&c->down_out))
-		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* never: the stream is reset */
-	r = native_gather_frame(c->n, frame, framehd, c->down_out.data + c->down_out.off, length);
+	r = native_gather_frame(c->n, frame, framehd, &c->down_out, length);
 	if (r != 0)
 		return r;
 	c->down_inflight = 0;
-	bq_consume(&c->down_out, length);
 	/* the client took some: let the core etcd send more */
 	if (c->up_unconsumed > 0 && bq_pending(&c->down_out) < NATIVE_HIGH_WATER) {
 		up_consume(c, c->up_unconsumed);

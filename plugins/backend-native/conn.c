@@ -129,12 +129,14 @@ const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r
 }
 
 int native_gather_frame(struct native *n, const nghttp2_frame *frame, const uint8_t *framehd,
-			const uint8_t *data, size_t len)
+			struct bq *q, size_t len)
 {
 	static const uint8_t zeros[256];
 	size_t padlen = frame->data.padlen;
 	uint8_t pad_length;
 
+	if (len > bq_pending(q))
+		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* never: the stream is reset */
 	if (n->gather_len >= NATIVE_GATHER)
 		return NGHTTP2_ERR_WOULDBLOCK; /* this write is full: asked again for the next */
 	gather_append(n, framehd, 9);
@@ -143,7 +145,8 @@ int native_gather_frame(struct native *n, const nghttp2_frame *frame, const uint
 		gather_append(n, &pad_length, 1);
 	}
 	if (len > 0)
-		gather_append(n, data, len);
+		gather_append(n, q->data + q->off, len);
+	bq_consume(q, len);
 	for (size_t left = padlen > 1 ? padlen - 1 : 0; left > 0;) {
 		size_t k = left < sizeof(zeros) ? left : sizeof(zeros);
 

@@ -426,12 +426,13 @@ void native_flush_marked(struct native *n);
 const uint8_t *native_gather(struct native *n, nghttp2_session *s, size_t *len_r, int *error_r);
 /*
  * A DATA frame sent with NGHTTP2_DATA_FLAG_NO_COPY (nghttp2_send_data_callback):
- * its header and LEN bytes of DATA go straight into native_gather's buffer,
- * without the copy into nghttp2's own.  0, or NGHTTP2_ERR_WOULDBLOCK when the
- * buffer is full (nghttp2 asks again at the next native_gather()).
+ * its header and the first LEN bytes of Q go straight into native_gather's
+ * buffer, without the copy into nghttp2's own, and leave Q.  0, or
+ * NGHTTP2_ERR_WOULDBLOCK when the buffer is full (nghttp2 asks again at the
+ * next native_gather()).
  */
 int native_gather_frame(struct native *n, const nghttp2_frame *frame, const uint8_t *framehd,
-			const uint8_t *data, size_t len);
+			struct bq *q, size_t len);
 
 /* One block on its way to a socket; the stream's data is its owner (down_conn, up_conn). */
 struct native_write {

@@ -292,12 +292,9 @@ static int up_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t 
 
 	(void)s;
 	(void)ud;
-	if (length > bq_pending(&c->up_out))
-		return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* never: the stream is reset */
-	r = native_gather_frame(c->n, frame, framehd, c->up_out.data + c->up_out.off, length);
+	r = native_gather_frame(c->n, frame, framehd, &c->up_out, length);
 	if (r != 0)
 		return r;
-	bq_consume(&c->up_out, length);
 	/* the queue went down: the client may send more */
 	call_resume_down(c);
 	return 0;
