@@ -16,6 +16,7 @@
 #include "pb.h"
 
 static int call_submit(struct call *c);
+static void put_stream_free(struct call *c);
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
@@ -211,6 +212,8 @@ void call_free(struct call *c)
 	}
 	pool_free(c->hdrs);
 	pool_free(c->path);
+	if (c->ps != NULL)
+		put_stream_free(c);
 	bq_free(&c->req_in.buf);
 	bq_free(&c->up_out);
 	bq_free(&c->resp_in.buf);
@@ -597,6 +600,158 @@ static void on_grant_recorded(struct native *n, void *ctx, int ok, int64_t id, i
 
 /* ---- requests -------------------------------------------------------------------------------- */
 
+/* A streamed message's queue: room for what is in flight at once, made when it starts. */
+static size_t stream_queue(uint64_t left)
+{
+	return left + 64 < NATIVE_STREAM_QUEUE ? (size_t)left + 64 : NATIVE_STREAM_QUEUE;
+}
+
+/*
+ * A large Put goes on as it arrives (ps_head() and ps_feed() in rewrite.c,
+ * doc/wire.md section 3c): the core etcd gets its first bytes at once and the
+ * worker holds the high-water mark, not the message.  The message's last byte
+ * waits until every check passed, so a refusal half way (a reset of the
+ * upstream stream) leaves etcd with a message it never completes.
+ */
+struct put_stream {
+	struct pstream ps;
+	uint8_t *head; /* the message's head as the client sent it, for the audit record */
+	size_t head_len;
+};
+
+static void ps_emit(void *ctx, const uint8_t *p, size_t len)
+{
+	struct call *c = ctx;
+
+	/* emptied by a quick core (and given back): room for the rest at once again */
+	if (c->up_out.cap < 65536 && c->ps != NULL)
+		bq_reserve(&c->up_out, stream_queue(c->ps->ps.left + len));
+	bq_append(&c->up_out, p, len);
+}
+
+static void put_stream_free(struct call *c)
+{
+	pool_free(c->ps->head);
+	pool_free(c->ps);
+	c->ps = NULL;
+}
+
+/* The audit record of a streamed Put: its head, and a lease named after it. */
+static void put_stream_audit(struct call *c)
+{
+	struct put_stream *ps = c->ps;
+	uint8_t *msg;
+	size_t len;
+
+	if (c->n->audit == NULL || c->audit != NULL || ps->head == NULL)
+		return;
+	msg = pool_alloc(ps->head_len + 11);
+	memcpy(msg, ps->head, ps->head_len);
+	len = ps->head_len;
+	if (ps->ps.lease != 0)
+		len = (size_t)(ep_pb_put_uint(msg + len, 3, (uint64_t)ps->ps.lease) - msg);
+	c->audit = audit_request(RW_PUT, strrchr(c->m->path, '/') + 1, msg, len,
+				 down_client_json(c->dc));
+	pool_free(msg);
+}
+
+/* Bytes of a streamed Put.  What follows its message (a client's error) goes to req_in. */
+void call_put_data(struct call *c, const uint8_t *data, size_t len)
+{
+	struct rw_error err = { 0 };
+	size_t used = 0;
+	uint8_t last;
+	int r = ps_feed(&c->ps->ps, data, len, &used, &err);
+
+	if (r == 0)
+		return;
+	put_stream_audit(c);
+	last = c->ps->ps.last;
+	put_stream_free(c);
+	if (r < 0) {
+		call_finish(c, err.grpc_status ? err.grpc_status : 13,
+			    err.message ? err.message : "etcdproxy: cannot rewrite the request");
+		return;
+	}
+	if (used < len)
+		bq_append(&c->req_in.buf, data + used, len - used);
+	if (c->n_unknown_leases > 0) {
+		/* the lease may be another worker's grant: the message completes once it is known */
+		bq_append(&c->held, &last, 1);
+		start_lookups(c);
+		return;
+	}
+	bq_append(&c->up_out, &last, 1);
+}
+
+/*
+ * Start streaming the Put whose gRPC prefix (of DECLARED bytes) and first
+ * bytes are in req_in: 1 when it streams (or the call ended), 0 when the
+ * buffered path goes on.  Not for a tenant whose quota counts writes: its
+ * check needs the whole message.
+ */
+static int put_stream_start(struct call *c, size_t declared)
+{
+	struct native *n = c->n;
+	struct bq *in = &c->req_in.buf;
+	const uint8_t *p = in->data + in->off;
+	size_t have = bq_pending(in), rest;
+	struct rw_buf head_out = { 0 };
+	uint8_t h[5], *first = NULL;
+	uint64_t out_len;
+	long head;
+
+	if (c->ps != NULL || c->ps_off || c->m->kind != RW_PUT || declared < NATIVE_STREAM_MIN ||
+	    have < 5 || c->up_submitted || quota_counts_writes(n->quota))
+		return 0;
+	if (p[0] != 0) {
+		c->ps_off = 1; /* compressed: refused by the buffered path */
+		return 0;
+	}
+	c->hooks = call_hooks(c);
+	head = ps_head(&n->ns, &c->hooks, p + 5, have - 5, declared, &head_out);
+	out_len = (uint64_t)declared - (uint64_t)(head > 0 ? head : 0) + head_out.len;
+	if (head <= 0 || out_len > 0xffffffffu) {
+		/* the buffered rewrite looks at the leases again */
+		c->n_unknown_leases = 0;
+		rw_buf_free(&head_out);
+		if (head != 0)
+			c->ps_off = 1;
+		return 0;
+	}
+	c->ps = pool_alloc(sizeof(*c->ps));
+	c->ps->head = NULL;
+	c->ps->head_len = 0;
+	if (n->audit != NULL && c->m->path != NULL) {
+		c->ps->head = pool_alloc((size_t)head);
+		memcpy(c->ps->head, p + 5, (size_t)head);
+		c->ps->head_len = (size_t)head;
+	}
+	ps_init(&c->ps->ps, &c->hooks, declared - (size_t)head, ps_emit, c);
+	rl_charge(n->rl, declared);
+	bq_reserve(&c->up_out, stream_queue(5 + out_len));
+	h[0] = 0;
+	h[1] = (uint8_t)(out_len >> 24);
+	h[2] = (uint8_t)(out_len >> 16);
+	h[3] = (uint8_t)(out_len >> 8);
+	h[4] = (uint8_t)out_len;
+	bq_append(&c->up_out, h, 5);
+	bq_append(&c->up_out, head_out.data, head_out.len);
+	rw_buf_free(&head_out);
+	/* what came with the head: fed from a copy, req_in is emptied first */
+	rest = have - 5 - (size_t)head;
+	if (rest > 0) {
+		first = pool_alloc(rest);
+		memcpy(first, p + 5 + head, rest);
+	}
+	bq_consume(in, have);
+	if (call_submit(c) && rest > 0)
+		call_put_data(c, first, rest);
+	pool_free(first);
+	return 1;
+}
+
+
 static void local_answer(struct call *c)
 {
 	uint8_t buf[600];
@@ -635,8 +790,11 @@ void call_process(struct call *c)
 			call_finish(c, 8, why);
 			return;
 		}
-		if (!complete)
+		if (!complete) {
+			if (put_stream_start(c, declared))
+				continue; /* the loop ends: req_in is empty, or the call finished */
 			break;
+		}
 		if (flag != 0) {
 			call_finish(c, 12, "etcdproxy: compressed gRPC messages are not supported "
 					   "(etcd does not compress either)");
@@ -838,6 +996,12 @@ void call_request_end(struct call *c)
 	c->down_eos = 1;
 	if (c->finished || c->local_status >= 0)
 		return;
+	if (c->ps != NULL) {
+		put_stream_audit(c);
+		put_stream_free(c);
+		call_finish(c, 13, "etcdproxy: the request ended inside a message");
+		return;
+	}
 	if (bq_pending(&c->req_in.buf) > 0 && c->m != NULL && c->m->policy == RW_FORWARD &&
 	    !c->waiting_lookup) {
 		call_finish(c, 13, "etcdproxy: the request ended inside a message");
@@ -920,11 +1084,6 @@ static void stream_abort(struct call *c, int grpc_status, const char *why)
 							    : NGHTTP2_INTERNAL_ERROR);
 		down_flush(c->dc);
 	}
-}
-
-static size_t stream_queue(uint64_t left)
-{
-	return left + 64 < NATIVE_STREAM_QUEUE ? (size_t)left + 64 : NATIVE_STREAM_QUEUE;
 }
 
 static void rs_emit(void *ctx, const uint8_t *p, size_t len)

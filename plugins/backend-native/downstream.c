@@ -238,8 +238,12 @@ static int d_on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id,
 		nghttp2_session_consume(s, stream_id, len);
 		return 0;
 	}
-	bq_append(&c->req_in.buf, data, len);
-	grpc_reader_expect(&c->req_in, dc->n->max_message);
+	if (c->ps != NULL && bq_pending(&c->req_in.buf) == 0) {
+		call_put_data(c, data, len); /* a large Put goes on as it comes */
+	} else {
+		bq_append(&c->req_in.buf, data, len);
+		grpc_reader_expect(&c->req_in, dc->n->max_message);
+	}
 	/*
 	 * partial messages are acknowledged (bounded by max_message); queued output is not,
 	 * and neither is what arrives during a lease lookup: call_process does not take

@@ -175,6 +175,8 @@ struct call {
 	int headers_done;
 
 	struct grpc_reader req_in;   /* client -> proxy */
+	struct put_stream *ps;       /* a large Put forwarded as it arrives (call.c) */
+	int ps_off;                  /* its message is not streamed: the buffered path decides */
 	struct bq up_out;            /* rewritten, to the core etcd */
 	size_t down_unconsumed;      /* client bytes held back for backpressure */
 	int down_eos;                /* client half-closed */
@@ -613,6 +615,8 @@ int grpc_reader_next(struct grpc_reader *r, uint8_t *flag, const uint8_t **msg, 
 void grpc_reader_drop(struct grpc_reader *r, size_t len);
 void grpc_reader_expect(struct grpc_reader *r, size_t limit);
 void call_resume_down(struct call *c);
+/* bytes of a large Put that streams (c->ps), from the client's DATA */
+void call_put_data(struct call *c, const uint8_t *data, size_t len);
 void call_finish(struct call *c, int grpc_status, const char *message);
 void call_upstream_ready(struct call *c);
 void call_on_up_headers_done(struct call *c);

@@ -48,6 +48,8 @@ void quota_close(struct quota *q, void (*done)(void *ctx), void *ctx);
  * message stays in the reader), -1 refused (the call is finished).
  */
 int quota_admit(struct quota *q, struct call *c, const uint8_t *msg, size_t len);
+/* 1 when the tenant's writes are counted against maxKeys or maxBytes (q may be NULL) */
+int quota_counts_writes(const struct quota *q);
 /* The core etcd's answer to an admitted write (before rewriting). */
 void quota_response(struct quota *q, struct call *c, const uint8_t *msg, size_t len);
 /* The call ended (ok: with status 0): its reservation settles or goes. */

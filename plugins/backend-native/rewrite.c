@@ -885,30 +885,39 @@ static int rs_pad(struct rstream *s, size_t pad, struct rw_error *err)
 }
 
 /*
- * Take bytes into acc until it holds a whole tag and, for a length-delimited
- * field, its length: 1 and the field, 0 for more, <0 when malformed.
+ * Take one byte into ACC until it holds a whole tag and, for a
+ * length-delimited field, its length: 1 and the field, 0 for more, -1 when
+ * malformed (as ep_pb_next_field() would find it).
  */
-static int rs_field_head(struct rstream *s, uint8_t byte, uint32_t *number, unsigned *wire,
-			 uint64_t *length, struct rw_error *err)
+static int field_head(uint8_t *acc, size_t *acc_len, size_t cap, uint8_t byte, uint32_t *number,
+		      unsigned *wire, uint64_t *length)
 {
-	const uint8_t *p = s->acc, *end;
+	const uint8_t *p = acc, *end;
 	uint64_t tag;
 
-	if (s->acc_len >= sizeof(s->acc))
-		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
-	s->acc[s->acc_len++] = byte;
-	end = s->acc + s->acc_len;
+	if (*acc_len >= cap)
+		return -1;
+	acc[(*acc_len)++] = byte;
+	end = acc + *acc_len;
 	if (ep_pb_get_varint(&p, end, &tag) < 0)
-		return s->acc_len >= 10 ? rs_fail(err, -EPROTO, MSG_BAD_RESPONSE) : 0;
+		return *acc_len >= 10 ? -1 : 0;
 	*number = (uint32_t)(tag >> 3);
 	*wire = (unsigned)(tag & 7);
 	if (tag >> 3 == 0 || tag >> 3 > 0x1fffffff ||
 	    (*wire != EP_PB_VARINT && *wire != EP_PB_I64 && *wire != EP_PB_LEN && *wire != EP_PB_I32))
-		return rs_fail(err, -EPROTO, MSG_BAD_RESPONSE);
+		return -1;
 	*length = 0;
 	if (*wire == EP_PB_LEN && ep_pb_get_varint(&p, end, length) < 0)
-		return s->acc_len >= 20 ? rs_fail(err, -EPROTO, MSG_BAD_RESPONSE) : 0;
+		return *acc_len >= 20 ? -1 : 0;
 	return 1;
+}
+
+static int rs_field_head(struct rstream *s, uint8_t byte, uint32_t *number, unsigned *wire,
+			 uint64_t *length, struct rw_error *err)
+{
+	int r = field_head(s->acc, &s->acc_len, sizeof(s->acc), byte, number, wire, length);
+
+	return r < 0 ? rs_fail(err, -EPROTO, MSG_BAD_RESPONSE) : r;
 }
 
 static int rs_hold(struct rstream *s, const uint8_t *p, size_t n, struct rw_error *err)
@@ -1165,4 +1174,149 @@ int rs_feed(struct rstream *s, const uint8_t *in, size_t len, size_t *used,
 	if (!s->started && (r = rs_start(s, 0, err)) < 0)
 		return r;
 	return 1;
+}
+
+/* ---- a large PutRequest, as it arrives ------------------------------------------ */
+
+long ps_head(const struct rw_ns *ns, const struct rw_hooks *hooks, const uint8_t *msg,
+	     size_t have, uint64_t len, struct rw_buf *out)
+{
+	const uint8_t *p = msg, *end = msg + (have < len ? have : len);
+	struct rw_error err = { 0 };
+	struct ep_pb_field f;
+	size_t head;
+
+	for (;;) {
+		int r = ep_pb_next_field(&p, end, &f);
+
+		if (r <= 0) {
+			/* cut by what arrived so far, or malformed: wait while the head may still come */
+			return (size_t)(end - msg) < RW_STREAM_HEADER_MAX && (uint64_t)(end - msg) < len
+				       ? 0
+				       : -EAGAIN;
+		}
+		if ((size_t)(p - msg) > RW_STREAM_HEADER_MAX)
+			return -EAGAIN;
+		if (f.number == 1)
+			break;
+	}
+	if (f.wire != EP_PB_LEN)
+		return -EAGAIN;
+	head = (size_t)(p - msg);
+	if (head == len || rw_request(RW_PUT, ns, hooks, msg, head, out, &err) < 0)
+		return -EAGAIN;
+	return (long)head;
+}
+
+void ps_init(struct pstream *s, const struct rw_hooks *hooks, uint64_t rest,
+	     void (*emit)(void *ctx, const uint8_t *p, size_t len), void *ctx)
+{
+	memset(s, 0, sizeof(*s));
+	s->hooks = hooks;
+	s->state = PS_FIELD;
+	s->left = rest;
+	s->emit = emit;
+	s->ctx = ctx;
+}
+
+static int ps_fail(struct rw_error *err, int rc, int status, const char *message)
+{
+	err->grpc_status = status;
+	err->message = message;
+	return rc;
+}
+
+/* Bytes just read go on, but for the message's last byte, which waits. */
+static void ps_out(struct pstream *s, const uint8_t *p, size_t n)
+{
+	if (n == 0)
+		return;
+	if (s->left == 0) {
+		s->last = p[n - 1];
+		n--;
+	}
+	if (n > 0)
+		s->emit(s->ctx, p, n);
+}
+
+int ps_feed(struct pstream *s, const uint8_t *in, size_t len, size_t *used, struct rw_error *err)
+{
+	const uint8_t *start = in;
+	const struct rw_hooks *h = s->hooks;
+	uint32_t number;
+	unsigned wire;
+	uint64_t length;
+	size_t n;
+	int r;
+
+	*used = 0;
+	if (s->left == 0 && s->state == PS_FIELD && s->acc_len == 0)
+		return 1;
+	if (len > s->left)
+		len = (size_t)s->left;
+	while (len > 0) {
+		switch (s->state) {
+		case PS_FIELD:
+			r = field_head(s->acc, &s->acc_len, sizeof(s->acc), *in, &number, &wire,
+				       &length);
+			in++, len--, s->left--;
+			if (r < 0)
+				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+			if (r == 0) {
+				if (s->left == 0)
+					return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+				break;
+			}
+			if ((number == 1 && wire != EP_PB_LEN) || (number == 3 && wire != EP_PB_VARINT))
+				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+			if (number == 1) /* its prefix would change the length already sent */
+				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT,
+					       "etcdproxy: a large Put must carry its key once");
+			s->run = wire == EP_PB_LEN ? length : wire == EP_PB_I64 ? 8 : wire == EP_PB_I32 ? 4 : 0;
+			if (s->run > s->left || (wire == EP_PB_VARINT && s->left == 0))
+				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+			ps_out(s, s->acc, s->acc_len);
+			s->acc_len = 0;
+			if (wire == EP_PB_VARINT) {
+				s->lease_field = number == 3;
+				s->value = 0;
+				s->state = PS_VARINT;
+			} else if (s->run > 0) {
+				s->state = PS_COPY;
+			}
+			break;
+		case PS_COPY: /* the value: it goes on as it comes */
+			n = len < s->run ? len : (size_t)s->run;
+			in += n, len -= n, s->left -= n, s->run -= n;
+			ps_out(s, in - n, n);
+			if (s->run == 0)
+				s->state = PS_FIELD;
+			break;
+		case PS_VARINT:
+			/* at most 10 bytes, the 10th 0 or 1, as ep_pb_get_varint() reads them */
+			if (s->run >= 10 || (s->run == 9 && *in > 1))
+				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+			s->value |= (uint64_t)(*in & 0x7f) << (7 * s->run);
+			s->run++;
+			in++, len--, s->left--;
+			if (in[-1] >= 0x80) {
+				if (s->left == 0)
+					return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+				ps_out(s, in - 1, 1);
+				break;
+			}
+			s->run = 0;
+			s->state = PS_FIELD;
+			if (s->lease_field) {
+				s->lease = (int64_t)s->value;
+				if (s->value != 0 && h && h->lease_check &&
+				    h->lease_check(h->ctx, (int64_t)s->value) != 0)
+					return ps_fail(err, -ENOENT, ST_NOT_FOUND, MSG_NO_LEASE);
+			}
+			ps_out(s, in - 1, 1);
+			break;
+		}
+	}
+	*used = (size_t)(in - start);
+	return s->left == 0 ? 1 : 0;
 }

@@ -197,6 +197,55 @@ int rs_feed(struct rstream *s, const uint8_t *in, size_t len, size_t *used,
 	    struct rw_error *err);
 void rs_free(struct rstream *s);
 
+/*
+ * A large PutRequest forwarded as it arrives (doc/wire.md section 3c): its
+ * head, every field up to and including its key, is rewritten whole by
+ * ps_head(); what follows (the value above all) goes on unchanged through
+ * ps_feed(), which checks it as rw_request() would.  The message's last byte
+ * is held back until the whole message passed every check: the core etcd
+ * never has a complete message the proxy would have refused.
+ */
+enum ps_state {
+	PS_FIELD,  /* a field begins */
+	PS_COPY,   /* a field passed on as it comes */
+	PS_VARINT, /* a varint passed on (and read, for the lease) */
+};
+
+struct pstream {
+	const struct rw_hooks *hooks;
+	enum ps_state state;
+	uint64_t left;     /* message bytes not yet read */
+	uint64_t run;      /* bytes left of the field being copied, or of the varint read */
+	uint64_t value;    /* the lease being read */
+	int lease_field;   /* the varint is a lease (field 3) */
+	int64_t lease;     /* the last lease the message named after its head (0: none) */
+	uint8_t acc[24];   /* a tag and a length being read */
+	size_t acc_len;
+	uint8_t last;      /* the message's last byte, held back (set when ps_feed() returns 1) */
+	void (*emit)(void *ctx, const uint8_t *p, size_t len);
+	void *ctx;
+};
+
+/*
+ * The head of a PutRequest of LEN bytes, HAVE of which are at MSG: its
+ * length, with the rewritten head appended to OUT, when a key field ends
+ * within the first RW_STREAM_HEADER_MAX bytes; 0 when more bytes are needed;
+ * -EAGAIN when the message is not streamed (no key in time, a head that does
+ * not rewrite, anything unusual): the buffered rewrite then decides.
+ */
+long ps_head(const struct rw_ns *ns, const struct rw_hooks *hooks, const uint8_t *msg,
+	     size_t have, uint64_t len, struct rw_buf *out);
+/* The rest of the message, REST bytes after its head; EMIT gets them as they pass. */
+void ps_init(struct pstream *s, const struct rw_hooks *hooks, uint64_t rest,
+	     void (*emit)(void *ctx, const uint8_t *p, size_t len), void *ctx);
+/*
+ * Feed bytes after the head: 0 when more are wanted, 1 when the message is
+ * complete (its last byte in s->last, not emitted), <0 with err when it is
+ * refused: malformed, a lease the hook refuses, or a second key field (its
+ * prefix would change the length already sent).  *used: the bytes taken.
+ */
+int ps_feed(struct pstream *s, const uint8_t *in, size_t len, size_t *used, struct rw_error *err);
+
 /* Nested Txn depth limit (etcd itself has none but max-txn-ops bounds it). */
 #define RW_MAX_DEPTH 16
 

@@ -268,7 +268,7 @@ static ssize_t read_request(nghttp2_session *s, int32_t stream_id, uint8_t *buf,
 	size_t have = bq_pending(&c->up_out);
 
 	if (have == 0) {
-		if (c->down_eos && !c->waiting_lookup) {
+		if (c->down_eos && !c->waiting_lookup && c->ps == NULL) {
 			*data_flags |= NGHTTP2_DATA_FLAG_EOF;
 			return 0;
 		}
@@ -279,7 +279,7 @@ static ssize_t read_request(nghttp2_session *s, int32_t stream_id, uint8_t *buf,
 		have = length;
 	(void)buf; /* the frame is written by up_send_data() */
 	*data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-	if (have == bq_pending(&c->up_out) && c->down_eos && !c->waiting_lookup)
+	if (have == bq_pending(&c->up_out) && c->down_eos && !c->waiting_lookup && c->ps == NULL)
 		*data_flags |= NGHTTP2_DATA_FLAG_EOF;
 	return (ssize_t)have;
 }

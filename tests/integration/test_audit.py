@@ -2,7 +2,7 @@
 """The audit log (spec.audit, global audit), with real etcd and etcdctl:
 
   - a scripted sequence of etcdctl put, del --prefix, txn (both branches), lease grant, put
-    with a lease and lease revoke gives exactly one line per call, with the method, the
+    with a lease (a small one, and one of 300 KiB that streams) and lease revoke gives exactly one line per call, with the method, the
     keys as the tenant sees them (no values), the lease IDs, the code and the revision
     etcdctl itself was told;
   - reads and watches write nothing; a failing write is written with its code;
@@ -90,6 +90,14 @@ def test_sequence(s, t):
     expected.append({'tenant': 'a', 'method': 'Put',
                      'ops': [{'op': 'put', 'key': 'lk', 'lease': lease}],
                      'code': 'OK', 'revision': rev})
+    # a Put above 256 KiB goes on as it arrives (doc/wire.md section 3c): its line still names
+    # the lease that follows its value
+    r = eptest.etcdctl(p, '-w', 'json', 'put', 'big', '--lease=' + lease, input='v' * (300 << 10))
+    s.check(r.returncode == 0, 'etcdctl put of 300 KiB with the lease', r.stderr)
+    expected.append({'tenant': 'a', 'method': 'Put',
+                     'ops': [{'op': 'put', 'key': 'big', 'lease': lease}],
+                     'code': 'OK', 'revision': json.loads(r.stdout or '{}').get(
+                         'header', {}).get('revision')})
     r = eptest.etcdctl(p, 'lease', 'revoke', lease)
     s.check(r.returncode == 0, 'etcdctl lease revoke', r.stderr)
     # etcdctl prints no header for a revoke: the revision it left is the current one
@@ -100,6 +108,11 @@ def test_sequence(s, t):
     s.check(r.returncode != 0, 'a put with an unknown lease fails', r.stdout)
     expected.append({'tenant': 'a', 'method': 'Put',
                      'ops': [{'op': 'put', 'key': 'bad', 'lease': '1234abcd'}],
+                     'code': 'NotFound'})
+    r = eptest.etcdctl(p, 'put', 'bigbad', '--lease=1234abcd', input='v' * (300 << 10))
+    s.check(r.returncode != 0, 'a put of 300 KiB with an unknown lease fails', r.stdout)
+    expected.append({'tenant': 'a', 'method': 'Put',
+                     'ops': [{'op': 'put', 'key': 'bigbad', 'lease': '1234abcd'}],
                      'code': 'NotFound'})
     # a key with bytes that are not text
     r = eptest.etcdctl(p, 'put', 'caf\xe9\x01', 'v')

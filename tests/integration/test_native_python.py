@@ -12,6 +12,7 @@ import os
 import queue
 import sys
 import threading
+import time
 
 sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -154,6 +155,83 @@ def test_large_range(s, t):
     v = base64.b64decode(doc['kvs'][1]['value']) if len(doc.get('kvs', [])) == 2 else b''
     s.check(v == values['big/1'], 'and the second value is whole')
     t.a.delete_prefix('big/')
+
+
+def test_large_put(s, t):
+    """A Put above 256 KiB goes on to the core as it arrives (doc/wire.md section 3c): whole and
+    prefixed in the core, its lease checked after its value; refused before its last byte
+    when it cannot go on, so that the core never stores it."""
+    import struct
+    import grpc
+    from etcd3 import etcdrpc
+    from h2raw import H2, RST_STREAM, frame, grpc_msg
+    a = t.a
+    v = os.urandom(900 * 1024)
+    lease = a.lease(60)
+    a.put('bigput/1', v, lease=lease)
+    got, meta = t.core_client.get('/a/bigput/1')
+    s.check(got == v and meta is not None and meta.lease_id == lease.id,
+            'python-etcd3 puts 900 KiB with the tenant\'s lease: in the core under /a/, byte '
+            'for byte, with the lease', meta and meta.lease_id)
+    got, _ = a.get('bigput/1')
+    s.check(got == v, 'and reads it back whole')
+
+    lb = t.b.lease(60)
+    code, det = rpc_error(a.kvstub.Put, etcdrpc.PutRequest(key=b'bigput/2', value=v, lease=lb.id),
+                          timeout=10)
+    s.check(code == grpc.StatusCode.NOT_FOUND and det == 'etcdserver: requested lease not found'
+            and t.core_client.get('/a/bigput/2')[0] is None,
+            'a 900 KiB Put with tenant b\'s lease: NOT_FOUND, and nothing in the core', (code, det))
+
+    # a worker that restarted knows no lease yet: it asks the core, then the Put completes
+    pid = t.sv.status()['a']['pid']
+    os.kill(pid, 9)
+    t.sv.wait_tenant('a', lambda x: x['pid'] not in (None, pid) and x['state'] == 'ready',
+                     what='a new worker')
+    ok = wait_until(lambda: rpc_error(a.kvstub.Put, etcdrpc.PutRequest(
+        key=b'bigput/3', value=v, lease=lease.id), timeout=10)[0] is None, 10, 0.2)
+    got, meta = t.core_client.get('/a/bigput/3')
+    s.check(ok and got == v and meta.lease_id == lease.id,
+            'a 900 KiB Put with a lease the new worker had to look up: written, with the lease')
+
+    msg = pb_bytes(1, b'bigput/4') + pb_bytes(2, v) + pb_bytes(1, b'bigput/5')
+    code, det = raw_unary(t, t.pa, '/etcdserverpb.KV/Put', msg)
+    s.check(code == grpc.StatusCode.INVALID_ARGUMENT and
+            det == 'etcdproxy: a large Put must carry its key once' and
+            t.core_client.get('/a/bigput/4')[0] is None and
+            t.core_client.get('/a/bigput/5')[0] is None,
+            'a large Put with a second key after its value: INVALID_ARGUMENT, nothing written',
+            (code, det))
+
+    # a client that stops half way: the core never gets a whole message
+    body = grpc_msg(pb_bytes(1, b'bigput/cut') + pb_bytes(2, v))[:600 * 1024]
+    for how in ('end', 'reset'):
+        c = H2(t.pa)
+        try:
+            c.pump(0.3)
+            sid = c.request('/etcdserverpb.KV/Put', body=None, end=False)
+            for i in range(0, len(body), 16384):
+                c.data(sid, body[i:i + 16384])
+                c.pump(0.01)
+            c.pump(0.5)
+            if how == 'end':
+                c.data(sid, b'', end=True)
+                st = c.wait_stream(sid)
+                s.check(st is not None and st.grpc_status == 13 and
+                        'ended inside a message' in (st.header('grpc-message') or ''),
+                        'a Put whose stream ends after 600 KiB of 900: INTERNAL, "the request '
+                        'ended inside a message"', st and (st.grpc_status,
+                                                            st.header('grpc-message')))
+            else:
+                c.send(frame(RST_STREAM, 0, sid, struct.pack('>I', 8)))
+                c.pump(0.5)
+        finally:
+            c.close()
+        time.sleep(0.5)
+        s.check(t.core_client.get('/a/bigput/cut')[0] is None,
+                'after a Put %s half way, the core has no such key' %
+                ('ended' if how == 'end' else 'reset'))
+    a.delete_prefix('bigput/')
 
 
 def test_txn(s, t):
@@ -634,7 +712,7 @@ def body(s):
     t.b = eptest.etcd3_client(t.pb)
     t.core_client = eptest.etcd3_client(t.core.port)
     try:
-        for fn in (test_kv, test_large_range, test_txn, test_watch, test_watch_progress, test_lease, test_cluster,
+        for fn in (test_kv, test_large_range, test_large_put, test_txn, test_watch, test_watch_progress, test_lease, test_cluster,
                    test_lock_election, test_metadata, test_errors, test_unix_grpc):
             s.run(fn, s, t)
     except etcd3.exceptions.Etcd3Exception as e:

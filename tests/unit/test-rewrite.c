@@ -1143,6 +1143,206 @@ static void test_pass_kinds(void **state UNUSED)
 	expect_hex(RSP, RW_HEALTH_CHECK, &ns_t, NULL, "0801", "0801");
 }
 
+/* ---- a large PutRequest, streamed (ps_head, ps_feed) ---------------------------------- */
+
+/* A growable byte string, for messages larger than struct pb holds. */
+struct big {
+	uint8_t *d;
+	size_t n;
+};
+
+static void big_add(struct big *b, const void *p, size_t n)
+{
+	b->d = realloc(b->d, b->n + n + 1);
+	assert_non_null(b->d);
+	if (n)
+		memcpy(b->d + b->n, p, n);
+	b->n += n;
+}
+
+static void big_emit(void *ctx, const uint8_t *p, size_t len)
+{
+	big_add(ctx, p, len);
+}
+
+static void big_hex(struct big *b, const char *hex)
+{
+	uint8_t t[64];
+
+	big_add(b, t, unhex(hex, t, sizeof(t)));
+}
+
+/* A field of N bytes of 'v' (tag given in hex). */
+static void big_value(struct big *b, const char *tag_hex, size_t n)
+{
+	uint8_t t[10], *v = malloc(n + 1);
+	size_t k = 0, m = n;
+
+	assert_non_null(v);
+	big_hex(b, tag_hex);
+	while (m >= 0x80) {
+		t[k++] = (uint8_t)(m | 0x80);
+		m >>= 7;
+	}
+	t[k++] = (uint8_t)m;
+	big_add(b, t, k);
+	memset(v, 'v', n);
+	big_add(b, v, n);
+	free(v);
+}
+
+/*
+ * Stream MSG in pieces of CHUNK as the proxy does: ps_head() on what arrived
+ * until it finds the head, then ps_feed().  Returns 1 (OUT: the head's rewrite,
+ * what went on, and the held last byte), ps_head()'s -EAGAIN, or ps_feed()'s
+ * refusal (OUT: what went on before it).
+ */
+static long put_stream(const struct rw_hooks *h, const struct big *msg, size_t chunk,
+		       struct big *out, struct rw_error *err)
+{
+	struct rw_buf head_out = { 0 };
+	struct pstream s;
+	size_t have = 0, off, used;
+	long head = 0;
+	int r = 0;
+
+	out->n = 0;
+	while (head == 0) {
+		have = msg->n - have < chunk ? msg->n : have + chunk;
+		head = ps_head(&ns_t, h, msg->d, have, msg->n, &head_out);
+		assert_true(head != 0 || have < msg->n);
+	}
+	if (head < 0) {
+		assert_int_equal(head, -EAGAIN);
+		rw_buf_free(&head_out);
+		return head;
+	}
+	assert_true((size_t)head <= have && (size_t)head < msg->n);
+	big_add(out, head_out.data, head_out.len);
+	rw_buf_free(&head_out);
+	ps_init(&s, h, msg->n - (size_t)head, big_emit, out);
+	for (off = (size_t)head; off < msg->n; off += used) {
+		size_t n = off < have ? have - off : msg->n - off < chunk ? msg->n - off : chunk;
+
+		r = ps_feed(&s, msg->d + off, n, &used, err);
+		if (r < 0)
+			return r;
+		assert_int_equal(used, n);
+		assert_true(r == 0 || off + n == msg->n);
+	}
+	assert_int_equal(r, 1);
+	big_add(out, &s.last, 1); /* held back until here: never emitted */
+	return 1;
+}
+
+/*
+ * A large Put streamed in pieces of every size comes out as the buffered
+ * rewrite makes it; it is refused where that refuses it (and for a second
+ * key), always before its last byte went on; a message whose key does not
+ * come first (or is not fit to stream) is left to the buffered rewrite.
+ */
+static void test_put_stream(void **state UNUSED)
+{
+	static const size_t chunks[] = { 1, 2, 3, 7, 64, 1000, 16384, 300000 };
+	struct lease_state ls = {.allowed = {7, -2}, .nallowed = 2};
+	struct rw_hooks h = {hook_check, hook_visible, hook_granted, &ls};
+	struct big msg = { 0 }, out = { 0 };
+	struct rw_buf want = { 0 };
+	struct rw_error err = { 0 };
+	static const struct {
+		const char *tail;
+		int rc, status;
+		const char *message;
+		int buffered_accepts;
+	} refused[] = {
+		{ "1808", -ENOENT, 5, MSG_NO_LEASE, 0 },             /* a foreign lease after the value */
+		{ "1807 1808", -ENOENT, 5, MSG_NO_LEASE, 0 },        /* every occurrence is checked */
+		{ "0a0162", -EINVAL, 3, "etcdproxy: a large Put must carry its key once", 1 },
+		{ "0801", -EINVAL, 3, MSG_BAD_REQUEST, 0 },          /* a key that is a varint */
+		{ "1a0107", -EINVAL, 3, MSG_BAD_REQUEST, 0 },        /* a lease that is bytes */
+		{ "220a 0000", -EINVAL, 3, MSG_BAD_REQUEST, 0 },     /* a field longer than the message */
+		{ "28 8080808080808080808001", -EINVAL, 3, MSG_BAD_REQUEST, 0 }, /* an 11-byte varint */
+		{ "28 80", -EINVAL, 3, MSG_BAD_REQUEST, 0 },         /* a varint cut by the end */
+		{ "80", -EINVAL, 3, MSG_BAD_REQUEST, 0 },            /* a tag cut by the end */
+		{ "00", -EINVAL, 3, MSG_BAD_REQUEST, 0 },            /* field number 0 */
+		{ "2f", -EINVAL, 3, MSG_BAD_REQUEST, 0 },            /* wire type 7 */
+	};
+
+	/* key, value, lease, prev_kv, an unknown string, an unknown fixed64, ignore_lease */
+	for (int lease_first = 0; lease_first < 2; lease_first++) {
+		msg.n = 0;
+		if (lease_first)
+			big_hex(&msg, "18feffffffffffffffff01"); /* -2: a 10-byte varint in the head */
+		big_hex(&msg, "0a0161");
+		big_value(&msg, "12", 200000);
+		big_hex(&msg, "1807 2001 9a06056c61746572 9106 3132333435363738 3001");
+		want.len = 0;
+		assert_int_equal(rw_request(RW_PUT, &ns_t, &h, msg.d, msg.n, &want, &err), 0);
+		for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+			ls.nchecked = 0;
+			assert_int_equal(put_stream(&h, &msg, chunks[c], &out, &err), 1);
+			assert_bytes(out.d, out.n, want.data, want.len);
+			assert_int_equal(ls.nchecked, 1 + lease_first);
+			assert_int_equal(ls.checked[lease_first], 7);
+		}
+	}
+
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		msg.n = 0;
+		big_hex(&msg, "0a0161");
+		big_value(&msg, "12", 100000);
+		big_hex(&msg, refused[i].tail);
+		for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+			err.grpc_status = 0;
+			err.message = NULL;
+			ls.nchecked = 0;
+			assert_int_equal(put_stream(&h, &msg, chunks[c], &out, &err), refused[i].rc);
+			assert_int_equal(err.grpc_status, refused[i].status);
+			assert_string_equal(err.message, refused[i].message);
+			assert_true(out.n < msg.n + 3); /* the whole message never went on */
+		}
+		want.len = 0;
+		ls.nchecked = 0;
+		assert_int_equal(rw_request(RW_PUT, &ns_t, &h, msg.d, msg.n, &want, &err) == 0,
+				 refused[i].buffered_accepts);
+	}
+
+	/* left to the buffered rewrite: the value first, a key too long, an empty key, ... */
+	{
+		static const char *heads[] = {
+			"0a00",   /* an empty key */
+			"0801",   /* a key that is a varint */
+			"1808 0a0161", /* a foreign lease in the head */
+			"ff",     /* a malformed tag */
+		};
+
+		for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+			msg.n = 0;
+			big_hex(&msg, heads[i]);
+			big_value(&msg, "12", 100000);
+			ls.nchecked = 0;
+			assert_int_equal(put_stream(&h, &msg, 1000, &out, &err), -EAGAIN);
+		}
+		msg.n = 0;
+		big_value(&msg, "12", 70000);
+		big_hex(&msg, "0a0161");
+		assert_int_equal(put_stream(&h, &msg, 1000, &out, &err), -EAGAIN);
+		msg.n = 0;
+		big_value(&msg, "0a", 70000);
+		big_value(&msg, "12", 10);
+		assert_int_equal(put_stream(&h, &msg, 1000, &out, &err), -EAGAIN);
+		/* a key with nothing after it: no last byte to hold back */
+		msg.n = 0;
+		big_hex(&msg, "0a0161");
+		assert_int_equal(ps_head(&ns_t, &h, msg.d, msg.n, msg.n, &want), -EAGAIN);
+		/* a key not yet whole: more bytes are wanted */
+		assert_int_equal(ps_head(&ns_t, &h, msg.d, 2, 100, &want), 0);
+	}
+	rw_buf_free(&want);
+	free(msg.d);
+	free(out.d);
+}
+
 /* One member: with ns.member_id set, every header's member_id and Status's leader are it. */
 /* ---- a large RangeResponse, streamed (rs_feed) ------------------------------------ */
 
@@ -1641,6 +1841,7 @@ int main(void)
 	    cmocka_unit_test(test_lock_election),
 	    cmocka_unit_test(test_member_identity),
 	    cmocka_unit_test(test_range_stream),
+	    cmocka_unit_test(test_put_stream),
 	    cmocka_unit_test(test_lease_granted),
 	    cmocka_unit_test(test_lease_leases_filtered),
 	    cmocka_unit_test(test_alarm),
