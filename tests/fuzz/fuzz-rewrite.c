@@ -22,7 +22,11 @@
  *  - a RangeResponse streamed through rs_feed() in pieces of 1 to 16 bytes
  *    (the last input byte picks): accepted only if the buffered rewrite
  *    accepts it, with a gRPC prefix that names its length, and the same
- *    bytes once the pad fields are taken out of its KeyValues.
+ *    bytes once the pad fields are taken out of its KeyValues;
+ *  - a PutRequest streamed through ps_head() and ps_feed() in pieces of 1 to
+ *    16 bytes: accepted only if the buffered rewrite accepts it, with the
+ *    same bytes; refused only where that refuses it (or for a second key);
+ *    never with its last byte passed on.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -392,6 +396,57 @@ static void check_stream(const struct rw_ns *ns, const struct rw_hooks *h, const
 	free(norm.d);
 }
 
+/*
+ * A PutRequest streamed as the proxy streams a large one: ps_head() on what
+ * arrived in pieces of CHUNK, then ps_feed().  Accepted only if the buffered
+ * rewrite accepts it, with the same bytes; refused where that refuses it, or
+ * for a second key; never with its last byte passed on.
+ */
+static void check_put_stream(const struct rw_ns *ns, const struct rw_hooks *h, const uint8_t *msg,
+			     size_t len, int rc, const uint8_t *res, size_t res_len, size_t chunk)
+{
+	struct rw_buf head_out = { 0 };
+	struct rw_error err = { 0 };
+	struct pstream s;
+	struct sink k = { 0 };
+	size_t have = 0, off, used;
+	long head = 0;
+	int r = 0;
+
+	while (head == 0) {
+		have = len - have < chunk ? len : have + chunk;
+		head = ps_head(ns, h, msg, have, len, &head_out);
+		CHECK(head != 0 || have < len);
+	}
+	if (head < 0) {
+		CHECK(head == -EAGAIN);
+		rw_buf_free(&head_out);
+		return;
+	}
+	CHECK((size_t)head <= have && (size_t)head < len);
+	sink_emit(&k, head_out.data, head_out.len);
+	ps_init(&s, h, len - (size_t)head, sink_emit, &k);
+	for (off = (size_t)head; off < len; off += used) {
+		size_t n = off < have ? have - off : len - off < chunk ? len - off : chunk;
+
+		r = ps_feed(&s, msg + off, n, &used, &err);
+		if (r < 0)
+			break;
+		CHECK(used == n && (r == 0 || off + n == len));
+	}
+	if (r < 0) {
+		CHECK(err.message != NULL && (err.grpc_status == 3 || err.grpc_status == 5));
+		CHECK(rc != 0 || strcmp(err.message, "etcdproxy: a large Put must carry its key once") == 0);
+		CHECK(k.n < head_out.len + (len - (size_t)head)); /* the last byte never went on */
+	} else {
+		CHECK(r == 1 && rc == 0);
+		sink_emit(&k, &s.last, 1);
+		CHECK(k.n == res_len && memcmp(k.d, res, res_len) == 0);
+	}
+	rw_buf_free(&head_out);
+	free(k.d);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	int64_t granted = 0;
@@ -438,6 +493,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (response && kind == RW_RANGE && ns->prefix_len >= 3)
 		check_stream(ns, h, msg, len, rc, out.data + sizeof(sentinel),
 			     out.len - sizeof(sentinel), len > 0 ? 1 + msg[len - 1] % 16 : 1);
+	if (!response && kind == RW_PUT)
+		check_put_stream(ns, h, msg, len, rc, out.data + sizeof(sentinel),
+				 out.len - sizeof(sentinel), len > 0 ? 1 + msg[len - 1] % 16 : 1);
 	if (rc != 0) {
 		CHECK(rc == -EINVAL || rc == -ENOENT || rc == -EPERM || rc == -EPROTO);
 		CHECK(out.len == sizeof(sentinel));
