@@ -67,7 +67,8 @@ FULL = {
     'value_size': 256,
     'watches': [1000, 10000], 'watch_events': 100000,
     'payloads': [256, 65536, 1048576],
-    'payload_total': {256: 5000, 65536: 1000, 1048576: 100},
+    # long enough that a run is not a handful of round trips (100 x 1 MiB took half a second)
+    'payload_total': {256: 20000, 65536: 5000, 1048576: 400},
     'payload_clients': 10,
     'tenants': [10, 100, 500], 'kills': 3,
     'cost_rounds': 50000,
