@@ -694,7 +694,7 @@ static int put_stream_start(struct call *c, size_t declared)
 {
 	struct native *n = c->n;
 	struct bq *in = &c->req_in.buf;
-	const uint8_t *p = in->data + in->off;
+	const uint8_t *p;
 	size_t have = bq_pending(in), rest;
 	struct rw_buf head_out = { 0 };
 	uint8_t h[5], *first = NULL;
@@ -704,6 +704,7 @@ static int put_stream_start(struct call *c, size_t declared)
 	if (c->ps != NULL || c->ps_off || c->m->kind != RW_PUT || declared < NATIVE_STREAM_MIN ||
 	    have < 5 || c->up_submitted || quota_counts_writes(n->quota))
 		return 0;
+	p = in->data + in->off;
 	if (p[0] != 0) {
 		c->ps_off = 1; /* compressed: refused by the buffered path */
 		return 0;
