@@ -619,13 +619,23 @@ struct put_stream {
 	size_t head_len;
 };
 
+/*
+ * A streamed Put's queue towards the core: what the high-water mark lets the
+ * client send unacknowledged, not the declared size (a client that sends a
+ * prefix and stops makes the worker reserve little); a slow core grows it.
+ */
+static size_t put_queue(uint64_t left)
+{
+	return left + 64 < NATIVE_HIGH_WATER + 65536 ? (size_t)left + 64 : NATIVE_HIGH_WATER + 65536;
+}
+
 static void ps_emit(void *ctx, const uint8_t *p, size_t len)
 {
 	struct call *c = ctx;
 
-	/* emptied by a quick core (and given back): room for the rest at once again */
+	/* emptied by a quick core (and given back): room for more at once again */
 	if (c->up_out.cap < 65536 && c->ps != NULL)
-		bq_reserve(&c->up_out, stream_queue(c->ps->ps.left + len));
+		bq_reserve(&c->up_out, put_queue(c->ps->ps.left + len));
 	bq_append(&c->up_out, p, len);
 }
 
@@ -634,6 +644,7 @@ static void put_stream_free(struct call *c)
 	pool_free(c->ps->head);
 	pool_free(c->ps);
 	c->ps = NULL;
+	c->n->put_streams--;
 }
 
 /* The audit record of a streamed Put: its head, and a lease named after it. */
@@ -648,7 +659,7 @@ static void put_stream_audit(struct call *c)
 	msg = pool_alloc(ps->head_len + 11);
 	memcpy(msg, ps->head, ps->head_len);
 	len = ps->head_len;
-	if (ps->ps.lease != 0)
+	if (ps->ps.lease_named) /* the last one counts, as for etcd: even 0 */
 		len = (size_t)(ep_pb_put_uint(msg + len, 3, (uint64_t)ps->ps.lease) - msg);
 	c->audit = audit_request(RW_PUT, strrchr(c->m->path, '/') + 1, msg, len,
 				 down_client_json(c->dc));
@@ -702,7 +713,8 @@ static int put_stream_start(struct call *c, size_t declared)
 	long head;
 
 	if (c->ps != NULL || c->ps_off || c->m->kind != RW_PUT || declared < NATIVE_STREAM_MIN ||
-	    have < 5 || c->up_submitted || quota_counts_writes(n->quota))
+	    have < 5 || c->up_submitted || quota_counts_writes(n->quota) ||
+	    n->put_streams >= NATIVE_PUT_STREAMS)
 		return 0;
 	p = in->data + in->off;
 	if (p[0] != 0) {
@@ -710,7 +722,7 @@ static int put_stream_start(struct call *c, size_t declared)
 		return 0;
 	}
 	c->hooks = call_hooks(c);
-	head = ps_head(&n->ns, &c->hooks, p + 5, have - 5, declared, &head_out);
+	head = ps_head(&n->ns, &c->hooks, p + 5, have - 5, declared, &c->ps_scan, &head_out);
 	out_len = (uint64_t)declared - (uint64_t)(head > 0 ? head : 0) + head_out.len;
 	if (head <= 0 || out_len > 0xffffffffu) {
 		/* the buffered rewrite looks at the leases again */
@@ -721,6 +733,7 @@ static int put_stream_start(struct call *c, size_t declared)
 		return 0;
 	}
 	c->ps = pool_alloc(sizeof(*c->ps));
+	n->put_streams++;
 	c->ps->head = NULL;
 	c->ps->head_len = 0;
 	if (n->audit != NULL && c->m->path != NULL) {
@@ -730,7 +743,7 @@ static int put_stream_start(struct call *c, size_t declared)
 	}
 	ps_init(&c->ps->ps, &c->hooks, declared - (size_t)head, ps_emit, c);
 	rl_charge(n->rl, declared);
-	bq_reserve(&c->up_out, stream_queue(5 + out_len));
+	bq_reserve(&c->up_out, put_queue(5 + out_len));
 	h[0] = 0;
 	h[1] = (uint8_t)(out_len >> 24);
 	h[2] = (uint8_t)(out_len >> 16);
@@ -998,7 +1011,7 @@ void call_request_end(struct call *c)
 	if (c->finished || c->local_status >= 0)
 		return;
 	if (c->ps != NULL) {
-		put_stream_audit(c);
+		/* no audit line: as for a buffered message that never completed */
 		put_stream_free(c);
 		call_finish(c, 13, "etcdproxy: the request ended inside a message");
 		return;

@@ -47,6 +47,12 @@
 #define NATIVE_DOWN_GRACE_MS 1000 /* no connection to the core this long: unhealthy */
 #define NATIVE_STREAM_MIN (256 * 1024) /* a Range response this large is rewritten as it streams */
 #define NATIVE_STREAM_QUEUE (1280 * 1024) /* its queue to the client, made at once (a window) */
+/*
+ * Puts streaming at once per worker: each has a stream open in the core etcd,
+ * which makes room for the whole declared message as soon as its prefix
+ * arrives; more wait whole in the worker, as smaller ones do.
+ */
+#define NATIVE_PUT_STREAMS 16
 
 struct native;
 struct down_conn;
@@ -177,6 +183,7 @@ struct call {
 	struct grpc_reader req_in;   /* client -> proxy */
 	struct put_stream *ps;       /* a large Put forwarded as it arrives (call.c) */
 	int ps_off;                  /* its message is not streamed: the buffered path decides */
+	size_t ps_scan;              /* ps_head() read the message's first fields up to here */
 	struct bq up_out;            /* rewritten, to the core etcd */
 	size_t down_unconsumed;      /* client bytes held back for backpressure */
 	int down_eos;                /* client half-closed */
@@ -359,6 +366,7 @@ struct native {
 
 	struct native_counters counters;
 	size_t live_calls;      /* allocated and not yet freed: client and internal calls */
+	unsigned put_streams;   /* Puts streaming now (at most NATIVE_PUT_STREAMS) */
 	struct audit *audit;    /* spec.audit: the tenant's audit log, or NULL */
 	struct ratelimit *rl;   /* spec.rateLimit, or NULL */
 	struct quota *quota;    /* spec.quota, or NULL */

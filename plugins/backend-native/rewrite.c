@@ -1179,9 +1179,10 @@ int rs_feed(struct rstream *s, const uint8_t *in, size_t len, size_t *used,
 /* ---- a large PutRequest, as it arrives ------------------------------------------ */
 
 long ps_head(const struct rw_ns *ns, const struct rw_hooks *hooks, const uint8_t *msg,
-	     size_t have, uint64_t len, struct rw_buf *out)
+	     size_t have, uint64_t len, size_t *scan, struct rw_buf *out)
 {
-	const uint8_t *p = msg, *end = msg + (have < len ? have : len);
+	const uint8_t *end = msg + (have < len ? have : len);
+	const uint8_t *p = msg + (*scan < (size_t)(end - msg) ? *scan : (size_t)(end - msg));
 	struct rw_error err = { 0 };
 	struct ep_pb_field f;
 	size_t head;
@@ -1199,6 +1200,7 @@ long ps_head(const struct rw_ns *ns, const struct rw_hooks *hooks, const uint8_t
 			return -EAGAIN;
 		if (f.number == 1)
 			break;
+		*scan = (size_t)(p - msg); /* read once: the next call starts after it */
 	}
 	if (f.wire != EP_PB_LEN)
 		return -EAGAIN;
@@ -1309,6 +1311,7 @@ int ps_feed(struct pstream *s, const uint8_t *in, size_t len, size_t *used, stru
 			s->state = PS_FIELD;
 			if (s->lease_field) {
 				s->lease = (int64_t)s->value;
+				s->lease_named = 1;
 				if (s->value != 0 && h && h->lease_check &&
 				    h->lease_check(h->ctx, (int64_t)s->value) != 0)
 					return ps_fail(err, -ENOENT, ST_NOT_FOUND, MSG_NO_LEASE);

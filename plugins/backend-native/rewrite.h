@@ -218,7 +218,8 @@ struct pstream {
 	uint64_t run;      /* bytes left of the field being copied, or of the varint read */
 	uint64_t value;    /* the lease being read */
 	int lease_field;   /* the varint is a lease (field 3) */
-	int64_t lease;     /* the last lease the message named after its head (0: none) */
+	int64_t lease;     /* the last lease the message named after its head */
+	int lease_named;   /* it named one there (maybe 0: no lease) */
 	uint8_t acc[24];   /* a tag and a length being read */
 	size_t acc_len;
 	uint8_t last;      /* the message's last byte, held back (set when ps_feed() returns 1) */
@@ -231,10 +232,12 @@ struct pstream {
  * length, with the rewritten head appended to OUT, when a key field ends
  * within the first RW_STREAM_HEADER_MAX bytes; 0 when more bytes are needed;
  * -EAGAIN when the message is not streamed (no key in time, a head that does
- * not rewrite, anything unusual): the buffered rewrite then decides.
+ * not rewrite, anything unusual): the buffered rewrite then decides.  *SCAN
+ * (0 at first) is where the fields before the key were read up to: a call
+ * with more bytes goes on from there rather than from the start.
  */
 long ps_head(const struct rw_ns *ns, const struct rw_hooks *hooks, const uint8_t *msg,
-	     size_t have, uint64_t len, struct rw_buf *out);
+	     size_t have, uint64_t len, size_t *scan, struct rw_buf *out);
 /* The rest of the message, REST bytes after its head; EMIT gets them as they pass. */
 void ps_init(struct pstream *s, const struct rw_hooks *hooks, uint64_t rest,
 	     void (*emit)(void *ctx, const uint8_t *p, size_t len), void *ctx);

@@ -25,8 +25,8 @@
  *    bytes once the pad fields are taken out of its KeyValues;
  *  - a PutRequest streamed through ps_head() and ps_feed() in pieces of 1 to
  *    16 bytes: accepted only if the buffered rewrite accepts it, with the
- *    same bytes; refused only where that refuses it (or for a second key);
- *    never with its last byte passed on.
+ *    same bytes; refused only where that refuses it, with its status and
+ *    message (or for a second key); never with its last byte passed on.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -403,19 +403,20 @@ static void check_stream(const struct rw_ns *ns, const struct rw_hooks *h, const
  * for a second key; never with its last byte passed on.
  */
 static void check_put_stream(const struct rw_ns *ns, const struct rw_hooks *h, const uint8_t *msg,
-			     size_t len, int rc, const uint8_t *res, size_t res_len, size_t chunk)
+			     size_t len, int rc, const struct rw_error *berr, const uint8_t *res,
+			     size_t res_len, size_t chunk)
 {
 	struct rw_buf head_out = { 0 };
 	struct rw_error err = { 0 };
 	struct pstream s;
 	struct sink k = { 0 };
-	size_t have = 0, off, used;
+	size_t have = 0, off, used, scan = 0;
 	long head = 0;
 	int r = 0;
 
 	while (head == 0) {
 		have = len - have < chunk ? len : have + chunk;
-		head = ps_head(ns, h, msg, have, len, &head_out);
+		head = ps_head(ns, h, msg, have, len, &scan, &head_out);
 		CHECK(head != 0 || have < len);
 	}
 	if (head < 0) {
@@ -436,7 +437,10 @@ static void check_put_stream(const struct rw_ns *ns, const struct rw_hooks *h, c
 	}
 	if (r < 0) {
 		CHECK(err.message != NULL && (err.grpc_status == 3 || err.grpc_status == 5));
-		CHECK(rc != 0 || strcmp(err.message, "etcdproxy: a large Put must carry its key once") == 0);
+		/* the buffered rewrite's own status and message, but for a second key */
+		if (strcmp(err.message, "etcdproxy: a large Put must carry its key once") != 0)
+			CHECK(rc != 0 && err.grpc_status == berr->grpc_status &&
+			      strcmp(err.message, berr->message) == 0);
 		CHECK(k.n < head_out.len + (len - (size_t)head)); /* the last byte never went on */
 	} else {
 		CHECK(r == 1 && rc == 0);
@@ -494,7 +498,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_stream(ns, h, msg, len, rc, out.data + sizeof(sentinel),
 			     out.len - sizeof(sentinel), len > 0 ? 1 + msg[len - 1] % 16 : 1);
 	if (!response && kind == RW_PUT)
-		check_put_stream(ns, h, msg, len, rc, out.data + sizeof(sentinel),
+		check_put_stream(ns, h, msg, len, rc, &err, out.data + sizeof(sentinel),
 				 out.len - sizeof(sentinel), len > 0 ? 1 + msg[len - 1] % 16 : 1);
 	if (rc != 0) {
 		CHECK(rc == -EINVAL || rc == -ENOENT || rc == -EPERM || rc == -EPROTO);

@@ -1202,14 +1202,14 @@ static long put_stream(const struct rw_hooks *h, const struct big *msg, size_t c
 {
 	struct rw_buf head_out = { 0 };
 	struct pstream s;
-	size_t have = 0, off, used;
+	size_t have = 0, off, used, scan = 0;
 	long head = 0;
 	int r = 0;
 
 	out->n = 0;
 	while (head == 0) {
 		have = msg->n - have < chunk ? msg->n : have + chunk;
-		head = ps_head(&ns_t, h, msg->d, have, msg->n, &head_out);
+		head = ps_head(&ns_t, h, msg->d, have, msg->n, &scan, &head_out);
 		assert_true(head != 0 || have < msg->n);
 	}
 	if (head < 0) {
@@ -1248,6 +1248,7 @@ static void test_put_stream(void **state UNUSED)
 	struct rw_hooks h = {hook_check, hook_visible, hook_granted, &ls};
 	struct big msg = { 0 }, out = { 0 };
 	struct rw_buf want = { 0 };
+	size_t scan;
 	struct rw_error err = { 0 };
 	static const struct {
 		const char *tail;
@@ -1334,9 +1335,20 @@ static void test_put_stream(void **state UNUSED)
 		/* a key with nothing after it: no last byte to hold back */
 		msg.n = 0;
 		big_hex(&msg, "0a0161");
-		assert_int_equal(ps_head(&ns_t, &h, msg.d, msg.n, msg.n, &want), -EAGAIN);
+		scan = 0;
+		assert_int_equal(ps_head(&ns_t, &h, msg.d, msg.n, msg.n, &scan, &want), -EAGAIN);
 		/* a key not yet whole: more bytes are wanted */
-		assert_int_equal(ps_head(&ns_t, &h, msg.d, 2, 100, &want), 0);
+		scan = 0;
+		assert_int_equal(ps_head(&ns_t, &h, msg.d, 2, 100, &scan, &want), 0);
+		/* fields before the key are read once: the next call goes on after them */
+		msg.n = 0;
+		big_hex(&msg, "2001 2800 0a0161");
+		scan = 0;
+		assert_int_equal(ps_head(&ns_t, &h, msg.d, 5, 1000, &scan, &want), 0);
+		assert_int_equal(scan, 4);
+		want.len = 0;
+		assert_int_equal(ps_head(&ns_t, &h, msg.d, msg.n, 1000, &scan, &want), 7);
+		assert_bytes(want.data, want.len, (const uint8_t *)"\x20\x01\x28\x00\x0a\x04/t/a", 10);
 	}
 	rw_buf_free(&want);
 	free(msg.d);
