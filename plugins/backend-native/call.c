@@ -626,7 +626,9 @@ struct put_stream {
  */
 static size_t put_queue(uint64_t left)
 {
-	return left + 64 < NATIVE_HIGH_WATER + 65536 ? (size_t)left + 64 : NATIVE_HIGH_WATER + 65536;
+	size_t most = NATIVE_HIGH_WATER + 65536;
+
+	return left + 64 < most ? (size_t)left + 64 : most;
 }
 
 static void ps_emit(void *ctx, const uint8_t *p, size_t len)
@@ -687,7 +689,7 @@ void call_put_data(struct call *c, const uint8_t *data, size_t len)
 	if (used < len)
 		bq_append(&c->req_in.buf, data + used, len - used);
 	if (c->n_unknown_leases > 0) {
-		/* the lease may be another worker's grant: the message completes once it is known */
+		/* maybe another worker's lease: the message completes once it is known */
 		bq_append(&c->held, &last, 1);
 		start_lookups(c);
 		return;
@@ -764,7 +766,6 @@ static int put_stream_start(struct call *c, size_t declared)
 	pool_free(first);
 	return 1;
 }
-
 
 static void local_answer(struct call *c)
 {

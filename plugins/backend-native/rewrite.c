@@ -1191,10 +1191,10 @@ long ps_head(const struct rw_ns *ns, const struct rw_hooks *hooks, const uint8_t
 		int r = ep_pb_next_field(&p, end, &f);
 
 		if (r <= 0) {
-			/* cut by what arrived so far, or malformed: wait while the head may still come */
-			return (size_t)(end - msg) < RW_STREAM_HEADER_MAX && (uint64_t)(end - msg) < len
-				       ? 0
-				       : -EAGAIN;
+			/* cut by what arrived so far, or malformed: wait while the head may come */
+			size_t got = (size_t)(end - msg);
+
+			return got < RW_STREAM_HEADER_MAX && (uint64_t)got < len ? 0 : -EAGAIN;
 		}
 		if ((size_t)(p - msg) > RW_STREAM_HEADER_MAX)
 			return -EAGAIN;
@@ -1226,6 +1226,11 @@ static int ps_fail(struct rw_error *err, int rc, int status, const char *message
 	err->grpc_status = status;
 	err->message = message;
 	return rc;
+}
+
+static int ps_malformed(struct rw_error *err)
+{
+	return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
 }
 
 /* Bytes just read go on, but for the message's last byte, which waits. */
@@ -1263,20 +1268,24 @@ int ps_feed(struct pstream *s, const uint8_t *in, size_t len, size_t *used, stru
 				       &length);
 			in++, len--, s->left--;
 			if (r < 0)
-				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+				return ps_malformed(err);
 			if (r == 0) {
 				if (s->left == 0)
-					return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+					return ps_malformed(err);
 				break;
 			}
-			if ((number == 1 && wire != EP_PB_LEN) || (number == 3 && wire != EP_PB_VARINT))
-				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+			if ((number == 1 && wire != EP_PB_LEN) ||
+			    (number == 3 && wire != EP_PB_VARINT))
+				return ps_malformed(err);
 			if (number == 1) /* its prefix would change the length already sent */
 				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT,
 					       "etcdproxy: a large Put must carry its key once");
-			s->run = wire == EP_PB_LEN ? length : wire == EP_PB_I64 ? 8 : wire == EP_PB_I32 ? 4 : 0;
+			s->run = wire == EP_PB_LEN   ? length
+				 : wire == EP_PB_I64 ? 8
+				 : wire == EP_PB_I32 ? 4
+						     : 0;
 			if (s->run > s->left || (wire == EP_PB_VARINT && s->left == 0))
-				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+				return ps_malformed(err);
 			ps_out(s, s->acc, s->acc_len);
 			s->acc_len = 0;
 			if (wire == EP_PB_VARINT) {
@@ -1297,13 +1306,13 @@ int ps_feed(struct pstream *s, const uint8_t *in, size_t len, size_t *used, stru
 		case PS_VARINT:
 			/* at most 10 bytes, the 10th 0 or 1, as ep_pb_get_varint() reads them */
 			if (s->run >= 10 || (s->run == 9 && *in > 1))
-				return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+				return ps_malformed(err);
 			s->value |= (uint64_t)(*in & 0x7f) << (7 * s->run);
 			s->run++;
 			in++, len--, s->left--;
 			if (in[-1] >= 0x80) {
 				if (s->left == 0)
-					return ps_fail(err, -EINVAL, ST_INVALID_ARGUMENT, MSG_BAD_REQUEST);
+					return ps_malformed(err);
 				ps_out(s, in - 1, 1);
 				break;
 			}

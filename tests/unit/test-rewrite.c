@@ -1256,13 +1256,13 @@ static void test_put_stream(void **state UNUSED)
 		const char *message;
 		int buffered_accepts;
 	} refused[] = {
-		{ "1808", -ENOENT, 5, MSG_NO_LEASE, 0 },             /* a foreign lease after the value */
-		{ "1807 1808", -ENOENT, 5, MSG_NO_LEASE, 0 },        /* every occurrence is checked */
+		{ "1808", -ENOENT, 5, MSG_NO_LEASE, 0 },      /* a foreign lease after the value */
+		{ "1807 1808", -ENOENT, 5, MSG_NO_LEASE, 0 }, /* every occurrence is checked */
 		{ "0a0162", -EINVAL, 3, "etcdproxy: a large Put must carry its key once", 1 },
 		{ "0801", -EINVAL, 3, MSG_BAD_REQUEST, 0 },          /* a key that is a varint */
 		{ "1a0107", -EINVAL, 3, MSG_BAD_REQUEST, 0 },        /* a lease that is bytes */
-		{ "220a 0000", -EINVAL, 3, MSG_BAD_REQUEST, 0 },     /* a field longer than the message */
-		{ "28 8080808080808080808001", -EINVAL, 3, MSG_BAD_REQUEST, 0 }, /* an 11-byte varint */
+		{ "220a 0000", -EINVAL, 3, MSG_BAD_REQUEST, 0 },     /* longer than the message */
+		{ "28 808080808080808080 8001", -EINVAL, 3, MSG_BAD_REQUEST, 0 }, /* 11 bytes */
 		{ "28 80", -EINVAL, 3, MSG_BAD_REQUEST, 0 },         /* a varint cut by the end */
 		{ "80", -EINVAL, 3, MSG_BAD_REQUEST, 0 },            /* a tag cut by the end */
 		{ "00", -EINVAL, 3, MSG_BAD_REQUEST, 0 },            /* field number 0 */
@@ -1273,7 +1273,7 @@ static void test_put_stream(void **state UNUSED)
 	for (int lease_first = 0; lease_first < 2; lease_first++) {
 		msg.n = 0;
 		if (lease_first)
-			big_hex(&msg, "18feffffffffffffffff01"); /* -2: a 10-byte varint in the head */
+			big_hex(&msg, "18feffffffffffffffff01"); /* -2: 10 bytes, in the head */
 		big_hex(&msg, "0a0161");
 		big_value(&msg, "12", 200000);
 		big_hex(&msg, "1807 2001 9a06056c61746572 9106 3132333435363738 3001");
@@ -1297,7 +1297,8 @@ static void test_put_stream(void **state UNUSED)
 			err.grpc_status = 0;
 			err.message = NULL;
 			ls.nchecked = 0;
-			assert_int_equal(put_stream(&h, &msg, chunks[c], &out, &err), refused[i].rc);
+			assert_int_equal(put_stream(&h, &msg, chunks[c], &out, &err),
+					 refused[i].rc);
 			assert_int_equal(err.grpc_status, refused[i].status);
 			assert_string_equal(err.message, refused[i].message);
 			assert_true(out.n < msg.n + 3); /* the whole message never went on */
@@ -1348,7 +1349,8 @@ static void test_put_stream(void **state UNUSED)
 		assert_int_equal(scan, 4);
 		want.len = 0;
 		assert_int_equal(ps_head(&ns_t, &h, msg.d, msg.n, 1000, &scan, &want), 7);
-		assert_bytes(want.data, want.len, (const uint8_t *)"\x20\x01\x28\x00\x0a\x04/t/a", 10);
+		assert_bytes(want.data, want.len,
+			     (const uint8_t *)"\x20\x01\x28\x00\x0a\x04/t/a", 10);
 	}
 	rw_buf_free(&want);
 	free(msg.d);
