@@ -233,6 +233,36 @@ def test_large_put(s, t):
                 ('ended' if how == 'end' else 'reset'))
     a.delete_prefix('bigput/')
 
+    # more Puts at once than a worker streams (16): the others wait whole, all are written
+    msgs = {'bigput/many/%02d' % i: os.urandom(300 * 1024) for i in range(18)}
+    conns, sids = [H2(t.pa), H2(t.pa)], {}
+    try:
+        for c in conns:
+            c.pump(0.3)
+        for i, (k, val) in enumerate(sorted(msgs.items())):
+            c = conns[i % 2]  # within each connection's 4 MiB window, no WINDOW_UPDATE needed
+            body = grpc_msg(pb_bytes(1, k.encode()) + pb_bytes(2, val))
+            sid = c.request('/etcdserverpb.KV/Put', body=None, end=False)
+            sids[k] = (c, sid, body)
+            for j in range(0, 6 * 16384, 16384):  # 96 KiB: the head, and a start
+                c.data(sid, body[j:j + 16384])
+        for c in conns:
+            c.pump(0.3)
+        for k, (c, sid, body) in sids.items():
+            for j in range(6 * 16384, len(body), 16384):
+                c.data(sid, body[j:j + 16384])
+            c.data(sid, b'', end=True)
+        done = [c.wait_stream(sid) for c, sid, _ in sids.values()]
+        codes = [(d.grpc_status, d.header('grpc-message')) for d in done]
+    finally:
+        for c in conns:
+            c.close()
+    core = {k: t.core_client.get('/a/' + k)[0] for k in msgs}  # one by one: 5 MB in all
+    s.check(len(codes) == len(msgs) and all(code == 0 for code, _ in codes) and core == msgs,
+            '18 Puts of 300 KiB sent at once over two connections (16 stream, the others wait '
+            'whole): all answered OK and in the core byte for byte', (codes, sorted(core)))
+    a.delete_prefix('bigput/')
+
 
 def test_txn(s, t):
     a, b = t.a, t.b
