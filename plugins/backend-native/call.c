@@ -615,8 +615,9 @@ static size_t stream_queue(uint64_t left)
  */
 struct put_stream {
 	struct pstream ps;
-	uint8_t *head; /* the message's head as the client sent it, for the audit record */
+	uint8_t *head; /* the message's head as the client sent it: the audit record, the quota */
 	size_t head_len;
+	int whole;     /* all but its last byte went on: it waits for the quota */
 };
 
 /*
@@ -656,7 +657,7 @@ static void put_stream_audit(struct call *c)
 	uint8_t *msg;
 	size_t len;
 
-	if (c->n->audit == NULL || c->audit != NULL || ps->head == NULL)
+	if (c->n->audit == NULL || c->audit != NULL)
 		return;
 	msg = pool_alloc(ps->head_len + 11);
 	memcpy(msg, ps->head, ps->head_len);
@@ -668,26 +669,28 @@ static void put_stream_audit(struct call *c)
 	pool_free(msg);
 }
 
-/* Bytes of a streamed Put.  What follows its message (a client's error) goes to req_in. */
-void call_put_data(struct call *c, const uint8_t *data, size_t len)
+/*
+ * A streamed Put whole but for its last byte: the quota admits it (a tenant
+ * whose quota counts writes; it may wait, and call_quota_resumed() comes back
+ * here), the leases it named are looked up, and the last byte goes on.
+ */
+static void put_stream_finish(struct call *c)
 {
-	struct rw_error err = { 0 };
-	size_t used = 0;
+	struct put_stream *ps = c->ps;
 	uint8_t last;
-	int r = ps_feed(&c->ps->ps, data, len, &used, &err);
+	int r;
 
-	if (r == 0)
-		return;
-	put_stream_audit(c);
-	last = c->ps->ps.last;
-	put_stream_free(c);
-	if (r < 0) {
-		call_finish(c, err.grpc_status ? err.grpc_status : 13,
-			    err.message ? err.message : "etcdproxy: cannot rewrite the request");
-		return;
+	if (c->n->quota != NULL) {
+		r = quota_admit_put(c->n->quota, c, ps->head, ps->head_len, ps->ps.value_len,
+				    ps->ps.ignore_value);
+		if (r < 0) /* refused: no audit line, as for a buffered one */
+			put_stream_free(c);
+		if (r <= 0)
+			return;
 	}
-	if (used < len)
-		bq_append(&c->req_in.buf, data + used, len - used);
+	put_stream_audit(c);
+	last = ps->ps.last;
+	put_stream_free(c);
 	if (c->n_unknown_leases > 0) {
 		/* maybe another worker's lease: the message completes once it is known */
 		bq_append(&c->held, &last, 1);
@@ -697,11 +700,37 @@ void call_put_data(struct call *c, const uint8_t *data, size_t len)
 	bq_append(&c->up_out, &last, 1);
 }
 
+/* Bytes of a streamed Put.  What follows its message (a client's error) goes to req_in. */
+void call_put_data(struct call *c, const uint8_t *data, size_t len)
+{
+	struct rw_error err = { 0 };
+	size_t used = 0;
+	int r;
+
+	if (c->ps->whole) {
+		bq_append(&c->req_in.buf, data, len);
+		return;
+	}
+	r = ps_feed(&c->ps->ps, data, len, &used, &err);
+	if (r == 0)
+		return;
+	if (r < 0) {
+		put_stream_audit(c);
+		put_stream_free(c);
+		call_finish(c, err.grpc_status ? err.grpc_status : 13,
+			    err.message ? err.message : "etcdproxy: cannot rewrite the request");
+		return;
+	}
+	if (used < len)
+		bq_append(&c->req_in.buf, data + used, len - used);
+	c->ps->whole = 1;
+	put_stream_finish(c);
+}
+
 /*
  * Start streaming the Put whose gRPC prefix (of DECLARED bytes) and first
  * bytes are in req_in: 1 when it streams (or the call ended), 0 when the
- * buffered path goes on.  Not for a tenant whose quota counts writes: its
- * check needs the whole message.
+ * buffered path goes on.
  */
 static int put_stream_start(struct call *c, size_t declared)
 {
@@ -715,8 +744,7 @@ static int put_stream_start(struct call *c, size_t declared)
 	long head;
 
 	if (c->ps != NULL || c->ps_off || c->m->kind != RW_PUT || declared < NATIVE_STREAM_MIN ||
-	    have < 5 || c->up_submitted || quota_counts_writes(n->quota) ||
-	    n->put_streams >= NATIVE_PUT_STREAMS)
+	    have < 5 || c->up_submitted || n->put_streams >= NATIVE_PUT_STREAMS)
 		return 0;
 	p = in->data + in->off;
 	if (p[0] != 0) {
@@ -736,13 +764,11 @@ static int put_stream_start(struct call *c, size_t declared)
 	}
 	c->ps = pool_alloc(sizeof(*c->ps));
 	n->put_streams++;
-	c->ps->head = NULL;
-	c->ps->head_len = 0;
-	if (n->audit != NULL && c->m->path != NULL) {
-		c->ps->head = pool_alloc((size_t)head);
-		memcpy(c->ps->head, p + 5, (size_t)head);
-		c->ps->head_len = (size_t)head;
-	}
+	n->counters.puts_streamed++;
+	c->ps->head = pool_alloc((size_t)head);
+	memcpy(c->ps->head, p + 5, (size_t)head);
+	c->ps->head_len = (size_t)head;
+	c->ps->whole = 0;
 	ps_init(&c->ps->ps, &c->hooks, declared - (size_t)head, ps_emit, c);
 	rl_charge(n->rl, declared);
 	bq_reserve(&c->up_out, put_queue(5 + out_len));
@@ -979,6 +1005,11 @@ void call_quota_resumed(struct call *c)
 	c->waiting_lookup = 0;
 	if (c->finished || c->local_status >= 0 || c->dc == NULL)
 		return;
+	if (c->ps != NULL && c->ps->whole) {
+		put_stream_finish(c);
+		if (c->ps != NULL || c->finished || c->local_status >= 0)
+			return; /* it waits again, or it was refused */
+	}
 	call_process(c);
 }
 
@@ -1011,7 +1042,7 @@ void call_request_end(struct call *c)
 	c->down_eos = 1;
 	if (c->finished || c->local_status >= 0)
 		return;
-	if (c->ps != NULL) {
+	if (c->ps != NULL && !c->ps->whole) {
 		/* no audit line: as for a buffered message that never completed */
 		put_stream_free(c);
 		call_finish(c, 13, "etcdproxy: the request ended inside a message");

@@ -279,6 +279,7 @@ static char *native_counters(void *state)
 	cJSON_AddNumberToObject(o, "bytes_out", (double)k->bytes_out);
 	cJSON_AddNumberToObject(o, "active_streams", (double)k->active_streams);
 	cJSON_AddNumberToObject(o, "upstream_errors", (double)k->upstream_errors);
+	cJSON_AddNumberToObject(o, "puts_streamed", (double)k->puts_streamed);
 	cJSON_AddNumberToObject(o, "tls_handshakes", (double)k->tls_handshakes);
 	cJSON_AddNumberToObject(o, "tls_handshake_failures", (double)k->tls_handshake_failures);
 	fails = cJSON_AddObjectToObject(o, "tls_failures");

@@ -151,6 +151,7 @@ struct native_counters {
 	uint64_t tls_failures[TLS_FAIL_N];
 	uint64_t bytes_in, bytes_out;
 	uint64_t upstream_errors;
+	uint64_t puts_streamed; /* large Puts forwarded as they arrived (call.c) */
 	uint64_t active_streams;
 	uint64_t active_watch_streams;
 	uint64_t latency_us_buckets[NATIVE_LATENCY_BUCKETS];

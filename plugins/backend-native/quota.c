@@ -316,11 +316,11 @@ int quota_counts_writes(const struct quota *q)
 	return q != NULL && (q->max_keys > 0 || q->max_bytes > 0);
 }
 
+static int admit(struct quota *q, struct call *c, struct usage_delta d);
+
 int quota_admit(struct quota *q, struct call *c, const uint8_t *msg, size_t len)
 {
 	struct usage_delta d;
-	char why[400];
-	int over;
 
 	if (c->m->kind == RW_LEASE_GRANT) {
 		if (q->max_leases == 0 || c->q_leases)
@@ -346,6 +346,31 @@ int quota_admit(struct quota *q, struct call *c, const uint8_t *msg, size_t len)
 	}
 	if (usage_request_delta(&q->u, c->m->kind, msg, len, &d) < 0)
 		return 1; /* malformed: the core etcd refuses it with its own error */
+	return admit(q, c, d);
+}
+
+int quota_admit_put(struct quota *q, struct call *c, const uint8_t *head, size_t head_len,
+		    int64_t value_len, int ignore_value)
+{
+	struct usage_delta d;
+
+	if (c->q_reserved || (q->max_keys == 0 && q->max_bytes == 0))
+		return 1;
+	if (q->state != Q_READY) {
+		wait_for(q, c);
+		return 0;
+	}
+	if (usage_put_delta(&q->u, head, head_len, value_len, ignore_value, &d) < 0)
+		return 1; /* malformed: the core etcd refuses it with its own error */
+	return admit(q, c, d);
+}
+
+/* A write that adds D at worst, the usage counted: 1 reserved, 0 it waits, -1 refused. */
+static int admit(struct quota *q, struct call *c, struct usage_delta d)
+{
+	char why[400];
+	int over;
+
 	over = (q->max_keys > 0 && d.keys > 0 && q->u.keys + q->res_keys + d.keys > q->max_keys) ||
 	       (q->max_bytes > 0 && d.bytes > 0 && q->u.bytes + q->res_bytes + d.bytes > q->max_bytes);
 	if (over && !c->q_decide && q->seen_rev > q->u.rev) {

@@ -48,6 +48,14 @@ void quota_close(struct quota *q, void (*done)(void *ctx), void *ctx);
  * message stays in the reader), -1 refused (the call is finished).
  */
 int quota_admit(struct quota *q, struct call *c, const uint8_t *msg, size_t len);
+/*
+ * The same for a large Put that streamed (call.c): HEAD, its fields up to its
+ * key as the client sent them, and the last value length and ignore_value
+ * after the head (-1: none), as usage_put_delta() takes them.  Asked once the
+ * message is whole but for its last byte, so that a refused one never completes.
+ */
+int quota_admit_put(struct quota *q, struct call *c, const uint8_t *head, size_t head_len,
+		    int64_t value_len, int ignore_value);
 /* 1 when the tenant's writes are counted against maxKeys or maxBytes (q may be NULL) */
 int quota_counts_writes(const struct quota *q);
 /* The core etcd's answer to an admitted write (before rewriting). */

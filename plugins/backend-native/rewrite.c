@@ -1217,6 +1217,8 @@ void ps_init(struct pstream *s, const struct rw_hooks *hooks, uint64_t rest,
 	s->hooks = hooks;
 	s->state = PS_FIELD;
 	s->left = rest;
+	s->value_len = -1;
+	s->ignore_value = -1;
 	s->emit = emit;
 	s->ctx = ctx;
 }
@@ -1288,8 +1290,10 @@ int ps_feed(struct pstream *s, const uint8_t *in, size_t len, size_t *used, stru
 				return ps_malformed(err);
 			ps_out(s, s->acc, s->acc_len);
 			s->acc_len = 0;
+			if (number == 2 && wire == EP_PB_LEN) /* the last one is the value */
+				s->value_len = (int64_t)length;
 			if (wire == EP_PB_VARINT) {
-				s->lease_field = number == 3;
+				s->varint = number;
 				s->value = 0;
 				s->state = PS_VARINT;
 			} else if (s->run > 0) {
@@ -1318,7 +1322,9 @@ int ps_feed(struct pstream *s, const uint8_t *in, size_t len, size_t *used, stru
 			}
 			s->run = 0;
 			s->state = PS_FIELD;
-			if (s->lease_field) {
+			if (s->varint == 5)
+				s->ignore_value = s->value != 0;
+			if (s->varint == 3) {
 				s->lease = (int64_t)s->value;
 				s->lease_named = 1;
 				if (s->value != 0 && h && h->lease_check &&

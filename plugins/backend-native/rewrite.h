@@ -208,7 +208,7 @@ void rs_free(struct rstream *s);
 enum ps_state {
 	PS_FIELD,  /* a field begins */
 	PS_COPY,   /* a field passed on as it comes */
-	PS_VARINT, /* a varint passed on (and read, for the lease) */
+	PS_VARINT, /* a varint passed on (and read: a lease, ignore_value) */
 };
 
 struct pstream {
@@ -216,10 +216,12 @@ struct pstream {
 	enum ps_state state;
 	uint64_t left;     /* message bytes not yet read */
 	uint64_t run;      /* bytes left of the field being copied, or of the varint read */
-	uint64_t value;    /* the lease being read */
-	int lease_field;   /* the varint is a lease (field 3) */
+	uint64_t value;    /* the varint being read */
+	uint32_t varint;   /* its field number */
 	int64_t lease;     /* the last lease the message named after its head */
 	int lease_named;   /* it named one there (maybe 0: no lease) */
+	int64_t value_len; /* the length of its last value after the head; -1: none there */
+	int ignore_value;  /* its last ignore_value after the head (0 or 1); -1: none there */
 	uint8_t acc[24];   /* a tag and a length being read */
 	size_t acc_len;
 	uint8_t last;      /* the message's last byte, held back (set when ps_feed() returns 1) */

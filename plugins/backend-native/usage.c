@@ -137,8 +137,12 @@ int64_t usage_value_size(const struct usage *u, const uint8_t *key, size_t klen)
 
 /* ---- what a request adds ------------------------------------------------------------------ */
 
-/* PutRequest: key 1, value 2, ignore_value 5. */
-static int put_delta(const struct usage *u, const uint8_t *msg, size_t len, struct usage_delta *d)
+/*
+ * PutRequest: key 1, value 2, ignore_value 5; value_len and ignore_value, when
+ * not -1, are the message's last ones (usage_put_delta()).
+ */
+static int put_delta(const struct usage *u, const uint8_t *msg, size_t len, int64_t value_len,
+		     int ignore_value_after, struct usage_delta *d)
 {
 	const uint8_t *p = msg, *end = msg + len, *key = (const uint8_t *)"";
 	size_t klen = 0, vlen = 0;
@@ -158,6 +162,10 @@ static int put_delta(const struct usage *u, const uint8_t *msg, size_t len, stru
 	}
 	if (r < 0)
 		return -1;
+	if (value_len >= 0)
+		vlen = (size_t)value_len;
+	if (ignore_value_after >= 0)
+		ignore_value = ignore_value_after;
 	old = usage_value_size(u, key, klen);
 	if (old < 0) {
 		d->keys += 1;
@@ -190,7 +198,7 @@ static int branch_delta(const struct usage *u, const uint8_t *msg, size_t len, u
 		while ((r = ep_pb_next_field(&q, qend, &op)) > 0) {
 			if (op.wire != EP_PB_LEN)
 				continue;
-			if (op.number == 2 && put_delta(u, op.data, op.len, d) < 0)
+			if (op.number == 2 && put_delta(u, op.data, op.len, -1, -1, d) < 0)
 				return -1;
 			if (op.number == 4 && txn_delta(u, op.data, op.len, depth + 1, d) < 0)
 				return -1;
@@ -222,10 +230,17 @@ int usage_request_delta(const struct usage *u, enum rw_kind kind, const uint8_t 
 {
 	d->keys = d->bytes = 0;
 	if (kind == RW_PUT)
-		return put_delta(u, msg, len, d);
+		return put_delta(u, msg, len, -1, -1, d);
 	if (kind == RW_TXN)
 		return txn_delta(u, msg, len, 0, d);
 	return 0;
+}
+
+int usage_put_delta(const struct usage *u, const uint8_t *head, size_t len, int64_t value_len,
+		    int ignore_value, struct usage_delta *d)
+{
+	d->keys = d->bytes = 0;
+	return put_delta(u, head, len, value_len, ignore_value, d);
 }
 
 /* ---- what the core etcd says -------------------------------------------------------------- */

@@ -49,6 +49,14 @@ int64_t usage_value_size(const struct usage *u, const uint8_t *key, size_t klen)
  */
 int usage_request_delta(const struct usage *u, enum rw_kind kind, const uint8_t *msg, size_t len,
 			struct usage_delta *d);
+/*
+ * The same for a PutRequest that streams (a large Put, rewrite.h's pstream):
+ * HEAD is its fields up to its key; VALUE_LEN and IGNORE_VALUE are the last
+ * value length and ignore_value that came after the head, -1 for none (the
+ * head's then count).  Sets *d; 0, or -1 when the head is malformed.
+ */
+int usage_put_delta(const struct usage *u, const uint8_t *head, size_t len, int64_t value_len,
+		    int ignore_value, struct usage_delta *d);
 
 /*
  * A page of the count: a RangeResponse of keys under the prefix (strip bytes

@@ -35,6 +35,7 @@
 
 #include "pb.h"
 #include "rewrite.h"
+#include "usage.h"
 
 #define CHECK(cond)                                                                                \
 	do {                                                                                       \
@@ -402,6 +403,31 @@ static void check_stream(const struct rw_ns *ns, const struct rw_hooks *h, const
  * rewrite accepts it, with the same bytes; refused where that refuses it, or
  * for a second key; never with its last byte passed on.
  */
+/*
+ * What the quota reserves for a streamed Put (its head, and the value length
+ * and ignore_value the stream saw after it) is what it reserves for the whole
+ * message: with the key new, and with it present (ignore_value then counts).
+ */
+static void check_put_quota(const uint8_t *msg, size_t len, size_t head, const struct pstream *s)
+{
+	const uint8_t *p = msg;
+	struct ep_pb_field f = { 0 };
+	struct usage u;
+	struct usage_delta whole, streamed;
+
+	while (ep_pb_next_field(&p, msg + head, &f) > 0 && f.number != 1)
+		;
+	CHECK(f.number == 1 && f.wire == EP_PB_LEN && p == msg + head); /* it ends with its key */
+	usage_init(&u);
+	for (int present = 0; present < 2; present++) {
+		CHECK(usage_request_delta(&u, RW_PUT, msg, len, &whole) == 0);
+		CHECK(usage_put_delta(&u, msg, head, s->value_len, s->ignore_value, &streamed) == 0);
+		CHECK(whole.keys == streamed.keys && whole.bytes == streamed.bytes);
+		usage_put(&u, f.data, f.len, 1);
+	}
+	usage_free(&u);
+}
+
 static void check_put_stream(const struct rw_ns *ns, const struct rw_hooks *h, const uint8_t *msg,
 			     size_t len, int rc, const struct rw_error *berr, const uint8_t *res,
 			     size_t res_len, size_t chunk)
@@ -446,6 +472,7 @@ static void check_put_stream(const struct rw_ns *ns, const struct rw_hooks *h, c
 		CHECK(r == 1 && rc == 0);
 		sink_emit(&k, &s.last, 1);
 		CHECK(k.n == res_len && memcmp(k.d, res, res_len) == 0);
+		check_put_quota(msg, len, (size_t)head, &s);
 	}
 	rw_buf_free(&head_out);
 	free(k.d);

@@ -86,7 +86,8 @@ if [ "$target" = h2server ]; then
 fi
 
 "$cc" "${fuzz_cflags[@]}" -o "$work/fuzz-rewrite" \
-	"$here/fuzz-rewrite.c" "$top/plugins/backend-native/rewrite.c"
+	"$here/fuzz-rewrite.c" "$top/plugins/backend-native/rewrite.c" \
+	"$top/plugins/backend-native/usage.c"
 
 # Seeds: doc/wire.md section 8 (examples A to G), prefix "/t/" (selector bits 5-6 = 0).
 # Selector = kind | 0x10 for responses | 0x80 for lease hooks.

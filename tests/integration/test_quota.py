@@ -21,6 +21,9 @@
   - a reload that changes only spec.quota or spec.rateLimit reaches the running worker without
     a restart (same pid, an open watch goes on): a raised limit, a quota removed and added
     again, a rate limit added;
+  - Puts of 256 KiB and more, which stream, are judged as small ones are, once all but their
+    last byte went on: past maxBytes or maxKeys refused with nothing written, a value that
+    grows counted by its growth, a lease after the value, and right after kill -9;
   - spec.quota on the etcd backend is refused."""
 
 import os
@@ -165,6 +168,84 @@ def test_restart(s, t):
         s.check(r.returncode == 0, 'a key up to the limit goes in', r.stderr)
     r = put(port, 'over', 'v')
     s.check(refused(r, 'maxKeys 5'), 'the limit holds after the restart', r.stderr)
+
+
+def test_large_puts(s, t):
+    """Puts of 256 KiB and more stream (doc/native-backend.md, "Large messages"): the quota
+    judges them once all but their last byte went on, exactly as it judges small ones."""
+    port = t.ports['g']
+    c = eptest.etcd3_client(port)
+    core = eptest.etcd3_client(t.core.port)
+    streamed = t.sv.counters('g').get('puts_streamed', 0)
+    kib = 1024
+
+    def big(key, size, lease=None):
+        v = os.urandom(size)
+        try:
+            c.put(key, v, lease=lease)
+            return v, None
+        except Exception as e:  # noqa: BLE001 - the error is what is checked
+            return v, str(e)
+
+    def in_core(key):
+        return core.get('/g/' + key)[0]
+
+    try:
+        # maxKeys 3, maxBytes 2,500,000: key plus value as the tenant sees them
+        v1, e = big('v1', 900 * kib)
+        s.require_check(e is None and in_core('v1') == v1, 'a 900 KiB put goes in', e)
+        v2, e = big('v2', 900 * kib)
+        s.require_check(e is None and in_core('v2') == v2, 'a second one: 1,843,204 bytes', e)
+        v, e = big('v3', 800 * kib)
+        s.check(e is not None and 'etcdproxy: quota: maxBytes 2500000 exceeded' in e and
+                'uses 1843204 bytes' in e and 'adds up to 819202 bytes' in e,
+                'an 800 KiB put past maxBytes is refused: RESOURCE_EXHAUSTED, naming the usage '
+                'and the request\'s size', e)
+        s.check(in_core('v3') is None, 'and the core etcd does not have it')
+        v3, e = big('v3', 300 * kib)
+        s.check(e is None and in_core('v3') == v3, 'a 300 KiB one fits: 3 keys, 2,150,406 bytes',
+                e)
+        v, e = big('v4', 300 * kib)
+        s.check(e is not None and 'etcdproxy: quota: maxKeys 3 reached' in e and
+                'the tenant has 3 keys' in e, 'a 4th key of 300 KiB is refused: maxKeys 3', e)
+        s.check(in_core('v4') is None, 'and the core etcd does not have it')
+        v1, e = big('v1', 1100 * kib)
+        s.check(e is None and in_core('v1') == v1,
+                'a value that grows by 200 KiB within maxBytes goes in', e)
+        v, e = big('v2', 1200 * kib)
+        s.check(e is not None and 'maxBytes 2500000 exceeded' in e and
+                'adds up to 307200 bytes' in e,
+                'one that grows by 300 KiB past maxBytes is refused, counting its growth only', e)
+        s.check(in_core('v2') == v2, 'and the core etcd keeps the old value')
+        lease = c.lease(60)
+        v3, e = big('v3', 300 * kib, lease=lease)
+        s.check(e is None and in_core('v3') == v3, 'a put over an existing key with a lease (the '
+                'lease comes after the value) goes in at the limit', e)
+        meta = core.get('/g/v3')[1]
+        s.eq(meta.lease_id if meta else None, lease.id, 'with the lease, in the core etcd')
+        s.check(wait_until(lambda: t.sv.counters('g').get('puts_streamed', 0) - streamed == 8,
+                           15, 0.3),
+                'all 8 puts streamed (etcdproxyctl show: puts_streamed), refused ones too',
+                t.sv.counters('g'))
+        s.check(wait_until(lambda: (t.sv.counters('g').get('quota_keys'),
+                                    t.sv.counters('g').get('quota_bytes')) ==
+                           (3, 2 + 1100 * kib + 2 + 900 * kib + 2 + 300 * kib), 15, 0.3),
+                'usage: 3 keys and 2,355,206 bytes', t.sv.counters('g'))
+        # a new worker counts before it admits: a large put right after kill -9 waits for that
+        pid = t.sv.tenant('g')['pid']
+        os.kill(pid, signal.SIGKILL)
+        c.close()
+        c = eptest.etcd3_client(port)
+        v, e = big('v5', 300 * kib)
+        s.check(e is not None and 'maxKeys 3 reached' in e,
+                'right after kill -9 of the worker, a 4th key of 300 KiB is still refused', e)
+        v, e = big('v2', 1200 * kib)
+        s.check(e is not None and 'maxBytes 2500000 exceeded' in e,
+                'and so is a value past maxBytes', e)
+        s.check(in_core('v5') is None and in_core('v2') == v2, 'the core etcd has neither')
+    finally:
+        c.close()
+        core.close()
 
 
 def race(ports, writers, tries, prefix):
@@ -344,6 +425,8 @@ def body(s):
         'm': t.sv.add_tenant('m', backend='native', spec_extra={'quota': {'maxKeys': 30}}),
         'l': t.sv.add_tenant('l', backend='native', spec_extra={'quota': {'maxLeases': 2}}),
         'v': t.sv.add_tenant('v', backend='native', spec_extra={'quota': {'maxKeys': 2}}),
+        'g': t.sv.add_tenant('g', backend='native',
+                             spec_extra={'quota': {'maxKeys': 3, 'maxBytes': 2500000}}),
     }
     t.ports2 = {'m': t.sv2.add_tenant('m', backend='native',
                                       spec_extra={'quota': {'maxKeys': 30}})}
@@ -359,10 +442,10 @@ def body(s):
     t.sv2.start()
     t.sv3.start()
     t.sv3.wait_ready('c')
-    t.sv.wait_ready('a', 'b', 'x', 'o', 'r', 'm', 'l', 'v')
+    t.sv.wait_ready('a', 'b', 'x', 'o', 'r', 'm', 'l', 'v', 'g')
     t.sv2.wait_ready('m')
     for fn in (test_keys_boundary, test_bytes_boundary, test_txn, test_outside_writes,
-               test_restart, test_race_one_worker, test_two_workers, test_leases, test_visible,
+               test_restart, test_large_puts, test_race_one_worker, test_two_workers, test_leases, test_visible,
                test_reload_live, test_connection_lost, test_refused_on_etcd):
         s.run(fn, s, t)
     s.eq(t.sv3.stop(), 0, 'the third etcdproxyd exits 0 on SIGTERM')

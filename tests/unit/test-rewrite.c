@@ -1197,6 +1197,8 @@ static void big_value(struct big *b, const char *tag_hex, size_t n)
  * what went on, and the held last byte), ps_head()'s -EAGAIN, or ps_feed()'s
  * refusal (OUT: what went on before it).
  */
+static struct pstream last_ps; /* put_stream()'s, at its end */
+
 static long put_stream(const struct rw_hooks *h, const struct big *msg, size_t chunk,
 		       struct big *out, struct rw_error *err)
 {
@@ -1232,6 +1234,7 @@ static long put_stream(const struct rw_hooks *h, const struct big *msg, size_t c
 	}
 	assert_int_equal(r, 1);
 	big_add(out, &s.last, 1); /* held back until here: never emitted */
+	last_ps = s;
 	return 1;
 }
 
@@ -1285,7 +1288,40 @@ static void test_put_stream(void **state UNUSED)
 			assert_bytes(out.d, out.n, want.data, want.len);
 			assert_int_equal(ls.nchecked, 1 + lease_first);
 			assert_int_equal(ls.checked[lease_first], 7);
+			assert_int_equal(last_ps.value_len, 200000);
+			assert_int_equal(last_ps.ignore_value, -1);
 		}
+	}
+
+	/* the last value and ignore_value after the head, for the quota (usage_put_delta) */
+	{
+		static const struct {
+			const char *head, *tail;
+			int64_t value_len;
+			int ignore_value;
+		} seen[] = {
+			{ "0a0161", "2801", 100000, 1 },
+			{ "0a0161", "2801 2800", 100000, 0 },
+			{ "0a0161", "1203616263", 3, -1 },  /* a second value: the last counts */
+			{ "1203616263 0a0161", "", 100000, -1 },
+			{ "2801 0a0161", "2800", 100000, 0 },
+		};
+
+		for (size_t i = 0; i < sizeof(seen) / sizeof(seen[0]); i++) {
+			msg.n = 0;
+			big_hex(&msg, seen[i].head);
+			big_value(&msg, "12", 100000);
+			big_hex(&msg, seen[i].tail);
+			assert_int_equal(put_stream(&h, &msg, 7, &out, &err), 1);
+			assert_int_equal(last_ps.value_len, seen[i].value_len);
+			assert_int_equal(last_ps.ignore_value, seen[i].ignore_value);
+		}
+		/* no value after the head: the head's counts */
+		msg.n = 0;
+		big_hex(&msg, "1203616263 0a0161");
+		big_value(&msg, "9a06", 100000);
+		assert_int_equal(put_stream(&h, &msg, 1000, &out, &err), 1);
+		assert_int_equal(last_ps.value_len, -1);
 	}
 
 	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {

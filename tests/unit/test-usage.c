@@ -234,6 +234,40 @@ static void test_put_delta(void **state)
 	assert_int_equal(usage_request_delta(&U, RW_PUT, m.d, m.len, &d), -1);
 }
 
+/* A streamed Put: its head (up to its key), and the value length and ignore_value after it. */
+static void test_put_stream_delta(void **state)
+{
+	struct msg head = { .len = 0 };
+	struct usage_delta d;
+
+	(void)state;
+	m_str(&head, 1, "big");
+	assert_int_equal(usage_put_delta(&U, head.d, head.len, 300000, -1, &d), 0);
+	assert_int_equal(d.keys, 1);
+	assert_int_equal(d.bytes, 300003);
+	put("big", "vv");
+	assert_int_equal(usage_put_delta(&U, head.d, head.len, 300000, 0, &d), 0);
+	assert_int_equal(d.keys, 0);
+	assert_int_equal(d.bytes, 299998); /* the growth only */
+	assert_int_equal(usage_put_delta(&U, head.d, head.len, 300000, 1, &d), 0);
+	assert_int_equal(d.keys + d.bytes, 0); /* ignore_value after the value: it is kept */
+	/* a value in the head counts unless one came after it; the last ignore_value counts */
+	head.len = 0;
+	m_str(&head, 2, "vvvvvv");
+	m_uint(&head, 5, 1);
+	m_str(&head, 1, "big");
+	assert_int_equal(usage_put_delta(&U, head.d, head.len, -1, 0, &d), 0);
+	assert_int_equal(d.bytes, 4);
+	assert_int_equal(usage_put_delta(&U, head.d, head.len, -1, -1, &d), 0);
+	assert_int_equal(d.bytes, 0);
+	assert_int_equal(usage_put_delta(&U, head.d, head.len, 10, -1, &d), 0);
+	assert_int_equal(d.bytes, 0);
+	assert_int_equal(usage_put_delta(&U, head.d, head.len, 10, 0, &d), 0);
+	assert_int_equal(d.bytes, 8);
+	head.d[0] = 0xff; /* a malformed head is left to etcd */
+	assert_int_equal(usage_put_delta(&U, head.d, head.len, 10, 0, &d), -1);
+}
+
 static void test_txn_delta(void **state)
 {
 	struct msg txn = { .len = 0 }, a = op_put("s1", "vv"), b = op_put("f1", "v"),
@@ -428,6 +462,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_put_over_existing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_keys, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_put_delta, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_put_stream_delta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_txn_delta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_count_pages, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_events, setup, teardown),
