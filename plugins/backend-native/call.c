@@ -885,12 +885,23 @@ void call_process(struct call *c)
 	}
 	if (c->finished || c->local_status >= 0)
 		return;
+	/* a request that ended in a message after a wait (call_request_end() could not tell) */
+	if (c->down_eos && !c->waiting_lookup && bq_pending(&c->req_in.buf) > 0 &&
+	    c->m->policy == RW_FORWARD) {
+		call_finish(c, 13, "etcdproxy: the request ended inside a message");
+		return;
+	}
 	/* a request that ended without a message still goes to etcd, which answers it */
 	if (c->down_eos && !c->up_submitted && !c->waiting_lookup && c->m->policy == RW_FORWARD &&
 	    !(c->m->kind == RW_COMPACT && n->compaction != COMPACT_ALLOW) && !call_submit(c))
 		return;
-	/* past the high water mark the client's bytes stay unacknowledged */
-	if (c->down_unconsumed > 0 && bq_pending(&c->up_out) < NATIVE_HIGH_WATER) {
+	/*
+	 * past the high water mark the client's bytes stay unacknowledged, and while
+	 * the call waits (a lookup, the quota, the rate limit): what it sends then
+	 * stays in req_in, bounded by the stream's window
+	 */
+	if (c->down_unconsumed > 0 && bq_pending(&c->up_out) < NATIVE_HIGH_WATER &&
+	    !c->waiting_lookup) {
 		nghttp2_session_consume(c->dc->session, c->down_id, c->down_unconsumed);
 		c->down_unconsumed = 0;
 		down_flush(c->dc);
@@ -900,8 +911,9 @@ void call_process(struct call *c)
 
 void call_resume_down(struct call *c)
 {
-	if (c->dc == NULL || c->dc->session == NULL || c->down_unconsumed == 0)
-		return;
+	if (c->dc == NULL || c->dc->session == NULL || c->down_unconsumed == 0 ||
+	    c->waiting_lookup)
+		return; /* call_process() gives them back when the wait ends */
 	if (bq_pending(&c->up_out) < NATIVE_HIGH_WATER) {
 		nghttp2_session_consume(c->dc->session, c->down_id, c->down_unconsumed);
 		c->down_unconsumed = 0;

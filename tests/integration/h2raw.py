@@ -227,6 +227,7 @@ class H2:
         self.settings_acked = False
         self.auto_window = window is not None
         self.unacked = {}  # stream (0: the connection) -> DATA bytes not yet acknowledged
+        self.window_updates = {}  # stream (0: the connection) -> WINDOW_UPDATE credit received
         self.pending_block = None
         if preface:
             settings = b''
@@ -295,6 +296,9 @@ class H2:
             self.goaway = (last & 0x7fffffff, code, bytes(payload[8:]))
         elif ftype == RST_STREAM:
             self.stream(sid).rst = struct.unpack('>I', payload[:4])[0]
+        elif ftype == WINDOW_UPDATE:
+            self.window_updates[sid] = self.window_updates.get(sid, 0) + \
+                (struct.unpack('>I', payload[:4])[0] & 0x7fffffff)
         elif ftype in (HEADERS, CONTINUATION):
             if ftype == HEADERS:
                 pos, end = 0, len(payload)

@@ -10,16 +10,20 @@
   - a Watch stream beyond maxWatches is refused when it opens, the others keep working;
   - bytesPerSecond: 2 clients putting 2 KiB values flat out for 8 s move within 15% of
     "20Ki" per second, without errors;
+  - a call waiting for its turn gets no flow-control credit for what its client sends
+    meanwhile (at most the stream's 1 MiB window), and gets it once it goes on; a request
+    that ends inside a message while it waits is refused when it goes on;
   - spec.rateLimit on the etcd backend is refused."""
 
 import os
 import sys
+import time
 
 sys.dont_write_bytecode = True  # nothing written into the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eptest  # noqa: E402
 from eptest import wait_until  # noqa: E402
-from h2raw import H2  # noqa: E402
+from h2raw import H2, grpc_msg, pb_bytes  # noqa: E402
 
 
 def flood(port, threads, seconds, prefix, value='v'):
@@ -96,6 +100,65 @@ def test_bytes(s, t):
             'bytes per second over 8 s (%d puts of 2 KiB)' % (rate, r['ok']))
 
 
+def test_held_while_waiting(s, t):
+    """A call waiting for its turn gets no flow-control credit: what its client may send
+    meanwhile is bounded by the stream's window (1 MiB), and the credit comes when it goes."""
+    h = H2(t.ports['h'])
+    try:
+        h.pump(0.3)
+        start = time.monotonic()
+        small = [h.request('/etcdserverpb.KV/Put', body=grpc_msg(
+            pb_bytes(1, b'small%d' % i) + pb_bytes(2, b'v'))) for i in range(2)]
+        value = os.urandom(1400 * 1024)
+        body = grpc_msg(pb_bytes(1, b'held') + pb_bytes(2, value))
+        sid = h.request('/etcdserverpb.KV/Put', body=None, end=False)  # third: waits ~2 s
+        window = 1 << 20  # the worker's SETTINGS_INITIAL_WINDOW_SIZE
+        for i in range(0, window, 16384):
+            h.data(sid, body[i:i + 16384])
+        while time.monotonic() - start < 0.8:
+            h.pump(0.05)
+        s.eq(h.window_updates.get(sid, 0), 0, 'while the third call waits for a token (1 per '
+             'second), the 1 MiB its client sent gets no WINDOW_UPDATE')
+        s.check(h.wait(lambda: h.window_updates.get(sid, 0) > 0, 10),
+                'once it may go, the credit comes', h.window_updates)
+        sent, stuck = window, False
+        while sent < len(body) and not stuck:
+            stuck = not h.wait(lambda: h.window_updates.get(sid, 0) + window > sent, 10)
+            n = min(16384, len(body) - sent, h.window_updates.get(sid, 0) + window - sent)
+            if n > 0:
+                h.data(sid, body[sent:sent + n], end=sent + n == len(body))
+                sent += n
+        s.check(not stuck, 'the worker gives credit until the message is whole',
+                (sent, h.window_updates))
+        done = [h.wait_stream(x) for x in small + [sid]]
+        s.eq([d.grpc_status for d in done], [0, 0, 0], 'all three Puts are answered OK')
+    finally:
+        h.close()
+    # a request that ends inside its second message while it waits: refused when it goes on
+    h = H2(t.ports['h'])
+    try:
+        h.pump(0.3)
+        first = h.request('/etcdserverpb.KV/Put', body=grpc_msg(pb_bytes(1, b'small9') +
+                                                                 pb_bytes(2, b'v')))
+        sid = h.request('/etcdserverpb.KV/Put', body=grpc_msg(
+            pb_bytes(1, b'tail') + pb_bytes(2, b'v')) + b'\0\0\0', end=True)
+        st = h.wait_stream(sid)
+        s.check(st.grpc_status == 13 and 'ended inside a message' in
+                (st.header('grpc-message') or ''), 'a Put whose request ends inside a second '
+                'message while it waits for its turn: INTERNAL, "the request ended inside a '
+                'message"', (st.grpc_status, st.header('grpc-message')))
+        h.wait_stream(first)
+    finally:
+        h.close()
+    core = eptest.etcd3_client(t.core.port)
+    try:
+        s.check(core.get('/h/held')[0] == value,
+                'the 1.4 MiB Put that waited is in the core, byte for byte')
+        s.check(core.get('/h/tail')[0] is None, 'the Put cut after its message is not')
+    finally:
+        core.close()
+
+
 def test_refused_on_etcd(s, t):
     st = t.sv.tenant('e')
     s.check(st['state'] == 'failed' and 'spec.rateLimit: enforced by the native backend only'
@@ -122,12 +185,14 @@ def body(s):
             'maxWatches': 1}}),
         'b': t.sv.add_tenant('b', backend='native', spec_extra={'rateLimit': {
             'bytesPerSecond': '20Ki', 'maxWait': '5s'}}),
+        'h': t.sv.add_tenant('h', backend='native', spec_extra={'rateLimit': {
+            'requestsPerSecond': 1, 'burst': 1, 'maxQueue': 4, 'maxWait': '10s'}}),
     }
     t.sv.add_tenant('e', backend='etcd', spec_extra={'rateLimit': {'requestsPerSecond': 5}})
     t.sv.start()
-    t.sv.wait_ready('r', 'q', 'k', 'w', 'b')
+    t.sv.wait_ready('r', 'q', 'k', 'w', 'b', 'h')
     for fn in (test_rate, test_queue_full, test_keepalive, test_watches, test_bytes,
-               test_refused_on_etcd):
+               test_held_while_waiting, test_refused_on_etcd):
         s.run(fn, s, t)
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 
