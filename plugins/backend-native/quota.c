@@ -311,11 +311,6 @@ static int refuse(struct quota *q, struct call *c, const char *msg)
 
 static void on_leases_counted(struct native *n, void *ctx, int ok, int64_t count);
 
-int quota_counts_writes(const struct quota *q)
-{
-	return q != NULL && (q->max_keys > 0 || q->max_bytes > 0);
-}
-
 static int admit(struct quota *q, struct call *c, struct usage_delta d);
 
 int quota_admit(struct quota *q, struct call *c, const uint8_t *msg, size_t len)

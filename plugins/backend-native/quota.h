@@ -56,8 +56,6 @@ int quota_admit(struct quota *q, struct call *c, const uint8_t *msg, size_t len)
  */
 int quota_admit_put(struct quota *q, struct call *c, const uint8_t *head, size_t head_len,
 		    int64_t value_len, int ignore_value);
-/* 1 when the tenant's writes are counted against maxKeys or maxBytes (q may be NULL) */
-int quota_counts_writes(const struct quota *q);
 /* The core etcd's answer to an admitted write (before rewriting). */
 void quota_response(struct quota *q, struct call *c, const uint8_t *msg, size_t len);
 /* The call ended (ok: with status 0): its reservation settles or goes. */
