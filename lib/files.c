@@ -222,6 +222,8 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 	static unsigned seq;
 	struct timespec ts;
 	char *gen, *gen_name, *tmp_link, *data_link;
+	char prev[256]; /* the generation ..data pointed to before: kept until the next switch */
+	ssize_t prev_len;
 	DIR *d;
 	struct dirent *e;
 	int r;
@@ -253,6 +255,8 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 		goto out_gen;
 	tmp_link = ep_strdup_printf("%s/..data_tmp", dir);
 	data_link = ep_strdup_printf("%s/..data", dir);
+	prev_len = readlink(data_link, prev, sizeof(prev) - 1);
+	prev[prev_len > 0 ? prev_len : 0] = '\0';
 	unlink(tmp_link);
 	if (symlink(gen_name, tmp_link) < 0 || rename(tmp_link, data_link) < 0) {
 		r = fail(error_r, -errno, "%s: %s", data_link, strerror(errno));
@@ -269,11 +273,15 @@ int ep_publish_files(const char *dir, const struct ep_pub_file *files, size_t n,
 	if (r < 0)
 		goto out_gen;
 
-	/* older generations nobody can reach any more */
+	/*
+	 * older generations, but for the one just replaced: a reader that resolved
+	 * ..data a moment before the switch still opens its files (one generation)
+	 */
 	d = opendir(dir);
 	while (d != NULL && (e = readdir(d)) != NULL) {
 		if (strncmp(e->d_name, "..", 2) != 0 || strcmp(e->d_name, "..") == 0 ||
-		    strcmp(e->d_name, gen_name) == 0 || strncmp(e->d_name, "..data", 6) == 0)
+		    strcmp(e->d_name, gen_name) == 0 || strcmp(e->d_name, prev) == 0 ||
+		    strncmp(e->d_name, "..data", 6) == 0)
 			continue;
 		char *old = ep_strdup_printf("%s/%s", dir, e->d_name), *err = NULL;
 

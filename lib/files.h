@@ -44,10 +44,12 @@ struct ep_pub_file {
 
 /*
  * Publish a set of files into dir the way the kubelet updates a Secret
- * volume, so that a reader never sees a mix of old and new files: the files
- * go into a fresh hidden directory "..<time>.<n>", a symlink "..data" is
- * swapped to it with one rename, and each name is a symlink
- * "NAME -> ..data/NAME".  Older hidden directories are removed afterwards.
+ * volume: the files go into a fresh hidden directory "..<time>.<n>", a
+ * symlink "..data" is swapped to it with one rename, and each name is a
+ * symlink "NAME -> ..data/NAME".  A reader that resolves ..data once and
+ * opens the files in that directory gets one generation: the generation
+ * just replaced is kept until the next publish, older ones are removed.  A
+ * reader that opens NAME after NAME may straddle a swap.
  * dir is created (mode 0755) when missing.  *changed_r (may be NULL): 1 when
  * the content differed from what was published before, 0 when nothing was
  * written.

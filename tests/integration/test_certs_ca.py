@@ -170,10 +170,12 @@ def test_issue_and_show(s, sv, ports, outs, tmp):
 
 
 def load_loop(port, d, stop, results):
-    """A new process, a new connection and a new handshake per request, reading the files anew."""
+    """A new process, a new connection and a new handshake per request, reading the files anew
+    as doc/architecture.md says a client reads one generation: ..data resolved once."""
     i = 0
     while not stop.is_set():
-        r = etcdctl_tls(port, d, 'put', 'load', str(i), timeout=20)
+        r = etcdctl_tls(port, os.path.realpath(os.path.join(d, '..data')), 'put', 'load', str(i),
+                        timeout=20)
         results.append(True if r.returncode == 0 else (r.stderr.strip() or r.stdout.strip()))
         i += 1
 
@@ -233,6 +235,10 @@ def test_rotation_under_load(s, sv, core, ports, outs):
     cas_now = {x['serial'] for x in now if x['role'] in ('serving-ca', 'client-ca')}
     s.eq(cas_now & first_cas, set(), 'the first CAs are gone from the bundles')
     s.check(etcdctl_tls(port, d, 'get', 'load').returncode == 0, 'and the tenant serves')
+    gens = sorted(x for x in os.listdir(d) if x.startswith('..') and not x.startswith('..data'))
+    s.check(len(gens) == 2 and os.path.realpath(os.path.join(d, '..data')) ==
+            os.path.join(os.path.realpath(d), gens[1]), 'the output directory keeps the current '
+            'generation and the one before it, no older one', gens)
 
 
 def test_crash_mid_rotation(s, core, tmp):
