@@ -14,7 +14,10 @@
  *     anyone else could take over, when no renewal succeeded for
  *     renew_deadline;
  *   - a leader that stops releases the Lease (holder "", duration 1 s), so a
- *     successor need not wait.
+ *     successor need not wait. The release is an update of our last write; a
+ *     renewal still in flight when the stop came may have been committed since
+ *     (409): then the Lease is read again and released if it is still ours, at
+ *     most RELEASE_TRIES times.
  */
 #include "build-config.h"
 
@@ -34,6 +37,7 @@
 
 #define LEASE_NAME "etcdproxyd"
 #define TIMEOUT_S 10
+#define RELEASE_TRIES 3
 
 struct kube_lease {
 	uv_loop_t *loop;
@@ -50,14 +54,16 @@ struct kube_lease {
 	char *observed;           /* the record last read: holder, renewTime, transitions */
 	uint64_t observed_ms;     /* when it last changed, by our clock */
 	char *holder;             /* who holds it, as last read */
-	char *rv;                 /* the resourceVersion of our last write */
+	cJSON *written;           /* the Lease as our last successful write left it */
 	uint64_t sent_ms;         /* when the write in flight was sent */
 	int releasing, closing;
+	int release_tries;
 	void (*released)(void *ctx);
 	void *released_ctx;
 };
 
 static void attempt(struct kube_lease *l);
+static void release_read(struct kube_lease *l);
 
 static char *lease_path(const struct kube_lease *l, int collection)
 {
@@ -134,19 +140,21 @@ static void on_written(void *ctx, const struct kube_result *res)
 
 	l->req = NULL;
 	if (l->releasing) {
-		if (res->status == 200)
+		if (res->status == 200) {
 			ep_info("the lease is released");
+		} else if (res->status == 409 && l->release_tries < RELEASE_TRIES) {
+			release_read(l); /* it changed since our last write: still ours? */
+			return;
+		} else {
+			ep_warn("cannot release the lease %s/" LEASE_NAME ": %s", l->ns,
+				kube_status_message(res));
+		}
 		l->released(l->released_ctx);
 		return;
 	}
 	if (res->status == 200 || res->status == 201) {
-		cJSON *obj = cJSON_ParseWithLength(res->body, res->len);
-		const cJSON *rv = cJSON_GetObjectItemCaseSensitive(
-			cJSON_GetObjectItemCaseSensitive(obj, "metadata"), "resourceVersion");
-
-		free(l->rv);
-		l->rv = cJSON_IsString(rv) ? ep_strdup(rv->valuestring) : NULL;
-		cJSON_Delete(obj);
+		cJSON_Delete(l->written);
+		l->written = cJSON_ParseWithLength(res->body, res->len);
 		/* from when it was sent: the server may have committed it long before we heard */
 		l->last_renew_ms = l->sent_ms;
 		set_leader(l, 1, res->status == 201 ? "it created the lease" : "it holds the lease");
@@ -296,13 +304,46 @@ static void on_closed(uv_handle_t *h)
 	free(l->identity);
 	free(l->observed);
 	free(l->holder);
-	free(l->rv);
+	cJSON_Delete(l->written);
 	free(l);
+}
+
+static void on_release_read(void *ctx, const struct kube_result *res)
+{
+	struct kube_lease *l = ctx;
+	cJSON *obj = NULL;
+	const cJSON *holder;
+
+	l->req = NULL;
+	if (res->status == 200)
+		obj = cJSON_ParseWithLength(res->body, res->len);
+	holder = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(obj, "spec"),
+						  "holderIdentity");
+	if (cJSON_IsString(holder) && strcmp(holder->valuestring, l->identity) == 0) {
+		write_lease(l, obj, 1);
+		cJSON_Delete(obj);
+		return;
+	}
+	if (res->status != 200)
+		ep_warn("cannot release the lease %s/" LEASE_NAME ": %s", l->ns,
+			kube_status_message(res));
+	else
+		ep_info("the lease is no longer this node's: nothing to release");
+	cJSON_Delete(obj);
+	l->released(l->released_ctx);
+}
+
+static void release_read(struct kube_lease *l)
+{
+	char *path = lease_path(l, 0);
+
+	l->release_tries++;
+	l->req = kube_request(l->kc, "GET", path, NULL, NULL, TIMEOUT_S, on_release_read, NULL, l);
+	free(path);
 }
 
 void kube_lease_release(struct kube_lease *l, void (*done)(void *ctx), void *ctx)
 {
-	cJSON *obj, *meta;
 	int was_leader;
 
 	if (l == NULL || l->closing || l->releasing) {
@@ -318,18 +359,14 @@ void kube_lease_release(struct kube_lease *l, void (*done)(void *ctx), void *ctx
 	}
 	uv_timer_stop(&l->timer);
 	l->releasing = 1;
-	if (!was_leader || l->rv == NULL) {
+	if (!was_leader || l->written == NULL) {
 		done(ctx);
 		return;
 	}
 	l->released = done;
 	l->released_ctx = ctx;
-	/* our last write's resourceVersion: if another node took the lease since, this fails */
-	obj = cJSON_CreateObject();
-	meta = cJSON_AddObjectToObject(obj, "metadata");
-	cJSON_AddStringToObject(meta, "resourceVersion", l->rv);
-	write_lease(l, obj, 1);
-	cJSON_Delete(obj);
+	/* our last write's resourceVersion: if anyone wrote since, this fails (409) */
+	write_lease(l, l->written, 1);
 }
 
 void kube_lease_stop(struct kube_lease *l)

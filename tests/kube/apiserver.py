@@ -32,7 +32,10 @@ Test hooks, under /_test/ (no authentication, not in the request log; bodies JSO
                        "count": 1, "retry_after": 2, "reason": ..., "message": ...}
                                           the next COUNT requests whose method (default any)
                                           and path (re.search; query likewise) match get CODE
-                                          as a Status (Retry-After when given)
+                                          as a Status (Retry-After when given); with
+                                          "hold": SECONDS instead, they are carried out
+                                          and their answer is sent that much later (a
+                                          write committed whose answer is late)
     GET  /_test/fault, POST /_test/fault/clear          the pending faults; drop them
     POST /_test/watch-fault {"kind": "split"|"close", "count": 1, "path": REGEX,
                              "bookmarks": false}
@@ -862,6 +865,7 @@ class Fault:
         self.code = int(spec.get('code', 500))
         self.count = int(spec.get('count', 1))
         self.retry_after = spec.get('retry_after')
+        self.hold = float(spec['hold']) if spec.get('hold') is not None else None
         self.reason = spec.get('reason') or REASONS.get(self.code, 'Unknown')
         self.message = spec.get('message') or 'injected by the test (%d %s)' % (
             self.code, self.reason)
@@ -873,7 +877,7 @@ class Fault:
     def describe(self):
         return {'method': self.method, 'path': self.path.pattern if self.path else None,
                 'query': self.query.pattern if self.query else None, 'code': self.code,
-                'count': self.count, 'retry_after': self.retry_after}
+                'count': self.count, 'retry_after': self.retry_after, 'hold': self.hold}
 
 
 class Store:
@@ -1395,6 +1399,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     _record = None
     _logged = False
+    _hold = 0
     server_version = 'etcdproxy-test-apiserver'
     sys_version = ''
 
@@ -1449,6 +1454,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b''
 
     def send_bytes(self, code, data, ctype='application/json', headers=None):
+        if self._hold:
+            hold, self._hold = self._hold, 0
+            time.sleep(hold)
         self.send_response(code)
         self.send_header('Content-Type', ctype)
         self.send_header('Content-Length', str(len(data)))
@@ -1498,6 +1506,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def handle_any(self, method):
         self._record = None
         self._logged = False
+        self._hold = 0
         url = urllib.parse.urlsplit(self.path)
         path = url.path
         params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
@@ -1521,6 +1530,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     if f.count > 0 and f.matches(method, path, url.query):
                         f.count -= 1
                         STORE.faults = [x for x in STORE.faults if x.count > 0]
+                        if f.hold is not None:
+                            self._hold = f.hold
+                            break
                         headers = {}
                         if f.retry_after is not None:
                             headers['Retry-After'] = f.retry_after
