@@ -33,9 +33,10 @@
 #include "pb.h"
 #include "util.h"
 
-#define PAGE_FIRST 64          /* keys in the first page of a range */
+#define PAGE_FIRST 8           /* keys in the first page of a range: 12 MiB of etcd's largest */
 #define PAGE_MAX 1000          /* and at most */
-#define PAGE_BYTES (8u << 20)  /* pages aim below this: memory stays flat whatever the values */
+#define PAGE_BYTES (8u << 20)  /* pages aim at this, from the sizes of the page before */
+#define PAGE_ANSWER_MAX (12u << 20) /* a larger one is asked again, in fewer keys */
 #define MAX_TXN_OPS 128        /* etcd's default --max-txn-ops */
 #define REQUEST_OVERHEAD 1024  /* room in a request beyond its puts */
 
@@ -110,14 +111,42 @@ static void tenant_close(struct tenant *t)
 	free(t->prefix);
 }
 
-/* The next page's size from the last one's bytes: double while small, halve when large. */
+/*
+ * The next page's size from the last one, LIMIT keys of PAGE_BYTES in all: as
+ * many keys of their average size as fit in PAGE_BYTES, growing at most twice
+ * over from one page to the next (a run of small keys may end in large ones).
+ */
 static int64_t next_limit(int64_t limit, uint64_t page_bytes)
 {
-	if (page_bytes > PAGE_BYTES && limit > 1)
-		return limit / 2;
-	if (page_bytes < PAGE_BYTES / 4 && limit < PAGE_MAX)
-		return limit * 2 < PAGE_MAX ? limit * 2 : PAGE_MAX;
-	return limit;
+	uint64_t fit = PAGE_BYTES / (page_bytes / (uint64_t)limit + 1);
+	int64_t next = fit < 1 ? 1 : fit > (uint64_t)limit * 2 ? limit * 2 : (int64_t)fit;
+
+	return next < PAGE_MAX ? next : PAGE_MAX;
+}
+
+/*
+ * A page of at most *limit keys, as etcdc_range_page(). An answer that grows
+ * past PAGE_ANSWER_MAX (the keys that follow small ones are large) is dropped
+ * before anything of it is used and asked again with a quarter of the keys,
+ * down to one key, which is taken whatever its size: the memory a page needs
+ * stays bounded by the largest value, not by the page's number of keys.
+ */
+static int range_page(struct etcdc *e, const uint8_t *key, size_t klen, const uint8_t *end,
+		      size_t elen, int64_t rev, int64_t *limit,
+		      int (*cb)(void *ctx, const struct etcdc_kv *kv), void *ctx, int64_t *rev_r,
+		      int *more_r, uint8_t **last_r, size_t *last_len_r, const char **error_r)
+{
+	for (;;) {
+		int r;
+
+		etcdc_set_max_answer(e, *limit > 1 ? PAGE_ANSWER_MAX : 0);
+		r = etcdc_range_page(e, key, klen, end, elen, rev, *limit, cb, ctx, rev_r, more_r,
+				     last_r, last_len_r, error_r);
+		etcdc_set_max_answer(e, 0);
+		if (r != -2)
+			return r;
+		*limit = *limit / 4 > 1 ? *limit / 4 : 1;
+	}
 }
 
 /* ---- progress on a terminal ---------------------------------------------------------------- */
@@ -258,8 +287,8 @@ static int do_export(struct tenant *t, const struct data_opts *o)
 		"\"etcdproxy\":\"%s\"}\n", t->name, t->prefix, rev, when, PACKAGE_VERSION);
 	while (more) {
 		x.page_bytes = 0;
-		if (etcdc_range_page(t->core, key, klen, t->end, t->elen, rev, limit, export_kv, &x,
-				     &rev, &more, &last, &last_len, &error) < 0) {
+		if (range_page(t->core, key, klen, t->end, t->elen, rev, &limit, export_kv, &x, &rev,
+			       &more, &last, &last_len, &error) < 0) {
 			err("export of %s: %s", t->name, x.error != NULL ? x.error : error);
 			code = EXIT_REFUSED;
 			break;
@@ -599,8 +628,8 @@ static int import_etcd(struct import *im, const struct data_opts *o)
 	while (more && r == 0) {
 		uint64_t before = im->bytes;
 
-		if (etcdc_range_page(src, key, klen, end, elen, rev, limit, import_source_kv, im, &rev,
-				     &more, &last, &last_len, &error) < 0) {
+		if (range_page(src, key, klen, end, elen, rev, &limit, import_source_kv, im, &rev,
+			       &more, &last, &last_len, &error) < 0) {
 			if (strcmp(error, "stopped") != 0)
 				err("the source etcd %s: %s", o->from_etcd, error);
 			r = -1;

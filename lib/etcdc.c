@@ -29,6 +29,8 @@ struct etcdc {
 	size_t body_cap;
 	uint8_t *buf; /* the answer's bytes */
 	size_t len, cap;
+	size_t max_answer; /* 0: any */
+	int too_large;
 	int status; /* grpc-status, -1: none seen */
 	char message[512];
 	char error[CURL_ERROR_SIZE + 600];
@@ -40,8 +42,14 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
 	struct etcdc *e = ud;
 	size_t len = size * n;
 
+	if (e->max_answer > 0 && e->len + len > e->max_answer + 5) {
+		e->too_large = 1;
+		return 0; /* libcurl stops the transfer */
+	}
 	if (e->len + len > e->cap) {
 		e->cap = (e->len + len) * 2;
+		if (e->max_answer > 0 && e->cap > e->max_answer + 5)
+			e->cap = e->max_answer + 5;
 		e->buf = ep_realloc(e->buf, e->cap);
 	}
 	memcpy(e->buf + e->len, data, len);
@@ -171,6 +179,11 @@ void etcdc_set_timeout(struct etcdc *e, uint64_t ms)
 	curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, (long)ms);
 }
 
+void etcdc_set_max_answer(struct etcdc *e, size_t bytes)
+{
+	e->max_answer = bytes;
+}
+
 const char *etcdc_endpoint(const struct etcdc *e)
 {
 	return e->urls[e->cur];
@@ -212,11 +225,18 @@ int etcdc_call(struct etcdc *e, const char *path, const uint8_t *req, size_t len
 		e->status = -1;
 		e->message[0] = '\0';
 		e->curl_error[0] = '\0';
+		e->too_large = 0;
 		rc = curl_easy_perform(e->curl);
 		if (rc == CURLE_OK || !unreachable(rc) || ++tried >= e->n_urls)
 			break;
 		e->cur = (e->cur + 1) % e->n_urls;
 		setup_handle(e);
+	}
+	if (rc != CURLE_OK && e->too_large) {
+		snprintf(e->error, sizeof(e->error), "%s: an answer larger than %zu bytes",
+			 e->urls[e->cur], e->max_answer);
+		*error_r = e->error;
+		return -2;
 	}
 	if (rc != CURLE_OK) {
 		snprintf(e->error, sizeof(e->error), "%s: %s", e->urls[e->cur],
@@ -294,7 +314,7 @@ int etcdc_range_page(struct etcdc *e, const uint8_t *key, size_t klen, const uin
 	r = etcdc_call(e, "/etcdserverpb.KV/Range", req, (size_t)(p - req), &resp, &rlen, error_r);
 	free(req);
 	if (r < 0)
-		return -1;
+		return r;
 	*more_r = 0;
 	*rev_r = rev;
 	q = resp;

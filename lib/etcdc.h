@@ -28,6 +28,11 @@ struct etcdc *etcdc_open(char *const *urls, size_t n_urls, const struct etcdc_tl
 void etcdc_close(struct etcdc *e);
 /* Each call's limit, connecting included (default: 5 s to connect, 120 s in all). */
 void etcdc_set_timeout(struct etcdc *e, uint64_t ms);
+/*
+ * The largest answer taken, in bytes (0, the default: any); a call whose
+ * answer grows past it stops there and returns -2.
+ */
+void etcdc_set_max_answer(struct etcdc *e, size_t bytes);
 /* The endpoint in use, for messages. */
 const char *etcdc_endpoint(const struct etcdc *e);
 
@@ -35,7 +40,8 @@ const char *etcdc_endpoint(const struct etcdc *e);
  * One unary call, such as "/etcdserverpb.KV/Range": 0 and the answer's
  * message in *resp (valid until the next call), or -1 and *error_r (valid
  * until the next call): "rpc error: code = N desc = ..." as etcd's own
- * clients say it, or what kept the call from being made.
+ * clients say it, or what kept the call from being made; -2 (and *error_r)
+ * for an answer larger than etcdc_set_max_answer() allows.
  */
 int etcdc_call(struct etcdc *e, const char *path, const uint8_t *req, size_t len,
 	       const uint8_t **resp, size_t *resp_len, const char **error_r);
@@ -51,7 +57,7 @@ struct etcdc_kv {
  * A page of keys in [key, end) at revision rev (0: the current one, which
  * *rev_r then tells), at most limit of them, through cb.  *more_r says
  * whether there are more, *last_r (malloc'ed, *last_len_r) is the last key
- * read.  0, or -1 with *error_r as for etcdc_call.
+ * read.  0, or -1 (-2) with *error_r as for etcdc_call.
  */
 int etcdc_range_page(struct etcdc *e, const uint8_t *key, size_t klen, const uint8_t *end,
 		     size_t elen, int64_t rev, int64_t limit,
