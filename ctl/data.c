@@ -745,7 +745,12 @@ static int delete_range(struct etcdc *e, const uint8_t *key, size_t klen, const 
 	return 0;
 }
 
-/* The daemon's view of the tenant: NULL when it does not know it (or does not run). */
+/*
+ * The tenant's state as the daemon knows it, whatever it is ("failed" too: a
+ * tenant file with an error is still the operator's tenant, and its data is
+ * not left for deletion by a typo): NULL when the daemon does not know it (or
+ * does not answer).
+ */
 static char *running_state(const struct tenant *t, const struct data_opts *o, int *reachable_r)
 {
 	cJSON *req = cJSON_CreateObject(), *reply = NULL;
@@ -760,8 +765,7 @@ static char *running_state(const struct tenant *t, const struct data_opts *o, in
 	cJSON_Delete(req);
 	tn = cJSON_GetObjectItemCaseSensitive(reply, "tenant");
 	st = cJSON_GetObjectItemCaseSensitive(tn, "state");
-	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok")) && cJSON_IsString(st) &&
-	    strcmp(st->valuestring, "stopped") != 0 && strcmp(st->valuestring, "failed") != 0)
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok")) && cJSON_IsString(st))
 		state = ep_strdup(st->valuestring);
 	cJSON_Delete(reply);
 	return state;
@@ -779,8 +783,8 @@ static int do_purge(struct tenant *t, const struct data_opts *o)
 
 	state = running_state(t, o, &reachable);
 	if (state != NULL) {
-		err("refused: tenant %s is running here (%s); remove it (its file in storages_dir, or "
-		    "its EtcdStorage) and reload, then purge", t->name, state);
+		err("refused: tenant %s is configured here (state %s); remove it (its file in "
+		    "storages_dir, or its EtcdStorage) and reload, then purge", t->name, state);
 		free(state);
 		return EXIT_REFUSED;
 	}

@@ -219,8 +219,18 @@ def test_purge(s, t):
             c.close()
     t.core.put('/x/y', 'someone else')
     r = ctl(t, 'purge', 'a', '--yes')
-    s.check(r.returncode == 1 and 'is running' in r.stderr, 'purge refuses a running tenant',
-            r.stderr)
+    s.check(r.returncode == 1 and 'tenant a is configured here (state ready)' in r.stderr,
+            'purge refuses a running tenant', r.stderr)
+    # a tenant whose file has an error is still the operator's: a typo must not cost its data
+    t.sv.add_tenant('typo', text='{"apiVersion": "etcd.xmudrii.com/v1alpha1", "kind": '
+                    '"EtcdStorage", "metadata": {"name": "typo"}, "spec": {"listen": 1}}')
+    s.eq(t.sv.ctl('reload')[0], 0, 'a tenant file with an error is loaded')
+    t.core.put('/typo/keep', 'me')
+    r = ctl(t, 'purge', 'typo', '--yes')
+    s.check(r.returncode == 1 and 'tenant typo is configured here (state failed)' in r.stderr
+            and t.core.get('/typo/keep') == 'me',
+            'purge refuses a tenant whose file has an error, and deletes nothing', r.stderr)
+    t.sv.remove_tenant('typo')
     t.sv.remove_tenant('a')
     s.eq(t.sv.ctl('reload')[0], 0, 'the tenant removed')
     t.sv.wait_gone('a')
