@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include "files.h"
 #include "json.h"
 #include "util.h"
 
@@ -396,6 +397,27 @@ static int parse_kube(struct pctx *c, const cJSON *obj, const char *what, void *
 			       "%s.renew_deadline (%llu ms)", what,
 			       (unsigned long long)g->kube.retry_period_ms, what,
 			       (unsigned long long)g->kube.renew_deadline_ms);
+	if (g->kube.kubeconfig != NULL && strcmp(g->kube.kubeconfig, "in-cluster") == 0 &&
+	    cJSON_GetObjectItemCaseSensitive(obj, "namespace") == NULL) {
+		/* in a pod, etcdproxyd's own namespace is the pod's, as client-go programs take it */
+		char *path = ep_strdup_printf("%s/namespace", g->kube.service_account_dir);
+		char *ns = NULL, *err = NULL;
+		size_t len = 0;
+
+		if (ep_file_read(path, 4096, &ns, &len, &err) == 0) {
+			while (len > 0 && strchr("\n\r\t ", ns[len - 1]) != NULL)
+				ns[--len] = '\0';
+			if (len > 0 && len <= 63 &&
+			    strspn(ns, "abcdefghijklmnopqrstuvwxyz0123456789-") == len) {
+				free(g->kube.namespace);
+				g->kube.namespace = ns;
+				ns = NULL;
+			}
+		}
+		free(ns);
+		free(err);
+		free(path);
+	}
 	if (g->kube.node_address != NULL) {
 		struct ep_listen_addr a;
 		char *listen = ep_strdup_printf(strchr(g->kube.node_address, ':') ? "[%s]:1" : "%s:1",
@@ -1282,7 +1304,9 @@ static int parse_spec(struct pctx *c, const cJSON *spec, const struct ep_global_
 	if (t->listen == NULL)
 		return fail_at(c, spec,
 			       "spec.listen is required: the address this tenant is served on "
-			       "(\"127.0.0.1:23790\" or \"unix:/run/etcdproxy/%s.sock\")",
+			       "(\"127.0.0.1:23790\", \":23790\" for every node's "
+			       "kubernetes.node_address, or in a tenant file "
+			       "\"unix:/run/etcdproxy/%s.sock\")",
 			       t->name);
 	if (ep_listen_validate(t->listen, 1, &why) < 0)
 		return fail_at(c, listen_node, "spec.listen: \"%s\": %s", t->listen, why);

@@ -129,8 +129,10 @@ static cJSON *spec_of(const struct kube_lease *l, const cJSON *old_spec, int rel
 	cJSON_AddStringToObject(spec, "acquireTime",
 				same && cJSON_IsString(acq) ? acq->valuestring : now);
 	cJSON_AddStringToObject(spec, "renewTime", now);
+	/* as client-go counts: 0 when created, one more each time the holder changes */
 	cJSON_AddNumberToObject(spec, "leaseTransitions",
-				(cJSON_IsNumber(tr) ? tr->valuedouble : 0) + (same || release ? 0 : 1));
+				(cJSON_IsNumber(tr) ? tr->valuedouble : 0) +
+					(same || release || old_spec == NULL ? 0 : 1));
 	return spec;
 }
 

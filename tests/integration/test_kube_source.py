@@ -537,6 +537,10 @@ def test_three_nodes(s, core, k, tmp):
                 'node %s serves the tenant on its own address' % sv.name)
     s.check(eptest.wait_until(lambda: holder(k) in ('n1', 'n2', 'n3'), 10),
             'one node holds the lease', lease(k))
+    created = [json.loads(r['body']) for r in k.requests() if r['method'] == 'POST' and
+               r['path'].endswith('/leases') and r.get('code') == 201]
+    s.check(len(created) == 1 and created[0]['spec'].get('leaseTransitions') == 0,
+            'the Lease is created with leaseTransitions 0, as client-go does', created)
     time.sleep(2)
     leaders = [sv.name for sv in nodes if ((sv.ctl('status')[3] or {}).get('daemon') or {})
                .get('kubernetes', {}).get('leader')]
@@ -767,7 +771,9 @@ def test_tls_kubeconfigs(s, core, tmp):
         with open(os.path.join(sa, 'token'), 'w') as f:
             f.write('tok-2\n')
         with open(os.path.join(sa, 'namespace'), 'w') as f:
-            f.write('kube-system\n')
+            f.write('etcdproxy\n')
+        call(k, 'POST', '/api/v1/namespaces', {'apiVersion': 'v1', 'kind': 'Namespace',
+                                               'metadata': {'name': 'etcdproxy'}})
         sv = eptest.Supervisor(s, core, name='pod', extra={
             'kubernetes': {'kubeconfig': 'in-cluster', 'service_account_dir': sa,
                            'node_name': 'pod'}})
@@ -784,6 +790,10 @@ def test_tls_kubeconfigs(s, core, tmp):
                                                     .get('nodes') or {}), 10),
                 'in-cluster: the service account reaches the API server (its status is written)',
                 get(k, 'tok').get('status'))
+        lease_path = '/apis/coordination.k8s.io/v1/namespaces/etcdproxy/leases/etcdproxyd'
+        s.check(eptest.wait_until(lambda: call(k, 'GET', lease_path)[0] == 200, 10),
+                'in-cluster without kubernetes.namespace: the Lease is in the pod\'s namespace '
+                '(the service account\'s namespace file)', call(k, 'GET', lease_path))
         s.eq(sv.stop(), 0, 'etcdproxyd exits 0')
     finally:
         k.stop()

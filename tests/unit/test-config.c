@@ -1381,7 +1381,8 @@ static void test_tenant_header_errors(void **state)
 		{ { .spec = "[]" }, 5, 3, "spec: expected an object, got an array", "a" },
 		{ { .spec = "{}" }, 5, 3,
 		  "spec.listen is required: the address this tenant is served on "
-		  "(\"127.0.0.1:23790\" or \"unix:/run/etcdproxy/a.sock\")",
+		  "(\"127.0.0.1:23790\", \":23790\" for every node's kubernetes.node_address, "
+		  "or in a tenant file \"unix:/run/etcdproxy/a.sock\")",
 		  "a" },
 	};
 	struct fixture *f = *state;
