@@ -370,7 +370,13 @@ static int flush_batch(struct import *im)
 		return 0;
 	if (etcdc_call(im->t->core, "/etcdserverpb.KV/Txn", im->batch, im->blen, &resp, &rlen,
 		       &error) < 0) {
-		err("import into %s: writing %d keys: %s", im->t->name, im->ops, error);
+		/* etcd resets the stream of a request above its --max-request-bytes */
+		err("import into %s: writing %d keys (%zu bytes): %s%s", im->t->name, im->ops,
+		    im->blen, error,
+		    strstr(error, "HTTP/2") != NULL || strstr(error, "too large") != NULL
+			    ? " (if the core etcd runs with a --max-request-bytes below "
+			      "this command's, give it with --max-request-bytes)"
+			    : "");
 		return -1;
 	}
 	im->blen = 0;
