@@ -427,61 +427,87 @@ static void rotate(struct audit *a)
 	free(to);
 }
 
+/* The file opened (created) for appending, a->size its length: 0, or -1 and batch_errno. */
+static int open_file(struct audit *a)
+{
+	struct stat st;
+
+	a->fd = open(a->file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (a->fd < 0) {
+		a->batch_errno = errno;
+		a->batch_what = "open";
+		return -1;
+	}
+	a->size = fstat(a->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+	return 0;
+}
+
+/*
+ * The end of the batch's lines from OFF that fit in the file under max_size;
+ * OFF when none does. FORCE: at least one line whatever its size (an empty
+ * file, or one that could not be rotated away).
+ */
+static size_t lines_that_fit(const struct audit *a, size_t off, int force)
+{
+	uint64_t room = a->size < a->max_size ? a->max_size - a->size : 0;
+	size_t end = off;
+
+	for (size_t i = off; i < a->batch_len; i++) {
+		if (a->batch[i] != '\n')
+			continue;
+		if (i + 1 - off > room && !(force && end == off))
+			break;
+		end = i + 1;
+		if (force && i + 1 - off > room)
+			break;
+	}
+	return end == off && force ? a->batch_len : end;
+}
+
+/* The thread pool: append the batch, rotating whenever the next line would pass max_size. */
 static void on_work(uv_work_t *w)
 {
 	struct audit *a = w->data;
-	size_t off = 0;
+	size_t off = 0, whole = 0;
+	int rotated = 0;
 
 	a->batch_errno = 0;
 	a->rotate_errno = 0;
-	a->batch_unwritten = a->batch_lines;
-	if (a->fd >= 0 && a->size > 0 && a->size + a->batch_len > a->max_size)
-		rotate(a);
-	if (a->fd < 0) {
-		struct stat st;
-
-		a->fd = open(a->file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-		if (a->fd < 0) {
-			a->batch_errno = errno;
-			a->batch_what = "open";
-			return;
-		}
-		a->size = fstat(a->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
-		if (a->size > 0 && a->size + a->batch_len > a->max_size) {
-			rotate(a);
-			a->fd = open(a->file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-			if (a->fd < 0) {
-				a->batch_errno = errno;
-				a->batch_what = "open";
-				return;
-			}
-			a->size = 0;
-		}
-	}
 	while (off < a->batch_len) {
-		ssize_t r = write(a->fd, a->batch + off, a->batch_len - off);
+		size_t end;
 
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			a->batch_errno = r < 0 ? errno : EIO;
-			a->batch_what = "write";
-			/* a line cut in the middle: the next batch starts on a line of its own */
-			if (off > 0 && a->batch[off - 1] != '\n' && write(a->fd, "\n", 1) == 1)
-				a->size++;
+		if (a->fd < 0 && open_file(a) < 0)
 			break;
+		end = lines_that_fit(a, off, a->size == 0 || rotated);
+		if (end == off) {
+			rotate(a); /* closes the file: the next turn opens a new one */
+			rotated = 1;
+			continue;
 		}
-		off += (size_t)r;
-		a->size += (uint64_t)r;
+		rotated = 0;
+		while (off < end) {
+			ssize_t r = write(a->fd, a->batch + off, end - off);
+
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0) {
+				a->batch_errno = r < 0 ? errno : EIO;
+				a->batch_what = "write";
+				/* a line cut in the middle: the next batch starts on a line of its own */
+				if (off > 0 && a->batch[off - 1] != '\n' && write(a->fd, "\n", 1) == 1)
+					a->size++;
+				break;
+			}
+			off += (size_t)r;
+			a->size += (uint64_t)r;
+		}
+		if (a->batch_errno != 0)
+			break;
 	}
 	/* the lines not written whole: those after the last newline written */
-	{
-		size_t whole = 0;
-
-		for (size_t i = 0; i < off; i++)
-			whole += a->batch[i] == '\n';
-		a->batch_unwritten = a->batch_lines - whole;
-	}
+	for (size_t i = 0; i < off; i++)
+		whole += a->batch[i] == '\n';
+	a->batch_unwritten = a->batch_lines - whole;
 }
 
 static void start_batch(struct audit *a);

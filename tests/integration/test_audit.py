@@ -162,23 +162,25 @@ def test_rotation(s, t):
     c = eptest.etcd3_client(port)
     base = os.path.join(t.s.tmp, 'rot-audit', 'r.log')
     try:
-        for i in range(120):
+        # paced, then as fast as the client goes: batches of many lines, larger than max_size
+        for i in range(300):
             c.put('key-%03d' % i, 'v')
-            if i % 10 == 9:
+            if i < 60 and i % 10 == 9:
                 time.sleep(0.3)  # batches of about ten lines
     finally:
         c.close()
-    s.check(wait_until(lambda: any(x['ops'][0]['key'] == 'key-119' for x in lines(base)), 10,
+    s.check(wait_until(lambda: any(x['ops'][0]['key'] == 'key-299' for x in lines(base)), 10,
                        0.2), 'the last put is in the current file')
     s.check(os.path.exists(base + '.1') and os.path.exists(base + '.2') and
             not os.path.exists(base + '.3'),
             'rotated by size: r.log, r.log.1 and r.log.2 (audit.files 2), no r.log.3',
             sorted(os.listdir(os.path.dirname(base))))
     sizes = [os.path.getsize(f) for f in (base, base + '.1', base + '.2')]
-    s.check(all(sz <= 4096 for sz in sizes), 'no file above max_size', sizes)
+    s.check(all(0 < sz <= 4096 for sz in sizes), 'no file above max_size, not even after a '
+            'batch of lines larger than it', sizes)
     keys = [x['ops'][0]['key'] for f in (base + '.2', base + '.1', base) for x in lines(f)]
-    s.check(keys == sorted(keys) and keys[-1] == 'key-119' and
-            keys == ['key-%03d' % i for i in range(120 - len(keys), 120)],
+    s.check(keys == sorted(keys) and keys[-1] == 'key-299' and
+            keys == ['key-%03d' % i for i in range(300 - len(keys), 300)],
             'the kept files hold the newest lines, in order, none lost between them',
             keys[:3] + keys[-3:])
     s.eq(sv.stop(), 0, 'etcdproxyd exits 0')
