@@ -21,6 +21,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -303,6 +304,33 @@ def test_rules(s, t):
             r.stdout + r.stderr)
 
 
+def test_crowd(s, t):
+    """Half-sent requests of one peer keep neither another peer out nor itself for long."""
+    def healthz_from(source):
+        r = subprocess.run(['curl', '-s', '-m', '3', '--interface', source, '-o', '/dev/null',
+                            '-w', '%{http_code}', 'http://127.0.0.1:%d/healthz' % t.mport],
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout
+
+    crowd = []
+    try:
+        for _ in range(80):
+            c = socket.socket()
+            c.bind(('127.0.0.2', 0))
+            c.settimeout(5)
+            c.connect(('127.0.0.1', t.mport))
+            c.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\n')  # no end of headers
+            crowd.append(c)
+        time.sleep(1)
+        s.eq(healthz_from('127.0.0.3'), '200', '80 half-sent requests from 127.0.0.2: a probe '
+             'from 127.0.0.3 is answered')
+        s.check(wait_until(lambda: healthz_from('127.0.0.2') == '200', 20, 1),
+                'and one from 127.0.0.2 itself once they timed out (10 s), though still open')
+    finally:
+        for c in crowd:
+            c.close()
+
+
 def body(s):
     t = T()
     t.s = s
@@ -318,7 +346,7 @@ def body(s):
     t.sv.wait_ready('a', 't')
     s.check(wait_until(lambda: http(t.mport, '/healthz')[0] == 200, 10),
             'etcdproxyd serves /healthz on metrics.listen')
-    for fn in (test_health, test_counters, test_prometheus, test_rules):
+    for fn in (test_health, test_counters, test_crowd, test_prometheus, test_rules):
         s.run(fn, s, t)
     s.eq(t.sv.stop(), 0, 'etcdproxyd exits 0 on SIGTERM')
 
