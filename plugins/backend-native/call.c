@@ -204,6 +204,8 @@ void call_client_gone(struct call *c)
 		up_cancel(c);
 }
 
+static void count_finish(struct call *c, int status);
+
 void call_free(struct call *c)
 {
 	for (size_t i = 0; i < c->n_hdrs; i++) {
@@ -228,7 +230,13 @@ void call_free(struct call *c)
 	pool_free(c->grpc_message);
 	free(c->local_message);
 	free(c->unknown_leases);
-	/* a call that ended without a status the proxy saw: its write may have happened */
+	/*
+	 * A client's call that ended without a status (the client reset it, gave up
+	 * waiting, or its connection went): Canceled in the counters and the
+	 * latency, as in the audit log, where its write may have happened.
+	 */
+	if (!c->finished && c->icb == NULL && c->m != NULL)
+		count_finish(c, 1);
 	audit_finish(c->n->audit, c->audit, 1);
 	rl_forget(c->n->rl, c);
 	quota_forget(c->n->quota, c);

@@ -173,6 +173,12 @@ def test_counters(s, t):
     w.wait(10)
     s.check(wait_until(lambda: value(scrape(t), 'etcdproxy_open_watch_streams',
                                      tenant='a') == 0, 15, 0.5), 'and is gone after it ended')
+    s.check(wait_until(lambda: value(scrape(t), 'etcdproxy_requests_total', tenant='a',
+                                     method='Watch', code='Canceled') == 1, 15, 0.5) and
+            value(scrape(t), 'etcdproxy_request_duration_seconds_count', tenant='a',
+                  method='Watch') == 1,
+            'the watch its client ended counts as one call, Canceled, with its duration',
+            series(scrape(t), 'etcdproxy_requests_total', tenant='a'))
 
     # a client without a certificate, against the TLS tenant
     subprocess.run(['openssl', 's_client', '-alpn', 'h2', '-connect', '127.0.0.1:%d' % t.port_t],
