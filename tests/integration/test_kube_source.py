@@ -522,6 +522,9 @@ def test_three_nodes(s, core, k, tmp):
     timings = {'lease_duration': '3s', 'renew_deadline': '2s', 'retry_period': '500ms'}
     nodes = []
     port = eptest.free_port()
+    # the Lease the earlier tests' daemons left (released) goes: this test sees it created
+    call(k, 'DELETE', '/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/etcdproxyd')
+    k.clear_requests()
     for i, name in enumerate(('n1', 'n2', 'n3')):
         sv = supervisor(s, core, k, name=name, node=name,
                         extra_kube=dict(timings, node_address='127.0.0.%d' % (i + 1)))
